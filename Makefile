@@ -1,0 +1,39 @@
+# stn-repro: every command a user needs. `make help` lists them.
+SHELL := /bin/bash
+PYTHON_BOOT ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The tested torch pins; override for another CUDA build, e.g. `make install TORCH_SPEC="torch==2.14.1"`.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+PROFILE ?= paper
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install test test-all lint format clean
+
+help:  ## list every target
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
+
+install:  ## create .venv and install the package with its dev extra
+	$(PYTHON_BOOT) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install $(TORCH_SPEC)
+	$(PY) -m pip install -e ".[dev]"
+
+test:  ## run the default test suite (CPU, a few minutes; slow/GPU tests deselected, real-data tests skip without MNIST)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-all:  ## run every test, slow ones included
+	$(PY) -m pytest -m "" $(PYTEST_ARGS)
+
+lint:  ## ruff check and format check
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format:  ## apply ruff fixes and formatting
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
+
+clean:  ## remove caches (keeps .venv, data/ and outputs/)
+	rm -rf .pytest_cache .ruff_cache build *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
