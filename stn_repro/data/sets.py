@@ -1,0 +1,546 @@
+"""Fixed, checksummed distorted-MNIST sets (HDF5) and seeded training streams.
+
+- Stored sets: ``<data_dir>/mnist_sets/<set>_<split>.h5``, one per set and split. ``test`` distorts the
+  official 10k test digits, ``val`` the 5k training digits of :func:`validation_indices`, each with a fixed
+  seed, so every model is scored on the same images (spec Sect. 2). Every file carries the generator
+  version, its seed and a sha256 of its images and labels, and :func:`load_set` checks all three.
+- Training data: :class:`DistortedStream` (fresh distortions every batch, the default),
+  :class:`FixedTrainingSet` (one distorted copy, generated once) and :class:`DistortedMNIST` (a per-sample
+  ``Dataset`` for ``DataLoader`` code, and the slow baseline of the benchmarks).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from .distortions import (
+    IMAGE_SIZE,
+    SET_NAMES,
+    addition_pairs,
+    colocalisation,
+    distort,
+)
+from .mnist import NUM_TRAIN, DataError, default_data_dir, load_mnist
+
+GENERATOR_VERSION = 1
+"""Bump whenever a generator's output changes: stored sets of another version are rebuilt."""
+
+DEFAULT_SEED = 2015
+"""Base seed of the stored sets; each set and split derives its own seed from it (:func:`derive_seed`)."""
+
+NUM_VALIDATION = 5_000
+SPLITS = ("test", "val")
+EXTRA_SETS = ("addition", "coloc", "coloc_tc")
+"""Test-only sets in their own files: MNIST addition (spec Sect. 3) and co-localisation without and with
+clutter (Sect. 4)."""
+SETS_DIR = "mnist_sets"
+_CHUNK_ROWS = 256  # HDF5 chunk: a fixed layout (byte-identical files) and cheap partial reads
+_FIX = "fix: run `make data-mnist` (it rebuilds missing, corrupt and outdated sets)"
+
+
+def derive_seed(seed: int, *keys: object) -> int:
+    """A 63-bit seed derived from ``seed`` and ``keys``: independent streams for every purpose, set, epoch."""
+    digest = hashlib.sha256(repr((int(seed), *keys)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def validation_indices(seed: int = 0) -> Tensor:
+    """The 5,000 training-digit indices held out for validation, sorted, int64: a fixed seeded choice."""
+    order = torch.randperm(NUM_TRAIN, generator=torch.Generator().manual_seed(seed))
+    return order[:NUM_VALIDATION].sort().values
+
+
+def train_indices(hold_out_validation: bool, seed: int = 0) -> Tensor:
+    """Training-digit indices, sorted: all 60,000, or the 55,000 outside :func:`validation_indices`."""
+    if not hold_out_validation:
+        return torch.arange(NUM_TRAIN)
+    keep = torch.ones(NUM_TRAIN, dtype=torch.bool)
+    keep[validation_indices(seed)] = False
+    return keep.nonzero().squeeze(1)
+
+
+# --- generating ------------------------------------------------------------------------------------------
+
+
+def generate_set(
+    set_name: str,
+    images_uint8: Tensor,
+    labels: Tensor,
+    seed: int,
+    clutter_source: Tensor | None = None,
+    batch_size: int = 1024,
+) -> dict[str, Tensor]:
+    """Distort every digit once: ``images`` uint8 ``[N, 1, S, S]``, ``labels`` int64 ``[N]`` and every
+    per-sample parameter of :func:`~stn_repro.data.distortions.distort` (CPU tensors).
+
+    Deterministic in ``(seed, batch_size)``: one CPU generator seeded with ``seed`` draws the parameters
+    batch after batch. Works through ``batch_size`` digits at a time, so memory stays small.
+    """
+    if set_name not in SET_NAMES:
+        raise ValueError(f"unknown distorted-MNIST set {set_name!r}; known: {', '.join(SET_NAMES)}")
+    _check_uint8_digits(images_uint8, labels)
+    generator = torch.Generator().manual_seed(seed)
+
+    def one_batch(start: int, stop: int) -> tuple[Tensor, dict[str, Tensor]]:
+        return distort(set_name, _as_float(images_uint8[start:stop]), generator, clutter_source)
+
+    data = _generate_in_batches(len(images_uint8), batch_size, one_batch)
+    data["labels"] = labels.long().clone()
+    return data
+
+
+def generate_addition_set(
+    images_uint8: Tensor, labels: Tensor, seed: int, batch_size: int = 1024
+) -> dict[str, Tensor]:
+    """MNIST addition pairs: digit ``i`` with digit ``partner[i]`` of a seeded permutation, each channel RTS.
+
+    Returns ``images`` uint8 ``[N, 2, 42, 42]``, ``labels`` (the sum, 0..18), ``digit_labels [N, 2]``,
+    ``digit_indices [N, 2]`` and the RTS parameters of :func:`~stn_repro.data.distortions.addition_pairs`.
+    """
+    _check_uint8_digits(images_uint8, labels)
+    generator = torch.Generator().manual_seed(seed)
+    count = len(images_uint8)
+    pairs = torch.stack([torch.arange(count), torch.randperm(count, generator=generator)], dim=1)
+
+    def one_batch(start: int, stop: int) -> tuple[Tensor, dict[str, Tensor]]:
+        chunk = pairs[start:stop]
+        return addition_pairs(
+            _as_float(images_uint8[chunk[:, 0]]), _as_float(images_uint8[chunk[:, 1]]), generator
+        )
+
+    data = _generate_in_batches(count, batch_size, one_batch)
+    data["digit_indices"] = pairs
+    data["digit_labels"] = labels.long()[pairs]
+    data["labels"] = data["digit_labels"].sum(dim=1)
+    return data
+
+
+def generate_colocalisation_set(
+    images_uint8: Tensor,
+    labels: Tensor,
+    seed: int,
+    clutter_source: Tensor | None = None,
+    batch_size: int = 1024,
+) -> dict[str, Tensor]:
+    """Co-localisation images ``[N, 1, 84, 84]`` uint8 with ``boxes [N, 4]`` (x0, y0, x1, y1 px), the digit
+    class as ``labels`` (the experiment optimises one class at a time), and the placement parameters."""
+    _check_uint8_digits(images_uint8, labels)
+    generator = torch.Generator().manual_seed(seed)
+
+    def one_batch(start: int, stop: int) -> tuple[Tensor, dict[str, Tensor]]:
+        images, boxes, params = colocalisation(_as_float(images_uint8[start:stop]), generator, clutter_source)
+        return images, {"boxes": boxes, **params}
+
+    data = _generate_in_batches(len(images_uint8), batch_size, one_batch)
+    data["labels"] = labels.long().clone()
+    return data
+
+
+def _generate_in_batches(
+    count: int, batch_size: int, one_batch: Callable[[int, int], tuple[Tensor, dict[str, Tensor]]]
+) -> dict[str, Tensor]:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    images, params = [], {}
+    for start in range(0, count, batch_size):
+        batch_images, batch_params = one_batch(start, min(start + batch_size, count))
+        # The images are already on 8-bit levels, so this conversion is exact.
+        images.append(batch_images.mul(255.0).round().to(torch.uint8).cpu())
+        for key, value in batch_params.items():
+            params.setdefault(key, []).append(value)
+    return {"images": torch.cat(images), **{key: torch.cat(values) for key, values in params.items()}}
+
+
+def _as_float(images_uint8: Tensor) -> Tensor:
+    return images_uint8.unsqueeze(1).float().div(255.0)
+
+
+def _check_uint8_digits(images_uint8: Tensor, labels: Tensor) -> None:
+    if (
+        images_uint8.dtype != torch.uint8
+        or images_uint8.dim() != 3
+        or tuple(images_uint8.shape[1:]) != (28, 28)
+    ):
+        raise ValueError(
+            f"digits must be uint8 [N, 28, 28], got {images_uint8.dtype} {tuple(images_uint8.shape)}"
+        )
+    if labels.shape != images_uint8.shape[:1]:
+        raise ValueError(f"labels must be [N] with N={len(images_uint8)}, got {tuple(labels.shape)}")
+
+
+# --- storing ---------------------------------------------------------------------------------------------
+
+
+def set_checksum(images: Tensor, labels: Tensor) -> str:
+    """sha256 of a set's images (uint8) and labels (int64, little-endian), shapes included."""
+    digest = hashlib.sha256()
+    for array in (images.cpu().numpy(), labels.cpu().numpy().astype("<i8")):
+        digest.update(repr((array.dtype.str, array.shape)).encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def write_set(path: Path, data: dict[str, Tensor], attrs: dict) -> None:
+    """Write a set to HDF5 atomically (temporary file + rename); the same inputs give the same bytes.
+
+    ``data`` needs ``images`` (uint8) and ``labels``; every entry becomes a gzip-compressed dataset with a
+    fixed chunk layout and no timestamps. ``attrs`` (it must name ``set_name`` and ``seed``) are stored
+    beside ``generator_version`` (:data:`GENERATOR_VERSION`) and ``sha256`` (:func:`set_checksum`).
+    """
+    path = Path(path)
+    missing = {"images", "labels"} - set(data) or {"set_name", "seed"} - set(attrs)
+    if missing:
+        raise ValueError(
+            f"write_set needs data images/labels and attrs set_name/seed; missing {sorted(missing)}"
+        )
+    if data["images"].dtype != torch.uint8:
+        raise ValueError(f"images must be uint8, got {data['images'].dtype}")
+    all_attrs = {
+        **attrs,
+        "generator_version": GENERATOR_VERSION,
+        "sha256": set_checksum(data["images"], data["labels"]),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        # libver "earliest" and track_times=False keep the layout version and drop the only varying bytes
+        # (object timestamps); datasets and attributes go in sorted order.
+        with h5py.File(tmp, "w", libver="earliest") as handle:
+            for name in sorted(data):
+                array = data[name].detach().cpu().contiguous().numpy()
+                handle.create_dataset(
+                    name,
+                    data=array,
+                    chunks=(max(1, min(len(array), _CHUNK_ROWS)), *array.shape[1:]),
+                    compression="gzip",
+                    compression_opts=4,
+                    track_times=False,
+                )
+            for key in sorted(all_attrs):
+                handle.attrs[key] = all_attrs[key]
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def set_path(set_name: str, split: str = "test", data_dir: Path | None = None) -> Path:
+    """Where a stored set lives: ``<data_dir>/mnist_sets/<set_name>_<split>.h5``."""
+    known = (*SET_NAMES, *EXTRA_SETS)
+    if set_name not in known:
+        raise ValueError(f"unknown stored set {set_name!r}; known: {', '.join(known)}")
+    splits = SPLITS if set_name in SET_NAMES else ("test",)
+    if split not in splits:
+        raise ValueError(f"set {set_name!r} has no split {split!r}; it has: {', '.join(splits)}")
+    return (
+        Path(data_dir if data_dir is not None else default_data_dir()) / SETS_DIR / f"{set_name}_{split}.h5"
+    )
+
+
+def read_set(path: Path, *, verify: bool = True) -> tuple[dict[str, Tensor], dict]:
+    """Every dataset (as tensors) and attribute of a stored set; raises :class:`DataError` for a missing,
+    unreadable, outdated (another :data:`GENERATOR_VERSION`) or corrupt (checksum) file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"stored set {path} is missing; {_FIX}")
+    try:
+        with h5py.File(path, "r") as handle:
+            attrs = {key: _plain(value) for key, value in handle.attrs.items()}
+            data = {name: torch.from_numpy(handle[name][()]) for name in handle}
+    except (OSError, KeyError, ValueError) as error:
+        raise DataError(f"stored set {path} is unreadable ({error}); {_FIX}") from None
+    version = attrs.get("generator_version")
+    if version != GENERATOR_VERSION:
+        raise DataError(
+            f"stored set {path} is outdated: generator version {version}, this code makes {GENERATOR_VERSION}; {_FIX}"
+        )
+    if "images" not in data or "labels" not in data:
+        raise DataError(f"stored set {path} lacks images or labels; {_FIX}")
+    if verify and set_checksum(data["images"], data["labels"]) != attrs.get("sha256"):
+        raise DataError(f"stored set {path} fails its sha256 check (corrupt or modified); {_FIX}")
+    return data, attrs
+
+
+def _plain(value):
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def load_set_arrays(set_name: str, split: str = "test", data_dir: Path | None = None) -> dict[str, Tensor]:
+    """Everything stored for a set and split (images, labels and the true parameters; boxes for coloc)."""
+    return read_set(set_path(set_name, split, data_dir))[0]
+
+
+def load_set(set_name: str, split: str = "test", data_dir: Path | None = None) -> tuple[Tensor, Tensor]:
+    """A stored set's ``(images uint8 [N, C, S, S], labels int64 [N])``, verified (see :func:`read_set`)."""
+    data = load_set_arrays(set_name, split, data_dir)
+    return data["images"], data["labels"].long()
+
+
+def build_all_sets(
+    data_dir: Path | None = None, seed: int = DEFAULT_SEED, log: Callable[[str], None] = print
+) -> list[Path]:
+    """Build every stored set from the fetched MNIST: test and val of each of :data:`SET_NAMES`, plus the
+    test sets of :data:`EXTRA_SETS`. Idempotent: a file that verifies and was made from the same seed is
+    kept. Clutter comes from the 55k training digits outside the validation split, so no stored image holds
+    a patch of a validation or test digit. Returns the paths."""
+    data_dir = Path(data_dir if data_dir is not None else default_data_dir())
+    mnist = load_mnist(data_dir)
+    val_index = validation_indices()
+    clutter = mnist.train_images[train_indices(hold_out_validation=True)]
+    digits = {
+        "test": (mnist.test_images, mnist.test_labels),
+        "val": (mnist.train_images[val_index], mnist.train_labels[val_index]),
+    }
+    jobs: list[tuple[str, str, Callable[[int], dict[str, Tensor]]]] = []
+    for set_name in SET_NAMES:
+        for split in SPLITS:
+            images, labels = digits[split]
+            jobs.append(
+                (
+                    set_name,
+                    split,
+                    lambda s, n=set_name, x=images, y=labels: generate_set(
+                        n, x, y, s, clutter_source=clutter
+                    ),
+                )
+            )
+    test_images, test_labels = digits["test"]
+    jobs.append(("addition", "test", lambda s: generate_addition_set(test_images, test_labels, s)))
+    jobs.append(("coloc", "test", lambda s: generate_colocalisation_set(test_images, test_labels, s)))
+    jobs.append(
+        ("coloc_tc", "test", lambda s: generate_colocalisation_set(test_images, test_labels, s, clutter))
+    )
+    paths = []
+    for set_name, split, make in jobs:
+        path = set_path(set_name, split, data_dir)
+        set_seed = derive_seed(seed, "stored-set", set_name, split)
+        paths.append(path)
+        if _is_current(path, set_seed):
+            log(f"  {path.name}: up to date")
+            continue
+        data = make(set_seed)
+        write_set(path, data, {"set_name": set_name, "split": split, "seed": set_seed, "base_seed": seed})
+        log(f"  {path.name}: wrote {tuple(data['images'].shape)}")
+    return paths
+
+
+def _is_current(path: Path, set_seed: int) -> bool:
+    try:
+        _, attrs = read_set(path)
+    except DataError:
+        return False
+    return attrs.get("seed") == set_seed
+
+
+# --- training data ------------------------------------------------------------------------------------------
+
+
+class _EpochOrder:
+    """Seeded per-epoch permutations of ``count`` items, consumed in batches that may span two epochs."""
+
+    def __init__(self, count: int, seed: int, device: torch.device):
+        if count < 1:
+            raise ValueError("need at least one digit")
+        self.count, self.seed, self.device = count, seed, device
+        self.epoch, self.position = 0, 0
+        self._order: Tensor | None = None
+
+    def take(self, size: int) -> Tensor:
+        parts = []
+        while size > 0:
+            if self._order is None:
+                generator = torch.Generator().manual_seed(derive_seed(self.seed, "epoch-order", self.epoch))
+                # One host->device copy per epoch; batches then index on the device.
+                self._order = torch.randperm(self.count, generator=generator).to(self.device)
+            part = self._order[self.position : self.position + size]
+            parts.append(part)
+            size -= len(part)
+            self.position += len(part)
+            if self.position == self.count:
+                self.epoch, self.position, self._order = self.epoch + 1, 0, None
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def load(self, epoch: int, position: int) -> None:
+        if not (0 <= position < self.count):
+            raise ValueError(f"position {position} is outside an epoch of {self.count} digits")
+        self.epoch, self.position, self._order = int(epoch), int(position), None
+
+
+class _BatchSource:
+    """Shared ``next_batch`` iteration and ``state_dict`` checks of the training-data classes."""
+
+    kind: str
+
+    def __init__(self, set_name: str, labels: Tensor, batch_size: int, seed: int, device):
+        if set_name not in SET_NAMES:
+            raise ValueError(f"unknown distorted-MNIST set {set_name!r}; known: {', '.join(SET_NAMES)}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.set_name, self.batch_size, self.seed = set_name, int(batch_size), int(seed)
+        self.device = torch.device(device)
+        self.image_size = IMAGE_SIZE[set_name]
+        self.labels = labels.to(self.device, torch.int64)
+        self._order = _EpochOrder(len(labels), self.seed, self.device)
+
+    @property
+    def epoch(self) -> int:
+        """Completed passes over the digits (a batch that crosses an epoch boundary counts in the new one)."""
+        return self._order.epoch
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        while True:
+            yield self.next_batch()
+
+    def next_batch(self) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        return {
+            "kind": self.kind,
+            "set_name": self.set_name,
+            "seed": self.seed,
+            "num_digits": len(self.labels),
+            "batch_size": self.batch_size,
+            "epoch": self._order.epoch,
+            "position": self._order.position,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        for key in ("kind", "set_name", "seed", "num_digits"):
+            if state.get(key) != self.state_dict()[key]:
+                raise ValueError(
+                    f"{self.kind}.load_state_dict: the state is for {key}={state.get(key)!r}, "
+                    f"this stream has {self.state_dict()[key]!r}"
+                )
+        self._order.load(state["epoch"], state["position"])
+
+
+class DistortedStream(_BatchSource):
+    """On-the-fly training batches with fresh distortions every time (spec Sect. 2 [choice]).
+
+    **Convention**: ``images_uint8 [N, 28, 28]``, ``labels [N]``; :meth:`next_batch` returns
+    ``x [batch_size, 1, S, S]`` float32 on ``device`` (quantised like the stored sets) and ``y [batch_size]``
+    int64 on ``device``. The digits go through seeded per-epoch permutations; a batch that reaches the end
+    of one epoch is completed from the next, so every batch is full. The digits (as float) and the
+    clutter source move to ``device`` once; per batch only the random parameters are copied there.
+    ``state_dict()`` / ``load_state_dict()`` capture the position and the generator, so a resumed stream
+    continues with exactly the batches it would have produced. ``last_params`` holds the true parameters
+    of the latest batch.
+    """
+
+    kind = "DistortedStream"
+
+    def __init__(
+        self,
+        set_name: str,
+        images_uint8: Tensor,
+        labels: Tensor,
+        batch_size: int,
+        seed: int,
+        device="cpu",
+        clutter_source: Tensor | None = None,
+    ):
+        super().__init__(set_name, labels, batch_size, seed, device)
+        _check_uint8_digits(images_uint8, labels)
+        if set_name == "tc" and clutter_source is None:
+            raise ValueError(
+                "set 'tc' needs clutter_source: the training digits [M, 28, 28] to crop clutter from"
+            )
+        # Copy as uint8 (4x fewer bytes), convert on the device.
+        self.digits = images_uint8.to(self.device).unsqueeze(1).float().div_(255.0)
+        self.clutter_source = None if clutter_source is None else clutter_source.to(self.device)
+        self._generator = torch.Generator().manual_seed(derive_seed(self.seed, "distortions", set_name))
+        self.last_params: dict[str, Tensor] | None = None
+
+    def next_batch(self) -> tuple[Tensor, Tensor]:
+        index = self._order.take(self.batch_size)
+        x, self.last_params = distort(self.set_name, self.digits[index], self._generator, self.clutter_source)
+        return x, self.labels[index]
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "generator_state": self._generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self._generator.set_state(state["generator_state"])
+
+
+class FixedTrainingSet(_BatchSource):
+    """A distorted training set generated once from ``seed`` (the alternative to :class:`DistortedStream`,
+    with the same interface); batches are seeded per-epoch permutations of it. Stored on ``device`` as uint8."""
+
+    kind = "FixedTrainingSet"
+
+    def __init__(
+        self,
+        set_name: str,
+        images_uint8: Tensor,
+        labels: Tensor,
+        batch_size: int,
+        seed: int,
+        device="cpu",
+        clutter_source: Tensor | None = None,
+    ):
+        super().__init__(set_name, labels, batch_size, seed, device)
+        data = generate_set(
+            set_name, images_uint8, labels, derive_seed(self.seed, "fixed-set", set_name), clutter_source
+        )
+        self.images = data["images"].to(self.device)
+
+    def next_batch(self) -> tuple[Tensor, Tensor]:
+        index = self._order.take(self.batch_size)
+        return self.images[index].float().div_(255.0), self.labels[index]
+
+
+class DistortedMNIST(Dataset):
+    """Per-sample distorted MNIST for ``DataLoader`` code: item ``i`` is digit ``i`` distorted with a
+    generator seeded from ``(seed, epoch, i)``; call :meth:`set_epoch` for fresh distortions each epoch.
+
+    Returns ``(image float32 [1, S, S], label int64 scalar)`` on the CPU. One image at a time, it is the
+    tutorial-style, slow baseline for :class:`DistortedStream`.
+    """
+
+    def __init__(
+        self,
+        set_name: str,
+        images_uint8: Tensor,
+        labels: Tensor,
+        seed: int,
+        clutter_source: Tensor | None = None,
+    ):
+        if set_name not in SET_NAMES:
+            raise ValueError(f"unknown distorted-MNIST set {set_name!r}; known: {', '.join(SET_NAMES)}")
+        _check_uint8_digits(images_uint8, labels)
+        if set_name == "tc" and clutter_source is None:
+            raise ValueError(
+                "set 'tc' needs clutter_source: the training digits [M, 28, 28] to crop clutter from"
+            )
+        self.set_name, self.seed, self.epoch = set_name, int(seed), 0
+        self.images, self.labels, self.clutter_source = images_uint8, labels.long(), clutter_source
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, "sample", self.epoch, int(index)))
+        image, _ = distort(
+            self.set_name, _as_float(self.images[index : index + 1]), generator, self.clutter_source
+        )
+        return image[0], self.labels[index]
