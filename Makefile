@@ -9,7 +9,7 @@ PROFILE ?= paper
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all lint format clean
+.PHONY: help install test test-all lint format clean data-mnist sample-sheets
 
 help:  ## list every target
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -37,3 +37,11 @@ format:  ## apply ruff fixes and formatting
 clean:  ## remove caches (keeps .venv, data/ and outputs/)
 	rm -rf .pytest_cache .ruff_cache build *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# --- MNIST data (issue 3) --------------------------------------------------------------------------------------
+
+data-mnist:  ## fetch MNIST (offline: STN_MNIST_SOURCE=dir) into STN_DATA or data/, build every distorted set; idempotent
+	$(PY) data_scripts/build_mnist_sets.py
+
+sample-sheets:  ## draw results/samples/<set>.png sample grids of every set from the real MNIST (after data-mnist)
+	$(PY) data_scripts/sample_sheets.py

@@ -30,7 +30,7 @@ from .distortions import (
     colocalisation,
     distort,
 )
-from .mnist import NUM_TRAIN, DataError, default_data_dir, load_mnist
+from .mnist import NUM_TRAIN, DataError, default_data_dir, load_mnist, publish_atomically
 
 GENERATOR_VERSION = 1
 """Bump whenever a generator's output changes: stored sets of another version are rebuilt."""
@@ -229,7 +229,7 @@ def write_set(path: Path, data: dict[str, Tensor], attrs: dict) -> None:
                 )
             for key in sorted(all_attrs):
                 handle.attrs[key] = all_attrs[key]
-        os.replace(tmp, path)
+        publish_atomically(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
