@@ -45,3 +45,20 @@ data-mnist:  ## fetch MNIST (offline: STN_MNIST_SOURCE=dir) into STN_DATA or dat
 
 sample-sheets:  ## draw results/samples/<set>.png sample grids of every set from the real MNIST (after data-mnist)
 	$(PY) data_scripts/sample_sheets.py
+
+# --- Distorted MNIST experiments (Table 1 and TC) -----------------------------------------------------------
+SEEDS ?= 1,2,3
+MNIST_SETS ?= r,rts,p,e
+.PHONY: reproduce-mnist table params-mnist
+
+reproduce-mnist:  ## run Table 1 + TC (PROFILE=paper|quick, SEEDS=1,2,3), then write results/ tables
+	$(PY) -m experiments.mnist -m trainer=$(PROFILE) seed=$(SEEDS) data=$(MNIST_SETS),tc model=fcn,cnn transformer=none
+	$(PY) -m experiments.mnist -m trainer=$(PROFILE) seed=$(SEEDS) data=$(MNIST_SETS) model=st_fcn,st_cnn transformer=affine,projective,tps
+	$(PY) -m experiments.mnist -m trainer=$(PROFILE) seed=$(SEEDS) data=tc model=st_fcn,st_cnn transformer=affine
+	$(MAKE) table PROFILE=$(PROFILE)
+
+table:  ## write results/mnist_table1_$(PROFILE).{csv,md} from the run records under runs/mnist
+	$(PY) -m experiments.table --profile $(PROFILE)
+
+params-mnist:  ## print every Table 1 model's parameter count and widths
+	$(PY) -m experiments.params

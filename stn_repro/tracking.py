@@ -1,0 +1,72 @@
+"""Experiment tracking: Weights & Biases when enabled, nothing otherwise (same calls either way)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+class Tracker:
+    """Does nothing: the interface the training code calls."""
+
+    def log(self, metrics: dict[str, float], step: int | None = None) -> None:
+        pass
+
+    def log_image(self, key: str, path: Path, step: int | None = None, caption: str | None = None) -> None:
+        pass
+
+    def log_table(self, key: str, columns: list[str], rows: list[list[Any]]) -> None:
+        pass
+
+    def summary(self, values: dict[str, Any]) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+class WandbTracker(Tracker):
+    """One W&B run. ``mode="offline"`` writes under ``dir`` for a later ``wandb sync``."""
+
+    def __init__(
+        self,
+        *,
+        project: str,
+        name: str,
+        config: dict[str, Any],
+        dir: Path,
+        mode: str = "offline",
+        entity: str | None = None,
+        group: str | None = None,
+        tags: list[str] | None = None,
+    ):
+        import wandb  # imported here: a run without W&B never pays for it
+
+        self._wandb = wandb
+        Path(dir).mkdir(parents=True, exist_ok=True)
+        self.run = wandb.init(
+            project=project,
+            entity=entity,
+            name=name,
+            group=group,
+            tags=tags,
+            config=config,
+            dir=str(dir),
+            mode=mode,
+            reinit="finish_previous",
+        )
+
+    def log(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.run.log(metrics, step=step)
+
+    def log_image(self, key: str, path: Path, step: int | None = None, caption: str | None = None) -> None:
+        self.run.log({key: self._wandb.Image(str(path), caption=caption)}, step=step)
+
+    def log_table(self, key: str, columns: list[str], rows: list[list[Any]]) -> None:
+        self.run.log({key: self._wandb.Table(columns=columns, data=rows)})
+
+    def summary(self, values: dict[str, Any]) -> None:
+        self.run.summary.update(values)
+
+    def finish(self) -> None:
+        self.run.finish()

@@ -1,0 +1,81 @@
+"""Pictures of what the spatial transformer learned, in the manner of the paper's figures.
+
+Each row shows an input with the transformer's sampling grid drawn on it (the image of the output frame
+under the predicted target -> source map) beside the transformed output.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import torch
+from torch import Tensor
+
+from stn_repro.transformers import TransformFamily
+
+
+def frame_lines(lines: int = 5, points_per_line: int = 33) -> Tensor:
+    """Polylines of a ``lines x lines`` grid over the output frame [-1, 1]^2, ``[2 * lines, P, 2]`` (x, y)."""
+    t = torch.linspace(-1.0, 1.0, points_per_line)
+    levels = torch.linspace(-1.0, 1.0, lines)
+    horizontal = torch.stack([t.expand(lines, -1), levels[:, None].expand(-1, points_per_line)], dim=-1)
+    vertical = torch.stack([levels[:, None].expand(-1, points_per_line), t.expand(lines, -1)], dim=-1)
+    return torch.cat([horizontal, vertical])
+
+
+def normalised_to_pixels(points: Tensor, height: int, width: int, align_corners: bool) -> Tensor:
+    """(x, y) normalised -> (column, row) pixel coordinates for plotting (pixel centres at integers)."""
+    scale = torch.tensor([width, height], dtype=points.dtype)
+    if align_corners:
+        return (points + 1) / 2 * (scale - 1)
+    return ((points + 1) * scale - 1) / 2
+
+
+def transformation_figure(
+    inputs: Tensor, outputs: Tensor, params: Tensor, family: TransformFamily, titles: list[str] | None = None
+) -> plt.Figure:
+    """Inputs ``[N, C, H, W]`` with their sampling grids, beside outputs ``[N, C, H', W']`` (first channel)."""
+    inputs, outputs, params = inputs.detach().cpu(), outputs.detach().cpu(), params.detach().cpu().float()
+    n = inputs.shape[0]
+    fig, axes = plt.subplots(2, n, figsize=(1.6 * n, 3.4), squeeze=False)
+    lines = frame_lines()
+    source = family.transform_points(params, lines.reshape(-1, 2)).reshape(n, *lines.shape)
+    for i in range(n):
+        top, bottom = axes[0, i], axes[1, i]
+        top.imshow(inputs[i, 0].numpy(), cmap="gray", vmin=0, vmax=1)
+        h, w = inputs.shape[-2:]
+        for line in normalised_to_pixels(source[i], h, w, family.align_corners):
+            top.plot(line[:, 0].numpy(), line[:, 1].numpy(), color="tab:orange", linewidth=0.7)
+        top.set_xlim(-0.5, w - 0.5)
+        top.set_ylim(h - 0.5, -0.5)
+        bottom.imshow(outputs[i, 0].numpy(), cmap="gray", vmin=0, vmax=1)
+        if titles:
+            top.set_title(titles[i], fontsize=7)
+        for ax in (top, bottom):
+            ax.set_xticks([])
+            ax.set_yticks([])
+    axes[0, 0].set_ylabel("input + grid", fontsize=7)
+    axes[1, 0].set_ylabel("transformed", fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig: plt.Figure, path: Path, dpi: int = 120) -> Path:
+    """Save atomically as PNG and close the figure."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=dpi)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        Path(tmp).unlink(missing_ok=True)
+    return path

@@ -1,0 +1,64 @@
+"""The Table 1 models: layouts, parameter budgets, identity at initialisation."""
+
+import pytest
+import torch
+from torch import nn
+
+from stn_repro.models.mnist import CNN, FCN, build_mnist_model, parameter_table
+
+IMAGE_SIZES = {"r": 28, "rts": 42, "p": 28, "e": 28, "tc": 60}
+
+
+def test_every_model_of_an_experiment_meets_the_budget_within_2_percent():
+    rows = parameter_table(IMAGE_SIZES, param_budget=400_000)
+    assert len(rows) == 5 * 8
+    for row in rows:
+        assert abs(row["param_count"] / 400_000 - 1) < 0.02, row
+
+
+def test_budget_is_a_knob():
+    for budget in (100_000, 250_000):
+        for row in parameter_table({"rts": 42}, param_budget=budget):
+            assert abs(row["param_count"] / budget - 1) < 0.02, row
+
+
+@pytest.mark.parametrize(
+    "kind,transform", [("fcn", None), ("cnn", None), ("st_fcn", "tps"), ("st_cnn", "affine")]
+)
+@pytest.mark.parametrize("data", ["r", "rts", "tc"])
+def test_classifiers_have_three_weight_layers_and_produce_logits(kind, transform, data):
+    size = IMAGE_SIZES[data]
+    model, info = build_mnist_model(
+        kind, (1, size, size), transform=transform, pool_after_transformer=data != "r"
+    )
+    weight_layers = [m for m in model.classifier.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    assert len(weight_layers) == 3
+    assert model(torch.rand(2, 1, size, size)).shape == (2, 10)
+    assert info.param_count == sum(p.numel() for p in model.parameters())
+
+
+def test_spatial_models_start_as_the_plain_classifier_on_the_input():
+    model, _ = build_mnist_model("st_cnn", (1, 42, 42), transform="projective", pool_after_transformer=True)
+    x = torch.rand(3, 1, 42, 42)
+    expected = model.classifier(nn.functional.avg_pool2d(x, 2))
+    torch.testing.assert_close(model(x), expected, rtol=0, atol=1e-4)
+
+
+def test_rts_st_cnn_uses_same_padding_because_21_pixels_are_too_few_for_valid_convolutions():
+    model, _ = build_mnist_model("st_cnn", (1, 42, 42), transform="affine", pool_after_transformer=True)
+    assert model.classifier[0].padding == (4, 4)
+    plain, _ = build_mnist_model("cnn", (1, 42, 42))
+    assert plain.classifier[0].padding == (0, 0)
+    with pytest.raises(ValueError, match=r"too small.*padding='same'"):
+        CNN((1, 21, 21), (32, 32), padding="valid")
+
+
+def test_bad_model_requests_say_what_to_do():
+    with pytest.raises(ValueError, match="unknown model 'resnet'; known: fcn, cnn, st_fcn, st_cnn"):
+        build_mnist_model("resnet", (1, 28, 28))
+    with pytest.raises(ValueError, match="use transformer=none"):
+        build_mnist_model("cnn", (1, 28, 28), transform="affine")
+    with pytest.raises(ValueError, match="needs a transformer"):
+        build_mnist_model("st_fcn", (1, 28, 28))
+    with pytest.raises(ValueError, match="two hidden layers"):
+        FCN((1, 28, 28), (10,))

@@ -1,0 +1,88 @@
+"""The table maker turns run records into the right tables."""
+
+import json
+
+import pytest
+
+from experiments.table import main as table_main
+from stn_repro.tables import aggregate, collect_records, to_csv, to_markdown
+
+
+def record(data, model, transform, seed, error, profile="quick", finished=True):
+    return {
+        "cell": f"{data}-{model}-{transform or 'none'}",
+        "data": data,
+        "model": model,
+        "transform": transform,
+        "seed": seed,
+        "profile": profile,
+        "reduced_budget": profile != "paper",
+        "finished": finished,
+        "test_error": error,
+        "paper_error": None,
+        "param_count": 400_123,
+        "iterations": 1500,
+        "batch_size": 64,
+        "images_seen": 96_000,
+        "wall_time_s": 10.0,
+        "commit": "0123456789abcdef",
+        "device": "cpu (x86_64, 2 threads)",
+    }
+
+
+@pytest.fixture
+def runs(tmp_path):
+    records = [
+        record("rts", "st_cnn", "affine", 1, 1.0),
+        record("rts", "st_cnn", "affine", 2, 2.0),
+        record("rts", "st_cnn", "affine", 3, 3.0),
+        record("rts", "cnn", None, 1, 4.0),
+        record("tc", "st_cnn", "affine", 1, 5.0),
+        record("r", "fcn", None, 1, 9.0, finished=False),  # unfinished: ignored
+        record("r", "fcn", None, 1, 2.5, profile="paper"),
+    ]
+    for i, rec in enumerate(records):
+        folder = tmp_path / "runs" / f"run{i}"
+        folder.mkdir(parents=True)
+        (folder / "record.json").write_text(json.dumps(rec))
+    return tmp_path / "runs"
+
+
+def test_aggregate_means_spreads_and_paper_numbers(runs):
+    rows = {
+        (r["profile"], r["data"], r["model"], r["transform"]): r for r in aggregate(collect_records(runs))
+    }
+    assert len(rows) == 4
+    st = rows[("quick", "rts", "st_cnn", "affine")]
+    assert st["n_seeds"] == 3 and st["seeds"] == "1 2 3"
+    assert st["error_mean"] == pytest.approx(2.0) and st["error_std"] == pytest.approx(1.0)
+    assert st["paper_error"] == 0.5 and st["difference"] == pytest.approx(1.5)
+    assert rows[("quick", "rts", "cnn", "")]["error_std"] is None  # one seed: no spread
+    assert rows[("quick", "tc", "st_cnn", "affine")]["paper_error"] == 1.7
+    assert (
+        rows[("paper", "r", "fcn", "")]["paper_error"] == 2.1
+        and not rows[("paper", "r", "fcn", "")]["reduced_budget"]
+    )
+
+
+def test_markdown_has_the_paper_layout_and_labels_reduced_budgets(runs):
+    rows = aggregate(collect_records(runs))
+    text = to_markdown(rows, "quick")
+    assert "REDUCED BUDGET" in text and "1,500 iterations of batch 64" in text
+    assert (
+        "| ST-CNN Aff | not run (0.7) | 2.00 ± 1.00 (0.5) | not run (0.8) | not run (1.2) | 5.00 (1.7) |"
+        in text
+    )
+    assert "| CNN | not run (1.2) | 4.00 (0.8) |" in text
+    assert "REDUCED BUDGET" not in to_markdown(rows, "paper")
+    assert to_csv([r for r in rows if r["profile"] == "quick"]).count("\n") == 1 + 3
+    with pytest.raises(ValueError, match="no finished runs of profile 'smoke'"):
+        to_markdown(rows, "smoke")
+
+
+def test_table_command_writes_csv_and_markdown(runs, tmp_path, capsys):
+    assert table_main(["--runs", str(runs), "--out", str(tmp_path / "results"), "--profile", "quick"]) == 0
+    assert (tmp_path / "results" / "mnist_table1_quick.csv").exists()
+    assert "ST-CNN Aff" in (tmp_path / "results" / "mnist_table1_quick.md").read_text()
+    assert table_main(["--runs", str(tmp_path / "nothing"), "--out", str(tmp_path)]) == 1
+    assert "no finished runs" in capsys.readouterr().err

@@ -1,0 +1,176 @@
+"""The training loop: exact resume, divergence handling, lr schedule, localisation lr multiplier."""
+
+import pytest
+import torch
+from torch import nn
+
+from stn_repro.models.mnist import build_mnist_model
+from stn_repro.training.loop import CHECKPOINT_NAME, TrainingDiverged, TrainSettings, make_optimizer, train
+
+
+class ToyStream:
+    """A seeded, resumable stream of noisy 12x12 images whose label is the quadrant holding a bright square."""
+
+    def __init__(self, batch_size=8, seed=0):
+        self.batch_size = batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+        self.served = 0
+
+    def next_batch(self):
+        x = 0.3 * torch.rand(self.batch_size, 1, 12, 12, generator=self.generator)
+        y = torch.randint(0, 4, (self.batch_size,), generator=self.generator)
+        for i, label in enumerate(y.tolist()):
+            row, col = divmod(label, 2)
+            x[i, 0, 6 * row + 1 : 6 * row + 5, 6 * col + 1 : 6 * col + 5] = 1.0
+        self.served += 1
+        return x, y
+
+    def state_dict(self):
+        return {"rng": self.generator.get_state(), "served": self.served}
+
+    def load_state_dict(self, state):
+        self.generator.set_state(state["rng"])
+        self.served = state["served"]
+
+
+def small_model(seed=0):
+    torch.manual_seed(seed)
+    model, _ = build_mnist_model(
+        "st_fcn", (1, 12, 12), num_classes=4, transform="affine", param_budget=20_000
+    )
+    return model
+
+
+def eval_set():
+    stream = ToyStream(batch_size=32, seed=99)
+    return {"test": stream.next_batch()}
+
+
+SETTINGS = dict(iterations=12, lr=0.05, lr_step_every=5, log_every=4, eval_every=6, checkpoint_every=3)
+
+
+def test_an_interrupted_run_resumes_to_the_same_final_state(tmp_path):
+    straight = small_model()
+    train(
+        straight,
+        ToyStream(),
+        eval_set(),
+        TrainSettings(**SETTINGS),
+        tmp_path / "a",
+        batch_size=8,
+        log=lambda s: None,
+    )
+
+    resumed = small_model()
+    first = train(
+        resumed,
+        ToyStream(),
+        eval_set(),
+        TrainSettings(**SETTINGS, stop_after=7),
+        tmp_path / "b",
+        batch_size=8,
+        log=lambda s: None,
+    )
+    assert not first.finished and first.iterations == 7
+    fresh_process_model = small_model(seed=123)  # a relaunch builds a new model; the checkpoint overrides it
+    lines = []
+    second = train(
+        fresh_process_model,
+        ToyStream(),
+        eval_set(),
+        TrainSettings(**SETTINGS),
+        tmp_path / "b",
+        batch_size=8,
+        log=lines.append,
+    )
+    assert second.finished and "resuming" in lines[0] and "iteration 7" in lines[0]
+    for (name, a), (_, b) in zip(
+        straight.state_dict().items(), fresh_process_model.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+
+
+def test_keyboard_interrupt_saves_a_checkpoint_to_resume_from(tmp_path):
+    class Interrupting(ToyStream):
+        def next_batch(self):
+            if self.served == 5:
+                raise KeyboardInterrupt
+            return super().next_batch()
+
+    with pytest.raises(KeyboardInterrupt):
+        train(
+            small_model(),
+            Interrupting(),
+            eval_set(),
+            TrainSettings(**SETTINGS),
+            tmp_path,
+            batch_size=8,
+            log=lambda s: None,
+        )
+    state = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=False)
+    assert state["iteration"] == 5 and state["stream"]["served"] == 5
+
+
+def test_a_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path):
+    class Poisoned(ToyStream):
+        def next_batch(self):
+            x, y = super().next_batch()
+            return (x * float("nan"), y) if self.served == 8 else (x, y)
+
+    with pytest.raises(
+        TrainingDiverged, match=r"loss is nan at iteration 7 \(not finite\).*last good checkpoint.*optim.lr="
+    ):
+        train(
+            small_model(),
+            Poisoned(),
+            eval_set(),
+            TrainSettings(**SETTINGS),
+            tmp_path,
+            batch_size=8,
+            log=lambda s: None,
+        )
+    state = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=False)
+    assert state["iteration"] == 6
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_an_exploding_loss_stops_the_run(tmp_path):
+    with pytest.raises(TrainingDiverged, match="above max_loss"):
+        train(
+            small_model(),
+            ToyStream(),
+            eval_set(),
+            TrainSettings(**(SETTINGS | {"lr": 1e4, "max_loss": 50.0})),
+            tmp_path,
+            batch_size=8,
+            log=lambda s: None,
+        )
+
+
+def test_lr_schedule_and_localisation_multiplier():
+    settings = TrainSettings(lr=0.01, lr_step_every=50_000, lr_gamma=0.1, localisation_lr_multiplier=0.1)
+    assert settings.lr_at(0) == 0.01 and settings.lr_at(49_999) == 0.01
+    assert settings.lr_at(50_000) == pytest.approx(0.001) and settings.lr_at(149_999) == pytest.approx(1e-4)
+    model = small_model()
+    optimizer = make_optimizer(model, settings)
+    loc = {id(p) for p in model.transformer.localisation.parameters()}
+    scales = {g["lr_scale"]: {id(p) for p in g["params"]} for g in optimizer.param_groups}
+    assert scales[0.1] == loc and not (scales[1.0] & loc)
+    assert sum(len(v) for v in scales.values()) == len(list(model.parameters()))
+
+
+def test_training_learns_the_toy_task(tmp_path):
+    model = small_model()
+    result = train(
+        model,
+        ToyStream(batch_size=32),
+        eval_set(),
+        TrainSettings(
+            iterations=150, lr=0.05, lr_step_every=1000, log_every=1000, eval_every=0, checkpoint_every=0
+        ),
+        tmp_path,
+        batch_size=32,
+        log=lambda s: None,
+    )
+    assert result.errors["test"] < 50.0  # chance is 75%
+    assert isinstance(model.classifier, nn.Module)
