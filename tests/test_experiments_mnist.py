@@ -65,6 +65,7 @@ def test_every_experiment_instantiates_and_runs_the_smoke_profile(experiment, tm
     assert record["paper_error"] == paper_error(spec.data, spec.model, spec.transform)
     saved = json.loads((tmp_path / "record.json").read_text())
     assert saved["config"]["data"]["name"] == spec.data and saved["commit"]
+    assert saved["test_set"]["source"] == "synthetic" and len(saved["test_set"]["sha256"]) == 64
     if spec.transform:
         assert (tmp_path / "pictures" / "transform_0000006.png").exists()
 

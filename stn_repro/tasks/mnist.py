@@ -10,11 +10,13 @@ from typing import Any
 import torch
 
 from stn_repro.data import (
+    GENERATOR_VERSION,
     DistortedStream,
     FixedTrainingSet,
     generate_set,
     load_mnist,
     load_set,
+    set_checksum,
     synthetic_mnist,
     train_indices,
 )
@@ -192,6 +194,12 @@ def run_cell(
         "images_seen": result.iterations * spec.batch_size,
         "wall_time_s": round(result.wall_time_s, 1),
         "history": result.history,
+        "test_set": {
+            "source": spec.data_source,
+            "size": int(test_labels.numel()),
+            "sha256": set_checksum(test_images, test_labels),
+            "generator_version": GENERATOR_VERSION,
+        },
         **provenance(device),
         "config": config or {"spec": asdict(spec), "settings": asdict(settings)},
     }
