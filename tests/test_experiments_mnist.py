@@ -176,3 +176,9 @@ def test_wandb_offline_writes_the_run_images_and_table(tmp_path):
     media = offline[0] / "files" / "media"
     assert list(media.rglob("*.png")), "the transformation pictures reach W&B"
     assert list(media.rglob("*.table.json")), "the result-vs-paper table reaches W&B"
+
+
+def test_the_parallel_launcher_composes():
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose("mnist", overrides=["hydra/launcher=parallel"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith("JoblibLauncher") and cfg.hydra.launcher.n_jobs == 2
