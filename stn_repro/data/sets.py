@@ -30,7 +30,7 @@ from .distortions import (
     colocalisation,
     distort,
 )
-from .mnist import NUM_TRAIN, DataError, default_data_dir, load_mnist, publish_atomically
+from .mnist import NUM_TRAIN, DataError, MnistArrays, default_data_dir, load_mnist, publish_atomically
 
 GENERATOR_VERSION = 1
 """Bump whenever a generator's output changes: stored sets of another version are rebuilt."""
@@ -54,18 +54,27 @@ def derive_seed(seed: int, *keys: object) -> int:
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
-def validation_indices(seed: int = 0) -> Tensor:
-    """The 5,000 training-digit indices held out for validation, sorted, int64: a fixed seeded choice."""
-    order = torch.randperm(NUM_TRAIN, generator=torch.Generator().manual_seed(seed))
-    return order[:NUM_VALIDATION].sort().values
+def validation_indices(
+    seed: int = 0, num_train: int = NUM_TRAIN, num_validation: int = NUM_VALIDATION
+) -> Tensor:
+    """The training-digit indices held out for validation (5,000 of MNIST's 60,000), sorted, int64.
+
+    A fixed seeded choice: the same indices on every machine and in every run.
+    """
+    if not 0 < num_validation < num_train:
+        raise ValueError(f"need 0 < num_validation < num_train, got {num_validation} and {num_train}")
+    order = torch.randperm(num_train, generator=torch.Generator().manual_seed(seed))
+    return order[:num_validation].sort().values
 
 
-def train_indices(hold_out_validation: bool, seed: int = 0) -> Tensor:
-    """Training-digit indices, sorted: all 60,000, or the 55,000 outside :func:`validation_indices`."""
+def train_indices(
+    hold_out_validation: bool, seed: int = 0, num_train: int = NUM_TRAIN, num_validation: int = NUM_VALIDATION
+) -> Tensor:
+    """Training-digit indices, sorted: all of them, or those outside :func:`validation_indices`."""
     if not hold_out_validation:
-        return torch.arange(NUM_TRAIN)
-    keep = torch.ones(NUM_TRAIN, dtype=torch.bool)
-    keep[validation_indices(seed)] = False
+        return torch.arange(num_train)
+    keep = torch.ones(num_train, dtype=torch.bool)
+    keep[validation_indices(seed, num_train, num_validation)] = False
     return keep.nonzero().squeeze(1)
 
 
@@ -288,16 +297,25 @@ def load_set(set_name: str, split: str = "test", data_dir: Path | None = None) -
 
 
 def build_all_sets(
-    data_dir: Path | None = None, seed: int = DEFAULT_SEED, log: Callable[[str], None] = print
+    data_dir: Path | None = None,
+    seed: int = DEFAULT_SEED,
+    log: Callable[[str], None] = print,
+    mnist: MnistArrays | None = None,
 ) -> list[Path]:
     """Build every stored set from the fetched MNIST: test and val of each of :data:`SET_NAMES`, plus the
     test sets of :data:`EXTRA_SETS`. Idempotent: a file that verifies and was made from the same seed is
     kept. Clutter comes from the 55k training digits outside the validation split, so no stored image holds
-    a patch of a validation or test digit. Returns the paths."""
+    a patch of a validation or test digit. Returns the paths.
+
+    ``mnist`` replaces the fetched MNIST (e.g. :func:`~stn_repro.data.mnist.synthetic_mnist` for tests and
+    smoke runs); a training set of another size than 60,000 holds out a twelfth of it for validation.
+    """
     data_dir = Path(data_dir if data_dir is not None else default_data_dir())
-    mnist = load_mnist(data_dir)
-    val_index = validation_indices()
-    clutter = mnist.train_images[train_indices(hold_out_validation=True)]
+    mnist = mnist if mnist is not None else load_mnist(data_dir)
+    num_train = len(mnist.train_images)
+    num_validation = NUM_VALIDATION if num_train == NUM_TRAIN else max(1, num_train // 12)
+    val_index = validation_indices(num_train=num_train, num_validation=num_validation)
+    clutter = mnist.train_images[train_indices(True, num_train=num_train, num_validation=num_validation)]
     digits = {
         "test": (mnist.test_images, mnist.test_labels),
         "val": (mnist.train_images[val_index], mnist.train_labels[val_index]),
