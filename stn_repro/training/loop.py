@@ -7,6 +7,7 @@ settings; it knows nothing of Hydra or W&B (progress goes to an optional ``Track
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import tempfile
@@ -54,6 +55,66 @@ class TrainSettings:
 
     def lr_at(self, iteration: int) -> float:
         return self.lr * self.lr_gamma ** (iteration // self.lr_step_every)
+
+
+AUTOCAST_DTYPES = {"none": None, "bf16": torch.bfloat16}
+
+
+@dataclass
+class SpeedSettings:
+    """How a training step runs; none of these changes what is trained (the defaults: the plain float32 path).
+
+    - ``channels_last``: model weights and input batches in NHWC memory layout (``torch.channels_last``),
+      which cuDNN and oneDNN convolutions often prefer. Same values, other kernels: float rounding differs.
+    - ``autocast``: ``"none"`` (float32) or ``"bf16"`` (``torch.autocast`` with bfloat16 around the forward
+      pass and the loss; the weights, gradients and SGD update stay float32). Works on CPU and CUDA.
+    - ``compile``: wrap the model in ``torch.compile`` for the training forward pass (the first steps pay the
+      compilation); evaluation and checkpoints use the uncompiled module, which shares the parameters.
+    """
+
+    channels_last: bool = False
+    autocast: str = "none"
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        if self.autocast not in AUTOCAST_DTYPES:
+            raise ValueError(f"autocast must be one of {', '.join(AUTOCAST_DTYPES)}, got {self.autocast!r}")
+
+
+class TrainStep:
+    """One SGD step of ``model`` with ``speed`` settings, split in two so the loss can be checked in between.
+
+    ``loss(x, y)`` runs the forward pass and the cross-entropy (a 0-d float32 tensor with its graph);
+    ``update(loss)`` back-propagates it and steps ``optimizer``. With default :class:`SpeedSettings` this
+    is exactly the plain ``F.cross_entropy(model(x), y)``, ``zero_grad``, ``backward``, ``step``.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, speed: SpeedSettings):
+        self.speed = speed
+        self.optimizer = optimizer
+        if speed.channels_last:
+            model.to(memory_format=torch.channels_last)  # in place: the optimiser keeps the same tensors
+        self.forward = torch.compile(model) if speed.compile else model
+        self.device_type = _device_of(model).type
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        dtype = AUTOCAST_DTYPES[self.speed.autocast]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=dtype)
+
+    def loss(self, x: Tensor, y: Tensor) -> Tensor:
+        if self.speed.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with self._autocast():
+            logits = self.forward(x)
+        # The loss in float32: bf16 log-softmax loses digits the SGD update would then amplify.
+        return F.cross_entropy(logits.float(), y)
+
+    def update(self, loss: Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
 
 
 @dataclass
@@ -128,6 +189,7 @@ def train(
     tracker: Any = None,
     on_picture: Callable[[int], None] | None = None,
     log: Callable[[str], None] = print,
+    speed: SpeedSettings | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``stream`` for ``settings.iterations`` SGD steps, resuming from ``run_dir``.
 
@@ -135,7 +197,8 @@ def train(
     (written every ``checkpoint_every`` steps, on Ctrl-C and at the end) is picked up on relaunch, and the
     run continues exactly as if it had never stopped: model, optimiser, data stream and RNG state are all
     restored. A NaN, infinite or exploded loss stops the run with :class:`TrainingDiverged`; the last
-    checkpoint on disk is then the last good state.
+    checkpoint on disk is then the last good state. ``speed`` (default: the plain float32 path) sets how each
+    step runs; see :class:`SpeedSettings`.
     """
     run_dir = Path(run_dir)
     checkpoint_path = run_dir / CHECKPOINT_NAME
@@ -174,6 +237,7 @@ def train(
         return errors
 
     model.train()
+    step = TrainStep(model, optimizer, speed or SpeedSettings())
     end = (
         settings.iterations
         if settings.stop_after is None
@@ -188,7 +252,7 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = lr * group["lr_scale"]
             x, y = stream.next_batch()
-            loss = F.cross_entropy(model(x), y)
+            loss = step.loss(x, y)
             loss_value = loss.item()
             if not math.isfinite(loss_value) or loss_value > settings.max_loss:
                 kept = (
@@ -201,9 +265,7 @@ def train(
                     f"{kept}. Lower the learning rate (e.g. optim.lr={settings.lr / 10:g}) or the localisation "
                     f"lr multiplier, then relaunch: the run resumes from that checkpoint."
                 )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            step.update(loss)
             iteration += 1
             window_images += batch_size
 

@@ -1,0 +1,297 @@
+"""The fast training engine: speed settings, stacked seeds, and the on-device stream's distributions."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy.stats import ks_2samp
+
+from stn_repro.data import DistortedMNIST, DistortedStream, synthetic_mnist
+from stn_repro.models.mnist import build_mnist_model
+from stn_repro.training.loop import (
+    CHECKPOINT_NAME,
+    SpeedSettings,
+    TrainingDiverged,
+    TrainSettings,
+    TrainStep,
+    make_optimizer,
+    train,
+)
+from stn_repro.training.stacked import StackedModels, train_stacked
+
+DIGITS = synthetic_mnist(num_train=256, num_test=64, seed=0)
+QUIET = {"log": lambda s: None}
+
+
+def small_model(kind="st_cnn", transform="affine", seed=0, size=28):
+    torch.manual_seed(seed)
+    model, _ = build_mnist_model(kind, (1, size, size), transform=transform, param_budget=30_000)
+    return model
+
+
+def stream(seed, set_name="r", batch_size=16):
+    return DistortedStream(set_name, DIGITS.train_images, DIGITS.train_labels, batch_size, seed=seed)
+
+
+def eval_sets():
+    return {"test": stream(99, batch_size=64).next_batch()}
+
+
+def losses_of(model, batches, speed, settings=None):
+    step = TrainStep(model, make_optimizer(model, settings or TrainSettings(lr=0.05)), speed)
+    losses = []
+    for x, y in batches:
+        loss = step.loss(x, y)
+        losses.append(loss.item())
+        step.update(loss)
+    return torch.tensor(losses)
+
+
+def test_default_speed_settings_are_the_plain_loop_bit_for_bit():
+    batches = [stream(1).next_batch() for _ in range(4)]
+    plain = small_model()
+    optimizer = make_optimizer(plain, TrainSettings(lr=0.05))
+    expected = []
+    for x, y in batches:
+        loss = F.cross_entropy(plain(x), y)
+        expected.append(loss.item())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    engine = small_model()
+    assert torch.equal(losses_of(engine, batches, SpeedSettings()), torch.tensor(expected))
+    for a, b in zip(plain.parameters(), engine.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("kind,transform", [("st_cnn", "affine"), ("cnn", None), ("st_fcn", "tps")])
+def test_channels_last_gives_the_plain_losses(kind, transform):
+    source = stream(3)
+    batches = [source.next_batch() for _ in range(5)]
+    plain = losses_of(small_model(kind, transform), batches, SpeedSettings())
+    fast = losses_of(small_model(kind, transform), batches, SpeedSettings(channels_last=True))
+    torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-5)
+
+
+def test_train_with_speed_settings_matches_the_plain_run(tmp_path):
+    settings = TrainSettings(iterations=6, lr=0.05, log_every=100, eval_every=0, checkpoint_every=0)
+    plain, fast = small_model(), small_model()
+    a = train(plain, stream(4), eval_sets(), settings, tmp_path / "a", batch_size=16, **QUIET)
+    b = train(
+        fast,
+        stream(4),
+        eval_sets(),
+        settings,
+        tmp_path / "b",
+        batch_size=16,
+        speed=SpeedSettings(channels_last=True),
+        **QUIET,
+    )
+    assert a.errors == b.errors
+    for (name, p), q in zip(plain.named_parameters(), fast.parameters(), strict=True):
+        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_unknown_autocast_is_refused():
+    with pytest.raises(ValueError, match="autocast must be one of"):
+        SpeedSettings(autocast="fp16")
+
+
+def quadrant_batch(generator, batch_size=32):
+    """A toy task: noisy 28x28 images whose label is the quadrant holding a bright 8x8 square."""
+    x = 0.3 * torch.rand(batch_size, 1, 28, 28, generator=generator)
+    y = torch.randint(0, 4, (batch_size,), generator=generator)
+    for i, label in enumerate(y.tolist()):
+        row, col = divmod(label, 2)
+        x[i, 0, 14 * row + 3 : 14 * row + 11, 14 * col + 3 : 14 * col + 11] = 1.0
+    return x, y
+
+
+def test_bf16_autocast_trains_a_toy_task():
+    torch.manual_seed(0)
+    model, _ = build_mnist_model(
+        "st_cnn", (1, 28, 28), num_classes=4, transform="affine", param_budget=30_000
+    )
+    generator = torch.Generator().manual_seed(5)
+    batches = [quadrant_batch(generator) for _ in range(40)]
+    losses = losses_of(model, batches, SpeedSettings(autocast="bf16"), TrainSettings(lr=0.05))
+    assert torch.isfinite(losses).all()
+    assert losses[-5:].mean() < 0.5 * losses[:5].mean()
+
+
+@pytest.mark.slow
+def test_compiled_step_gives_the_plain_losses():  # torch.compile takes 20-40 s on 2 CPU cores
+    batches = [stream(6).next_batch() for _ in range(3)]
+    plain = losses_of(small_model(), batches, SpeedSettings())
+    fast = losses_of(small_model(), batches, SpeedSettings(compile=True))
+    torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-5)
+
+
+# --- stacked models ------------------------------------------------------------------------------------------
+
+STACK_SETTINGS = dict(iterations=8, lr=0.05, lr_step_every=5, log_every=100, eval_every=4, checkpoint_every=3)
+
+
+@pytest.mark.parametrize("kind,transform", [("st_cnn", "affine"), ("st_fcn", "tps"), ("cnn", None)])
+def test_stacked_seeds_train_as_the_same_models_alone(kind, transform, tmp_path):
+    seeds = (1, 2, 3)
+    settings = TrainSettings(**STACK_SETTINGS, localisation_lr_multiplier=0.5)
+    alone = [small_model(kind, transform, seed=s) for s in seeds]
+    alone_results = [
+        train(m, stream(s), eval_sets(), settings, tmp_path / f"alone{s}", batch_size=16, **QUIET)
+        for m, s in zip(alone, seeds, strict=True)
+    ]
+    together = [small_model(kind, transform, seed=s) for s in seeds]
+    results = train_stacked(
+        together,
+        [stream(s) for s in seeds],
+        eval_sets(),
+        settings,
+        tmp_path / "stacked",
+        batch_size=16,
+        **QUIET,
+    )
+    for a, b, ra, rb in zip(alone, together, alone_results, results, strict=True):
+        assert rb.finished and rb.iterations == ra.iterations
+        assert [h["iteration"] for h in rb.history] == [h["iteration"] for h in ra.history]
+        for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
+            torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5, msg=name)
+        assert abs(rb.errors["test"] - ra.errors["test"]) <= 100 / 64  # at most one of 64 images flips
+
+
+def test_an_interrupted_stacked_run_resumes_to_the_same_state(tmp_path):
+    seeds = (1, 2)
+    settings = TrainSettings(**STACK_SETTINGS)
+    straight = [small_model(seed=s) for s in seeds]
+    train_stacked(
+        straight, [stream(s) for s in seeds], eval_sets(), settings, tmp_path / "a", batch_size=16, **QUIET
+    )
+
+    resumed = [small_model(seed=s) for s in seeds]
+    first = train_stacked(
+        resumed,
+        [stream(s) for s in seeds],
+        eval_sets(),
+        TrainSettings(**STACK_SETTINGS, stop_after=5),
+        tmp_path / "b",
+        batch_size=16,
+        **QUIET,
+    )
+    assert not first[0].finished and first[0].iterations == 5
+    relaunched = [small_model(seed=100 + s) for s in seeds]  # the checkpoint overrides fresh weights
+    lines = []
+    second = train_stacked(
+        relaunched,
+        [stream(s) for s in seeds],
+        eval_sets(),
+        settings,
+        tmp_path / "b",
+        batch_size=16,
+        log=lines.append,
+    )
+    assert second[1].finished and "resuming 2 stacked models" in lines[0] and "iteration 5" in lines[0]
+    for a, b in zip(straight, relaunched, strict=True):
+        for p, q in zip(a.parameters(), b.parameters(), strict=True):
+            assert torch.equal(p, q)
+    assert torch.load(tmp_path / "b" / CHECKPOINT_NAME, weights_only=False)["iteration"] == 8
+
+
+def test_a_diverging_stacked_model_is_named(tmp_path):
+    class Poisoned(DistortedStream):
+        def next_batch(self):
+            x, y = super().next_batch()
+            return x * float("nan"), y
+
+    models = [small_model(seed=s) for s in (1, 2)]
+    streams = [stream(1), Poisoned("r", DIGITS.train_images, DIGITS.train_labels, 16, seed=2)]
+    with pytest.raises(TrainingDiverged, match="model 1's loss is nan at iteration 0"):
+        train_stacked(
+            models, streams, eval_sets(), TrainSettings(**STACK_SETTINGS), tmp_path, batch_size=16, **QUIET
+        )
+
+
+def test_stacking_refuses_other_architectures_and_unsupported_settings(tmp_path):
+    with pytest.raises(ValueError, match="another architecture"):
+        StackedModels([small_model("st_cnn", "affine"), small_model("st_cnn", "tps")])
+    with pytest.raises(ValueError, match="autocast speed setting only"):
+        train_stacked(
+            [small_model()],
+            [stream(1)],
+            eval_sets(),
+            TrainSettings(**STACK_SETTINGS),
+            tmp_path,
+            batch_size=16,
+            speed=SpeedSettings(channels_last=True),
+        )
+
+
+def test_stacked_copy_round_trip_leaves_the_models_unchanged():
+    models = [small_model(seed=s) for s in (1, 2, 3)]
+    originals = [copy.deepcopy(m.state_dict()) for m in models]
+    stacked = StackedModels(models)
+    targets = [small_model(seed=9) for _ in models]
+    stacked.copy_into(targets)
+    for original, target in zip(originals, targets, strict=True):
+        for name, value in target.state_dict().items():
+            assert torch.equal(value, original[name]), name
+
+
+# --- the on-device stream against the per-sample Dataset ------------------------------------------------------
+
+
+def image_statistics(images):
+    """Per-image mass and intensity-weighted centroid and spread (pixels): ``[N, 5]``."""
+    images = images.reshape(images.shape[0], images.shape[-2], images.shape[-1]).double()
+    size = images.shape[-1]
+    coords = torch.arange(size, dtype=torch.float64) + 0.5
+    mass = images.sum(dim=(1, 2)).clamp_min(1e-9)
+    cx = (images.sum(dim=1) * coords).sum(1) / mass
+    cy = (images.sum(dim=2) * coords).sum(1) / mass
+    sx = ((images.sum(dim=1) * (coords - cx[:, None]) ** 2).sum(1) / mass).sqrt()
+    sy = ((images.sum(dim=2) * (coords - cy[:, None]) ** 2).sum(1) / mass).sqrt()
+    return torch.stack([mass, cx, cy, sx, sy], dim=1)
+
+
+@pytest.mark.parametrize("set_name", ["r", "rts", "p", "e"])
+def test_stream_and_per_sample_dataset_distort_alike(set_name):
+    # Two epochs of the same 256 digits each way: differences can only come from the distortions.
+    fast = DistortedStream(set_name, DIGITS.train_images, DIGITS.train_labels, 128, seed=7)
+    fast_images = torch.cat([fast.next_batch()[0] for _ in range(4)])
+    dataset = DistortedMNIST(set_name, DIGITS.train_images, DIGITS.train_labels, seed=7)
+    slow_images = []
+    for epoch in range(2):
+        dataset.set_epoch(epoch)
+        slow_images += [dataset[i][0] for i in range(len(dataset))]
+    slow_images = torch.stack(slow_images)
+    assert fast_images.shape == slow_images.shape
+    fast_stats, slow_stats = image_statistics(fast_images), image_statistics(slow_images)
+    for column, name in enumerate(["mass", "centroid x", "centroid y", "spread x", "spread y"]):
+        result = ks_2samp(fast_stats[:, column].numpy(), slow_stats[:, column].numpy())
+        assert result.pvalue > 1e-3, f"{set_name} {name}: KS p = {result.pvalue:.2g}"
+    # And the test has power: the stream of another set is told apart.
+    other = DistortedStream(
+        "rts" if set_name != "rts" else "r", DIGITS.train_images, DIGITS.train_labels, 128, seed=7
+    )
+    other_stats = image_statistics(torch.cat([other.next_batch()[0] for _ in range(4)]))
+    assert ks_2samp(other_stats[:, 3].numpy(), slow_stats[:, 3].numpy()).pvalue < 1e-6
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_stacked_engine_on_cuda_matches_the_cpu(tmp_path):
+    settings = TrainSettings(**STACK_SETTINGS)
+    cpu = [small_model(seed=s) for s in (1, 2)]
+    train_stacked(
+        cpu, [stream(s) for s in (1, 2)], eval_sets(), settings, tmp_path / "cpu", batch_size=16, **QUIET
+    )
+    gpu = [small_model(seed=s).cuda() for s in (1, 2)]
+    streams = [
+        DistortedStream("r", DIGITS.train_images, DIGITS.train_labels, 16, seed=s, device="cuda")
+        for s in (1, 2)
+    ]
+    sets = {k: (x.cuda(), y.cuda()) for k, (x, y) in eval_sets().items()}
+    train_stacked(gpu, streams, sets, settings, tmp_path / "gpu", batch_size=16, **QUIET)
+    for a, b in zip(cpu, gpu, strict=True):
+        for p, q in zip(a.parameters(), b.parameters(), strict=True):
+            torch.testing.assert_close(q.cpu(), p, rtol=1e-3, atol=1e-4)
