@@ -135,7 +135,7 @@ def test_p_scale_uniform_corner_offsets_about_5px_and_quads_convex(many):
     assert stats.kstest(params["scale"].numpy(), "uniform", args=(0.75, 0.25)).pvalue > 0.01
     offsets = params["corner_offsets_px"]
     assert offsets.shape == (3072, 4, 2)
-    assert 4.8 < offsets.std() < 5.15 and offsets.mean().abs() < 0.15  # folded draws are redrawn (std 4.96)
+    assert 4.85 < offsets.std() < 5.15 and offsets.mean().abs() < 0.15  # folded draws are redrawn (std 4.99)
 
 
 def test_e_scale_uniform_and_control_offsets_about_1_5px(many):
@@ -167,11 +167,13 @@ def test_stored_family_params_regenerate_the_image(mnist, set_name):
     assert torch.equal(regenerated, images)
 
 
-def test_p_homography_maps_the_moved_corners_onto_the_digit_corners(many):
+def test_p_homography_maps_the_output_corners_to_the_moved_scaled_source_corners(many):
     params = many["p"][1]
-    moved = params["scale"].view(-1, 1, 1) * CORNERS + pixels_to_normalised(params["corner_offsets_px"], 28)
-    mapped = get_transform("projective").transform_points(params["projective"], moved)
-    torch.testing.assert_close(mapped, CORNERS.expand_as(mapped), rtol=0, atol=1e-4)
+    expected = (CORNERS + pixels_to_normalised(params["corner_offsets_px"], 28)) / params["scale"].view(
+        -1, 1, 1
+    )
+    mapped = get_transform("projective").transform_points(params["projective"], CORNERS)
+    torch.testing.assert_close(mapped, expected, rtol=0, atol=1e-4)
 
 
 def test_e_tps_params_are_the_scaled_perturbed_control_grid(many):
