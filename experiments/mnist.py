@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from stn_repro.tasks.mnist import CellSpec, run_cell
 from stn_repro.tracking import Tracker, WandbTracker
-from stn_repro.training.loop import TrainSettings
+from stn_repro.training.loop import SpeedSettings, TrainSettings
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="mnist")
@@ -67,6 +67,11 @@ def cell_from_config(cfg: DictConfig) -> tuple[CellSpec, TrainSettings]:
         hold_out_validation=cfg.data.hold_out_validation,
         pool_after_transformer=cfg.data.pool_after_transformer,
         model_options=model_options,
+        speed=SpeedSettings(
+            channels_last=cfg.trainer.channels_last,
+            autocast=cfg.trainer.autocast,
+            compile=cfg.trainer.compile,
+        ),
     )
     iterations = cfg.trainer.iterations
     settings = TrainSettings(

@@ -1,6 +1,7 @@
 """The fast training engine: speed settings, stacked seeds, and the on-device stream's distributions."""
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -295,3 +296,28 @@ def test_stacked_engine_on_cuda_matches_the_cpu(tmp_path):
     for a, b in zip(cpu, gpu, strict=True):
         for p, q in zip(a.parameters(), b.parameters(), strict=True):
             torch.testing.assert_close(q.cpu(), p, rtol=1e-3, atol=1e-4)
+
+
+def test_trainer_configs_carry_the_speed_settings_to_the_cell():
+    from hydra import compose, initialize_config_dir
+
+    from experiments.mnist import cell_from_config
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
+        for profile in ("paper", "quick", "smoke"):
+            spec, _ = cell_from_config(compose("mnist", overrides=[f"trainer={profile}"]))
+            assert spec.speed == SpeedSettings()  # the measured defaults: the plain path
+        cfg = compose("mnist", overrides=["trainer.autocast=bf16", "trainer.channels_last=true"])
+    spec, _ = cell_from_config(cfg)
+    assert spec.speed == SpeedSettings(channels_last=True, autocast="bf16", compile=False)
+
+
+def test_the_benchmark_runs_end_to_end(capsys):
+    from benchmarks.bench_mnist import main
+
+    arguments = "--synthetic --batch-size 8 --steps 1 --warmup 1 --workers 0 --stack 2 --project-steps 1"
+    main([*arguments.split(), "--project-cells", "r/fcn,tc/st_cnn:affine"])
+    out = capsys.readouterr().out
+    assert "ratio b/a" in out and "c/a" in out and "(c) stacked: 2 seeds" in out
+    assert "scaled x18.00 from the measured subset" in out and "baseline (extrapolated" in out

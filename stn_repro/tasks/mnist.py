@@ -23,7 +23,7 @@ from stn_repro.data import (
 from stn_repro.models.mnist import build_mnist_model, transformed_batch
 from stn_repro.paper import paper_error
 from stn_repro.tracking import Tracker
-from stn_repro.training.loop import TrainSettings, train
+from stn_repro.training.loop import SpeedSettings, TrainSettings, train
 from stn_repro.training.records import RECORD_NAME, provenance, read_record, write_record
 from stn_repro.viz import save_figure, transformation_figure
 
@@ -50,6 +50,7 @@ class CellSpec:
     hold_out_validation: bool = False
     pool_after_transformer: bool = False
     model_options: dict[str, Any] = field(default_factory=dict)
+    speed: SpeedSettings = field(default_factory=SpeedSettings)  # how steps run, not what is trained
 
     @property
     def cell(self) -> str:
@@ -169,6 +170,7 @@ def run_cell(
         tracker=tracker,
         on_picture=on_picture,
         log=log,
+        speed=spec.speed,
     )
     if not result.finished:
         log(f"stopped at iteration {result.iterations:,} of {settings.iterations:,}; relaunch to resume")
