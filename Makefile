@@ -62,3 +62,10 @@ table:  ## write results/mnist_table1_$(PROFILE).{csv,md} from the run records u
 
 params-mnist:  ## print every Table 1 model's parameter count and widths
 	$(PY) -m experiments.params
+
+# --- Speed (issue 5) ------------------------------------------------------------------------------------------
+BENCH_ARGS ?=
+.PHONY: bench
+
+bench:  ## time the tutorial-style loop vs the engine (CPU default, a few minutes; BENCH_ARGS="--device cuda ...")
+	$(PY) benchmarks/bench_mnist.py $(BENCH_ARGS)

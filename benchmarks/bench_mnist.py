@@ -1,0 +1,314 @@
+"""Distorted-MNIST training throughput: the tutorial-style loop against the suite's engine, in one process.
+
+For each model of ``--models`` on ``--data`` it times, one after the other:
+
+(a) baseline: ``DistortedMNIST`` (distorts one image at a time on the CPU) + ``DataLoader(batch_size,
+    shuffle=True, num_workers)`` + a plain loop (to the device, forward, cross-entropy, backward, SGD step);
+(b) engine: ``DistortedStream`` on the device + ``TrainStep`` with the speed settings (the step of
+    ``stn_repro.training.loop.train``, its per-step loss check included);
+(c) stacked (``--stack S > 1``): ``S`` seeds trained as one model by ``train_stacked``'s step, ``S``
+    streams.
+
+Every time is the median over ``--steps`` timed steps after ``--warmup`` untimed ones (the median, since a
+shared machine adds spikes). Then it projects the wall time of the whole Table 1 protocol (32 cells + 4 TC
+cells, 3 seeds, 150k iterations of 256) from the engine's measured step time of every cell (or of the cells
+in ``--project-cells``); the baseline's and the stacked engine's are scaled from it by the head-to-head's
+measured ratios (``--project-stacked`` times the stacked engine in every cell instead).
+
+    python benchmarks/bench_mnist.py                          # CPU, R, ST-CNN affine, a few minutes
+    python benchmarks/bench_mnist.py --device cuda --steps 50 --warmup 10 --stack 3 --autocast bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from stn_repro.data import (
+    DistortedMNIST,
+    DistortedStream,
+    MnistArrays,
+    default_data_dir,
+    load_mnist,
+    synthetic_mnist,
+)
+from stn_repro.data.distortions import IMAGE_SIZE
+from stn_repro.models.mnist import build_mnist_model
+from stn_repro.training.loop import SpeedSettings, TrainSettings, TrainStep, make_optimizer
+from stn_repro.training.stacked import StackedModels, make_stacked_optimizer
+
+TABLE1_SETS = ("r", "rts", "p", "e")
+TABLE1_MODELS = (
+    "fcn",
+    "cnn",
+    "st_fcn:affine",
+    "st_fcn:projective",
+    "st_fcn:tps",
+    "st_cnn:affine",
+    "st_cnn:projective",
+    "st_cnn:tps",
+)
+TC_MODELS = ("fcn", "cnn", "st_fcn:affine", "st_cnn:affine")
+PAPER_ITERATIONS, PAPER_BATCH, PAPER_SEEDS = 150_000, 256, 3
+
+
+def table1_cells() -> list[tuple[str, str]]:
+    """Every ``(data, model)`` cell of the protocol: Table 1's 32 and the 4 TC cells."""
+    return [(d, m) for d in TABLE1_SETS for m in TABLE1_MODELS] + [("tc", m) for m in TC_MODELS]
+
+
+@dataclass
+class Timing:
+    name: str
+    ms_per_step: float
+    images_per_step: int
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images_per_step / (self.ms_per_step / 1e3)
+
+
+def build(data: str, model: str, seed: int, device: torch.device) -> torch.nn.Module:
+    """The cell's model as ``run_cell`` builds it (the default 400k budget, pooled for RTS and TC)."""
+    kind, _, transform = model.partition(":")
+    torch.manual_seed(seed)
+    size = IMAGE_SIZE[data]
+    net, _ = build_mnist_model(
+        kind, (1, size, size), transform=transform or None, pool_after_transformer=data in ("rts", "tc")
+    )
+    return net.to(device)
+
+
+def timed(step: Callable[[], None], steps: int, warmup: int, sync: Callable[[], None]) -> float:
+    """Median milliseconds of ``step`` over ``steps`` calls, after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        step()
+    sync()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def baseline(digits: MnistArrays, data: str, model: str, args, device, sync) -> Timing:
+    net = build(data, model, 0, device)
+    optimizer = make_optimizer(net, TrainSettings())
+    dataset = DistortedMNIST(
+        data, digits.train_images, digits.train_labels, seed=0, clutter_source=digits.train_images
+    )
+    loader = DataLoader(
+        dataset,
+        batch_size=args.batch_size,
+        shuffle=True,
+        num_workers=args.workers,
+        drop_last=True,
+        pin_memory=device.type == "cuda",
+        persistent_workers=args.workers > 0,
+    )
+    batches = iter(loader)
+
+    def step() -> None:
+        x, y = next(batches)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        loss = F.cross_entropy(net(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    ms = timed(step, args.steps, args.warmup, sync)  # the workers stop when `batches` goes with this frame
+    return Timing(
+        f"(a) baseline: DistortedMNIST + DataLoader(num_workers={args.workers})", ms, args.batch_size
+    )
+
+
+def engine(digits: MnistArrays, data: str, model: str, args, device, sync, steps=None, warmup=None) -> Timing:
+    net = build(data, model, 0, device)
+    step_fn = TrainStep(net, make_optimizer(net, TrainSettings()), speed_settings(args))
+    stream = DistortedStream(
+        data, digits.train_images, digits.train_labels, args.batch_size, seed=0, device=device,
+        clutter_source=digits.train_images,
+    )  # fmt: skip
+
+    def step() -> None:
+        loss = step_fn.loss(*stream.next_batch())
+        loss.item()  # train() checks every loss, so the engine's timing pays for it too
+        step_fn.update(loss)
+
+    ms = timed(step, args.steps if steps is None else steps, args.warmup if warmup is None else warmup, sync)
+    return Timing(
+        f"(b) engine: DistortedStream on {device.type} + TrainStep({describe(args)})", ms, args.batch_size
+    )
+
+
+def stacked(
+    digits: MnistArrays, data: str, model: str, args, device, sync, steps=None, warmup=None
+) -> Timing:
+    models = [build(data, model, seed, device) for seed in range(args.stack)]
+    stack = StackedModels(models)
+    optimizer = make_stacked_optimizer(stack, TrainSettings())
+    streams = [
+        DistortedStream(
+            data,
+            digits.train_images,
+            digits.train_labels,
+            args.batch_size,
+            seed=seed,
+            device=device,
+            clutter_source=digits.train_images,
+        )
+        for seed in range(args.stack)
+    ]
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.autocast == "bf16")
+
+    def step() -> None:
+        batches = [s.next_batch() for s in streams]
+        with autocast:
+            losses = stack.losses(torch.stack([b[0] for b in batches]), torch.stack([b[1] for b in batches]))
+        losses.tolist()
+        optimizer.zero_grad(set_to_none=True)
+        losses.sum().backward()
+        optimizer.step()
+
+    ms = timed(step, args.steps if steps is None else steps, args.warmup if warmup is None else warmup, sync)
+    return Timing(
+        f"(c) stacked: {args.stack} seeds in one vmap model, autocast={args.autocast}",
+        ms,
+        args.batch_size * args.stack,
+    )
+
+
+def speed_settings(args) -> SpeedSettings:
+    return SpeedSettings(channels_last=args.channels_last, autocast=args.autocast, compile=args.compile)
+
+
+def describe(args) -> str:
+    return f"channels_last={args.channels_last}, autocast={args.autocast}, compile={args.compile}"
+
+
+def hours(seconds: float) -> str:
+    return f"{seconds / 3600:,.1f} h ({seconds / 86400:,.2f} days)"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data", default="r", choices=[*TABLE1_SETS, "tc"], help="set of the head-to-head")
+    parser.add_argument(
+        "--models", default="st_cnn:affine", help="comma list of kind[:transform] (head-to-head)"
+    )
+    parser.add_argument("--batch-size", type=int, default=PAPER_BATCH)
+    parser.add_argument("--steps", type=int, default=6, help="timed steps per measurement (median)")
+    parser.add_argument(
+        "--warmup", type=int, default=2, help="untimed steps first (worker start, allocation)"
+    )
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the baseline")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--autocast", default="none", choices=["none", "bf16"])
+    parser.add_argument("--compile", action="store_true", help="torch.compile the engine's model")
+    parser.add_argument("--stack", type=int, default=3, help="seeds stacked in (c); 1 skips (c)")
+    parser.add_argument(
+        "--project-cells",
+        default="all",
+        help="'all' (the 36 cells), 'none', or a comma list of data/model, e.g. r/cnn,rts/st_cnn:tps",
+    )
+    parser.add_argument("--project-steps", type=int, default=2, help="timed steps per projected cell")
+    parser.add_argument(
+        "--project-stacked",
+        action="store_true",
+        help="also time the stacked engine in every projected cell (default: scale by the head-to-head's c/b)",
+    )
+    parser.add_argument(
+        "--synthetic", action="store_true", help="synthetic digits even where data/mnist exists"
+    )
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: CUDA is not available here")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    real = (default_data_dir() / "mnist").is_dir() and not args.synthetic
+    digits = load_mnist() if real else synthetic_mnist(num_train=4096, num_test=16)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    print(
+        f"device {device} ({where}), torch {torch.__version__}, {torch.get_num_threads()} threads | "
+        f"data {'MNIST' if real else 'synthetic'} ({len(digits.train_labels):,} digits) | batch {args.batch_size} | "
+        f"median of {args.steps} steps after {args.warmup}"
+    )
+
+    ratios, stack_gains = [], []  # per head-to-head model: b/a and c/b throughput ratios
+    for model in args.models.split(","):
+        print(f"\n== {args.data} / {model}")
+        runs = [
+            baseline(digits, args.data, model, args, device, sync),
+            engine(digits, args.data, model, args, device, sync),
+        ]
+        if args.stack > 1:
+            runs.append(stacked(digits, args.data, model, args, device, sync))
+        for run in runs:
+            print(f"  {run.name:<75} {run.ms_per_step:9.1f} ms/step {run.images_per_s:9,.0f} img/s")
+        ratios.append(runs[1].images_per_s / runs[0].images_per_s)
+        if args.stack > 1:
+            stack_gains.append(runs[2].images_per_s / runs[1].images_per_s)
+        print(
+            f"  ratio b/a: {ratios[-1]:.2f}x"
+            + (f" | c/a: {runs[2].images_per_s / runs[0].images_per_s:.2f}x" if args.stack > 1 else "")
+        )
+
+    if args.project_cells == "none":
+        return
+    cells = (
+        table1_cells()
+        if args.project_cells == "all"
+        else [tuple(c.split("/")) for c in args.project_cells.split(",")]
+    )
+    print(
+        f"\n== projection of the Table 1 protocol ({len(table1_cells())} cells x {PAPER_SEEDS} seeds x "
+        f"{PAPER_ITERATIONS:,} iterations x {args.batch_size}) from {len(cells)} measured cell(s), "
+        f"median of {args.project_steps} steps after 1"
+    )
+    engine_s, stacked_s = 0.0, 0.0
+    for data, model in cells:
+        single = engine(digits, data, model, args, device, sync, steps=args.project_steps, warmup=1)
+        line = f"  {data:>3}/{model:<18} engine {single.ms_per_step:8.1f} ms/step"
+        engine_s += single.ms_per_step / 1e3 * PAPER_ITERATIONS * PAPER_SEEDS
+        if args.stack > 1 and args.project_stacked:
+            together = stacked(digits, data, model, args, device, sync, steps=args.project_steps, warmup=1)
+            line += f" | {args.stack} stacked {together.ms_per_step:8.1f} ms/step"
+            stacked_s += together.ms_per_step / 1e3 * PAPER_ITERATIONS * PAPER_SEEDS / args.stack
+        print(line, flush=True)
+    scale = len(table1_cells()) / len(cells)  # a subset stands for all 36 cells in proportion
+    note = "" if scale == 1 else f" (scaled x{scale:.2f} from the measured subset)"
+    mean_ratio = statistics.fmean(ratios)
+    print(f"  engine, one seed at a time:  {hours(engine_s * scale)}{note}")
+    if args.stack > 1 and args.project_stacked:
+        print(f"  engine, {args.stack} seeds stacked:      {hours(stacked_s * scale)}{note}")
+    elif args.stack > 1:
+        gain = statistics.fmean(stack_gains)
+        print(
+            f"  engine, {args.stack} seeds stacked (extrapolated: one seed at a time / the measured c/b "
+            f"{gain:.2f} of {args.models} on {args.data}): {hours(engine_s * scale / gain)}"
+        )
+    print(
+        f"  baseline (extrapolated: one seed at a time x the measured b/a {mean_ratio:.2f} of {args.models} "
+        f"on {args.data}): {hours(engine_s * scale * mean_ratio)}"
+    )
+
+
+if __name__ == "__main__":
+    main()
