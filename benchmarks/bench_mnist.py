@@ -9,13 +9,13 @@ For each model of ``--models`` on ``--data`` it times, one after the other:
 (c) stacked (``--stack S > 1``): ``S`` seeds trained as one model by ``train_stacked``'s step, ``S``
     streams.
 
-Every time is the median over ``--steps`` timed steps after ``--warmup`` untimed ones (the median, since a
-shared machine adds spikes). Then it projects the wall time of the whole Table 1 protocol (32 cells + 4 TC
-cells, 3 seeds, 150k iterations of 256) from the engine's measured step time of every cell (or of the cells
-in ``--project-cells``); the baseline's and the stacked engine's are scaled from it by the head-to-head's
-measured ratios (``--project-stacked`` times the stacked engine in every cell instead).
+Every time is the mean over a window of ``--steps`` timed steps after ``--warmup`` untimed ones: the
+DataLoader's workers deliver batches in bursts (one per worker at a time), so single-step times alternate
+between waiting and not, and only a window's mean is the loop's throughput. Then it projects the wall time of the whole Table 1 protocol (32 cells + 4 TC
+cells, 3 seeds, 150k iterations of 256) for (a), (b) and (c) from their step times measured in every cell
+(or in the cells of ``--project-cells``, scaled to 36 cells).
 
-    python benchmarks/bench_mnist.py                          # CPU, R, ST-CNN affine, a few minutes
+    python benchmarks/bench_mnist.py                          # CPU: R, FCN and ST-CNN affine; a few minutes
     python benchmarks/bench_mnist.py --device cuda --steps 50 --warmup 10 --stack 3 --autocast bf16
 """
 
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -88,20 +87,20 @@ def build(data: str, model: str, seed: int, device: torch.device) -> torch.nn.Mo
 
 
 def timed(step: Callable[[], None], steps: int, warmup: int, sync: Callable[[], None]) -> float:
-    """Median milliseconds of ``step`` over ``steps`` calls, after ``warmup`` untimed ones."""
+    """Mean milliseconds per call of ``step`` over ``steps`` calls, after ``warmup`` untimed ones."""
     for _ in range(warmup):
         step()
     sync()
-    times = []
+    start = time.perf_counter()
     for _ in range(steps):
-        start = time.perf_counter()
         step()
-        sync()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+    sync()
+    return 1e3 * (time.perf_counter() - start) / steps
 
 
-def baseline(digits: MnistArrays, data: str, model: str, args, device, sync) -> Timing:
+def baseline(
+    digits: MnistArrays, data: str, model: str, args, device, sync, steps=None, warmup=None
+) -> Timing:
     net = build(data, model, 0, device)
     optimizer = make_optimizer(net, TrainSettings())
     dataset = DistortedMNIST(
@@ -126,7 +125,8 @@ def baseline(digits: MnistArrays, data: str, model: str, args, device, sync) -> 
         loss.backward()
         optimizer.step()
 
-    ms = timed(step, args.steps, args.warmup, sync)  # the workers stop when `batches` goes with this frame
+    # The workers stop when `batches` goes with this frame.
+    ms = timed(step, args.steps if steps is None else steps, args.warmup if warmup is None else warmup, sync)
     return Timing(
         f"(a) baseline: DistortedMNIST + DataLoader(num_workers={args.workers})", ms, args.batch_size
     )
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
         "--models", default="st_cnn:affine", help="comma list of kind[:transform] (head-to-head)"
     )
     parser.add_argument("--batch-size", type=int, default=PAPER_BATCH)
-    parser.add_argument("--steps", type=int, default=6, help="timed steps per measurement (median)")
+    parser.add_argument("--steps", type=int, default=6, help="timed steps per measurement (mean)")
     parser.add_argument(
         "--warmup", type=int, default=2, help="untimed steps first (worker start, allocation)"
     )
@@ -225,11 +225,11 @@ def main(argv: list[str] | None = None) -> None:
         default="all",
         help="'all' (the 36 cells), 'none', or a comma list of data/model, e.g. r/cnn,rts/st_cnn:tps",
     )
-    parser.add_argument("--project-steps", type=int, default=2, help="timed steps per projected cell")
     parser.add_argument(
-        "--project-stacked",
-        action="store_true",
-        help="also time the stacked engine in every projected cell (default: scale by the head-to-head's c/b)",
+        "--project-steps",
+        type=int,
+        default=4,
+        help="timed steps per projected cell (even: whole worker rounds)",
     )
     parser.add_argument(
         "--synthetic", action="store_true", help="synthetic digits even where data/mnist exists"
@@ -248,10 +248,9 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"device {device} ({where}), torch {torch.__version__}, {torch.get_num_threads()} threads | "
         f"data {'MNIST' if real else 'synthetic'} ({len(digits.train_labels):,} digits) | batch {args.batch_size} | "
-        f"median of {args.steps} steps after {args.warmup}"
+        f"mean of {args.steps} steps after {args.warmup}"
     )
 
-    ratios, stack_gains = [], []  # per head-to-head model: b/a and c/b throughput ratios
     for model in args.models.split(","):
         print(f"\n== {args.data} / {model}")
         runs = [
@@ -262,13 +261,10 @@ def main(argv: list[str] | None = None) -> None:
             runs.append(stacked(digits, args.data, model, args, device, sync))
         for run in runs:
             print(f"  {run.name:<75} {run.ms_per_step:9.1f} ms/step {run.images_per_s:9,.0f} img/s")
-        ratios.append(runs[1].images_per_s / runs[0].images_per_s)
+        ratio = f"  ratio b/a: {runs[1].images_per_s / runs[0].images_per_s:.2f}x"
         if args.stack > 1:
-            stack_gains.append(runs[2].images_per_s / runs[1].images_per_s)
-        print(
-            f"  ratio b/a: {ratios[-1]:.2f}x"
-            + (f" | c/a: {runs[2].images_per_s / runs[0].images_per_s:.2f}x" if args.stack > 1 else "")
-        )
+            ratio += f" | c/a: {runs[2].images_per_s / runs[0].images_per_s:.2f}x"
+        print(ratio)
 
     if args.project_cells == "none":
         return
@@ -280,33 +276,35 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"\n== projection of the Table 1 protocol ({len(table1_cells())} cells x {PAPER_SEEDS} seeds x "
         f"{PAPER_ITERATIONS:,} iterations x {args.batch_size}) from {len(cells)} measured cell(s), "
-        f"median of {args.project_steps} steps after 1"
+        f"mean of {args.project_steps} steps after 1; ms per step of one seed (c: of {args.stack} seeds)"
     )
-    engine_s, stacked_s = 0.0, 0.0
+    # Seconds for the whole protocol: every cell's step time x iterations x seeds (stacked: seeds / S steps).
+    totals = {"a": 0.0, "b": 0.0, "c": 0.0}
     for data, model in cells:
-        single = engine(digits, data, model, args, device, sync, steps=args.project_steps, warmup=1)
-        line = f"  {data:>3}/{model:<18} engine {single.ms_per_step:8.1f} ms/step"
-        engine_s += single.ms_per_step / 1e3 * PAPER_ITERATIONS * PAPER_SEEDS
-        if args.stack > 1 and args.project_stacked:
-            together = stacked(digits, data, model, args, device, sync, steps=args.project_steps, warmup=1)
-            line += f" | {args.stack} stacked {together.ms_per_step:8.1f} ms/step"
-            stacked_s += together.ms_per_step / 1e3 * PAPER_ITERATIONS * PAPER_SEEDS / args.stack
-        print(line, flush=True)
+        timings = {
+            "a": baseline(digits, data, model, args, device, sync, steps=args.project_steps, warmup=1),
+            "b": engine(digits, data, model, args, device, sync, steps=args.project_steps, warmup=1),
+        }
+        if args.stack > 1:
+            timings["c"] = stacked(
+                digits, data, model, args, device, sync, steps=args.project_steps, warmup=1
+            )
+        runs_per_cell = {"a": PAPER_SEEDS, "b": PAPER_SEEDS, "c": PAPER_SEEDS / args.stack}
+        for key, timing in timings.items():
+            totals[key] += timing.ms_per_step / 1e3 * PAPER_ITERATIONS * runs_per_cell[key]
+        line = f"  {data:>3}/{model:<18}" + "".join(
+            f" | {k} {t.ms_per_step:8.1f}" for k, t in timings.items()
+        )
+        print(f"{line} | b/a {timings['a'].ms_per_step / timings['b'].ms_per_step:5.2f}x", flush=True)
     scale = len(table1_cells()) / len(cells)  # a subset stands for all 36 cells in proportion
     note = "" if scale == 1 else f" (scaled x{scale:.2f} from the measured subset)"
-    mean_ratio = statistics.fmean(ratios)
-    print(f"  engine, one seed at a time:  {hours(engine_s * scale)}{note}")
-    if args.stack > 1 and args.project_stacked:
-        print(f"  engine, {args.stack} seeds stacked:      {hours(stacked_s * scale)}{note}")
-    elif args.stack > 1:
-        gain = statistics.fmean(stack_gains)
-        print(
-            f"  engine, {args.stack} seeds stacked (extrapolated: one seed at a time / the measured c/b "
-            f"{gain:.2f} of {args.models} on {args.data}): {hours(engine_s * scale / gain)}"
-        )
+    print(f"  (a) baseline, one seed at a time:  {hours(totals['a'] * scale)}{note}")
+    print(f"  (b) engine, one seed at a time:    {hours(totals['b'] * scale)}{note}")
+    if args.stack > 1:
+        print(f"  (c) engine, {args.stack} seeds stacked:      {hours(totals['c'] * scale)}{note}")
     print(
-        f"  baseline (extrapolated: one seed at a time x the measured b/a {mean_ratio:.2f} of {args.models} "
-        f"on {args.data}): {hours(engine_s * scale * mean_ratio)}"
+        f"  b/a: {totals['a'] / totals['b']:.2f}x"
+        + (f" | c/a: {totals['a'] / totals['c']:.2f}x" if args.stack > 1 else "")
     )
 
 
