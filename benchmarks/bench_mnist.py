@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--data", default="r", choices=[*TABLE1_SETS, "tc"], help="set of the head-to-head")
     parser.add_argument(
-        "--models", default="st_cnn:affine", help="comma list of kind[:transform] (head-to-head)"
+        "--models", default="fcn,st_cnn:affine", help="comma list of kind[:transform] (head-to-head)"
     )
     parser.add_argument("--batch-size", type=int, default=PAPER_BATCH)
     parser.add_argument("--steps", type=int, default=6, help="timed steps per measurement (mean)")
