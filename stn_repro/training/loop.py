@@ -34,6 +34,29 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN/inf or exploded; the last good checkpoint is kept."""
 
 
+def check_loss(
+    value: float, iteration: int, settings: TrainSettings, checkpoint_path: Path, who: str = ""
+) -> None:
+    """Raise :class:`TrainingDiverged` if ``value`` is not finite or above ``settings.max_loss``.
+
+    The message names the checkpoint a relaunch resumes from and the fix. ``who`` prefixes it (e.g. the
+    index of one of several stacked models).
+    """
+    if math.isfinite(value) and value <= settings.max_loss:
+        return
+    why = "not finite" if not math.isfinite(value) else f"above max_loss={settings.max_loss}"
+    kept = (
+        f"the last good checkpoint is {checkpoint_path}"
+        if checkpoint_path.exists()
+        else "no checkpoint was written yet"
+    )
+    raise TrainingDiverged(
+        f"{who}loss is {value} at iteration {iteration:,} ({why}); {kept}. Lower the learning rate "
+        f"(e.g. optim.lr={settings.lr / 10:g}) or the localisation lr multiplier, then relaunch: the run "
+        "resumes from that checkpoint."
+    )
+
+
 @dataclass
 class TrainSettings:
     """Optimisation and bookkeeping settings (defaults: the paper's MNIST protocol, Appendix A.4)."""
@@ -254,17 +277,7 @@ def train(
             x, y = stream.next_batch()
             loss = step.loss(x, y)
             loss_value = loss.item()
-            if not math.isfinite(loss_value) or loss_value > settings.max_loss:
-                kept = (
-                    f"the last good checkpoint is {checkpoint_path}"
-                    if checkpoint_path.exists()
-                    else "no checkpoint was written yet"
-                )
-                raise TrainingDiverged(
-                    f"loss is {loss_value} at iteration {iteration:,} ({'not finite' if not math.isfinite(loss_value) else f'above max_loss={settings.max_loss}'}); "
-                    f"{kept}. Lower the learning rate (e.g. optim.lr={settings.lr / 10:g}) or the localisation "
-                    f"lr multiplier, then relaunch: the run resumes from that checkpoint."
-                )
+            check_loss(loss_value, iteration, settings, checkpoint_path)
             step.update(loss)
             iteration += 1
             window_images += batch_size

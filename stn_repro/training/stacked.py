@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -33,9 +32,9 @@ from .loop import (
     CHECKPOINT_NAME,
     BatchStream,
     SpeedSettings,
-    TrainingDiverged,
     TrainResult,
     TrainSettings,
+    check_loss,
     evaluate,
     localisation_parameters,
     save_checkpoint,
@@ -225,17 +224,7 @@ def train_stacked(
                 losses = stacked.losses(x, y)
             loss_values = losses.tolist()
             for index, value in enumerate(loss_values):
-                if not math.isfinite(value) or value > settings.max_loss:
-                    kept = (
-                        f"the last good checkpoint is {checkpoint_path}"
-                        if checkpoint_path.exists()
-                        else "no checkpoint was written yet"
-                    )
-                    raise TrainingDiverged(
-                        f"model {index}'s loss is {value} at iteration {iteration:,} "
-                        f"({'not finite' if not math.isfinite(value) else f'above max_loss={settings.max_loss}'}); "
-                        f"{kept}. Lower the learning rate (e.g. optim.lr={settings.lr / 10:g}), then relaunch."
-                    )
+                check_loss(value, iteration, settings, checkpoint_path, who=f"model {index}'s ")
             optimizer.zero_grad(set_to_none=True)
             losses.sum().backward()  # slice i of each stacked gradient is model i's own gradient
             optimizer.step()
