@@ -86,3 +86,13 @@ def test_table_command_writes_csv_and_markdown(runs, tmp_path, capsys):
     assert "ST-CNN Aff" in (tmp_path / "results" / "mnist_table1_quick.md").read_text()
     assert table_main(["--runs", str(tmp_path / "nothing"), "--out", str(tmp_path)]) == 1
     assert "no finished runs" in capsys.readouterr().err
+
+
+def test_table_command_logs_the_table_to_wandb_offline(runs, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tmp_path / "results"
+    assert table_main(["--runs", str(runs), "--out", str(out), "--profile", "quick", "--wandb"]) == 0
+    offline = list((out / "wandb" / "wandb").glob("offline-run-*"))  # W&B nests its own wandb/ under dir
+    assert len(offline) == 1
+    tables = list((offline[0] / "files" / "media").rglob("*.table.json"))
+    assert tables and "ST-CNN Aff" in tables[0].read_text()
