@@ -106,8 +106,8 @@ def test_the_runner_resumes_an_interrupted_run_to_the_same_final_state(tmp_path)
     )
     resumed = run_cell(spec, settings, tmp_path / "resumed", **quiet)
     assert resumed["test_error"] == straight["test_error"]
-    a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)["model"]
-    b = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)["model"]
+    a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)["learner"]["model"]
+    b = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)["learner"]["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     lines = []
     run_cell(spec, settings, tmp_path / "resumed", log=lines.append)  # finished: skipped, not rerun

@@ -108,7 +108,7 @@ def test_keyboard_interrupt_saves_a_checkpoint_to_resume_from(tmp_path):
             log=lambda s: None,
         )
     state = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=False)
-    assert state["iteration"] == 5 and state["stream"]["served"] == 5
+    assert state["iteration"] == 5 and state["learner"]["stream"]["served"] == 5
 
 
 def test_a_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -131,7 +131,7 @@ def test_a_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoin
         )
     state = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=False)
     assert state["iteration"] == 6
-    assert all(torch.isfinite(v).all() for v in state["model"].values())
+    assert all(torch.isfinite(v).all() for v in state["learner"]["model"].values())
 
 
 def test_an_exploding_loss_stops_the_run(tmp_path):
@@ -174,3 +174,114 @@ def test_training_learns_the_toy_task(tmp_path):
     )
     assert result.errors["test"] < 50.0  # chance is 75%
     assert isinstance(model.classifier, nn.Module)
+
+
+class CountingSyncs:
+    """Counts how often the loop reads a tensor back to the host (``Tensor.tolist`` / ``Tensor.item``)."""
+
+    def __init__(self, monkeypatch):
+        self.calls = 0
+        for name in ("tolist", "item"):
+            original = getattr(torch.Tensor, name)
+
+            def counted(tensor, *args, _original=original, **kwargs):
+                self.calls += 1
+                return _original(tensor, *args, **kwargs)
+
+            monkeypatch.setattr(torch.Tensor, name, counted)
+
+
+class ReplayStream:
+    """Serves batches made beforehand (so the stream itself reads nothing back to the host)."""
+
+    def __init__(self, batches):
+        self.batches, self.served = batches, 0
+
+    def next_batch(self):
+        self.served += 1
+        return self.batches[self.served - 1]
+
+    def state_dict(self):
+        return {"served": self.served}
+
+    def load_state_dict(self, state):
+        self.served = state["served"]
+
+
+def test_losses_are_read_back_once_per_logging_window_not_every_step(tmp_path, monkeypatch):
+    source = ToyStream()
+    stream = ReplayStream([source.next_batch() for _ in range(40)])
+    evaluation = eval_set()
+    syncs = CountingSyncs(monkeypatch)
+    settings = TrainSettings(
+        iterations=40, lr=0.05, log_every=10, eval_every=0, checkpoint_every=0, picture_every=0
+    )
+    train(small_model(), stream, evaluation, settings, tmp_path, batch_size=8, log=lambda s: None)
+    # 4 logging windows + the final evaluation (one read-back per evaluation set): not 40 per-step reads.
+    assert syncs.calls == 5
+
+
+def test_a_nan_between_checks_is_found_before_the_next_checkpoint(tmp_path):
+    class Poisoned(ToyStream):
+        def next_batch(self):
+            x, y = super().next_batch()
+            return (x * float("nan"), y) if self.served == 3 else (x, y)
+
+    # The loss is read back every 100 steps, but a checkpoint is due at iteration 4: the check runs first.
+    settings = TrainSettings(iterations=12, lr=0.05, log_every=100, eval_every=0, checkpoint_every=2)
+    with pytest.raises(TrainingDiverged, match=r"loss is nan at iteration 2 "):
+        train(small_model(), Poisoned(), eval_set(), settings, tmp_path, batch_size=8, log=lambda s: None)
+    assert torch.load(tmp_path / CHECKPOINT_NAME, weights_only=False)["iteration"] == 2
+
+
+def test_an_interrupt_after_a_nan_raises_divergence_instead_of_saving_the_broken_state(tmp_path):
+    class PoisonedThenInterrupted(ToyStream):
+        def next_batch(self):
+            if self.served == 5:
+                raise KeyboardInterrupt
+            x, y = super().next_batch()
+            return (x * float("nan"), y) if self.served == 4 else (x, y)
+
+    settings = TrainSettings(iterations=12, lr=0.05, log_every=100, eval_every=0, checkpoint_every=2)
+    with pytest.raises(TrainingDiverged, match="iteration 3 "):
+        train(
+            small_model(),
+            PoisonedThenInterrupted(),
+            eval_set(),
+            settings,
+            tmp_path,
+            batch_size=8,
+            log=lambda s: None,
+        )
+    assert torch.load(tmp_path / CHECKPOINT_NAME, weights_only=False)["iteration"] == 2
+
+
+def test_the_logged_loss_is_the_mean_over_the_window(tmp_path):
+    lines = []
+    settings = TrainSettings(iterations=4, lr=0.0, log_every=4, eval_every=0, checkpoint_every=0)
+    model = small_model()
+    train(model, ToyStream(), eval_set(), settings, tmp_path, batch_size=8, log=lines.append)
+    # lr 0: the model does not change, so the window's mean is the mean loss of the same 4 batches.
+    stream = ToyStream()
+    with torch.no_grad():
+        expected = (
+            sum(
+                torch.nn.functional.cross_entropy(model(x), y).item()
+                for x, y in (stream.next_batch() for _ in range(4))
+            )
+            / 4
+        )
+    assert f"loss {expected:.4f}" in lines[0]
+
+
+def test_a_checkpoint_of_another_format_or_model_count_is_refused_with_the_fix(tmp_path):
+    settings = TrainSettings(iterations=2, lr=0.05, log_every=1, eval_every=0, checkpoint_every=0)
+    torch.save({"iteration": 1, "model": {}}, tmp_path / CHECKPOINT_NAME)  # the version-1 layout
+    with pytest.raises(ValueError, match=r"older version of stn-repro.*delete it"):
+        train(small_model(), ToyStream(), eval_set(), settings, tmp_path, batch_size=8, log=lambda s: None)
+    (tmp_path / CHECKPOINT_NAME).unlink()
+    train(small_model(), ToyStream(), eval_set(), settings, tmp_path, batch_size=8, log=lambda s: None)
+    state = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=False)
+    torch.save(state | {"num_models": 3}, tmp_path / CHECKPOINT_NAME)
+    with pytest.raises(ValueError, match="holds 3 stacked model"):
+        train(small_model(), ToyStream(), eval_set(), settings, tmp_path, batch_size=8, log=lambda s: None)

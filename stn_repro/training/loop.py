@@ -1,8 +1,16 @@
 """The training loop: explicit, resumable, and loud about what it is doing.
 
-One loop serves every classification experiment. It takes a model, a batch stream (anything with
-``next_batch() -> (x, y)``, ``state_dict()`` and ``load_state_dict()``), evaluation sets and explicit
-settings; it knows nothing of Hydra or W&B (progress goes to an optional ``Tracker``).
+One loop (:func:`run_training`) serves every classification experiment, whether it trains one model
+(:func:`train`) or several stacked ones (:func:`~stn_repro.training.stacked.train_stacked`). It drives a
+*learner*: the model(s), their optimiser and batch stream(s) behind one ``step()``. The loop owns all the
+bookkeeping: the lr schedule, the deferred divergence check, logging with throughput, evaluation, pictures,
+atomic checkpoints and exact resume. It knows nothing of Hydra or W&B (progress goes to optional trackers).
+
+Why the loss check is deferred: reading a loss back to the host (``loss.item()``) every step makes the CPU
+wait for the GPU each iteration, which costs small models a large share of their throughput. The loop
+instead copies each step's loss into a buffer on the device and reads the buffer back once per logging
+window and before anything is written (a checkpoint, an evaluation, a picture). A NaN or exploded loss is
+still found, at the iteration where it happened, before any checkpoint of the broken state exists.
 """
 
 from __future__ import annotations
@@ -12,7 +20,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_FORMAT = 2  # 2: one layout for single and stacked runs ({"learner": ..., "histories": ...})
 
 
 class BatchStream(Protocol):
@@ -68,7 +77,7 @@ class TrainSettings:
     lr_step_every: int = 50_000
     lr_gamma: float = 0.1
     localisation_lr_multiplier: float = 1.0
-    log_every: int = 500
+    log_every: int = 500  # also the longest the loss goes unchecked on the host (see the module docstring)
     eval_every: int = 10_000  # 0: evaluate at the end only
     eval_batch_size: int = 1_000
     checkpoint_every: int = 5_000  # 0: only on interruption and at the end
@@ -81,6 +90,9 @@ class TrainSettings:
 
 
 AUTOCAST_DTYPES = {"none": None, "bf16": torch.bfloat16}
+# torch.compile modes; "reduce-overhead" also records the compiled forward and backward graphs as CUDA graphs
+# (replayed with one launch each: what small models on a GPU are bound by). On the CPU it compiles only.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 @dataclass
@@ -93,19 +105,30 @@ class SpeedSettings:
       pass and the loss; the weights, gradients and SGD update stay float32). Works on CPU and CUDA.
     - ``compile``: wrap the model in ``torch.compile`` for the training forward pass (the first steps pay the
       compilation); evaluation and checkpoints use the uncompiled module, which shares the parameters.
+    - ``compile_mode``: the ``torch.compile`` mode when ``compile`` is on; ``"reduce-overhead"`` replays the
+      fixed-shape forward and backward as CUDA graphs on a GPU.
     """
 
     channels_last: bool = False
     autocast: str = "none"
     compile: bool = False
+    compile_mode: str = "default"
 
     def __post_init__(self) -> None:
         if self.autocast not in AUTOCAST_DTYPES:
             raise ValueError(f"autocast must be one of {', '.join(AUTOCAST_DTYPES)}, got {self.autocast!r}")
+        if self.compile_mode not in COMPILE_MODES:
+            raise ValueError(
+                f"compile_mode must be one of {', '.join(COMPILE_MODES)}, got {self.compile_mode!r}"
+            )
+
+    def autocast_context(self, device_type: str) -> contextlib.AbstractContextManager:
+        dtype = AUTOCAST_DTYPES[self.autocast]
+        return contextlib.nullcontext() if dtype is None else torch.autocast(device_type, dtype=dtype)
 
 
 class TrainStep:
-    """One SGD step of ``model`` with ``speed`` settings, split in two so the loss can be checked in between.
+    """One SGD step of ``model`` with ``speed`` settings, split in two so the loss can be kept in between.
 
     ``loss(x, y)`` runs the forward pass and the cross-entropy (a 0-d float32 tensor with its graph);
     ``update(loss)`` back-propagates it and steps ``optimizer``. With default :class:`SpeedSettings` this
@@ -117,19 +140,17 @@ class TrainStep:
         self.optimizer = optimizer
         if speed.channels_last:
             model.to(memory_format=torch.channels_last)  # in place: the optimiser keeps the same tensors
-        self.forward = torch.compile(model) if speed.compile else model
+        self.forward = torch.compile(model, mode=speed.compile_mode) if speed.compile else model
         self.device_type = _device_of(model).type
-
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        dtype = AUTOCAST_DTYPES[self.speed.autocast]
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device_type, dtype=dtype)
+        # CUDA-graph replays reuse their output memory: mark where a new training step starts.
+        self.marks_steps = speed.compile and speed.compile_mode in ("reduce-overhead", "max-autotune")
 
     def loss(self, x: Tensor, y: Tensor) -> Tensor:
+        if self.marks_steps:
+            torch.compiler.cudagraph_mark_step_begin()
         if self.speed.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        with self._autocast():
+        with self.speed.autocast_context(self.device_type):
             logits = self.forward(x)
         # The loss in float32: bf16 log-softmax loses digits the SGD update would then amplify.
         return F.cross_entropy(logits.float(), y)
@@ -179,13 +200,15 @@ def evaluate(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int =
     """% classification error; ``images`` uint8 ``[N, C, H, W]`` (or float in [0, 1]) on the model's device."""
     was_training = model.training
     model.eval()
-    wrong = 0
+    wrong = torch.zeros(
+        (), dtype=torch.long, device=labels.device
+    )  # summed on the device: one sync at the end
     for start in range(0, images.shape[0], batch_size):
         batch = images[start : start + batch_size]
         batch = batch.float() / 255.0 if batch.dtype == torch.uint8 else batch
-        wrong += (model(batch).argmax(1) != labels[start : start + batch_size]).sum().item()
+        wrong += (model(batch).argmax(1) != labels[start : start + batch_size]).sum()
     model.train(was_training)
-    return 100.0 * wrong / images.shape[0]
+    return 100.0 * wrong.item() / images.shape[0]
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -199,6 +222,256 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+class Learner(Protocol):
+    """What :func:`run_training` drives: ``num_models`` models with their optimiser and batch stream(s).
+
+    ``step()`` draws the next batch(es) and takes one SGD step, returning the step's losses as a detached
+    ``[num_models]`` tensor on the device (nothing is read back to the host). ``export()`` makes the
+    ``nn.Module`` objects that ``evaluate`` and picture callbacks see hold the current values.
+    """
+
+    num_models: int
+    images_per_step: int
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+
+    def step(self) -> Tensor: ...
+    def export(self) -> None: ...
+    def evaluate(
+        self, eval_sets: dict[str, tuple[Tensor, Tensor]], batch_size: int
+    ) -> list[dict[str, float]]: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class SingleModel:
+    """The learner of :func:`train`: one model, one stream, one :class:`TrainStep`."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        stream: BatchStream,
+        settings: TrainSettings,
+        speed: SpeedSettings,
+        batch_size: int,
+    ):
+        self.model, self.stream = model, stream
+        self.num_models, self.images_per_step = 1, batch_size
+        self.device = _device_of(model)
+        self.optimizer = make_optimizer(model, settings)
+        self.train_step = TrainStep(model, self.optimizer, speed)
+
+    def step(self) -> Tensor:
+        loss = self.train_step.loss(*self.stream.next_batch())
+        self.train_step.update(loss)
+        return loss.detach().reshape(1)
+
+    def export(self) -> None:
+        pass  # the model is trained in place
+
+    def evaluate(
+        self, eval_sets: dict[str, tuple[Tensor, Tensor]], batch_size: int
+    ) -> list[dict[str, float]]:
+        return [{name: evaluate(self.model, x, y, batch_size) for name, (x, y) in eval_sets.items()}]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "stream": self.stream.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.stream.load_state_dict(state["stream"])
+
+
+class LossWindow:
+    """The losses of the steps since the last check, kept on the device until :meth:`check` reads them."""
+
+    def __init__(self, length: int, num_models: int, device: torch.device):
+        self.values = torch.zeros(length, num_models, device=device)
+        self.first_iteration, self.count = 0, 0
+
+    def add(self, iteration: int, losses: Tensor) -> None:
+        if self.count == 0:
+            self.first_iteration = iteration
+        self.values[self.count].copy_(losses)  # a device-side copy: the host does not wait
+        self.count += 1
+
+    def check(self, settings: TrainSettings, checkpoint_path: Path) -> list[float] | None:
+        """Read the window back (one sync), raise :class:`TrainingDiverged` at the first bad loss, reset;
+        return each model's mean loss over the window (``None`` for an empty window)."""
+        if self.count == 0:
+            return None
+        rows = self.values[: self.count].tolist()
+        num_models = len(rows[0])
+        for offset, row in enumerate(rows):
+            for index, value in enumerate(row):
+                who = f"model {index}'s " if num_models > 1 else ""
+                check_loss(value, self.first_iteration + offset, settings, checkpoint_path, who=who)
+        self.count = 0
+        return [sum(row[i] for row in rows) / len(rows) for i in range(num_models)]
+
+
+def run_training(
+    learner: Learner,
+    eval_sets: dict[str, tuple[Tensor, Tensor]],
+    settings: TrainSettings,
+    run_dir: Path,
+    *,
+    trackers: Sequence[Any] | None = None,
+    on_picture: Callable[[int], None] | None = None,
+    log: Callable[[str], None] = print,
+    extra_state: dict[str, Any] | None = None,
+) -> list[TrainResult]:
+    """Train ``learner`` for ``settings.iterations`` steps, resuming from ``run_dir``; one result per model.
+
+    ``trackers`` (one per model, or ``None``) receive each model's train loss, lr, throughput and eval errors.
+    ``extra_state`` is stored in the checkpoint for the record (e.g. the speed settings).
+    """
+    run_dir = Path(run_dir)
+    checkpoint_path = run_dir / CHECKPOINT_NAME
+    num_models = learner.num_models
+    trackers = list(trackers) if trackers is not None else [None] * num_models
+    if len(trackers) != num_models:
+        raise ValueError(f"{len(trackers)} trackers for {num_models} models: give one per model (or none)")
+    start, wall_before = 0, 0.0
+    histories: list[list[dict[str, Any]]] = [[] for _ in range(num_models)]
+    if checkpoint_path.exists():
+        state = torch.load(checkpoint_path, map_location=learner.device, weights_only=False)
+        _check_checkpoint(state, checkpoint_path, num_models)
+        learner.load_state_dict(state["learner"])
+        torch.set_rng_state(state["torch_rng"])
+        start, wall_before, histories = state["iteration"], state["wall_time_s"], state["histories"]
+        models = f"{num_models} stacked models " if num_models > 1 else ""
+        log(f"resuming {models}from {checkpoint_path} at iteration {start:,}")
+
+    losses = LossWindow(max(1, settings.log_every), num_models, learner.device)
+
+    def checkpoint(iteration: int, wall: float) -> None:
+        save_checkpoint(
+            checkpoint_path,
+            {
+                "format": CHECKPOINT_FORMAT,
+                "num_models": num_models,
+                "learner": learner.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "iteration": iteration,
+                "wall_time_s": wall,
+                "histories": histories,
+                "settings": asdict(settings),
+                **(extra_state or {}),
+            },
+        )
+
+    def run_evaluation(iteration: int) -> list[dict[str, float]]:
+        learner.export()
+        all_errors = learner.evaluate(eval_sets, settings.eval_batch_size)
+        for index, errors in enumerate(all_errors):
+            histories[index].append({"iteration": iteration, **{f"{k}_error": v for k, v in errors.items()}})
+            if trackers[index] is not None:
+                trackers[index].log({f"{k}/error": v for k, v in errors.items()}, step=iteration)
+            who = f" | model {index}" if num_models > 1 else ""
+            log(
+                f"eval  iter {iteration:>7,}{who} | "
+                + " | ".join(f"{k} error {v:.2f}%" for k, v in errors.items())
+            )
+        return all_errors
+
+    def picture(iteration: int) -> None:
+        if on_picture is not None:
+            learner.export()
+            on_picture(iteration)
+
+    end = (
+        settings.iterations
+        if settings.stop_after is None
+        else min(settings.iterations, start + settings.stop_after)
+    )
+    t0 = time.perf_counter()
+    window_start, window_images = t0, 0
+    errors: list[dict[str, float]] = [{} for _ in range(num_models)]
+    iteration = start
+    try:
+        while iteration < end:
+            lr = settings.lr_at(iteration)
+            for group in learner.optimizer.param_groups:
+                group["lr"] = lr * group["lr_scale"]
+            losses.add(iteration, learner.step())
+            iteration += 1
+            window_images += learner.images_per_step
+
+            if iteration % settings.log_every == 0 or iteration == end:
+                means = losses.check(settings, checkpoint_path)
+                now = time.perf_counter()
+                rate = window_images / max(now - window_start, 1e-9)
+                shown = "loss " if num_models == 1 else "losses "
+                log(
+                    f"train iter {iteration:>7,}/{settings.iterations:,} | {shown}"
+                    + " ".join(f"{v:.4f}" for v in means)
+                    + f" | lr {lr:.1e} | {rate:,.0f} img/s"
+                )
+                for tracker, mean in zip(trackers, means, strict=True):
+                    if tracker is not None:
+                        tracker.log(
+                            {"train/loss": mean, "train/lr": lr, "train/images_per_s": rate}, step=iteration
+                        )
+                window_start, window_images = now, 0
+            if (
+                settings.eval_every
+                and iteration % settings.eval_every == 0
+                and iteration < settings.iterations
+            ):
+                losses.check(settings, checkpoint_path)
+                errors = run_evaluation(iteration)
+            if settings.picture_every and iteration % settings.picture_every == 0:
+                losses.check(settings, checkpoint_path)
+                picture(iteration)
+            if settings.checkpoint_every and iteration % settings.checkpoint_every == 0 and iteration < end:
+                losses.check(settings, checkpoint_path)  # never checkpoint a diverged state
+                checkpoint(iteration, wall_before + time.perf_counter() - t0)
+    except KeyboardInterrupt:
+        losses.check(settings, checkpoint_path)
+        checkpoint(iteration, wall_before + time.perf_counter() - t0)
+        log(
+            f"interrupted at iteration {iteration:,}; checkpoint saved to {checkpoint_path}: relaunch to resume"
+        )
+        raise
+
+    losses.check(settings, checkpoint_path)
+    finished = iteration >= settings.iterations
+    if finished:
+        errors = run_evaluation(iteration)
+        pictured = settings.picture_every and iteration % settings.picture_every == 0
+        if not pictured:
+            picture(iteration)
+    learner.export()
+    wall = wall_before + time.perf_counter() - t0
+    checkpoint(iteration, wall)
+    return [
+        TrainResult(
+            iterations=iteration, finished=finished, errors=errors[i], wall_time_s=wall, history=histories[i]
+        )
+        for i in range(num_models)
+    ]
+
+
+def _check_checkpoint(state: dict[str, Any], path: Path, num_models: int) -> None:
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(
+            f"{path} was written by an older version of stn-repro (checkpoint format "
+            f"{state.get('format', 1)}, this version reads {CHECKPOINT_FORMAT}); delete it to start the run "
+            "afresh, or finish the run with the version that started it"
+        )
+    if state["num_models"] != num_models:
+        raise ValueError(
+            f"{path} holds {state['num_models']} stacked model(s), not {num_models}: it belongs to another "
+            "run; delete it or point the run elsewhere"
+        )
 
 
 def train(
@@ -219,109 +492,25 @@ def train(
     Evaluation sets map a name to ``(images, labels)`` on the model's device. A checkpoint in ``run_dir``
     (written every ``checkpoint_every`` steps, on Ctrl-C and at the end) is picked up on relaunch, and the
     run continues exactly as if it had never stopped: model, optimiser, data stream and RNG state are all
-    restored. A NaN, infinite or exploded loss stops the run with :class:`TrainingDiverged`; the last
-    checkpoint on disk is then the last good state. ``speed`` (default: the plain float32 path) sets how each
+    restored. A NaN, infinite or exploded loss stops the run with :class:`TrainingDiverged` within
+    ``log_every`` steps, naming the iteration; no checkpoint of the diverged state is written, so the last
+    checkpoint on disk is the last good state. ``speed`` (default: the plain float32 path) sets how each
     step runs; see :class:`SpeedSettings`.
     """
-    run_dir = Path(run_dir)
-    checkpoint_path = run_dir / CHECKPOINT_NAME
-    optimizer = make_optimizer(model, settings)
-    start, wall_before, history = 0, 0.0, []
-    if checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location=_device_of(model), weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        stream.load_state_dict(state["stream"])
-        torch.set_rng_state(state["torch_rng"])
-        start, wall_before, history = state["iteration"], state["wall_time_s"], state["history"]
-        log(f"resuming from {checkpoint_path} at iteration {start:,}")
-
-    def checkpoint(iteration: int, wall: float) -> None:
-        save_checkpoint(
-            checkpoint_path,
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "stream": stream.state_dict(),
-                "torch_rng": torch.get_rng_state(),
-                "iteration": iteration,
-                "wall_time_s": wall,
-                "history": history,
-                "settings": asdict(settings),
-            },
-        )
-
-    def run_evaluation(iteration: int) -> dict[str, float]:
-        errors = {name: evaluate(model, x, y, settings.eval_batch_size) for name, (x, y) in eval_sets.items()}
-        history.append({"iteration": iteration, **{f"{k}_error": v for k, v in errors.items()}})
-        if tracker is not None:
-            tracker.log({f"{k}/error": v for k, v in errors.items()}, step=iteration)
-        log(f"eval  iter {iteration:>7,} | " + " | ".join(f"{k} error {v:.2f}%" for k, v in errors.items()))
-        return errors
-
+    speed = speed or SpeedSettings()
     model.train()
-    step = TrainStep(model, optimizer, speed or SpeedSettings())
-    end = (
-        settings.iterations
-        if settings.stop_after is None
-        else min(settings.iterations, start + settings.stop_after)
+    learner = SingleModel(model, stream, settings, speed, batch_size)
+    (result,) = run_training(
+        learner,
+        eval_sets,
+        settings,
+        run_dir,
+        trackers=[tracker],
+        on_picture=on_picture,
+        log=log,
+        extra_state={"speed": asdict(speed)},
     )
-    t0 = time.perf_counter()
-    window_start, window_images, errors = t0, 0, {}
-    iteration = start
-    try:
-        while iteration < end:
-            lr = settings.lr_at(iteration)
-            for group in optimizer.param_groups:
-                group["lr"] = lr * group["lr_scale"]
-            x, y = stream.next_batch()
-            loss = step.loss(x, y)
-            loss_value = loss.item()
-            check_loss(loss_value, iteration, settings, checkpoint_path)
-            step.update(loss)
-            iteration += 1
-            window_images += batch_size
-
-            if iteration % settings.log_every == 0 or iteration == end:
-                now = time.perf_counter()
-                rate = window_images / max(now - window_start, 1e-9)
-                log(
-                    f"train iter {iteration:>7,}/{settings.iterations:,} | loss {loss_value:.4f} | lr {lr:.1e} | "
-                    f"{rate:,.0f} img/s"
-                )
-                if tracker is not None:
-                    tracker.log(
-                        {"train/loss": loss_value, "train/lr": lr, "train/images_per_s": rate}, step=iteration
-                    )
-                window_start, window_images = now, 0
-            if (
-                settings.eval_every
-                and iteration % settings.eval_every == 0
-                and iteration < settings.iterations
-            ):
-                errors = run_evaluation(iteration)
-            if on_picture is not None and settings.picture_every and iteration % settings.picture_every == 0:
-                on_picture(iteration)
-            if settings.checkpoint_every and iteration % settings.checkpoint_every == 0 and iteration < end:
-                checkpoint(iteration, wall_before + time.perf_counter() - t0)
-    except KeyboardInterrupt:
-        checkpoint(iteration, wall_before + time.perf_counter() - t0)
-        log(
-            f"interrupted at iteration {iteration:,}; checkpoint saved to {checkpoint_path}: relaunch to resume"
-        )
-        raise
-
-    finished = iteration >= settings.iterations
-    if finished:
-        errors = run_evaluation(iteration)
-        pictured = settings.picture_every and iteration % settings.picture_every == 0
-        if on_picture is not None and not pictured:
-            on_picture(iteration)
-    wall = wall_before + time.perf_counter() - t0
-    checkpoint(iteration, wall)
-    return TrainResult(
-        iterations=iteration, finished=finished, errors=errors, wall_time_s=wall, history=history
-    )
+    return result
 
 
 def _device_of(model: nn.Module) -> torch.device:

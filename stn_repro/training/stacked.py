@@ -14,9 +14,7 @@ float rounding of the batched kernels (``vmap`` runs a convolution over all mode
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -28,16 +26,13 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from .loop import (
-    AUTOCAST_DTYPES,
-    CHECKPOINT_NAME,
     BatchStream,
     SpeedSettings,
     TrainResult,
     TrainSettings,
-    check_loss,
     evaluate,
     localisation_parameters,
-    save_checkpoint,
+    run_training,
 )
 
 
@@ -118,6 +113,63 @@ def make_stacked_optimizer(stacked: StackedModels, settings: TrainSettings) -> t
     )
 
 
+class StackedLearner:
+    """The learner of :func:`train_stacked`: ``M`` stacked models, one optimiser, ``M`` streams."""
+
+    def __init__(
+        self,
+        models: Sequence[nn.Module],
+        streams: Sequence[BatchStream],
+        settings: TrainSettings,
+        speed: SpeedSettings,
+        batch_size: int,
+    ):
+        if len(models) != len(streams):
+            raise ValueError(
+                f"{len(models)} models but {len(streams)} streams: each model needs its own stream"
+            )
+        self.models, self.streams, self.speed = list(models), list(streams), speed
+        self.stacked = StackedModels(models)
+        self.optimizer = make_stacked_optimizer(self.stacked, settings)
+        self.device = next(iter(self.stacked.params.values())).device
+        self.num_models, self.images_per_step = len(models), batch_size * len(models)
+
+    def step(self) -> Tensor:
+        batches = [stream.next_batch() for stream in self.streams]
+        x = torch.stack([b[0] for b in batches])
+        y = torch.stack([b[1] for b in batches])
+        with self.speed.autocast_context(self.device.type):
+            losses = self.stacked.losses(x, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        losses.sum().backward()  # slice i of each stacked gradient is model i's own gradient
+        self.optimizer.step()
+        return losses.detach()
+
+    def export(self) -> None:
+        self.stacked.copy_into(self.models)
+
+    def evaluate(
+        self, eval_sets: dict[str, tuple[Tensor, Tensor]], batch_size: int
+    ) -> list[dict[str, float]]:
+        return [
+            {name: evaluate(model, x, y, batch_size) for name, (x, y) in eval_sets.items()}
+            for model in self.models
+        ]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "stacked": self.stacked.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "streams": [stream.state_dict() for stream in self.streams],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.stacked.load_state_dict(state["stacked"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        for stream, stream_state in zip(self.streams, state["streams"], strict=True):
+            stream.load_state_dict(stream_state)
+
+
 def train_stacked(
     models: Sequence[nn.Module],
     streams: Sequence[BatchStream],
@@ -127,144 +179,35 @@ def train_stacked(
     *,
     batch_size: int,
     speed: SpeedSettings | None = None,
+    trackers: Sequence[Any] | None = None,
+    on_picture: Callable[[int], None] | None = None,
     log: Callable[[str], None] = print,
 ) -> list[TrainResult]:
     """Train ``models[i]`` on ``streams[i]`` for every ``i`` at once, as :func:`~stn_repro.training.loop.train`
     would train each alone, and return one :class:`TrainResult` per model.
 
-    Every model is evaluated on the same ``eval_sets`` (``name -> (images, labels)`` on the models'
-    device). One checkpoint in ``run_dir`` holds the stacked parameters, the optimiser, every stream and the
-    RNG state; a relaunch resumes from it exactly. A NaN, infinite or exploded loss of any model stops the
-    run with :class:`TrainingDiverged`, naming the model. At the end (and at every evaluation) the trained
-    values are written back into ``models``. ``speed``: ``autocast`` is supported; ``channels_last`` and
-    ``compile`` are not (they raise ``ValueError``): vmap picks its own batched kernels.
+    The bookkeeping is :func:`~stn_repro.training.loop.run_training`'s, as for one model: every model is
+    evaluated on the same ``eval_sets`` (``name -> (images, labels)`` on the models' device); one checkpoint
+    in ``run_dir`` holds the stacked parameters, the optimiser, every stream and the RNG state, and a
+    relaunch resumes from it exactly; a NaN, infinite or exploded loss of any model stops the run with
+    :class:`TrainingDiverged`, naming the model. ``trackers`` (one per model) get what ``train``'s tracker
+    gets. Before every evaluation, every ``on_picture(iteration)`` call and at the end, the trained values
+    are written back into ``models``. ``speed``: ``autocast`` is supported; ``channels_last`` and ``compile``
+    are not (they raise ``ValueError``): vmap picks its own batched kernels.
     """
     speed = speed or SpeedSettings()
     if speed.channels_last or speed.compile:
         raise ValueError(
             "the stacked engine supports the autocast speed setting only (not channels_last/compile)"
         )
-    if len(models) != len(streams):
-        raise ValueError(f"{len(models)} models but {len(streams)} streams: each model needs its own stream")
-    run_dir = Path(run_dir)
-    checkpoint_path = run_dir / CHECKPOINT_NAME
-    stacked = StackedModels(models)
-    optimizer = make_stacked_optimizer(stacked, settings)
-    device = next(iter(stacked.params.values())).device
-    start, wall_before = 0, 0.0
-    histories: list[list[dict[str, Any]]] = [[] for _ in models]
-    if checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
-        if state["num_models"] != len(models):
-            raise ValueError(
-                f"{checkpoint_path} holds {state['num_models']} stacked models, not {len(models)}"
-            )
-        stacked.load_state_dict(state["stacked"])
-        optimizer.load_state_dict(state["optimizer"])
-        for stream, stream_state in zip(streams, state["streams"], strict=True):
-            stream.load_state_dict(stream_state)
-        torch.set_rng_state(state["torch_rng"])
-        start, wall_before, histories = state["iteration"], state["wall_time_s"], state["histories"]
-        log(f"resuming {len(models)} stacked models from {checkpoint_path} at iteration {start:,}")
-
-    def checkpoint(iteration: int, wall: float) -> None:
-        save_checkpoint(
-            checkpoint_path,
-            {
-                "num_models": len(models),
-                "stacked": stacked.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "streams": [stream.state_dict() for stream in streams],
-                "torch_rng": torch.get_rng_state(),
-                "iteration": iteration,
-                "wall_time_s": wall,
-                "histories": histories,
-                "settings": asdict(settings),
-                "speed": asdict(speed),
-            },
-        )
-
-    def run_evaluation(iteration: int) -> list[dict[str, float]]:
-        stacked.copy_into(models)
-        all_errors = []
-        for index, model in enumerate(models):
-            errors = {
-                name: evaluate(model, x, y, settings.eval_batch_size) for name, (x, y) in eval_sets.items()
-            }
-            histories[index].append({"iteration": iteration, **{f"{k}_error": v for k, v in errors.items()}})
-            log(
-                f"eval  iter {iteration:>7,} | model {index} | "
-                + " | ".join(f"{k} error {v:.2f}%" for k, v in errors.items())
-            )
-            all_errors.append(errors)
-        return all_errors
-
-    dtype = AUTOCAST_DTYPES[speed.autocast]
-    autocast = (
-        (lambda: torch.autocast(device.type, dtype=dtype)) if dtype is not None else contextlib.nullcontext
+    learner = StackedLearner(models, streams, settings, speed, batch_size)
+    return run_training(
+        learner,
+        eval_sets,
+        settings,
+        run_dir,
+        trackers=trackers,
+        on_picture=on_picture,
+        log=log,
+        extra_state={"speed": asdict(speed)},
     )
-    end = (
-        settings.iterations
-        if settings.stop_after is None
-        else min(settings.iterations, start + settings.stop_after)
-    )
-    t0 = time.perf_counter()
-    window_start, window_images = t0, 0
-    errors: list[dict[str, float]] = [{} for _ in models]
-    iteration = start
-    try:
-        while iteration < end:
-            lr = settings.lr_at(iteration)
-            for group in optimizer.param_groups:
-                group["lr"] = lr * group["lr_scale"]
-            batches = [stream.next_batch() for stream in streams]
-            x = torch.stack([b[0] for b in batches])
-            y = torch.stack([b[1] for b in batches])
-            with autocast():
-                losses = stacked.losses(x, y)
-            loss_values = losses.tolist()
-            for index, value in enumerate(loss_values):
-                check_loss(value, iteration, settings, checkpoint_path, who=f"model {index}'s ")
-            optimizer.zero_grad(set_to_none=True)
-            losses.sum().backward()  # slice i of each stacked gradient is model i's own gradient
-            optimizer.step()
-            iteration += 1
-            window_images += batch_size * len(models)
-
-            if iteration % settings.log_every == 0 or iteration == end:
-                now = time.perf_counter()
-                rate = window_images / max(now - window_start, 1e-9)
-                shown = " ".join(f"{v:.4f}" for v in loss_values)
-                log(
-                    f"train iter {iteration:>7,}/{settings.iterations:,} | losses {shown} | lr {lr:.1e} | "
-                    f"{rate:,.0f} img/s"
-                )
-                window_start, window_images = now, 0
-            if (
-                settings.eval_every
-                and iteration % settings.eval_every == 0
-                and iteration < settings.iterations
-            ):
-                errors = run_evaluation(iteration)
-            if settings.checkpoint_every and iteration % settings.checkpoint_every == 0 and iteration < end:
-                checkpoint(iteration, wall_before + time.perf_counter() - t0)
-    except KeyboardInterrupt:
-        checkpoint(iteration, wall_before + time.perf_counter() - t0)
-        log(
-            f"interrupted at iteration {iteration:,}; checkpoint saved to {checkpoint_path}: relaunch to resume"
-        )
-        raise
-
-    finished = iteration >= settings.iterations
-    if finished:
-        errors = run_evaluation(iteration)
-    else:
-        stacked.copy_into(models)
-    wall = wall_before + time.perf_counter() - t0
-    checkpoint(iteration, wall)
-    return [
-        TrainResult(
-            iterations=iteration, finished=finished, errors=errors[i], wall_time_s=wall, history=histories[i]
-        )
-        for i in range(len(models))
-    ]
