@@ -4,10 +4,10 @@ For each model of ``--models`` on ``--data`` it times, one after the other:
 
 (a) baseline: ``DistortedMNIST`` (distorts one image at a time on the CPU) + ``DataLoader(batch_size,
     shuffle=True, num_workers)`` + a plain loop (to the device, forward, cross-entropy, backward, SGD step);
-(b) engine: ``DistortedStream`` on the device + ``TrainStep`` with the speed settings (the step of
-    ``stn_repro.training.loop.train``, its per-step loss check included);
-(c) stacked (``--stack S > 1``): ``S`` seeds trained as one model by ``train_stacked``'s step, ``S``
-    streams.
+(b) engine: ``DistortedStream`` on the device + ``TrainStep`` with the speed settings: the very
+    ``SingleModel.step`` that ``stn_repro.training.loop.train`` runs, with its deferred loss check;
+(c) stacked (``--stack S > 1``): ``S`` seeds trained as one model: ``StackedLearner.step``, the step of
+    ``train_stacked``, ``S`` streams.
 
 Every time is the mean over a window of ``--steps`` timed steps after ``--warmup`` untimed ones: the
 DataLoader's workers deliver batches in bursts (one per worker at a time), so single-step times alternate
@@ -26,6 +26,7 @@ import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -41,8 +42,15 @@ from stn_repro.data import (
 )
 from stn_repro.data.distortions import IMAGE_SIZE
 from stn_repro.models.mnist import build_mnist_model
-from stn_repro.training.loop import SpeedSettings, TrainSettings, TrainStep, make_optimizer
-from stn_repro.training.stacked import StackedModels, make_stacked_optimizer
+from stn_repro.training.loop import (
+    COMPILE_MODES,
+    LossWindow,
+    SingleModel,
+    SpeedSettings,
+    TrainSettings,
+    make_optimizer,
+)
+from stn_repro.training.stacked import StackedLearner
 
 TABLE1_SETS = ("r", "rts", "p", "e")
 TABLE1_MODELS = (
@@ -134,18 +142,12 @@ def baseline(
 
 def engine(digits: MnistArrays, data: str, model: str, args, device, sync, steps=None, warmup=None) -> Timing:
     net = build(data, model, 0, device)
-    step_fn = TrainStep(net, make_optimizer(net, TrainSettings()), speed_settings(args))
     stream = DistortedStream(
         data, digits.train_images, digits.train_labels, args.batch_size, seed=0, device=device,
         clutter_source=digits.train_images,
     )  # fmt: skip
-
-    def step() -> None:
-        loss = step_fn.loss(*stream.next_batch())
-        loss.item()  # train() checks every loss, so the engine's timing pays for it too
-        step_fn.update(loss)
-
-    ms = timed(step, args.steps if steps is None else steps, args.warmup if warmup is None else warmup, sync)
+    learner = SingleModel(net, stream, TrainSettings(), speed_settings(args), args.batch_size)
+    ms = time_learner(learner, args, sync, steps, warmup)
     return Timing(
         f"(b) engine: DistortedStream on {device.type} + TrainStep({describe(args)})", ms, args.batch_size
     )
@@ -155,8 +157,6 @@ def stacked(
     digits: MnistArrays, data: str, model: str, args, device, sync, steps=None, warmup=None
 ) -> Timing:
     models = [build(data, model, seed, device) for seed in range(args.stack)]
-    stack = StackedModels(models)
-    optimizer = make_stacked_optimizer(stack, TrainSettings())
     streams = [
         DistortedStream(
             data,
@@ -169,31 +169,47 @@ def stacked(
         )
         for seed in range(args.stack)
     ]
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.autocast == "bf16")
-
-    def step() -> None:
-        batches = [s.next_batch() for s in streams]
-        with autocast:
-            losses = stack.losses(torch.stack([b[0] for b in batches]), torch.stack([b[1] for b in batches]))
-        losses.tolist()
-        optimizer.zero_grad(set_to_none=True)
-        losses.sum().backward()
-        optimizer.step()
-
-    ms = timed(step, args.steps if steps is None else steps, args.warmup if warmup is None else warmup, sync)
+    speed = SpeedSettings(autocast=args.autocast)  # the stacked engine takes autocast only
+    learner = StackedLearner(models, streams, TrainSettings(), speed, args.batch_size)
+    ms = time_learner(learner, args, sync, steps, warmup)
     return Timing(
         f"(c) stacked: {args.stack} seeds in one vmap model, autocast={args.autocast}",
         ms,
-        args.batch_size * args.stack,
+        learner.images_per_step,
     )
 
 
+def time_learner(learner, args, sync, steps, warmup) -> float:
+    """ms per step of ``learner.step()`` as ``run_training`` runs it: each step's losses go to a device-side
+    window that is read back (checked) once per 500 steps, the paper profile's logging interval."""
+    window = LossWindow(500, learner.num_models, learner.device)
+    settings, where = TrainSettings(), Path("unused")
+    iteration = 0
+
+    def step() -> None:
+        nonlocal iteration
+        window.add(iteration, learner.step())
+        iteration += 1
+        if window.count == len(window.values):
+            window.check(settings, where)
+
+    ms = timed(step, args.steps if steps is None else steps, args.warmup if warmup is None else warmup, sync)
+    window.check(settings, where)  # a benchmark that diverged measured nothing worth printing
+    return ms
+
+
 def speed_settings(args) -> SpeedSettings:
-    return SpeedSettings(channels_last=args.channels_last, autocast=args.autocast, compile=args.compile)
+    return SpeedSettings(
+        channels_last=args.channels_last,
+        autocast=args.autocast,
+        compile=args.compile,
+        compile_mode=args.compile_mode,
+    )
 
 
 def describe(args) -> str:
-    return f"channels_last={args.channels_last}, autocast={args.autocast}, compile={args.compile}"
+    compiled = f"compile={args.compile}" + (f" ({args.compile_mode})" if args.compile else "")
+    return f"channels_last={args.channels_last}, autocast={args.autocast}, {compiled}"
 
 
 def hours(seconds: float) -> str:
@@ -219,6 +235,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--autocast", default="none", choices=["none", "bf16"])
     parser.add_argument("--compile", action="store_true", help="torch.compile the engine's model")
+    parser.add_argument(
+        "--compile-mode",
+        default="default",
+        choices=COMPILE_MODES,
+        help="torch.compile mode (reduce-overhead: CUDA graphs on a GPU)",
+    )
     parser.add_argument("--stack", type=int, default=3, help="seeds stacked in (c); 1 skips (c)")
     parser.add_argument(
         "--project-cells",

@@ -71,6 +71,7 @@ def cell_from_config(cfg: DictConfig) -> tuple[CellSpec, TrainSettings]:
             channels_last=cfg.trainer.channels_last,
             autocast=cfg.trainer.autocast,
             compile=cfg.trainer.compile,
+            compile_mode=cfg.trainer.compile_mode,
         ),
     )
     iterations = cfg.trainer.iterations
