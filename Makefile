@@ -65,7 +65,15 @@ params-mnist:  ## print every Table 1 model's parameter count and widths
 
 # --- Speed (issue 5) ------------------------------------------------------------------------------------------
 BENCH_ARGS ?=
-.PHONY: bench
+GPU_OUT ?= gpu_session
+TRAIN_MINUTES ?= 10
+.PHONY: bench gpu-kit gpu-session
 
 bench:  ## time the tutorial-style loop vs the engine (CPU default, a few minutes; BENCH_ARGS="--device cuda ...")
 	$(PY) benchmarks/bench_mnist.py $(BENCH_ARGS)
+
+gpu-kit:  ## gather into .gpu_kit/ what a bare offline GPU machine lacks (Hydra wheels, MNIST); needs PyPI
+	PY=$(PY) bash benchmarks/gpu_kit.sh
+
+gpu-session:  ## on a GPU machine with .gpu_kit/: tests, bench, speed settings, TRAIN_MINUTES of full-budget cells -> GPU_OUT/
+	bash benchmarks/gpu_session.sh $(GPU_OUT) $(TRAIN_MINUTES)

@@ -44,7 +44,11 @@ def read_record(path: Path) -> dict[str, Any]:
 
 
 def git_commit(repo: Path | None = None) -> str:
-    """The commit of the code that ran, with ``+dirty`` when the work tree had uncommitted changes."""
+    """The commit of the code that ran, with ``+dirty`` when the work tree had uncommitted changes.
+
+    Where the code runs from a copy without ``.git`` (e.g. a tree sent to a GPU machine), ``$STN_COMMIT``
+    names it instead, marked as given; else ``"unknown"``.
+    """
     repo = repo or Path(__file__).resolve().parents[2]
     try:
         commit = subprocess.run(
@@ -54,7 +58,8 @@ def git_commit(repo: Path | None = None) -> str:
             ["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True, text=True
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        given = os.environ.get("STN_COMMIT")
+        return f"{given} (given by STN_COMMIT; no git checkout)" if given else "unknown"
     return commit + ("+dirty" if dirty else "")
 
 

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Everything one GPU session measures for the fast engine, in one command, on a bare machine.
+#
+#   bash benchmarks/gpu_session.sh OUT_DIR [TRAIN_MINUTES]
+#
+# Needs .gpu_kit/ (make gpu-kit, on a machine with PyPI) next to the code. In order, each step's output
+# going to OUT_DIR as it runs (so a step cut short by a time limit keeps what it printed):
+#   env.txt      GPU, driver, torch and Python versions
+#   tests.txt    the default test suite plus the GPU tests (-m "gpu or not slow")
+#   bench.txt    make bench on the GPU: baseline vs engine vs 3 stacked seeds, every Table 1 + TC cell,
+#                and the projected wall time of the whole protocol
+#   speed.txt    the speed settings head to head (channels_last, bf16, compile, CUDA graphs) on 4 models
+#   train.txt    full-budget (paper profile) Table 1 cells with their 3 seeds stacked, for TRAIN_MINUTES
+#                (default 10); runs.tar.gz holds their run records and logs (finished or not)
+#
+# Environment: DEVICE (default cuda), QUICK=1 (tiny sizes: to check this script itself on a CPU),
+# CELLS (the experiment files to train, in order), PY (default python3), KIT (default .gpu_kit).
+set -uo pipefail
+
+OUT=${1:?usage: gpu_session.sh OUT_DIR [TRAIN_MINUTES]}
+TRAIN_MINUTES=${2:-10}
+DEVICE=${DEVICE:-cuda}
+PY=${PY:-python3}
+KIT=${KIT:-.gpu_kit}
+QUICK=${QUICK:-0}
+# The cells first trained in full: the RTS row (the paper's headline comparison), then R, P, E.
+CELLS=${CELLS:-rts_st_cnn_affine rts_cnn rts_st_cnn_tps rts_st_fcn_affine rts_fcn r_st_cnn_affine r_cnn p_st_cnn_affine p_cnn e_st_cnn_affine e_cnn}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+step() { echo; echo "== $* ($(date -u +%H:%M:%S))"; }
+
+if [[ ! -d "$KIT/wheels" || ! -d "$KIT/mnist" ]]; then
+    echo "error: $KIT/ is missing; run 'make gpu-kit' where PyPI is reachable and carry .gpu_kit along" >&2
+    exit 1
+fi
+SITE=$(mktemp -d)
+"$PY" -m pip install -q --no-index --no-deps --no-compile --target "$SITE" "$KIT"/wheels/*.whl || exit 1
+export PYTHONPATH="$PWD:$SITE${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 WANDB_MODE=disabled
+export STN_DATA=${STN_DATA:-$PWD/data} STN_MNIST_SOURCE="$KIT/mnist"
+if ! git rev-parse HEAD >/dev/null 2>&1 && [[ -z ${STN_COMMIT:-} ]]; then
+    # No .git here: run records name the commit the kit was made at (pass STN_COMMIT=<hash> if newer).
+    export STN_COMMIT="$(cat "$KIT/COMMIT") (at make gpu-kit)"
+    echo "warning: no git checkout; records will name commit $STN_COMMIT" >&2
+fi
+
+step environment | tee "$OUT/env.txt"
+{
+    date -u
+    command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+    "$PY" -c "import torch, sys; print('python', sys.version.split()[0], '| torch', torch.__version__, '| cuda', torch.version.cuda, '| device', torch.cuda.get_device_name() if torch.cuda.is_available() else 'none')"
+    git log -1 --format='commit %H %s' 2>/dev/null || true
+    git status --short 2>/dev/null | head -5
+} 2>&1 | tee -a "$OUT/env.txt"
+
+step "MNIST sets" | tee "$OUT/data.txt"
+"$PY" data_scripts/build_mnist_sets.py 2>&1 | tee -a "$OUT/data.txt" || exit 1
+
+if [[ $QUICK == 1 ]]; then
+    TEST_ARGS=(tests/test_engine.py -q -x)
+    BENCH=(--device "$DEVICE" --batch-size 16 --steps 1 --warmup 1 --workers 0 --stack 2 --project-steps 1
+           --project-cells r/fcn --models fcn)
+    SPEED_MODELS=fcn; SPEED_STEPS=(--steps 1 --warmup 1 --workers 0 --batch-size 16)
+    TRAIN=(trainer=smoke); SEEDS="[1,2]"
+else
+    TEST_ARGS=(-q -m "gpu or not slow" -p no:cacheprovider)
+    BENCH=(--device "$DEVICE" --steps 50 --warmup 10 --workers 8 --stack 3 --project-steps 20)
+    SPEED_MODELS=fcn,cnn,st_cnn:affine,st_cnn:tps; SPEED_STEPS=(--steps 50 --warmup 20 --workers 8)
+    TRAIN=(trainer=paper); SEEDS="[1,2,3]"
+fi
+
+step "tests" | tee "$OUT/tests.txt"
+"$PY" -m pytest "${TEST_ARGS[@]}" 2>&1 | tail -40 | tee -a "$OUT/tests.txt"
+
+step "bench: baseline vs engine vs stacked, projected protocol" | tee "$OUT/bench.txt"
+"$PY" benchmarks/bench_mnist.py "${BENCH[@]}" 2>&1 | tee -a "$OUT/bench.txt"
+
+step "speed settings head to head" | tee "$OUT/speed.txt"
+for variant in "" "--channels-last" "--autocast bf16" "--compile" "--compile --compile-mode reduce-overhead" \
+               "--channels-last --autocast bf16 --compile --compile-mode reduce-overhead"; do
+    echo "-- settings: ${variant:-plain}" | tee -a "$OUT/speed.txt"
+    # shellcheck disable=SC2086  # the variant is a list of flags
+    "$PY" benchmarks/bench_mnist.py --device "$DEVICE" --models "$SPEED_MODELS" --stack 1 --project-cells none \
+        "${SPEED_STEPS[@]}" $variant 2>&1 | grep -E "^==|\(b\)|error" | tee -a "$OUT/speed.txt"
+done
+
+step "full-budget training for $TRAIN_MINUTES min: ${TRAIN[*]}, seeds $SEEDS stacked" | tee "$OUT/train.txt"
+deadline=$(( $(date +%s) + 60 * TRAIN_MINUTES ))
+for cell in $CELLS; do
+    left=$(( deadline - $(date +%s) ))
+    (( left > 30 )) || break
+    echo "-- $cell ($left s left)" | tee -a "$OUT/train.txt"
+    # SIGINT first: the loop checkpoints on Ctrl-C, so a relaunch (next session) resumes the cell.
+    timeout --signal=INT --kill-after=60 "$left" "$PY" -m experiments.mnist "experiment=$cell" "${TRAIN[@]}" \
+        "seeds=$SEEDS" logger=none trainer.device="$DEVICE" 2>&1 | grep -vE "^\s*$" | tee -a "$OUT/train.txt"
+done
+"$PY" -m experiments.table --runs runs/mnist --out "$OUT/table" --profile "${TRAIN[0]#trainer=}" \
+    2>&1 | tee -a "$OUT/train.txt"
+# Records, logs and pictures of every run (checkpoints stay behind: too large to bring back).
+find runs -name record.json -o -name '*.log' -o -name '*.png' 2>/dev/null | tar -czf "$OUT/runs.tar.gz" -T - 2>/dev/null
+ls -la "$OUT"

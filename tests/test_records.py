@@ -1,0 +1,16 @@
+"""Run-record provenance: the commit that ran is named, also from a copy of the tree without .git."""
+
+import re
+
+from stn_repro.training.records import git_commit
+
+
+def test_the_commit_of_this_checkout_is_a_hash():
+    assert re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", git_commit())
+
+
+def test_a_tree_without_git_names_the_given_commit_or_says_unknown(tmp_path, monkeypatch):
+    monkeypatch.delenv("STN_COMMIT", raising=False)
+    assert git_commit(tmp_path) == "unknown"
+    monkeypatch.setenv("STN_COMMIT", "0123abc")
+    assert git_commit(tmp_path) == "0123abc (given by STN_COMMIT; no git checkout)"
