@@ -26,7 +26,12 @@ class Tracker:
 
 
 class WandbTracker(Tracker):
-    """One W&B run. ``mode="offline"`` writes under ``dir`` for a later ``wandb sync``."""
+    """One W&B run. ``mode="offline"`` writes under ``dir`` for a later ``wandb sync``.
+
+    ``reinit`` is W&B's policy for a run started while another is live in this process:
+    ``"finish_previous"`` (one run at a time, the single-seed runner) or ``"create_new"`` (several live runs
+    side by side, e.g. one per seed of a stacked run; W&B >= 0.19).
+    """
 
     def __init__(
         self,
@@ -39,6 +44,7 @@ class WandbTracker(Tracker):
         entity: str | None = None,
         group: str | None = None,
         tags: list[str] | None = None,
+        reinit: str = "finish_previous",
     ):
         import wandb  # imported here: a run without W&B never pays for it
 
@@ -53,7 +59,7 @@ class WandbTracker(Tracker):
             config=config,
             dir=str(dir),
             mode=mode,
-            reinit="finish_previous",
+            reinit=reinit,
         )
 
     def log(self, metrics: dict[str, float], step: int | None = None) -> None:
