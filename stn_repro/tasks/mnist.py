@@ -1,13 +1,22 @@
-"""One distorted-MNIST cell (a data set x a model x a transform x a seed): data, model, training, record."""
+"""Distorted-MNIST cells (a data set x a model x a transform x a seed): data, model, training, record.
+
+:func:`run_cell` trains one seed of a cell with :func:`~stn_repro.training.loop.train`;
+:func:`run_cells_stacked` trains several seeds of one cell at once with
+:func:`~stn_repro.training.stacked.train_stacked`. Both are built from the same helpers (data, each seed's
+stream and model, pictures, records), so a stacked seed starts from the same weights, reads the same batches
+and leaves the same kind of record, in the same folder, as the seed trained alone.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor, nn
 
 from stn_repro.data import (
     GENERATOR_VERSION,
@@ -20,16 +29,33 @@ from stn_repro.data import (
     synthetic_mnist,
     train_indices,
 )
-from stn_repro.models.mnist import build_mnist_model, transformed_batch
+from stn_repro.models.mnist import ModelInfo, build_mnist_model, transformed_batch
 from stn_repro.paper import paper_error
 from stn_repro.tracking import Tracker
-from stn_repro.training.loop import SpeedSettings, TrainSettings, train
-from stn_repro.training.records import RECORD_NAME, provenance, read_record, write_record
+from stn_repro.training.loop import (
+    CHECKPOINT_NAME,
+    BatchStream,
+    SpeedSettings,
+    TrainResult,
+    TrainSettings,
+    train,
+)
+from stn_repro.training.records import (
+    RECORD_NAME,
+    atomic_write_text,
+    provenance,
+    read_record,
+    write_record,
+)
+from stn_repro.training.stacked import train_stacked
 from stn_repro.viz import save_figure, transformation_figure
 
 SYNTHETIC_TEST_SEED = (
     10_000  # the synthetic smoke-test set's distortion seed (real sets are built by make data-mnist)
 )
+# In a stacked run's folder, beside its checkpoint: which seeds the checkpoint holds, in order.
+STACKED_SEEDS_NAME = "stacked_seeds.json"
+SINGLE_ENGINE = {"name": "single"}
 
 
 @dataclass
@@ -57,6 +83,33 @@ class CellSpec:
         return f"{self.data}-{self.model}-{self.transform or 'none'}"
 
 
+@dataclass
+class CellData:
+    """The data of a cell, the same for every seed: training digits, evaluation sets, picture inputs."""
+
+    train_images: Tensor  # uint8 digits the training stream distorts (CPU)
+    train_labels: Tensor
+    clutter_source: Tensor  # the digits TC's clutter is cut from (all 60k training digits)
+    test_images: Tensor  # the distorted test set, uint8 (CPU)
+    test_labels: Tensor
+    eval_sets: dict[str, tuple[Tensor, Tensor]]  # name -> (images, labels) on the training device
+    picture_inputs: Tensor  # the first 8 test images, float in [0, 1] on the training device
+
+    @property
+    def image_size(self) -> int:
+        return self.test_images.shape[-1]
+
+
+@dataclass
+class SeedRun:
+    """One seed of a cell, ready to train: its spec, batch stream, freshly built model and what was built."""
+
+    spec: CellSpec
+    stream: BatchStream
+    model: nn.Module
+    info: ModelInfo
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -68,31 +121,17 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def run_cell(
-    spec: CellSpec,
-    settings: TrainSettings,
-    run_dir: Path,
-    *,
-    config: dict[str, Any] | None = None,
-    tracker: Tracker | None = None,
-    log: Callable[[str], None] = print,
-) -> dict[str, Any]:
-    """Train and evaluate one cell in ``run_dir`` (resuming if it holds a checkpoint); return its record.
+def check_seeds(seeds: Sequence[int]) -> list[int]:
+    """``seeds`` as a list, if it is at least one distinct positive integer; else a ``ValueError``."""
+    seeds = list(seeds)
+    valid = all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in seeds)
+    if not seeds or not valid or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be one or more distinct positive integers, got {seeds!r}")
+    return seeds
 
-    A finished run (its ``record.json`` says so) is not run again: the record is returned as it is.
-    """
-    run_dir = Path(run_dir)
-    record_path = run_dir / RECORD_NAME
-    if record_path.exists():
-        record = read_record(record_path)
-        if record.get("finished"):
-            log(
-                f"{spec.cell} seed {spec.seed}: already finished ({record_path}); test error {record['test_error']:.2f}%"
-            )
-            return record
-    tracker = tracker or Tracker()
-    device = resolve_device(spec.device)
 
+def load_cell_data(spec: CellSpec, device: torch.device) -> CellData:
+    """Load (or, for ``data_source="synthetic"``, generate) the training digits and evaluation sets."""
     if spec.data_source == "synthetic":
         digits = synthetic_mnist(seed=0)
         generated = generate_set(
@@ -118,36 +157,60 @@ def run_cell(
         train_images, train_labels = digits.train_images[keep], digits.train_labels[keep]
     else:
         train_images, train_labels = digits.train_images, digits.train_labels
+    return CellData(
+        train_images=train_images,
+        train_labels=train_labels,
+        clutter_source=digits.train_images,
+        test_images=test_images,
+        test_labels=test_labels,
+        eval_sets=eval_sets,
+        picture_inputs=test_images[:8].to(device).float() / 255.0,
+    )
 
+
+def prepare_seed(spec: CellSpec, data: CellData, device: torch.device) -> SeedRun:
+    """The batch stream (seeded by ``spec.seed``) and the model (built after ``torch.manual_seed(spec.seed)``)
+    of one seed. Single and stacked runs both come through here, so a seed starts from the same weights and
+    reads the same batches either way."""
     stream_cls = {"on_the_fly": DistortedStream, "fixed": FixedTrainingSet}.get(spec.train_mode)
     if stream_cls is None:
         raise ValueError(f"unknown train_mode {spec.train_mode!r}; known: on_the_fly, fixed")
     stream = stream_cls(
         spec.data,
-        train_images,
-        train_labels,
+        data.train_images,
+        data.train_labels,
         spec.batch_size,
         seed=spec.seed,
         device=device,
-        clutter_source=digits.train_images,
+        clutter_source=data.clutter_source,
     )
-
     torch.manual_seed(spec.seed)
-    size = test_images.shape[-1]
     model, info = build_mnist_model(
         spec.model,
-        (1, size, size),
+        (1, data.image_size, data.image_size),
         transform=spec.transform,
         pool_after_transformer=spec.pool_after_transformer,
         **spec.model_options,
     )
     model.to(device)
-    log(
-        f"{spec.cell} seed {spec.seed} | {info.param_count:,} parameters (widths {info.widths}, "
-        f"localisation {info.localisation_params:,}) | {device} | profile {spec.profile}"
+    return SeedRun(spec=spec, stream=stream, model=model, info=info)
+
+
+def describe_seed(seed_run: SeedRun, device: torch.device) -> str:
+    info = seed_run.info
+    return (
+        f"{seed_run.spec.cell} seed {seed_run.spec.seed} | {info.param_count:,} parameters "
+        f"(widths {info.widths}, localisation {info.localisation_params:,}) | {device} | "
+        f"profile {seed_run.spec.profile}"
     )
 
-    picture_inputs = test_images[:8].to(device).float() / 255.0
+
+def picture_maker(
+    cell: str, model: nn.Module, picture_inputs: Tensor, run_dir: Path, tracker: Tracker
+) -> Callable[[int], None]:
+    """A callback ``(iteration) -> None`` that draws ``model``'s transformations of ``picture_inputs`` to
+    ``run_dir/pictures/transform_<iteration>.png`` and hands the file to ``tracker`` (nothing without a
+    transformer)."""
 
     def on_picture(iteration: int) -> None:
         shown = transformed_batch(model, picture_inputs)
@@ -156,28 +219,36 @@ def run_cell(
         outputs, params = shown
         fig = transformation_figure(picture_inputs, outputs, params, model.transformer.family)
         path = save_figure(fig, run_dir / "pictures" / f"transform_{iteration:07d}.png")
-        tracker.log_image(
-            "transformations", path, step=iteration, caption=f"{spec.cell} at iteration {iteration}"
-        )
+        tracker.log_image("transformations", path, step=iteration, caption=f"{cell} at iteration {iteration}")
 
-    result = train(
-        model,
-        stream,
-        eval_sets,
-        settings,
-        run_dir,
-        batch_size=spec.batch_size,
-        tracker=tracker,
-        on_picture=on_picture,
-        log=log,
-        speed=spec.speed,
-    )
-    if not result.finished:
-        log(f"stopped at iteration {result.iterations:,} of {settings.iterations:,}; relaunch to resume")
-        return {"finished": False, "iterations": result.iterations}
+    return on_picture
 
-    paper = paper_error(spec.data, spec.model, spec.transform)
-    record = {
+
+def read_finished_record(run_dir: Path) -> dict[str, Any] | None:
+    """The record in ``run_dir`` if it says the run finished, else ``None``."""
+    record_path = Path(run_dir) / RECORD_NAME
+    if not record_path.exists():
+        return None
+    record = read_record(record_path)
+    return record if record.get("finished") else None
+
+
+def cell_record(
+    spec: CellSpec,
+    settings: TrainSettings,
+    result: TrainResult,
+    info: ModelInfo,
+    data: CellData,
+    device: torch.device,
+    *,
+    engine: dict[str, Any],
+    config: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The record of one finished seed: result, paper number, model, budget, test-set checksum, provenance.
+
+    ``engine`` says how it was trained (``{"name": "single"}`` or the stacked run it was part of).
+    """
+    return {
         "cell": spec.cell,
         "data": spec.data,
         "model": spec.model,
@@ -188,42 +259,265 @@ def run_cell(
         "finished": True,
         "test_error": result.errors["test"],
         "val_error": result.errors.get("val"),
-        "paper_error": paper,
+        "paper_error": paper_error(spec.data, spec.model, spec.transform),
         "param_count": info.param_count,
         "model_info": asdict(info),
         "iterations": result.iterations,
         "batch_size": spec.batch_size,
         "images_seen": result.iterations * spec.batch_size,
         "wall_time_s": round(result.wall_time_s, 1),
+        "engine": engine,
         "history": result.history,
         "test_set": {
             "source": spec.data_source,
-            "size": int(test_labels.numel()),
-            "sha256": set_checksum(test_images, test_labels),
+            "size": int(data.test_labels.numel()),
+            "sha256": set_checksum(data.test_images, data.test_labels),
             "generator_version": GENERATOR_VERSION,
         },
         **provenance(device),
         "config": config or {"spec": asdict(spec), "settings": asdict(settings)},
     }
+
+
+def publish_record(
+    record: dict[str, Any], record_path: Path, tracker: Tracker, log: Callable[[str], None]
+) -> None:
+    """Write ``record`` to ``record_path``, give its numbers to ``tracker`` (summary and result-vs-paper
+    table) and log the result."""
     write_record(record_path, record)
+    paper = record["paper_error"]
     tracker.summary(
-        {"test_error": record["test_error"], "paper_error": paper, "param_count": info.param_count}
+        {"test_error": record["test_error"], "paper_error": paper, "param_count": record["param_count"]}
     )
     tracker.log_table(
         "result_vs_paper",
         ["cell", "seed", "test_error", "paper_error", "param_count", "iterations", "profile"],
         [
             [
-                spec.cell,
-                spec.seed,
+                record["cell"],
+                record["seed"],
                 record["test_error"],
                 paper,
-                info.param_count,
-                result.iterations,
-                spec.profile,
+                record["param_count"],
+                record["iterations"],
+                record["profile"],
             ]
         ],
     )
     paper_text = f" (paper {paper:.1f}%)" if paper is not None else ""
-    log(f"{spec.cell} seed {spec.seed}: test error {record['test_error']:.2f}%{paper_text} -> {record_path}")
+    log(
+        f"{record['cell']} seed {record['seed']}: test error {record['test_error']:.2f}%{paper_text} "
+        f"-> {record_path}"
+    )
+
+
+def log_already_finished(
+    spec: CellSpec, record: dict[str, Any], run_dir: Path, log: Callable[[str], None]
+) -> None:
+    log(
+        f"{spec.cell} seed {spec.seed}: already finished ({Path(run_dir) / RECORD_NAME}); "
+        f"test error {record['test_error']:.2f}%"
+    )
+
+
+def run_cell(
+    spec: CellSpec,
+    settings: TrainSettings,
+    run_dir: Path,
+    *,
+    config: dict[str, Any] | None = None,
+    tracker: Tracker | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Train and evaluate one cell in ``run_dir`` (resuming if it holds a checkpoint); return its record.
+
+    A finished run (its ``record.json`` says so) is not run again: the record is returned as it is.
+    """
+    run_dir = Path(run_dir)
+    finished = read_finished_record(run_dir)
+    if finished is not None:
+        log_already_finished(spec, finished, run_dir, log)
+        return finished
+    tracker = tracker or Tracker()
+    device = resolve_device(spec.device)
+    data = load_cell_data(spec, device)
+    seed_run = prepare_seed(spec, data, device)
+    log(describe_seed(seed_run, device))
+
+    result = train(
+        seed_run.model,
+        seed_run.stream,
+        data.eval_sets,
+        settings,
+        run_dir,
+        batch_size=spec.batch_size,
+        tracker=tracker,
+        on_picture=picture_maker(spec.cell, seed_run.model, data.picture_inputs, run_dir, tracker),
+        log=log,
+        speed=spec.speed,
+    )
+    if not result.finished:
+        log(f"stopped at iteration {result.iterations:,} of {settings.iterations:,}; relaunch to resume")
+        return {"finished": False, "iterations": result.iterations}
+    record = cell_record(
+        spec, settings, result, seed_run.info, data, device, engine=SINGLE_ENGINE, config=config
+    )
+    publish_record(record, run_dir / RECORD_NAME, tracker, log)
     return record
+
+
+def run_cells_stacked(
+    spec: CellSpec,
+    seeds: Sequence[int],
+    settings: TrainSettings,
+    stacked_dir: Path,
+    seed_dirs: Sequence[Path],
+    *,
+    configs: Mapping[int, dict[str, Any]] | None = None,
+    make_tracker: Callable[[CellSpec, Path], Tracker] | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[int, dict[str, Any]]:
+    """Train the seeds ``seeds`` of the cell ``spec`` (its own ``seed`` is ignored) at once, stacked into one
+    model with :func:`~stn_repro.training.stacked.train_stacked`; return each seed's record.
+
+    Each seed's record (and pictures) go to its folder in ``seed_dirs`` (in the order of ``seeds``), as
+    :func:`run_cell` would write them, with ``engine = {"name": "stacked", "seeds", "stacked_dir",
+    "shared_wall_time": True}``: its ``wall_time_s`` is the whole stacked run's. The stacked run's
+    checkpoint lives in ``stacked_dir``; a relaunch resumes from it. Seeds already finished (by either
+    runner) are skipped; if one seed is left and no stacked checkpoint waits, it trains alone with
+    :func:`run_cell`. ``configs`` maps a seed to the resolved config to record; ``make_tracker(seed_spec,
+    seed_dir)`` makes the tracker of each seed that trains (the caller's; finished here).
+
+    A seed not finished in this process (``settings.stop_after``) gets ``{"finished": False, "iterations"}``.
+    """
+    seeds = check_seeds(seeds)
+    if len(seed_dirs) != len(seeds):
+        raise ValueError(f"{len(seeds)} seeds but {len(seed_dirs)} seed folders: give one folder per seed")
+    stacked_dir = Path(stacked_dir)
+    seed_dir_of = {seed: Path(d) for seed, d in zip(seeds, seed_dirs, strict=True)}
+    seed_spec_of = {seed: replace(spec, seed=seed) for seed in seeds}
+    configs = configs or {}
+    make_tracker = make_tracker or (lambda seed_spec, seed_dir: Tracker())
+
+    records: dict[int, dict[str, Any]] = {}
+    for seed in seeds:
+        finished = read_finished_record(seed_dir_of[seed])
+        if finished is not None:
+            log_already_finished(seed_spec_of[seed], finished, seed_dir_of[seed], log)
+            records[seed] = finished
+    pending = [seed for seed in seeds if seed not in records]
+    if not pending:
+        return records
+
+    resuming = (stacked_dir / CHECKPOINT_NAME).exists()
+    if resuming:
+        # The checkpoint fixes which models are stacked: resume exactly those, even if one of them has
+        # meanwhile been finished elsewhere (its record is kept; its stacked twin just trains along).
+        train_seeds = read_stacked_seeds(stacked_dir)
+        missing = [seed for seed in pending if seed not in train_seeds]
+        if missing:
+            raise ValueError(
+                f"{stacked_dir / CHECKPOINT_NAME} holds seeds {train_seeds}, not the unfinished seeds "
+                f"{missing}; delete that checkpoint to train the unfinished seeds {pending} afresh"
+            )
+    else:
+        train_seeds = pending
+    if len(train_seeds) == 1:
+        (seed,) = train_seeds
+        tracker = make_tracker(seed_spec_of[seed], seed_dir_of[seed])
+        try:
+            records[seed] = run_cell(
+                seed_spec_of[seed],
+                settings,
+                seed_dir_of[seed],
+                config=configs.get(seed),
+                tracker=tracker,
+                log=log,
+            )
+        finally:
+            tracker.finish()
+        return records
+
+    device = resolve_device(spec.device)
+    data = load_cell_data(spec, device)
+    seed_runs = [prepare_seed(seed_spec_of[seed], data, device) for seed in train_seeds]
+    for seed_run in seed_runs:
+        log(describe_seed(seed_run, device))
+    if not resuming:
+        write_stacked_seeds(stacked_dir, train_seeds)
+    # Only seeds whose record is still missing get a tracker (and a record): no empty W&B runs.
+    trackers = {
+        seed: make_tracker(seed_spec_of[seed], seed_dir_of[seed]) if seed in pending else Tracker()
+        for seed in train_seeds
+    }
+    try:
+        results = train_stacked(
+            [seed_run.model for seed_run in seed_runs],
+            [seed_run.stream for seed_run in seed_runs],
+            data.eval_sets,
+            settings,
+            stacked_dir,
+            batch_size=spec.batch_size,
+            speed=spec.speed,
+            log=log,
+        )
+        if not results[0].finished:
+            log(
+                f"stopped at iteration {results[0].iterations:,} of {settings.iterations:,}; "
+                "relaunch to resume"
+            )
+            for seed in pending:
+                records[seed] = {"finished": False, "iterations": results[0].iterations}
+            return records
+        engine = {
+            "name": "stacked",
+            "seeds": train_seeds,
+            "stacked_dir": str(stacked_dir),
+            "shared_wall_time": True,  # wall_time_s is the stacked run's, shared by all its seeds
+        }
+        for seed_run, result in zip(seed_runs, results, strict=True):
+            seed = seed_run.spec.seed
+            if seed not in pending:
+                log(f"{spec.cell} seed {seed}: finished elsewhere meanwhile; its record is kept")
+                continue
+            tracker = trackers[seed]
+            # train_stacked does not talk to trackers: give each seed's tracker its evaluations now.
+            for entry in result.history:
+                step = entry["iteration"]
+                tracker.log(
+                    {f"{k.removesuffix('_error')}/error": v for k, v in entry.items() if k != "iteration"},
+                    step=step,
+                )
+            draw = picture_maker(spec.cell, seed_run.model, data.picture_inputs, seed_dir_of[seed], tracker)
+            draw(result.iterations)  # train_stacked wrote the trained values back into the model
+            record = cell_record(
+                seed_run.spec,
+                settings,
+                result,
+                seed_run.info,
+                data,
+                device,
+                engine=engine,
+                config=configs.get(seed),
+            )
+            publish_record(record, seed_dir_of[seed] / RECORD_NAME, tracker, log)
+            records[seed] = record
+    finally:
+        for tracker in trackers.values():
+            tracker.finish()
+    return records
+
+
+def write_stacked_seeds(stacked_dir: Path, seeds: Sequence[int]) -> None:
+    atomic_write_text(Path(stacked_dir) / STACKED_SEEDS_NAME, json.dumps({"seeds": list(seeds)}) + "\n")
+
+
+def read_stacked_seeds(stacked_dir: Path) -> list[int]:
+    """The seeds the stacked checkpoint in ``stacked_dir`` holds, in order."""
+    path = Path(stacked_dir) / STACKED_SEEDS_NAME
+    if not path.exists():
+        raise ValueError(
+            f"{Path(stacked_dir) / CHECKPOINT_NAME} has no {STACKED_SEEDS_NAME} beside it saying which seeds "
+            "it holds; delete the checkpoint to start the stacked run afresh"
+        )
+    return json.loads(path.read_text())["seeds"]
