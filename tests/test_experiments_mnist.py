@@ -1,19 +1,22 @@
-"""The distorted-MNIST runner: every config composes and runs; sweeps, resume and W&B work end to end."""
+"""The distorted-MNIST runner: every config composes and runs; sweeps, resume, W&B and stacked seeds work."""
 
 import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
-from experiments.mnist import cell_from_config
+from experiments.mnist import cell_from_config, check_stacked_config, run_folder, seeds_from_config
 from stn_repro.paper import paper_error
-from stn_repro.tasks.mnist import run_cell
+from stn_repro.tables import aggregate, collect_records
+from stn_repro.tasks.mnist import run_cell, run_cells_stacked
 from stn_repro.training.loop import TrainSettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -182,3 +185,148 @@ def test_the_parallel_launcher_composes():
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         cfg = compose("mnist", overrides=["hydra/launcher=parallel"], return_hydra_config=True)
     assert cfg.hydra.launcher._target_.endswith("JoblibLauncher") and cfg.hydra.launcher.n_jobs == 2
+
+
+# --- stacked seeds (seeds=[...]) -------------------------------------------------------------------------------
+
+# Smaller models than the paper's 400k parameters keep these tests at a few seconds each.
+STACKED_SMOKE = ["experiment=r_st_fcn_affine", "model.param_budget=50000", *SMOKE]
+
+
+def stacked_run(tmp_path, seeds, settings_overrides=(), **kwargs):
+    """run_cells_stacked as the runner calls it: the stacked folder and the seed folders side by side."""
+    cfg = compose_mnist([*STACKED_SMOKE, *settings_overrides])
+    spec, settings = cell_from_config(cfg)
+    cell_dir = tmp_path / spec.profile / spec.cell
+    records = run_cells_stacked(
+        spec,
+        seeds,
+        settings,
+        cell_dir / run_folder(spec.seed, seeds),
+        [cell_dir / f"seed{seed}" for seed in seeds],
+        log=kwargs.pop("log", lambda s: None),
+        **kwargs,
+    )
+    return records, cell_dir
+
+
+def test_a_stacked_run_writes_each_seeds_record_and_wandb_run_in_its_seed_folder(tmp_path):
+    result = run_module(
+        ["experiments.mnist", *STACKED_SMOKE, "logger=wandb", "seeds=[2,1]"],
+        tmp_path,
+        WANDB_MODE="offline",
+        WANDB_SILENT="true",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    cell_dir = tmp_path / "runs" / "mnist" / "smoke" / "r-st_fcn-affine"
+    assert (cell_dir / "seeds2-1" / "checkpoint.pt").exists() and (cell_dir / "seeds2-1" / ".hydra").exists()
+    for seed in (1, 2):
+        seed_dir = cell_dir / f"seed{seed}"
+        record = json.loads((seed_dir / "record.json").read_text())
+        assert record["seed"] == seed and record["config"]["seed"] == seed and record["iterations"] == 6
+        assert record["engine"] == {
+            "name": "stacked",
+            "seeds": [2, 1],
+            "stacked_dir": str(cell_dir / "seeds2-1"),
+            "shared_wall_time": True,
+        }
+        assert (seed_dir / "pictures" / "transform_0000006.png").exists()
+        (offline,) = (seed_dir / "wandb").glob("offline-run-*")  # one W&B run per seed
+        assert list((offline / "files" / "media").rglob("*.png"))
+        assert list((offline / "files" / "media").rglob("*.table.json"))
+    rows = aggregate(collect_records(tmp_path / "runs" / "mnist"))
+    assert [(r["seeds"], r["n_seeds"]) for r in rows] == [("1 2", 2)]
+
+
+def test_single_records_say_their_engine(tmp_path):
+    cfg = compose_mnist(STACKED_SMOKE)
+    spec, settings = cell_from_config(cfg)
+    assert run_cell(spec, settings, tmp_path, log=lambda s: None)["engine"] == {"name": "single"}
+
+
+def test_a_stacked_relaunch_trains_only_the_unfinished_seeds(tmp_path):
+    cfg = compose_mnist(STACKED_SMOKE)
+    spec, settings = cell_from_config(cfg)
+    cell_dir = tmp_path / spec.profile / spec.cell
+    run_cell(replace(spec, seed=2), settings, cell_dir / "seed2", log=lambda s: None)
+    alone = json.loads((cell_dir / "seed2" / "record.json").read_text())
+
+    records, _ = stacked_run(tmp_path, [1, 2, 3])  # seed 2 is done: 1 and 3 train, stacked
+    assert records[2] == alone
+    assert [records[s]["engine"]["seeds"] for s in (1, 3)] == [[1, 3], [1, 3]]
+    assert json.loads((cell_dir / "seed2" / "record.json").read_text()) == alone
+    lines = []
+    again, _ = stacked_run(tmp_path, [1, 2, 3], log=lines.append)  # all done: nothing trains
+    saved = {s: json.loads((cell_dir / f"seed{s}" / "record.json").read_text()) for s in (1, 2, 3)}
+    assert again == saved and sum("already finished" in line for line in lines) == 3 and len(lines) == 3
+
+    records, _ = stacked_run(tmp_path, [3, 4])  # one left: it trains alone, in its seed folder
+    assert records[3]["engine"]["name"] == "stacked" and records[4]["engine"] == {"name": "single"}
+    assert (cell_dir / "seed4" / "checkpoint.pt").exists() and not (cell_dir / "seeds3-4").exists()
+
+
+def test_an_interrupted_stacked_run_resumes_to_the_uninterrupted_final_state(tmp_path):
+    longer = ["trainer.iterations=8", "trainer.checkpoint_every=100"]
+    _, straight_dir = stacked_run(tmp_path / "straight", [1, 2], longer)
+    stopped, resumed_dir = stacked_run(tmp_path / "resumed", [1, 2], [*longer, "trainer.stop_after=5"])
+    assert stopped == {1: {"finished": False, "iterations": 5}, 2: {"finished": False, "iterations": 5}}
+    assert not list(resumed_dir.rglob("record.json"))
+    lines = []
+    resumed, _ = stacked_run(tmp_path / "resumed", [1, 2], longer, log=lines.append)
+    assert any("resuming 2 stacked models" in line and "iteration 5" in line for line in lines)
+    assert all(resumed[s]["finished"] and resumed[s]["iterations"] == 8 for s in (1, 2))
+    a = torch.load(straight_dir / "seeds1-2" / "checkpoint.pt", weights_only=False)["learner"]["stacked"]
+    b = torch.load(resumed_dir / "seeds1-2" / "checkpoint.pt", weights_only=False)["learner"]["stacked"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("experiment", ["r_st_fcn_affine", "rts_st_cnn_tps"])
+def test_each_stacked_seed_trains_as_its_single_seed_run(experiment, tmp_path):
+    cfg = compose_mnist([f"experiment={experiment}", "model.param_budget=50000", *SMOKE])
+    spec, settings = cell_from_config(cfg)
+    seeds = [1, 2]
+    quiet = {"log": lambda s: None}
+    stacked = run_cells_stacked(
+        spec, seeds, settings, tmp_path / "stacked", [tmp_path / f"stacked_seed{s}" for s in seeds], **quiet
+    )
+    state = torch.load(tmp_path / "stacked" / "checkpoint.pt", weights_only=False)["learner"]["stacked"]
+    for index, seed in enumerate(seeds):
+        alone = run_cell(replace(spec, seed=seed), settings, tmp_path / f"alone{seed}", **quiet)
+        checkpoint = torch.load(tmp_path / f"alone{seed}" / "checkpoint.pt", weights_only=False)
+        weights = checkpoint["learner"]["model"]
+        for name, value in weights.items():
+            torch.testing.assert_close(state[name][index], value, rtol=1e-4, atol=1e-4, msg=name)
+        for key in ("seed", "iterations", "images_seen", "param_count", "test_set", "paper_error"):
+            assert stacked[seed][key] == alone[key], key
+        assert abs(stacked[seed]["test_error"] - alone["test_error"]) <= 100 / alone["test_set"]["size"]
+
+
+@pytest.mark.parametrize("value", ["[]", "[1,1]", "[0,2]", "[-1]", "3", "[1,a]", "[1.5]", "[true]"])
+def test_bad_seeds_are_refused_naming_the_fix(value):
+    cfg = compose_mnist([f"seeds={value}"])
+    with pytest.raises(ValueError, match=r"distinct positive integers, e\.g\. seeds=\[1,2,3\]"):
+        seeds_from_config(cfg.seeds)
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose("mnist", overrides=[f"seeds={value}"], return_hydra_config=True)
+    with pytest.raises(InterpolationResolutionError, match=r"e\.g\. seeds=\[1,2,3\]"):
+        cfg.hydra.run.dir  # noqa: B018  (Hydra resolves it first, before the job starts)
+
+
+def test_stacked_runs_have_their_own_folder_and_single_runs_keep_theirs():
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        single = compose("mnist", overrides=["seed=4"], return_hydra_config=True)
+        stacked = compose("mnist", overrides=["seeds=[1,2,3]"], return_hydra_config=True)
+    assert single.hydra.run.dir == "runs/mnist/paper/rts-st_cnn-affine/seed4"
+    assert single.hydra.sweep.subdir == "rts-st_cnn-affine/seed4"
+    assert stacked.hydra.run.dir == "runs/mnist/paper/rts-st_cnn-affine/seeds1-2-3"
+    assert stacked.hydra.sweep.subdir == "rts-st_cnn-affine/seeds1-2-3"
+    assert seeds_from_config(stacked.seeds) == [1, 2, 3] and seeds_from_config(single.seeds) is None
+
+
+def test_stacked_seeds_refuse_the_speed_settings_they_cannot_run_and_a_seed_beside_them():
+    for setting in ("trainer.channels_last=true", "trainer.compile=true"):
+        with pytest.raises(ValueError, match=r"trainer\.channels_last=false trainer\.compile=false"):
+            check_stacked_config(compose_mnist(["seeds=[1,2]", setting]), task_overrides=["seeds=[1,2]"])
+    with pytest.raises(ValueError, match="not both"):
+        check_stacked_config(compose_mnist(["seeds=[1,2]"]), task_overrides=["seeds=[1,2]", "seed=3"])
+    check_stacked_config(compose_mnist(["seeds=[1,2]", "trainer.autocast=bf16"]), ["seeds=[1,2]"])
