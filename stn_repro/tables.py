@@ -75,7 +75,7 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "batch_size": _single(r["batch_size"] for r in runs),
                 "images_seen": _single(r["images_seen"] for r in runs),
                 "reduced_budget": any(r["reduced_budget"] for r in runs),
-                "wall_time_s": round(sum(r["wall_time_s"] for r in runs), 1),
+                "wall_time_s": round(training_time(runs), 1),
                 "commits": " ".join(sorted({r["commit"][:12] for r in runs})),
                 "devices": "; ".join(sorted({r["device"] for r in runs})),
             }
@@ -83,6 +83,19 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     order = {name: i for i, name in enumerate((*TABLE1_SETS, "tc"))}
     labels = {model_label(m, t): i for i, (m, t) in enumerate(TABLE1_ERROR)}
     return sorted(rows, key=lambda r: (r["profile"], order.get(r["data"], 99), labels.get(r["label"], 99)))
+
+
+def training_time(runs: list[dict[str, Any]]) -> float:
+    """Wall time spent training ``runs``: the sum over runs, with each stacked run counted once (its seeds'
+    records all carry the whole stacked run's wall time, ``engine.shared_wall_time``)."""
+    single, stacked = 0.0, {}
+    for run in runs:
+        engine = run.get("engine") or {}  # records made before the engine field are single runs
+        if engine.get("shared_wall_time"):
+            stacked[engine["stacked_dir"]] = run["wall_time_s"]
+        else:
+            single += run["wall_time_s"]
+    return single + sum(stacked.values())
 
 
 def to_csv(rows: list[dict[str, Any]]) -> str:

@@ -96,3 +96,15 @@ def test_table_command_logs_the_table_to_wandb_offline(runs, tmp_path, monkeypat
     assert len(offline) == 1
     tables = list((offline[0] / "files" / "media").rglob("*.table.json"))
     assert tables and "ST-CNN Aff" in tables[0].read_text()
+
+
+def test_a_stacked_runs_shared_wall_time_counts_once():
+    stacked = {"name": "stacked", "seeds": [1, 2], "stacked_dir": "runs/x/seeds1-2", "shared_wall_time": True}
+    runs = [
+        record("rts", "st_cnn", "affine", 1, 1.0) | {"engine": stacked, "wall_time_s": 30.0},
+        record("rts", "st_cnn", "affine", 2, 2.0) | {"engine": stacked, "wall_time_s": 30.0},
+        record("rts", "st_cnn", "affine", 3, 3.0) | {"engine": {"name": "single"}},  # 10 s
+        record("rts", "st_cnn", "affine", 4, 3.0),  # an older record without the engine field: 10 s
+    ]
+    (row,) = aggregate(runs)
+    assert row["n_seeds"] == 4 and row["wall_time_s"] == 50.0
