@@ -49,12 +49,15 @@ sample-sheets:  ## draw results/samples/<set>.png sample grids of every set from
 # --- Distorted MNIST experiments (Table 1 and TC) -----------------------------------------------------------
 SEEDS ?= 1,2,3
 MNIST_SETS ?= r,rts,p,e
+# STACK=1: one job per cell trains its SEEDS stacked (seeds=[1,2,3]; for GPUs); 0: one job per seed (seed=1,2,3).
+STACK ?= 0
+SEED_ARG = $(if $(filter 1,$(STACK)),'seeds=[$(SEEDS)]',seed=$(SEEDS))
 .PHONY: reproduce-mnist table params-mnist
 
-reproduce-mnist:  ## run Table 1 + TC (PROFILE=paper|quick, SEEDS=1,2,3), then write results/ tables
-	$(PY) -m experiments.mnist -m trainer=$(PROFILE) seed=$(SEEDS) data=$(MNIST_SETS),tc model=fcn,cnn transformer=none
-	$(PY) -m experiments.mnist -m trainer=$(PROFILE) seed=$(SEEDS) data=$(MNIST_SETS) model=st_fcn,st_cnn transformer=affine,projective,tps
-	$(PY) -m experiments.mnist -m trainer=$(PROFILE) seed=$(SEEDS) data=tc model=st_fcn,st_cnn transformer=affine
+reproduce-mnist:  ## run Table 1 + TC (PROFILE=paper|quick, SEEDS=1,2,3, STACK=1: each cell's seeds stacked in one process, for GPUs), then write results/ tables
+	$(PY) -m experiments.mnist -m trainer=$(PROFILE) $(SEED_ARG) data=$(MNIST_SETS),tc model=fcn,cnn transformer=none
+	$(PY) -m experiments.mnist -m trainer=$(PROFILE) $(SEED_ARG) data=$(MNIST_SETS) model=st_fcn,st_cnn transformer=affine,projective,tps
+	$(PY) -m experiments.mnist -m trainer=$(PROFILE) $(SEED_ARG) data=tc model=st_fcn,st_cnn transformer=affine
 	$(MAKE) table PROFILE=$(PROFILE)
 
 table:  ## write results/mnist_table1_$(PROFILE).{csv,md} from the run records under runs/mnist
