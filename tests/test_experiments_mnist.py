@@ -17,6 +17,7 @@ from experiments.mnist import cell_from_config, check_stacked_config, run_folder
 from stn_repro.paper import paper_error
 from stn_repro.tables import aggregate, collect_records
 from stn_repro.tasks.mnist import run_cell, run_cells_stacked
+from stn_repro.tracking import Tracker
 from stn_repro.training.loop import TrainSettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -330,3 +331,62 @@ def test_stacked_seeds_refuse_the_speed_settings_they_cannot_run_and_a_seed_besi
     with pytest.raises(ValueError, match="not both"):
         check_stacked_config(compose_mnist(["seeds=[1,2]"]), task_overrides=["seeds=[1,2]", "seed=3"])
     check_stacked_config(compose_mnist(["seeds=[1,2]", "trainer.autocast=bf16"]), ["seeds=[1,2]"])
+
+
+def test_a_stacked_checkpoint_resumes_its_seeds_even_if_one_was_finished_alone_meanwhile(tmp_path):
+    _, cell_dir = stacked_run(tmp_path, [1, 2], ["trainer.stop_after=3"])
+    cfg = compose_mnist(STACKED_SMOKE)
+    spec, settings = cell_from_config(cfg)
+    run_cell(replace(spec, seed=1), settings, cell_dir / "seed1", log=lambda s: None)
+    alone = json.loads((cell_dir / "seed1" / "record.json").read_text())
+
+    lines = []
+    records, _ = stacked_run(tmp_path, [1, 2], log=lines.append)  # the checkpoint holds seeds 1 and 2
+    assert any("resuming 2 stacked models" in line for line in lines)
+    assert records[1] == alone and json.loads((cell_dir / "seed1" / "record.json").read_text()) == alone
+    assert records[2]["finished"] and records[2]["engine"]["seeds"] == [1, 2]
+
+    (cell_dir / "seed2" / "record.json").unlink()
+    (cell_dir / "seeds1-2" / "stacked_seeds.json").write_text('{"seeds": [1, 3]}')
+    with pytest.raises(ValueError, match=r"not the unfinished seeds \[2\]; delete that checkpoint"):
+        stacked_run(tmp_path, [1, 2])
+
+
+class RecordingTracker(Tracker):
+    """Keeps what it is given, for the tests."""
+
+    def __init__(self, seed):
+        self.seed, self.logged, self.images, self.summaries, self.finished = seed, [], [], [], False
+
+    def log(self, metrics, step=None):
+        self.logged.append((step, metrics))
+
+    def log_image(self, key, path, step=None, caption=None):
+        self.images.append(Path(path))
+
+    def summary(self, values):
+        self.summaries.append(values)
+
+    def finish(self):
+        self.finished = True
+
+
+def test_each_stacked_seed_reports_to_its_own_tracker(tmp_path):
+    trackers = {}
+
+    def make_tracker(seed_spec, seed_dir):
+        assert seed_dir.name == f"seed{seed_spec.seed}"
+        trackers[seed_spec.seed] = RecordingTracker(seed_spec.seed)
+        return trackers[seed_spec.seed]
+
+    records, cell_dir = stacked_run(tmp_path, [1, 2], make_tracker=make_tracker)
+    assert sorted(trackers) == [1, 2]
+    for seed, tracker in trackers.items():
+        assert tracker.finished and tracker.summaries[0]["test_error"] == records[seed]["test_error"]
+        steps = {step for step, metrics in tracker.logged if "train/loss" in metrics}
+        assert steps == {2, 4, 6}  # log_every=2 in the smoke profile
+        assert [step for step, metrics in tracker.logged if "test/error" in metrics] == [3, 6]
+        assert tracker.images == [cell_dir / f"seed{seed}" / "pictures" / "transform_0000006.png"]
+    again = {}
+    stacked_run(tmp_path, [1, 2], make_tracker=lambda spec, d: again.setdefault(spec.seed, Tracker()))
+    assert again == {}  # finished seeds get no tracker (no empty W&B runs)

@@ -450,6 +450,17 @@ def run_cells_stacked(
         seed: make_tracker(seed_spec_of[seed], seed_dir_of[seed]) if seed in pending else Tracker()
         for seed in train_seeds
     }
+    # Pictures only for the seeds that get a record: a seed finished elsewhere keeps its own.
+    picture_makers = [
+        picture_maker(spec.cell, seed_run.model, data.picture_inputs, seed_dir_of[seed], trackers[seed])
+        for seed, seed_run in zip(train_seeds, seed_runs, strict=True)
+        if seed in pending
+    ]
+
+    def on_picture(iteration: int) -> None:  # train_stacked has written the trained values into the models
+        for draw in picture_makers:
+            draw(iteration)
+
     try:
         results = train_stacked(
             [seed_run.model for seed_run in seed_runs],
@@ -459,6 +470,8 @@ def run_cells_stacked(
             stacked_dir,
             batch_size=spec.batch_size,
             speed=spec.speed,
+            trackers=[trackers[seed] for seed in train_seeds],
+            on_picture=on_picture,
             log=log,
         )
         if not results[0].finished:
@@ -480,16 +493,6 @@ def run_cells_stacked(
             if seed not in pending:
                 log(f"{spec.cell} seed {seed}: finished elsewhere meanwhile; its record is kept")
                 continue
-            tracker = trackers[seed]
-            # train_stacked does not talk to trackers: give each seed's tracker its evaluations now.
-            for entry in result.history:
-                step = entry["iteration"]
-                tracker.log(
-                    {f"{k.removesuffix('_error')}/error": v for k, v in entry.items() if k != "iteration"},
-                    step=step,
-                )
-            draw = picture_maker(spec.cell, seed_run.model, data.picture_inputs, seed_dir_of[seed], tracker)
-            draw(result.iterations)  # train_stacked wrote the trained values back into the model
             record = cell_record(
                 seed_run.spec,
                 settings,
@@ -500,7 +503,7 @@ def run_cells_stacked(
                 engine=engine,
                 config=configs.get(seed),
             )
-            publish_record(record, seed_dir_of[seed] / RECORD_NAME, tracker, log)
+            publish_record(record, seed_dir_of[seed] / RECORD_NAME, trackers[seed], log)
             records[seed] = record
     finally:
         for tracker in trackers.values():
