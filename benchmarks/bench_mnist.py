@@ -26,6 +26,7 @@ import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -50,6 +51,7 @@ from stn_repro.training.loop import (
     TrainSettings,
     make_optimizer,
 )
+from stn_repro.training.records import git_commit
 from stn_repro.training.stacked import StackedLearner
 
 TABLE1_SETS = ("r", "rts", "p", "e")
@@ -268,6 +270,7 @@ def main(argv: list[str] | None = None) -> None:
     digits = load_mnist() if real else synthetic_mnist(num_train=4096, num_test=16)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     print(
+        f"stn-repro {git_commit()} | {datetime.now(UTC).isoformat(timespec='seconds')} | "
         f"device {device} ({where}), torch {torch.__version__}, {torch.get_num_threads()} threads | "
         f"data {'MNIST' if real else 'synthetic'} ({len(digits.train_labels):,} digits) | batch {args.batch_size} | "
         f"mean of {args.steps} steps after {args.warmup}"

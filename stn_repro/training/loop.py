@@ -393,7 +393,7 @@ def run_training(
         else min(settings.iterations, start + settings.stop_after)
     )
     t0 = time.perf_counter()
-    window_start, window_images = t0, 0
+    window_start, window_images, window_paused = t0, 0, 0.0
     errors: list[dict[str, float]] = [{} for _ in range(num_models)]
     iteration = start
     try:
@@ -408,7 +408,7 @@ def run_training(
             if iteration % settings.log_every == 0 or iteration == end:
                 means = losses.check(settings, checkpoint_path)
                 now = time.perf_counter()
-                rate = window_images / max(now - window_start, 1e-9)
+                rate = window_images / max(now - window_start - window_paused, 1e-9)
                 shown = "loss " if num_models == 1 else "losses "
                 log(
                     f"train iter {iteration:>7,}/{settings.iterations:,} | {shown}"
@@ -420,20 +420,26 @@ def run_training(
                         tracker.log(
                             {"train/loss": mean, "train/lr": lr, "train/images_per_s": rate}, step=iteration
                         )
-                window_start, window_images = now, 0
-            if (
+                window_start, window_images, window_paused = now, 0, 0.0
+            eval_due = (
                 settings.eval_every
                 and iteration % settings.eval_every == 0
                 and iteration < settings.iterations
-            ):
-                losses.check(settings, checkpoint_path)
-                errors = run_evaluation(iteration)
-            if settings.picture_every and iteration % settings.picture_every == 0:
-                losses.check(settings, checkpoint_path)
-                picture(iteration)
-            if settings.checkpoint_every and iteration % settings.checkpoint_every == 0 and iteration < end:
-                losses.check(settings, checkpoint_path)  # never checkpoint a diverged state
-                checkpoint(iteration, wall_before + time.perf_counter() - t0)
+            )
+            picture_due = settings.picture_every and iteration % settings.picture_every == 0
+            checkpoint_due = (
+                settings.checkpoint_every and iteration % settings.checkpoint_every == 0 and iteration < end
+            )
+            if eval_due or picture_due or checkpoint_due:
+                losses.check(settings, checkpoint_path)  # never evaluate, draw or checkpoint a diverged state
+                paused_from = time.perf_counter()
+                if eval_due:
+                    errors = run_evaluation(iteration)
+                if picture_due:
+                    picture(iteration)
+                if checkpoint_due:
+                    checkpoint(iteration, wall_before + time.perf_counter() - t0)
+                window_paused += time.perf_counter() - paused_from  # not training: kept out of img/s
     except KeyboardInterrupt:
         losses.check(settings, checkpoint_path)
         checkpoint(iteration, wall_before + time.perf_counter() - t0)
