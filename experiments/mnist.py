@@ -16,7 +16,13 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from stn_repro.tasks.mnist import CellSpec, check_seeds, run_cell, run_cells_stacked
+from stn_repro.tasks.mnist import (
+    CellSpec,
+    check_seeds,
+    read_finished_record,
+    run_cell,
+    run_cells_stacked,
+)
 from stn_repro.tracking import Tracker, WandbTracker
 from stn_repro.training.loop import SpeedSettings, TrainSettings
 
@@ -77,7 +83,9 @@ def main(cfg: DictConfig) -> float | None:
         )
         errors = [r["test_error"] for r in records.values() if r.get("finished")]
         return statistics.fmean(errors) if errors else None
-    tracker = make_tracker(cfg, spec, config, run_dir)
+    # A finished run is only reported (by run_cell), so it gets no new, empty W&B run.
+    finished = read_finished_record(run_dir) is not None
+    tracker = Tracker() if finished else make_tracker(cfg, spec, config, run_dir)
     try:
         record = run_cell(spec, settings, run_dir, config=config, tracker=tracker)
     finally:

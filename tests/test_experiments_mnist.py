@@ -180,6 +180,20 @@ def test_wandb_offline_writes_the_run_images_and_table(tmp_path):
     media = offline[0] / "files" / "media"
     assert list(media.rglob("*.png")), "the transformation pictures reach W&B"
     assert list(media.rglob("*.table.json")), "the result-vs-paper table reaches W&B"
+    again = run_module(
+        [
+            "experiments.mnist",
+            "experiment=r_st_fcn_affine",
+            "trainer=smoke",
+            "data.source=synthetic",
+            "logger=wandb",
+        ],
+        tmp_path,
+        WANDB_MODE="offline",
+        WANDB_SILENT="true",
+    )
+    assert again.returncode == 0 and "already finished" in again.stdout
+    assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1, "a finished run opens no new W&B run"
 
 
 def test_the_parallel_launcher_composes():
@@ -390,3 +404,15 @@ def test_each_stacked_seed_reports_to_its_own_tracker(tmp_path):
     again = {}
     stacked_run(tmp_path, [1, 2], make_tracker=lambda spec, d: again.setdefault(spec.seed, Tracker()))
     assert again == {}  # finished seeds get no tracker (no empty W&B runs)
+
+
+def test_a_stacked_run_says_it_does_not_resume_an_unfinished_single_seed_run(tmp_path):
+    cfg = compose_mnist(STACKED_SMOKE)
+    spec, settings = cell_from_config(cfg)
+    cell_dir = tmp_path / spec.profile / spec.cell
+    stopped = replace(settings, stop_after=2)
+    assert not run_cell(replace(spec, seed=2), stopped, cell_dir / "seed2", log=lambda s: None)["finished"]
+    lines = []
+    records, _ = stacked_run(tmp_path, [1, 2], log=lines.append)
+    assert [records[s]["engine"]["seeds"] for s in (1, 2)] == [[1, 2], [1, 2]]
+    assert any("seed2/checkpoint.pt (an unfinished single-seed run) is not resumed" in line for line in lines)

@@ -438,6 +438,14 @@ def run_cells_stacked(
             tracker.finish()
         return records
 
+    for seed in train_seeds:
+        single_checkpoint = seed_dir_of[seed] / CHECKPOINT_NAME
+        if single_checkpoint.exists() and not resuming:
+            log(
+                f"{spec.cell} seed {seed}: {single_checkpoint} (an unfinished single-seed run) is not resumed "
+                "here; the seed trains stacked from the start. Relaunch with seed="
+                f"{seed} instead to finish that run, or delete the checkpoint."
+            )
     device = resolve_device(spec.device)
     data = load_cell_data(spec, device)
     seed_runs = [prepare_seed(seed_spec_of[seed], data, device) for seed in train_seeds]
