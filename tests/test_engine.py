@@ -1,6 +1,7 @@
 """The fast training engine: speed settings, stacked seeds, and the on-device stream's distributions."""
 
 import copy
+import math
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,8 @@ from stn_repro.data import DistortedMNIST, DistortedStream, synthetic_mnist
 from stn_repro.models.mnist import build_mnist_model
 from stn_repro.training.loop import (
     CHECKPOINT_NAME,
+    LossWindow,
+    SingleModel,
     SpeedSettings,
     TrainingDiverged,
     TrainSettings,
@@ -19,7 +22,7 @@ from stn_repro.training.loop import (
     make_optimizer,
     train,
 )
-from stn_repro.training.stacked import StackedModels, train_stacked
+from stn_repro.training.stacked import StackedLearner, StackedModels, train_stacked
 
 DIGITS = synthetic_mnist(num_train=256, num_test=64, seed=0)
 QUIET = {"log": lambda s: None}
@@ -361,3 +364,51 @@ def test_the_benchmark_runs_end_to_end(capsys):
     out = capsys.readouterr().out
     assert "ratio b/a" in out and "c/a" in out and "(c) stacked: 2 seeds" in out
     assert "(a) baseline, one seed at a time" in out and "scaled x18.00 from the measured subset" in out
+
+
+# --- no host-device synchronisation inside the training loop (GPU only) -------------------------------------
+
+GPU_STEP_CASES = [
+    ("r", "fcn"),
+    ("rts", "st_cnn:affine"),
+    ("p", "st_cnn:projective"),
+    ("e", "st_fcn:tps"),
+    ("tc", "st_cnn:affine"),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("data,model", GPU_STEP_CASES)
+@pytest.mark.parametrize("stacked", [False, True], ids=["single", "stacked"])
+def test_cuda_training_steps_never_make_the_host_wait(data, model, stacked):
+    # A synchronising call (a blocking host-to-device copy, .item(), nonzero, ...) in the step would stall the
+    # CPU on every iteration; "error" mode turns each one into an exception. The loss window's read-back
+    # (once per log_every steps) is outside the checked steps.
+    from benchmarks.bench_mnist import build
+
+    device = torch.device("cuda")
+    seeds = (0, 1) if stacked else (0,)
+    streams = [
+        DistortedStream(
+            data, DIGITS.train_images, DIGITS.train_labels, 16, seed=s, device=device,
+            clutter_source=DIGITS.train_images,
+        )
+        for s in seeds
+    ]  # fmt: skip
+    models = [build(data, model, s, device) for s in seeds]
+    if stacked:
+        learner = StackedLearner(models, streams, TrainSettings(), SpeedSettings(), 16)
+    else:
+        learner = SingleModel(models[0], streams[0], TrainSettings(), SpeedSettings(), 16)
+    window = LossWindow(100, len(seeds), device)
+    for iteration in range(2):  # the first steps fill caches (grid maps, control points): one-off copies
+        window.add(iteration, learner.step())
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for iteration in range(2, 40):  # 256 digits / 16 per batch: crosses two epoch boundaries
+            window.add(iteration, learner.step())
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert all(math.isfinite(v) for v in window.check(TrainSettings(), Path("unused")))

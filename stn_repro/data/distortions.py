@@ -240,14 +240,17 @@ def _clutter(
     paste_xy = torch.randint(0, canvas - patch + 1, (batch, count, 2), generator=generator)
     device = clutter_source.device
     steps = torch.arange(patch)
-    rows = (crop_xy[..., 1:] + steps).to(device)  # [B, count, 6]
-    cols = (crop_xy[..., :1] + steps).to(device)
-    patches = clutter_source[index.to(device)[..., None, None], rows[..., :, None], cols[..., None, :]]
+    # non_blocking: a blocking host-to-GPU copy waits for every queued kernel (a stall per training batch).
+    rows = (crop_xy[..., 1:] + steps).to(device, non_blocking=True)  # [B, count, 6]
+    cols = (crop_xy[..., :1] + steps).to(device, non_blocking=True)
+    on_device = index.to(device, non_blocking=True)
+    patches = clutter_source[on_device[..., None, None], rows[..., :, None], cols[..., None, :]]
     patches = patches.float() / 255.0 if clutter_source.dtype == torch.uint8 else patches.float()
     # Paste all patches of all images in one scatter: flat canvas index of every patch pixel, max-reduced.
     flat = (paste_xy[..., 1:] + steps)[..., :, None] * canvas + (paste_xy[..., :1] + steps)[..., None, :]
     layer = torch.zeros(batch, canvas * canvas, device=device)
-    layer.scatter_reduce_(1, flat.to(device).reshape(batch, -1), patches.reshape(batch, -1), reduce="amax")
+    flat = flat.to(device, non_blocking=True).reshape(batch, -1)
+    layer.scatter_reduce_(1, flat, patches.reshape(batch, -1), reduce="amax")
     params = {
         "clutter_xy_px": paste_xy.float(),
         "clutter_crop_xy_px": crop_xy.float(),

@@ -379,8 +379,9 @@ class _EpochOrder:
         while size > 0:
             if self._order is None:
                 generator = torch.Generator().manual_seed(derive_seed(self.seed, "epoch-order", self.epoch))
-                # One host->device copy per epoch; batches then index on the device.
-                self._order = torch.randperm(self.count, generator=generator).to(self.device)
+                # One host->device copy per epoch (non_blocking: no wait for queued kernels); batches then
+                # index on the device.
+                self._order = torch.randperm(self.count, generator=generator).to(self.device, non_blocking=True)
             part = self._order[self.position : self.position + size]
             parts.append(part)
             size -= len(part)

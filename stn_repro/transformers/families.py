@@ -169,6 +169,7 @@ class ThinPlateSpline(TransformFamily):
         # Only the columns acting on the control-point targets matter: the right-hand side is [Y; 0].
         self._solve = torch.linalg.inv(system)[:, :k]  # [K+3, K]
         self._grid_maps: dict[tuple, Tensor] = {}
+        self._identities: dict[tuple, Tensor] = {}
 
     def identity(self, dtype: torch.dtype = torch.float32) -> Tensor:
         return self.control_points.reshape(-1).to(dtype)
@@ -188,8 +189,13 @@ class ThinPlateSpline(TransformFamily):
 
     def _offsets(self, params: Tensor) -> Tensor:
         # Work with offsets from the regular grid: identity params then give exactly zero displacement.
-        identity = self.control_points.to(device=params.device, dtype=params.dtype).reshape(1, -1)
-        return (params - identity).view(params.shape[0], -1, 2)
+        # Cached per device: a host-to-GPU copy in every forward pass would make the host wait for the GPU.
+        key = (params.device, params.dtype)
+        if key not in self._identities:
+            self._identities[key] = self.control_points.to(device=params.device, dtype=params.dtype).reshape(
+                1, -1
+            )
+        return (params - self._identities[key]).view(params.shape[0], -1, 2)
 
     def _transform_points(self, params: Tensor, points: Tensor) -> Tensor:
         offsets = self._offsets(params)
