@@ -52,12 +52,16 @@ MNIST_SETS ?= r,rts,p,e
 # STACK=1: one job per cell trains its SEEDS stacked (seeds=[1,2,3]; for GPUs); 0: one job per seed (seed=1,2,3).
 STACK ?= 0
 SEED_ARG = $(if $(filter 1,$(STACK)),'seeds=[$(SEEDS)]',seed=$(SEEDS))
+# JOBS=4: run 4 jobs of each sweep at once in separate processes (Hydra's joblib launcher; several small
+# models share one GPU). 1: one after the other.
+JOBS ?= 1
+LAUNCH_ARG = $(if $(filter-out 1,$(JOBS)),hydra/launcher=parallel hydra.launcher.n_jobs=$(JOBS),)
 .PHONY: reproduce-mnist table params-mnist
 
-reproduce-mnist:  ## run Table 1 + TC (PROFILE=paper|quick, SEEDS=1,2,3, STACK=1: each cell's seeds stacked in one process, for GPUs), then write results/ tables
-	$(PY) -m experiments.mnist -m trainer=$(PROFILE) $(SEED_ARG) data=$(MNIST_SETS),tc model=fcn,cnn transformer=none
-	$(PY) -m experiments.mnist -m trainer=$(PROFILE) $(SEED_ARG) data=$(MNIST_SETS) model=st_fcn,st_cnn transformer=affine,projective,tps
-	$(PY) -m experiments.mnist -m trainer=$(PROFILE) $(SEED_ARG) data=tc model=st_fcn,st_cnn transformer=affine
+reproduce-mnist:  ## run Table 1 + TC (PROFILE=paper|quick, SEEDS=1,2,3, STACK=1: each cell's seeds stacked in one process, JOBS=4: 4 jobs at once; both for GPUs), then write results/ tables
+	$(PY) -m experiments.mnist -m $(LAUNCH_ARG) trainer=$(PROFILE) $(SEED_ARG) data=$(MNIST_SETS),tc model=fcn,cnn transformer=none
+	$(PY) -m experiments.mnist -m $(LAUNCH_ARG) trainer=$(PROFILE) $(SEED_ARG) data=$(MNIST_SETS) model=st_fcn,st_cnn transformer=affine,projective,tps
+	$(PY) -m experiments.mnist -m $(LAUNCH_ARG) trainer=$(PROFILE) $(SEED_ARG) data=tc model=st_fcn,st_cnn transformer=affine
 	$(MAKE) table PROFILE=$(PROFILE)
 
 table:  ## write results/mnist_table1_$(PROFILE).{csv,md} from the run records under runs/mnist
