@@ -5,16 +5,18 @@
 #
 # Needs .gpu_kit/ (make gpu-kit, on a machine with PyPI) next to the code. In order, each step's output
 # going to OUT_DIR as it runs (so a step cut short by a time limit keeps what it printed):
-#   env.txt      GPU, driver, torch and Python versions
+#   env.txt      GPU, driver, torch and Python versions; the MNIST sets being built
 #   tests.txt    the default test suite plus the GPU tests (-m "gpu or not slow")
 #   bench.txt    make bench on the GPU: baseline vs engine vs 3 stacked seeds, every Table 1 + TC cell,
 #                and the projected wall time of the whole protocol
 #   speed.txt    the speed settings head to head (channels_last, bf16, compile, CUDA graphs) on 4 models
-#   train.txt    full-budget (paper profile) Table 1 cells with their 3 seeds stacked, for TRAIN_MINUTES
-#                (default 10); runs.tar.gz holds their run records and logs (finished or not)
+#   train.txt    full-budget (paper profile) Table 1 cells with their 3 seeds stacked, TRAIN_JOBS (default 4)
+#                cells at once, for TRAIN_MINUTES (default 10); runs.tar.gz holds their run records, logs,
+#                pictures and the tables made from them (finished runs only in the tables)
+# Six files in all: the device tool brings back at most 8.
 #
 # Environment: DEVICE (default cuda), QUICK=1 (tiny sizes: to check this script itself on a CPU),
-# CELLS (the experiment files to train, in order), PY (default python3), KIT (default .gpu_kit).
+# CELLS (the experiment files to train, in order), TRAIN_JOBS, PY (default python3), KIT (default .gpu_kit).
 set -uo pipefail
 
 OUT=${1:?usage: gpu_session.sh OUT_DIR [TRAIN_MINUTES]}
@@ -23,6 +25,7 @@ DEVICE=${DEVICE:-cuda}
 PY=${PY:-python3}
 KIT=${KIT:-.gpu_kit}
 QUICK=${QUICK:-0}
+TRAIN_JOBS=${TRAIN_JOBS:-4}
 # The cells first trained in full: the RTS row (the paper's headline comparison), then R, P, E.
 CELLS=${CELLS:-rts_st_cnn_affine rts_cnn rts_st_cnn_tps rts_st_fcn_affine rts_fcn r_st_cnn_affine r_cnn p_st_cnn_affine p_cnn e_st_cnn_affine e_cnn}
 mkdir -p "$OUT"
@@ -52,8 +55,8 @@ step environment | tee "$OUT/env.txt"
     git status --short 2>/dev/null | head -5
 } 2>&1 | tee -a "$OUT/env.txt"
 
-step "MNIST sets" | tee "$OUT/data.txt"
-"$PY" data_scripts/build_mnist_sets.py 2>&1 | tee -a "$OUT/data.txt" || exit 1
+step "MNIST sets" | tee -a "$OUT/env.txt"
+"$PY" data_scripts/build_mnist_sets.py 2>&1 | tee -a "$OUT/env.txt" || exit 1
 
 if [[ $QUICK == 1 ]]; then
     TEST_ARGS=(tests/test_engine.py -q -x)
@@ -83,18 +86,28 @@ for variant in "" "--channels-last" "--autocast bf16" "--compile" "--compile --c
         "${SPEED_STEPS[@]}" $variant 2>&1 | grep -E "^==|\(b\)|error" | tee -a "$OUT/speed.txt"
 done
 
-step "full-budget training for $TRAIN_MINUTES min: ${TRAIN[*]}, seeds $SEEDS stacked" | tee "$OUT/train.txt"
+step "full-budget training for $TRAIN_MINUTES min: ${TRAIN[*]}, seeds $SEEDS stacked, $TRAIN_JOBS cells at once" \
+    | tee "$OUT/train.txt"
 deadline=$(( $(date +%s) + 60 * TRAIN_MINUTES ))
-for cell in $CELLS; do
-    left=$(( deadline - $(date +%s) ))
-    (( left > 30 )) || break
-    echo "-- $cell ($left s left)" | tee -a "$OUT/train.txt"
-    # SIGINT first: the loop checkpoints on Ctrl-C, so a relaunch (next session) resumes the cell.
-    timeout --signal=INT --kill-after=60 "$left" "$PY" -m experiments.mnist "experiment=$cell" "${TRAIN[@]}" \
-        "seeds=$SEEDS" logger=none trainer.device="$DEVICE" 2>&1 | grep -vE "^\s*$" | tee -a "$OUT/train.txt"
-done
-"$PY" -m experiments.table --runs runs/mnist --out "$OUT/table" --profile "${TRAIN[0]#trainer=}" \
-    2>&1 | tee -a "$OUT/train.txt"
-# Records, logs and pictures of every run (checkpoints stay behind: too large to bring back).
-find runs -name record.json -o -name '*.log' -o -name '*.png' 2>/dev/null | tar -czf "$OUT/runs.tar.gz" -T - 2>/dev/null
+mkdir -p runs
+train_worker() {  # worker $1 trains cells $1, $1 + TRAIN_JOBS, ... of CELLS, one after the other, until the deadline
+    local index=0 cell left
+    for cell in $CELLS; do
+        (( index++ % TRAIN_JOBS == $1 )) || continue
+        left=$(( deadline - $(date +%s) ))
+        (( left > 30 )) || break
+        echo "-- $cell (worker $1, $left s left)"
+        # SIGINT first: the loop checkpoints on Ctrl-C, so a relaunch (next session) resumes the cell.
+        timeout --signal=INT --kill-after=60 "$left" "$PY" -m experiments.mnist "experiment=$cell" "${TRAIN[@]}" \
+            "seeds=$SEEDS" logger=none trainer.device="$DEVICE" 2>&1 | grep -vE "^\s*$"
+    done > "runs/gpu_session_worker$1.log" 2>&1
+}
+for worker in $(seq 0 $(( TRAIN_JOBS - 1 ))); do train_worker "$worker" & done
+wait
+grep -hE "^-- |test error|stopped at|interrupted|Error" runs/gpu_session_worker*.log | tee -a "$OUT/train.txt"
+"$PY" -m experiments.table --runs runs/mnist --out runs/tables --profile "${TRAIN[0]#trainer=}" 2>&1 \
+    | tee -a "$OUT/train.txt"
+# Records, logs, pictures and tables of every run (checkpoints stay behind: too large to bring back).
+find runs \( -name record.json -o -name '*.log' -o -name '*.png' -o -path 'runs/tables/*' \) -type f \
+    | tar -czf "$OUT/runs.tar.gz" -T -
 ls -la "$OUT"
