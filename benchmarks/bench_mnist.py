@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader
 
 from stn_repro.data import (
@@ -79,6 +80,7 @@ class Timing:
     name: str
     ms_per_step: float
     images_per_step: int
+    ops_per_step: int | None = None  # ATen operators one step dispatches (each is a kernel launch or a view)
 
     @property
     def images_per_s(self) -> float:
@@ -142,7 +144,9 @@ def baseline(
     )
 
 
-def engine(digits: MnistArrays, data: str, model: str, args, device, sync, steps=None, warmup=None) -> Timing:
+def engine(
+    digits: MnistArrays, data: str, model: str, args, device, sync, steps=None, warmup=None, count_ops=False
+) -> Timing:
     net = build(data, model, 0, device)
     stream = DistortedStream(
         data, digits.train_images, digits.train_labels, args.batch_size, seed=0, device=device,
@@ -151,12 +155,15 @@ def engine(digits: MnistArrays, data: str, model: str, args, device, sync, steps
     learner = SingleModel(net, stream, TrainSettings(), speed_settings(args), args.batch_size)
     ms = time_learner(learner, args, sync, steps, warmup)
     return Timing(
-        f"(b) engine: DistortedStream on {device.type} + TrainStep({describe(args)})", ms, args.batch_size
+        f"(b) engine: DistortedStream on {device.type} + TrainStep({describe(args)})",
+        ms,
+        args.batch_size,
+        ops_per_step(learner) if count_ops else None,
     )
 
 
 def stacked(
-    digits: MnistArrays, data: str, model: str, args, device, sync, steps=None, warmup=None
+    digits: MnistArrays, data: str, model: str, args, device, sync, steps=None, warmup=None, count_ops=False
 ) -> Timing:
     models = [build(data, model, seed, device) for seed in range(args.stack)]
     streams = [
@@ -178,7 +185,29 @@ def stacked(
         f"(c) stacked: {args.stack} seeds in one vmap model, autocast={args.autocast}",
         ms,
         learner.images_per_step,
+        ops_per_step(learner) if count_ops else None,
     )
+
+
+class _OpCounter(TorchDispatchMode):
+    """Counts the ATen operators dispatched while active (forward, backward and optimiser alike)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def ops_per_step(learner) -> int:
+    """ATen operators in one ``learner.step()``: a device-independent measure of per-step overhead. On a
+    GPU each costs a kernel launch and host-side dispatch whatever the batch size, which is what bounds
+    small models there and what stacking divides among the stacked models."""
+    with _OpCounter() as counter:
+        learner.step()
+    return counter.count
 
 
 def time_learner(learner, args, sync, steps, warmup) -> float:
@@ -258,6 +287,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--synthetic", action="store_true", help="synthetic digits even where data/mnist exists"
     )
+    parser.add_argument(
+        "--no-count-ops",
+        dest="count_ops",
+        action="store_false",
+        help="skip counting the ATen operators of one step of (b) and (c) in the head-to-head",
+    )
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
@@ -280,12 +315,13 @@ def main(argv: list[str] | None = None) -> None:
         print(f"\n== {args.data} / {model}")
         runs = [
             baseline(digits, args.data, model, args, device, sync),
-            engine(digits, args.data, model, args, device, sync),
+            engine(digits, args.data, model, args, device, sync, count_ops=args.count_ops),
         ]
         if args.stack > 1:
-            runs.append(stacked(digits, args.data, model, args, device, sync))
+            runs.append(stacked(digits, args.data, model, args, device, sync, count_ops=args.count_ops))
         for run in runs:
-            print(f"  {run.name:<75} {run.ms_per_step:9.1f} ms/step {run.images_per_s:9,.0f} img/s")
+            ops = "" if run.ops_per_step is None else f" {run.ops_per_step:6,} ops/step"
+            print(f"  {run.name:<75} {run.ms_per_step:9.1f} ms/step {run.images_per_s:9,.0f} img/s{ops}")
         ratio = f"  ratio b/a: {runs[1].images_per_s / runs[0].images_per_s:.2f}x"
         if args.stack > 1:
             ratio += f" | c/a: {runs[2].images_per_s / runs[0].images_per_s:.2f}x"
