@@ -201,6 +201,18 @@ class _OpCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+def ops_per_batch(digits: MnistArrays, data: str, batch_size: int, device) -> int:
+    """ATen operators of one ``DistortedStream.next_batch()`` (the distortions' share of a step)."""
+    stream = DistortedStream(
+        data, digits.train_images, digits.train_labels, batch_size, seed=0, device=device,
+        clutter_source=digits.train_images,
+    )  # fmt: skip
+    stream.next_batch()  # the first batch also moves the epoch order to the device
+    with _OpCounter() as counter:
+        stream.next_batch()
+    return counter.count
+
+
 def ops_per_step(learner) -> int:
     """ATen operators in one ``learner.step()``: a device-independent measure of per-step overhead. On a
     GPU each costs a kernel launch and host-side dispatch whatever the batch size, which is what bounds
@@ -322,6 +334,10 @@ def main(argv: list[str] | None = None) -> None:
         for run in runs:
             ops = "" if run.ops_per_step is None else f" {run.ops_per_step:6,} ops/step"
             print(f"  {run.name:<75} {run.ms_per_step:9.1f} ms/step {run.images_per_s:9,.0f} img/s{ops}")
+        if args.count_ops:
+            print(
+                f"  of which one DistortedStream batch: {ops_per_batch(digits, args.data, args.batch_size, device)} ops"
+            )
         ratio = f"  ratio b/a: {runs[1].images_per_s / runs[0].images_per_s:.2f}x"
         if args.stack > 1:
             ratio += f" | c/a: {runs[2].images_per_s / runs[0].images_per_s:.2f}x"
