@@ -348,3 +348,20 @@ def test_bad_options_and_shapes_give_clear_errors():
     st = SpatialTransformer(nn.Sequential(nn.Flatten(), nn.Linear(4, 3)), family)
     with pytest.raises(ValueError, match=r"localisation net returned \(1, 3\); affine .* needs \[1, 6\]"):
         st(torch.zeros(1, 1, 2, 2))
+
+
+def test_the_shared_identity_grid_is_built_once_and_equals_base_grid():
+    from stn_repro.transformers.grids import base_grid, shared_base_grid
+
+    first = shared_base_grid((5, 7), False, torch.float64, torch.device("cpu"))
+    assert shared_base_grid((5, 7), False, torch.float64, torch.device("cpu")) is first
+    assert torch.equal(first, base_grid((5, 7), False, dtype=torch.float64))
+
+
+def test_a_grid_first_built_under_inference_mode_still_trains():
+    family = get_transform("affine")
+    with torch.inference_mode():  # the shared identity grid of this size is created here
+        family.grid(family.identity().unsqueeze(0), (13, 11))
+    params = family.identity().unsqueeze(0).requires_grad_()
+    family.grid(params, (13, 11)).sum().backward()  # fails if the shared grid were an inference tensor
+    assert params.grad is not None

@@ -20,7 +20,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from .grids import ALIGN_CORNERS, _check_size, base_grid, pixel_centres
+from .grids import ALIGN_CORNERS, _check_size, base_grid, pixel_centres, shared_base_grid
 
 
 class TransformFamily:
@@ -54,7 +54,7 @@ class TransformFamily:
         """The sampling grid ``[B, H, W, 2]`` of an ``H x W`` output (see the module Convention)."""
         params = self.check_params(params)
         height, width = _check_size(size)
-        points = base_grid((height, width), self.align_corners, dtype=params.dtype, device=params.device)
+        points = shared_base_grid((height, width), self.align_corners, params.dtype, params.device)
         return self.transform_points(params, points.reshape(-1, 2)).reshape(-1, height, width, 2)
 
     def check_params(self, params: Tensor) -> Tensor:
@@ -211,7 +211,7 @@ class ThinPlateSpline(TransformFamily):
         if key not in self._grid_maps:
             points = base_grid((height, width), self.align_corners, dtype=torch.float64, device=params.device)
             self._grid_maps[key] = self._interpolation_matrix(points.reshape(-1, 2)).to(params.dtype)
-        points = base_grid((height, width), self.align_corners, dtype=params.dtype, device=params.device)
+        points = shared_base_grid((height, width), self.align_corners, params.dtype, params.device)
         displacement = self._grid_maps[key] @ self._offsets(params)
         return points + displacement.view(-1, height, width, 2)
 

@@ -15,6 +15,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -49,6 +51,18 @@ def base_grid(
     xs = pixel_centres(width, align_corners, dtype=dtype, device=device)
     ys = pixel_centres(height, align_corners, dtype=dtype, device=device)
     return torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)
+
+
+@functools.lru_cache(maxsize=64)
+def shared_base_grid(
+    size: tuple[int, int], align_corners: bool, dtype: torch.dtype, device: torch.device
+) -> Tensor:
+    """:func:`base_grid`, computed once per argument set and then shared: a training step needs the same
+    identity grid every iteration, and building it costs about 17 operator dispatches (each a kernel launch
+    on a GPU). **Never modify the result in place**; callers only read it.
+    """
+    with torch.inference_mode(False):  # a grid first made under inference_mode could not enter autograd later
+        return base_grid(size, align_corners, dtype=dtype, device=device)
 
 
 def pixels_to_normalised(length_px: Tensor | float, n: int, align_corners: bool = ALIGN_CORNERS):
