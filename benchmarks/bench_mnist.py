@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 from torch.utils.data import DataLoader
 
 from stn_repro.data import (
@@ -80,7 +81,6 @@ class Timing:
     name: str
     ms_per_step: float
     images_per_step: int
-    ops_per_step: int | None = None  # ATen operators one step dispatches (each is a kernel launch or a view)
 
     @property
     def images_per_s(self) -> float:
@@ -144,9 +144,7 @@ def baseline(
     )
 
 
-def engine(
-    digits: MnistArrays, data: str, model: str, args, device, sync, steps=None, warmup=None, count_ops=False
-) -> Timing:
+def engine(digits: MnistArrays, data: str, model: str, args, device, sync, steps=None, warmup=None) -> Timing:
     net = build(data, model, 0, device)
     stream = DistortedStream(
         data, digits.train_images, digits.train_labels, args.batch_size, seed=0, device=device,
@@ -158,12 +156,11 @@ def engine(
         f"(b) engine: DistortedStream on {device.type} + TrainStep({describe(args)})",
         ms,
         args.batch_size,
-        ops_per_step(learner) if count_ops else None,
     )
 
 
 def stacked(
-    digits: MnistArrays, data: str, model: str, args, device, sync, steps=None, warmup=None, count_ops=False
+    digits: MnistArrays, data: str, model: str, args, device, sync, steps=None, warmup=None
 ) -> Timing:
     models = [build(data, model, seed, device) for seed in range(args.stack)]
     streams = [
@@ -185,41 +182,64 @@ def stacked(
         f"(c) stacked: {args.stack} seeds in one vmap model, autocast={args.autocast}",
         ms,
         learner.images_per_step,
-        ops_per_step(learner) if count_ops else None,
     )
 
 
+@dataclass
+class OpCount:
+    device: int = 0  # operators computing on the training device: about one GPU kernel launch each
+    views: int = 0  # operators returning a view of a device tensor: host work only, no launch
+    host: int = 0  # operators on CPU tensors (the distortions' random parameters): host work only
+
+
 class _OpCounter(TorchDispatchMode):
-    """Counts the ATen operators dispatched while active (forward, backward and optimiser alike)."""
+    """Sorts the ATen operators dispatched while active (forward, backward, optimiser, data) by where they
+    run. The training device is ``meta``: every operator dispatches as on a GPU, but nothing computes, so
+    the count is the same on any machine."""
 
     def __init__(self):
         super().__init__()
-        self.count = 0
+        self.count = OpCount()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += 1
-        return func(*args, **(kwargs or {}))
+        kwargs = kwargs or {}
+        tensors = [a for a in tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)]
+        on_device = any(t.device.type == "meta" for t in tensors) or (
+            not tensors and torch.device(kwargs.get("device") or "cpu").type == "meta"
+        )
+        if not on_device:
+            self.count.host += 1
+        elif func.is_view:
+            self.count.views += 1
+        else:
+            self.count.device += 1
+        return func(*args, **kwargs)
 
 
-def ops_per_batch(digits: MnistArrays, data: str, batch_size: int, device) -> int:
-    """ATen operators of one ``DistortedStream.next_batch()`` (the distortions' share of a step)."""
-    stream = DistortedStream(
-        data, digits.train_images, digits.train_labels, batch_size, seed=0, device=device,
-        clutter_source=digits.train_images,
-    )  # fmt: skip
-    stream.next_batch()  # the first batch also moves the epoch order to the device
-    with _OpCounter() as counter:
-        stream.next_batch()
-    return counter.count
-
-
-def ops_per_step(learner) -> int:
-    """ATen operators in one ``learner.step()``: a device-independent measure of per-step overhead. On a
-    GPU each costs a kernel launch and host-side dispatch whatever the batch size, which is what bounds
-    small models there and what stacking divides among the stacked models."""
-    with _OpCounter() as counter:
+def operators(
+    digits: MnistArrays, data: str, model: str, batch_size: int, seeds: int
+) -> tuple[OpCount, OpCount]:
+    """Operators of one training step of ``seeds`` stacked models (1: the engine's single model), and of one
+    of its streams' batches, counted on the meta device after one warm-up step (which fills the caches)."""
+    meta = torch.device("meta")
+    streams = [
+        DistortedStream(
+            data, digits.train_images, digits.train_labels, batch_size, seed=seed, device=meta,
+            clutter_source=digits.train_images,
+        )
+        for seed in range(seeds)
+    ]  # fmt: skip
+    models = [build(data, model, seed, meta) for seed in range(seeds)]
+    if seeds == 1:
+        learner = SingleModel(models[0], streams[0], TrainSettings(), SpeedSettings(), batch_size)
+    else:
+        learner = StackedLearner(models, streams, TrainSettings(), SpeedSettings(), batch_size)
+    learner.step()
+    with _OpCounter() as step:
         learner.step()
-    return counter.count
+    with _OpCounter() as batch:
+        streams[0].next_batch()
+    return step.count, batch.count
 
 
 def time_learner(learner, args, sync, steps, warmup) -> float:
@@ -303,7 +323,7 @@ def main(argv: list[str] | None = None) -> None:
         "--no-count-ops",
         dest="count_ops",
         action="store_false",
-        help="skip counting the ATen operators of one step of (b) and (c) in the head-to-head",
+        help="skip counting the operators of one step of (b) and (c) in the head-to-head",
     )
     args = parser.parse_args(argv)
 
@@ -327,16 +347,26 @@ def main(argv: list[str] | None = None) -> None:
         print(f"\n== {args.data} / {model}")
         runs = [
             baseline(digits, args.data, model, args, device, sync),
-            engine(digits, args.data, model, args, device, sync, count_ops=args.count_ops),
+            engine(digits, args.data, model, args, device, sync),
         ]
         if args.stack > 1:
-            runs.append(stacked(digits, args.data, model, args, device, sync, count_ops=args.count_ops))
+            runs.append(stacked(digits, args.data, model, args, device, sync))
         for run in runs:
-            ops = "" if run.ops_per_step is None else f" {run.ops_per_step:6,} ops/step"
-            print(f"  {run.name:<75} {run.ms_per_step:9.1f} ms/step {run.images_per_s:9,.0f} img/s{ops}")
+            print(f"  {run.name:<75} {run.ms_per_step:9.1f} ms/step {run.images_per_s:9,.0f} img/s")
         if args.count_ops:
             print(
-                f"  of which one DistortedStream batch: {ops_per_batch(digits, args.data, args.batch_size, device)} ops"
+                "  operators per step (on the meta device; a device operator is about one GPU kernel launch):"
+            )
+            one, batch = operators(digits, args.data, model, args.batch_size, 1)
+            print(f"    (b) one model:       {one.device:5} device + {one.views:4} views | {one.host:4} host")
+            if args.stack > 1:
+                many, _ = operators(digits, args.data, model, args.batch_size, args.stack)
+                print(
+                    f"    (c) {args.stack} stacked seeds: {many.device:5} device + {many.views:4} views | {many.host:4} host"
+                    f" | {many.device / args.stack:.0f} device per model ({many.device / args.stack / one.device:.0%} of one)"
+                )
+            print(
+                f"    of which one DistortedStream batch: {batch.device} device + {batch.views} views | {batch.host} host"
             )
         ratio = f"  ratio b/a: {runs[1].images_per_s / runs[0].images_per_s:.2f}x"
         if args.stack > 1:

@@ -363,7 +363,9 @@ def test_the_benchmark_runs_end_to_end(capsys):
     main([*arguments.split(), "--project-cells", "r/fcn,tc/st_cnn:affine"])
     out = capsys.readouterr().out
     assert "ratio b/a" in out and "c/a" in out and "(c) stacked: 2 seeds" in out
-    assert out.count("ops/step") == 4  # (b) and (c) of each of the two head-to-head models
+    assert (
+        out.count("operators per step") == 2 and out.count("device per model") == 2
+    )  # each head-to-head model
     assert "(a) baseline, one seed at a time" in out and "scaled x18.00 from the measured subset" in out
 
 
