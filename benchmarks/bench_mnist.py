@@ -144,13 +144,26 @@ def baseline(
     )
 
 
+def make_learner(
+    digits: MnistArrays, data: str, model: str, batch_size: int, seeds: int, device, speed: SpeedSettings
+):
+    """The engine as training runs it: ``SingleModel`` (``seeds == 1``) or ``StackedLearner`` over models
+    built for seeds ``0 .. seeds-1``, each with its own ``DistortedStream`` on ``device``."""
+    streams = [
+        DistortedStream(
+            data, digits.train_images, digits.train_labels, batch_size, seed=seed, device=device,
+            clutter_source=digits.train_images,
+        )
+        for seed in range(seeds)
+    ]  # fmt: skip
+    models = [build(data, model, seed, device) for seed in range(seeds)]
+    if seeds == 1:
+        return SingleModel(models[0], streams[0], TrainSettings(), speed, batch_size)
+    return StackedLearner(models, streams, TrainSettings(), speed, batch_size)
+
+
 def engine(digits: MnistArrays, data: str, model: str, args, device, sync, steps=None, warmup=None) -> Timing:
-    net = build(data, model, 0, device)
-    stream = DistortedStream(
-        data, digits.train_images, digits.train_labels, args.batch_size, seed=0, device=device,
-        clutter_source=digits.train_images,
-    )  # fmt: skip
-    learner = SingleModel(net, stream, TrainSettings(), speed_settings(args), args.batch_size)
+    learner = make_learner(digits, data, model, args.batch_size, 1, device, speed_settings(args))
     ms = time_learner(learner, args, sync, steps, warmup)
     return Timing(
         f"(b) engine: DistortedStream on {device.type} + TrainStep({describe(args)})",
@@ -162,21 +175,8 @@ def engine(digits: MnistArrays, data: str, model: str, args, device, sync, steps
 def stacked(
     digits: MnistArrays, data: str, model: str, args, device, sync, steps=None, warmup=None
 ) -> Timing:
-    models = [build(data, model, seed, device) for seed in range(args.stack)]
-    streams = [
-        DistortedStream(
-            data,
-            digits.train_images,
-            digits.train_labels,
-            args.batch_size,
-            seed=seed,
-            device=device,
-            clutter_source=digits.train_images,
-        )
-        for seed in range(args.stack)
-    ]
     speed = SpeedSettings(autocast=args.autocast)  # the stacked engine takes autocast only
-    learner = StackedLearner(models, streams, TrainSettings(), speed, args.batch_size)
+    learner = make_learner(digits, data, model, args.batch_size, args.stack, device, speed)
     ms = time_learner(learner, args, sync, steps, warmup)
     return Timing(
         f"(c) stacked: {args.stack} seeds in one vmap model, autocast={args.autocast}",
@@ -221,24 +221,13 @@ def operators(
 ) -> tuple[OpCount, OpCount]:
     """Operators of one training step of ``seeds`` stacked models (1: the engine's single model), and of one
     of its streams' batches, counted on the meta device after one warm-up step (which fills the caches)."""
-    meta = torch.device("meta")
-    streams = [
-        DistortedStream(
-            data, digits.train_images, digits.train_labels, batch_size, seed=seed, device=meta,
-            clutter_source=digits.train_images,
-        )
-        for seed in range(seeds)
-    ]  # fmt: skip
-    models = [build(data, model, seed, meta) for seed in range(seeds)]
-    if seeds == 1:
-        learner = SingleModel(models[0], streams[0], TrainSettings(), SpeedSettings(), batch_size)
-    else:
-        learner = StackedLearner(models, streams, TrainSettings(), SpeedSettings(), batch_size)
+    learner = make_learner(digits, data, model, batch_size, seeds, torch.device("meta"), SpeedSettings())
     learner.step()
     with _OpCounter() as step:
         learner.step()
+    stream = learner.stream if seeds == 1 else learner.streams[0]
     with _OpCounter() as batch:
-        streams[0].next_batch()
+        stream.next_batch()
     return step.count, batch.count
 
 

@@ -25,6 +25,7 @@ from stn_repro.tasks.mnist import (
 )
 from stn_repro.tracking import Tracker, WandbTracker
 from stn_repro.training.loop import SpeedSettings, TrainSettings
+from stn_repro.training.stacked import check_stackable
 
 SEEDS_FIX = (
     "give a list of distinct positive integers, e.g. seeds=[1,2,3] (stacked in one process), "
@@ -94,12 +95,14 @@ def main(cfg: DictConfig) -> float | None:
 
 
 def check_stacked_config(cfg: DictConfig, task_overrides: list[str]) -> None:
-    """Refuse what the stacked engine cannot do, naming the config keys that fix it."""
-    if cfg.trainer.channels_last or cfg.trainer.compile:
+    """Refuse what the stacked engine cannot do before any data loads, naming the config keys that fix it."""
+    try:
+        check_stackable(cell_from_config(cfg)[0].speed)
+    except ValueError:
         raise ValueError(
             "stacked seeds (seeds=[...]) support the trainer.autocast speed setting only: add "
             "trainer.channels_last=false trainer.compile=false, or train one seed per process (seed=<k>)"
-        )
+        ) from None
     if any(override.lstrip("+~").split("=")[0] == "seed" for override in task_overrides):
         raise ValueError(
             "give seed=<k> (one seed per process) or seeds=[...] (stacked seeds), not both: "

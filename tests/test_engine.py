@@ -14,7 +14,6 @@ from stn_repro.models.mnist import build_mnist_model
 from stn_repro.training.loop import (
     CHECKPOINT_NAME,
     LossWindow,
-    SingleModel,
     SpeedSettings,
     TrainingDiverged,
     TrainSettings,
@@ -22,7 +21,7 @@ from stn_repro.training.loop import (
     make_optimizer,
     train,
 )
-from stn_repro.training.stacked import StackedLearner, StackedModels, train_stacked
+from stn_repro.training.stacked import StackedModels, train_stacked
 
 DIGITS = synthetic_mnist(num_train=256, num_test=64, seed=0)
 QUIET = {"log": lambda s: None}
@@ -388,23 +387,11 @@ def test_cuda_training_steps_never_make_the_host_wait(data, model, stacked):
     # A synchronising call (a blocking host-to-device copy, .item(), nonzero, ...) in the step would stall the
     # CPU on every iteration; "error" mode turns each one into an exception. The loss window's read-back
     # (once per log_every steps) is outside the checked steps.
-    from benchmarks.bench_mnist import build
+    from benchmarks.bench_mnist import make_learner
 
-    device = torch.device("cuda")
-    seeds = (0, 1) if stacked else (0,)
-    streams = [
-        DistortedStream(
-            data, DIGITS.train_images, DIGITS.train_labels, 16, seed=s, device=device,
-            clutter_source=DIGITS.train_images,
-        )
-        for s in seeds
-    ]  # fmt: skip
-    models = [build(data, model, s, device) for s in seeds]
-    if stacked:
-        learner = StackedLearner(models, streams, TrainSettings(), SpeedSettings(), 16)
-    else:
-        learner = SingleModel(models[0], streams[0], TrainSettings(), SpeedSettings(), 16)
-    window = LossWindow(100, len(seeds), device)
+    seeds = 2 if stacked else 1
+    learner = make_learner(DIGITS, data, model, 16, seeds, torch.device("cuda"), SpeedSettings())
+    window = LossWindow(100, seeds, learner.device)
     for iteration in range(2):  # the first steps fill caches (grid maps, control points): one-off copies
         window.add(iteration, learner.step())
     torch.cuda.synchronize()

@@ -166,18 +166,16 @@ def test_the_issue_sweep_runs_six_jobs_and_the_table_command_reads_them(tmp_path
 
 @NEEDS_WANDB
 def test_wandb_offline_writes_the_run_images_and_table(tmp_path):
-    result = run_module(
-        [
+    def launch():
+        command = [
             "experiments.mnist",
             "experiment=r_st_fcn_affine",
             "trainer=smoke",
             "data.source=synthetic",
-            "logger=wandb",
-        ],
-        tmp_path,
-        WANDB_MODE="offline",
-        WANDB_SILENT="true",
-    )
+        ]
+        return run_module([*command, "logger=wandb"], tmp_path, WANDB_MODE="offline", WANDB_SILENT="true")
+
+    result = launch()
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = tmp_path / "runs" / "mnist" / "smoke" / "r-st_fcn-affine" / "seed1"
     offline = list((run_dir / "wandb").glob("offline-run-*"))
@@ -185,18 +183,7 @@ def test_wandb_offline_writes_the_run_images_and_table(tmp_path):
     media = offline[0] / "files" / "media"
     assert list(media.rglob("*.png")), "the transformation pictures reach W&B"
     assert list(media.rglob("*.table.json")), "the result-vs-paper table reaches W&B"
-    again = run_module(
-        [
-            "experiments.mnist",
-            "experiment=r_st_fcn_affine",
-            "trainer=smoke",
-            "data.source=synthetic",
-            "logger=wandb",
-        ],
-        tmp_path,
-        WANDB_MODE="offline",
-        WANDB_SILENT="true",
-    )
+    again = launch()
     assert again.returncode == 0 and "already finished" in again.stdout
     assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1, "a finished run opens no new W&B run"
 

@@ -49,6 +49,12 @@ def eval_set():
 SETTINGS = dict(iterations=12, lr=0.05, lr_step_every=5, log_every=4, eval_every=6, checkpoint_every=3)
 
 
+def quiet_train(stream, settings, run_dir, evaluation=None):
+    """``train`` with this file's defaults: a fresh small model, the toy eval set, batch 8, no log."""
+    evaluation = eval_set() if evaluation is None else evaluation
+    return train(small_model(), stream, evaluation, settings, run_dir, batch_size=8, log=lambda s: None)
+
+
 def test_an_interrupted_run_resumes_to_the_same_final_state(tmp_path):
     straight = small_model()
     train(
@@ -98,15 +104,7 @@ def test_keyboard_interrupt_saves_a_checkpoint_to_resume_from(tmp_path):
             return super().next_batch()
 
     with pytest.raises(KeyboardInterrupt):
-        train(
-            small_model(),
-            Interrupting(),
-            eval_set(),
-            TrainSettings(**SETTINGS),
-            tmp_path,
-            batch_size=8,
-            log=lambda s: None,
-        )
+        quiet_train(Interrupting(), TrainSettings(**SETTINGS), tmp_path)
     state = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=False)
     assert state["iteration"] == 5 and state["learner"]["stream"]["served"] == 5
 
@@ -120,15 +118,7 @@ def test_a_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoin
     with pytest.raises(
         TrainingDiverged, match=r"loss is nan at iteration 7 \(not finite\).*last good checkpoint.*optim.lr="
     ):
-        train(
-            small_model(),
-            Poisoned(),
-            eval_set(),
-            TrainSettings(**SETTINGS),
-            tmp_path,
-            batch_size=8,
-            log=lambda s: None,
-        )
+        quiet_train(Poisoned(), TrainSettings(**SETTINGS), tmp_path)
     state = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=False)
     assert state["iteration"] == 6
     assert all(torch.isfinite(v).all() for v in state["learner"]["model"].values())
@@ -136,15 +126,7 @@ def test_a_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoin
 
 def test_an_exploding_loss_stops_the_run(tmp_path):
     with pytest.raises(TrainingDiverged, match="above max_loss"):
-        train(
-            small_model(),
-            ToyStream(),
-            eval_set(),
-            TrainSettings(**(SETTINGS | {"lr": 1e4, "max_loss": 50.0})),
-            tmp_path,
-            batch_size=8,
-            log=lambda s: None,
-        )
+        quiet_train(ToyStream(), TrainSettings(**(SETTINGS | {"lr": 1e4, "max_loss": 50.0})), tmp_path)
 
 
 def test_lr_schedule_and_localisation_multiplier():
@@ -216,7 +198,7 @@ def test_losses_are_read_back_once_per_logging_window_not_every_step(tmp_path, m
     settings = TrainSettings(
         iterations=40, lr=0.05, log_every=10, eval_every=0, checkpoint_every=0, picture_every=0
     )
-    train(small_model(), stream, evaluation, settings, tmp_path, batch_size=8, log=lambda s: None)
+    quiet_train(stream, settings, tmp_path, evaluation=evaluation)
     # 4 logging windows + the final evaluation (one read-back per evaluation set): not 40 per-step reads.
     assert syncs.calls == 5
 
@@ -230,7 +212,7 @@ def test_a_nan_between_checks_is_found_before_the_next_checkpoint(tmp_path):
     # The loss is read back every 100 steps, but a checkpoint is due at iteration 4: the check runs first.
     settings = TrainSettings(iterations=12, lr=0.05, log_every=100, eval_every=0, checkpoint_every=2)
     with pytest.raises(TrainingDiverged, match=r"loss is nan at iteration 2 "):
-        train(small_model(), Poisoned(), eval_set(), settings, tmp_path, batch_size=8, log=lambda s: None)
+        quiet_train(Poisoned(), settings, tmp_path)
     assert torch.load(tmp_path / CHECKPOINT_NAME, weights_only=False)["iteration"] == 2
 
 
@@ -244,15 +226,7 @@ def test_an_interrupt_after_a_nan_raises_divergence_instead_of_saving_the_broken
 
     settings = TrainSettings(iterations=12, lr=0.05, log_every=100, eval_every=0, checkpoint_every=2)
     with pytest.raises(TrainingDiverged, match="iteration 3 "):
-        train(
-            small_model(),
-            PoisonedThenInterrupted(),
-            eval_set(),
-            settings,
-            tmp_path,
-            batch_size=8,
-            log=lambda s: None,
-        )
+        quiet_train(PoisonedThenInterrupted(), settings, tmp_path)
     assert torch.load(tmp_path / CHECKPOINT_NAME, weights_only=False)["iteration"] == 2
 
 
@@ -278,10 +252,10 @@ def test_a_checkpoint_of_another_format_or_model_count_is_refused_with_the_fix(t
     settings = TrainSettings(iterations=2, lr=0.05, log_every=1, eval_every=0, checkpoint_every=0)
     torch.save({"iteration": 1, "model": {}}, tmp_path / CHECKPOINT_NAME)  # the version-1 layout
     with pytest.raises(ValueError, match=r"older version of stn-repro.*delete it"):
-        train(small_model(), ToyStream(), eval_set(), settings, tmp_path, batch_size=8, log=lambda s: None)
+        quiet_train(ToyStream(), settings, tmp_path)
     (tmp_path / CHECKPOINT_NAME).unlink()
-    train(small_model(), ToyStream(), eval_set(), settings, tmp_path, batch_size=8, log=lambda s: None)
+    quiet_train(ToyStream(), settings, tmp_path)
     state = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=False)
     torch.save(state | {"num_models": 3}, tmp_path / CHECKPOINT_NAME)
     with pytest.raises(ValueError, match="holds 3 stacked model"):
-        train(small_model(), ToyStream(), eval_set(), settings, tmp_path, batch_size=8, log=lambda s: None)
+        quiet_train(ToyStream(), settings, tmp_path)

@@ -170,6 +170,15 @@ class StackedLearner:
             stream.load_state_dict(stream_state)
 
 
+def check_stackable(speed: SpeedSettings) -> None:
+    """Raise ``ValueError`` for speed settings the stacked engine cannot run: of them it takes ``autocast``
+    only (``vmap`` picks its own batched kernels, and ``torch.compile`` of the vmapped step fails)."""
+    if speed.channels_last or speed.compile:
+        raise ValueError(
+            "the stacked engine supports the autocast speed setting only (not channels_last/compile)"
+        )
+
+
 def train_stacked(
     models: Sequence[nn.Module],
     streams: Sequence[BatchStream],
@@ -196,10 +205,7 @@ def train_stacked(
     are not (they raise ``ValueError``): vmap picks its own batched kernels.
     """
     speed = speed or SpeedSettings()
-    if speed.channels_last or speed.compile:
-        raise ValueError(
-            "the stacked engine supports the autocast speed setting only (not channels_last/compile)"
-        )
+    check_stackable(speed)
     learner = StackedLearner(models, streams, settings, speed, batch_size)
     return run_training(
         learner,
