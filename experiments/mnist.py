@@ -8,6 +8,7 @@ python -m experiments.mnist experiment=rts_st_cnn_affine seeds=[1,2,3]   # three
 from __future__ import annotations
 
 import statistics
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from stn_repro.data import DataError
 from stn_repro.tasks.mnist import (
     CellSpec,
     check_seeds,
@@ -60,6 +62,16 @@ OmegaConf.register_new_resolver("stn_run_folder", run_folder, replace=True)
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="mnist")
 def main(cfg: DictConfig) -> float | None:
+    try:
+        return run(cfg)
+    except DataError as error:
+        # A missing or corrupt data file is for the user to fix, not a bug: what and how, without a traceback.
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+
+
+def run(cfg: DictConfig) -> float | None:
+    """One job: a single-seed cell, or the stacked seeds of one (``seeds=[...]``); returns its test error."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     seeds = seeds_from_config(cfg.seeds)
     spec, settings = cell_from_config(cfg)

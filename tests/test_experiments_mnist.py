@@ -129,6 +129,17 @@ def run_module(args, tmp_path, **env):
     )
 
 
+def test_missing_mnist_files_stop_the_runner_with_the_fix_and_no_traceback(tmp_path):
+    result = run_module(
+        ["experiments.mnist", "experiment=r_fcn", "trainer=smoke", "logger=none"],
+        tmp_path,
+        STN_DATA=str(tmp_path / "empty"),
+    )
+    assert result.returncode == 1
+    assert "error: MNIST file" in result.stderr and "make data-mnist" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_the_issue_sweep_runs_six_jobs_and_the_table_command_reads_them(tmp_path):
     result = run_module(
         [
