@@ -16,7 +16,15 @@
 # Six files in all: the device tool brings back at most 8.
 #
 # Environment: DEVICE (default cuda), QUICK=1 (tiny sizes: to check this script itself on a CPU),
-# CELLS (the experiment files to train, in order), TRAIN_JOBS, PY (default python3), KIT (default .gpu_kit).
+# CELLS (the experiment files to train, in order), TRAIN_JOBS, PY (default python3), KIT (default .gpu_kit),
+# STEPS (the steps to run, default "tests bench speed train"; a device call is limited to 10 minutes, so a
+# session splits them over calls: env.txt is written by every call), TEST_MARK (pytest -m, default
+# "gpu or not slow"), SPEED_MODELS, SPEED_VARIANTS (';'-separated flag sets), TEST_SECONDS and BENCH_SECONDS
+# (time limits of those steps, so that one hung step leaves the rest of a call its time).
+#
+# Training longer than one call: start it detached, and let later calls on the still-warm machine wait:
+#   STEPS=train setsid bash benchmarks/gpu_session.sh /tmp/gpu_train 15 &   # returns at once; trains 15 min
+#   (later calls) while pgrep -f gpu_session.sh >/dev/null; do sleep 10; done; cp /tmp/gpu_train/* $OUT
 set -uo pipefail
 
 OUT=${1:?usage: gpu_session.sh OUT_DIR [TRAIN_MINUTES]}
@@ -26,6 +34,9 @@ PY=${PY:-python3}
 KIT=${KIT:-.gpu_kit}
 QUICK=${QUICK:-0}
 TRAIN_JOBS=${TRAIN_JOBS:-4}
+STEPS=${STEPS:-tests bench speed train}
+TEST_MARK=${TEST_MARK:-gpu or not slow}
+wanted() { [[ " $STEPS " == *" $1 "* ]]; }
 # The cells first trained in full: the RTS row (the paper's headline comparison), then R, P, E.
 CELLS=${CELLS:-rts_st_cnn_affine rts_cnn rts_st_cnn_tps rts_st_fcn_affine rts_fcn r_st_cnn_affine r_cnn p_st_cnn_affine p_cnn e_st_cnn_affine e_cnn}
 mkdir -p "$OUT"
@@ -65,26 +76,35 @@ if [[ $QUICK == 1 ]]; then
     SPEED_MODELS=fcn; SPEED_STEPS=(--steps 1 --warmup 1 --workers 0 --batch-size 16)
     TRAIN=(trainer=smoke); SEEDS="[1,2]"
 else
-    TEST_ARGS=(-q -m "gpu or not slow" -p no:cacheprovider)
+    TEST_ARGS=(-q -m "$TEST_MARK" -p no:cacheprovider)
     BENCH=(--device "$DEVICE" --steps 50 --warmup 10 --workers 8 --stack 3 --project-steps 20)
-    SPEED_MODELS=fcn,cnn,st_cnn:affine,st_cnn:tps; SPEED_STEPS=(--steps 50 --warmup 20 --workers 8)
+    SPEED_MODELS=${SPEED_MODELS:-fcn,cnn,st_cnn:affine,st_cnn:tps}; SPEED_STEPS=(--steps 50 --warmup 20 --workers 8)
     TRAIN=(trainer=paper); SEEDS="[1,2,3]"
 fi
 
+if wanted tests; then
 step "tests" | tee "$OUT/tests.txt"
-"$PY" -m pytest "${TEST_ARGS[@]}" 2>&1 | tail -40 | tee -a "$OUT/tests.txt"
+timeout "${TEST_SECONDS:-3600}" "$PY" -m pytest "${TEST_ARGS[@]}" 2>&1 | tail -40 | tee -a "$OUT/tests.txt"
+fi
 
+if wanted bench; then
 step "bench: baseline vs engine vs stacked, projected protocol" | tee "$OUT/bench.txt"
-"$PY" benchmarks/bench_mnist.py "${BENCH[@]}" 2>&1 | tee -a "$OUT/bench.txt"
+timeout "${BENCH_SECONDS:-3600}" "$PY" benchmarks/bench_mnist.py "${BENCH[@]}" 2>&1 | tee -a "$OUT/bench.txt"
+fi
 
+if wanted speed; then
 step "speed settings head to head" | tee "$OUT/speed.txt"
-for variant in "" "--channels-last" "--autocast bf16" "--compile" "--compile --compile-mode reduce-overhead" \
-               "--channels-last --autocast bf16 --compile --compile-mode reduce-overhead"; do
+SPEED_VARIANTS=${SPEED_VARIANTS:-;--channels-last;--autocast bf16;--compile;--compile --compile-mode reduce-overhead;\
+--channels-last --autocast bf16 --compile --compile-mode reduce-overhead}
+IFS=';' read -ra variants <<< "$SPEED_VARIANTS"
+for variant in "${variants[@]}"; do
     echo "-- settings: ${variant:-plain}" | tee -a "$OUT/speed.txt"
     # shellcheck disable=SC2086  # the variant is a list of flags
     "$PY" benchmarks/bench_mnist.py --device "$DEVICE" --models "$SPEED_MODELS" --stack 1 --project-cells none \
         "${SPEED_STEPS[@]}" $variant 2>&1 | grep -E "^==|\(b\)|error" | tee -a "$OUT/speed.txt"
 done
+fi
+wanted train || exit 0
 
 step "full-budget training for $TRAIN_MINUTES min: ${TRAIN[*]}, seeds $SEEDS stacked, $TRAIN_JOBS cells at once" \
     | tee "$OUT/train.txt"
