@@ -74,10 +74,14 @@ params-mnist:  ## print every Table 1 model's parameter count and widths
 BENCH_ARGS ?=
 GPU_OUT ?= gpu_session
 TRAIN_MINUTES ?= 10
-.PHONY: bench gpu-kit gpu-session
+PROJECTION_ARGS ?=
+.PHONY: bench gpu-projection gpu-kit gpu-session
 
 bench:  ## time the tutorial-style loop vs the engine (CPU default, a few minutes; BENCH_ARGS="--device cuda ...")
 	$(PY) benchmarks/bench_mnist.py $(BENCH_ARGS)
+
+gpu-projection:  ## bounds on the Table 1 protocol's time on one GPU from counts and this host's timing (no GPU needed; PROJECTION_ARGS="--gpu h200 --jobs 16")
+	$(PY) -m benchmarks.gpu_projection $(PROJECTION_ARGS)
 
 gpu-kit:  ## gather into .gpu_kit/ what a bare offline GPU machine lacks (Hydra wheels, MNIST); needs PyPI
 	PY=$(PY) bash benchmarks/gpu_kit.sh

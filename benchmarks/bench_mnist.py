@@ -76,6 +76,18 @@ def table1_cells() -> list[tuple[str, str]]:
     return [(d, m) for d in TABLE1_SETS for m in TABLE1_MODELS] + [("tc", m) for m in TC_MODELS]
 
 
+def parse_cells(text: str) -> list[tuple[str, str]]:
+    """``'all'`` or a comma list of ``data/model`` protocol cells, e.g. ``r/cnn,rts/st_cnn:tps``."""
+    if text == "all":
+        return table1_cells()
+    cells = [tuple(c.split("/", 1)) for c in text.split(",")]
+    unknown = [c for c in cells if c not in table1_cells()]
+    if unknown:
+        known = ", ".join(f"{d}/{m}" for d, m in table1_cells())
+        raise ValueError(f"unknown cell(s) {', '.join('/'.join(c) for c in unknown)}; the cells are: {known}")
+    return cells
+
+
 @dataclass
 class Timing:
     name: str
@@ -203,6 +215,7 @@ class _OpCounter(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        out = func(*args, **kwargs)
         tensors = [a for a in tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)]
         on_device = any(t.device.type == "meta" for t in tensors) or (
             not tensors and torch.device(kwargs.get("device") or "cpu").type == "meta"
@@ -213,7 +226,11 @@ class _OpCounter(TorchDispatchMode):
             self.count.views += 1
         else:
             self.count.device += 1
-        return func(*args, **kwargs)
+            self.device_operator(func, args, kwargs, tensors, out)
+        return out
+
+    def device_operator(self, func, args, kwargs, inputs: list[torch.Tensor], out) -> None:
+        """Called for every counted device operator, with its arguments, their tensors and its result."""
 
 
 def operators(
@@ -315,6 +332,10 @@ def main(argv: list[str] | None = None) -> None:
         help="skip counting the operators of one step of (b) and (c) in the head-to-head",
     )
     args = parser.parse_args(argv)
+    try:
+        cells = [] if args.project_cells == "none" else parse_cells(args.project_cells)
+    except ValueError as error:
+        parser.error(f"--project-cells: {error}")
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -362,13 +383,8 @@ def main(argv: list[str] | None = None) -> None:
             ratio += f" | c/a: {runs[2].images_per_s / runs[0].images_per_s:.2f}x"
         print(ratio)
 
-    if args.project_cells == "none":
+    if not cells:
         return
-    cells = (
-        table1_cells()
-        if args.project_cells == "all"
-        else [tuple(c.split("/")) for c in args.project_cells.split(",")]
-    )
     print(
         f"\n== projection of the Table 1 protocol ({len(table1_cells())} cells x {PAPER_SEEDS} seeds x "
         f"{PAPER_ITERATIONS:,} iterations x {args.batch_size}) from {len(cells)} measured cell(s), "

@@ -10,15 +10,18 @@
 #   bench.txt    make bench on the GPU: baseline vs engine vs 3 stacked seeds, every Table 1 + TC cell,
 #                and the projected wall time of the whole protocol
 #   speed.txt    the speed settings head to head (channels_last, bf16, compile, CUDA graphs) on 4 models
+#   projection.txt  the counted floors of every cell (benchmarks/gpu_projection.py) on this machine's host,
+#                to hold against bench.txt's measured step times
 #   train.txt    full-budget (paper profile) Table 1 cells with their 3 seeds stacked, TRAIN_JOBS (default 4)
 #                cells at once, for TRAIN_MINUTES (default 10); runs.tar.gz holds their run records, logs,
 #                pictures and the tables made from them (finished runs only in the tables)
-# Six files in all: the device tool brings back at most 8.
+# Seven files in all: the device tool brings back at most 8.
 #
 # Environment: DEVICE (default cuda), QUICK=1 (tiny sizes: to check this script itself on a CPU),
-# CELLS (the experiment files to train, in order), TRAIN_JOBS, PY (default python3), KIT (default .gpu_kit),
-# STEPS (the steps to run, default "tests bench speed train"; a device call is limited to 10 minutes, so a
-# session splits them over calls: env.txt is written by every call), TEST_MARK (pytest -m, default
+# CELLS (the experiment files to train, in order), TRAIN_JOBS, GPU_SPEC (gpu_projection's --gpu, default
+# h100), PY (default python3), KIT (default .gpu_kit), STEPS (the steps to run, default "tests bench
+# projection speed train"; a device call is limited to 10 minutes, so a session splits them over calls:
+# env.txt is written by every call), TEST_MARK (pytest -m, default
 # "gpu or not slow"), SPEED_MODELS, SPEED_VARIANTS (';'-separated flag sets), TEST_SECONDS and BENCH_SECONDS
 # (time limits of those steps, so that one hung step leaves the rest of a call its time).
 #
@@ -34,7 +37,7 @@ PY=${PY:-python3}
 KIT=${KIT:-.gpu_kit}
 QUICK=${QUICK:-0}
 TRAIN_JOBS=${TRAIN_JOBS:-4}
-STEPS=${STEPS:-tests bench speed train}
+STEPS=${STEPS:-tests bench projection speed train}
 TEST_MARK=${TEST_MARK:-gpu or not slow}
 wanted() { [[ " $STEPS " == *" $1 "* ]]; }
 # The cells first trained in full: the RTS row (the paper's headline comparison), then R, P, E.
@@ -90,6 +93,12 @@ fi
 if wanted bench; then
 step "bench: baseline vs engine vs stacked, projected protocol" | tee "$OUT/bench.txt"
 timeout "${BENCH_SECONDS:-3600}" "$PY" benchmarks/bench_mnist.py "${BENCH[@]}" 2>&1 | tee -a "$OUT/bench.txt"
+fi
+
+if wanted projection; then
+step "counted floors of every cell (no GPU involved)" | tee "$OUT/projection.txt"
+PROJECTION=(--gpu "${GPU_SPEC:-h100}"); [[ $QUICK == 1 ]] && PROJECTION+=(--cells r/fcn --steps 2 --batch-size 16)
+timeout "${BENCH_SECONDS:-3600}" "$PY" -m benchmarks.gpu_projection "${PROJECTION[@]}" 2>&1 | tee -a "$OUT/projection.txt"
 fi
 
 if wanted speed; then
