@@ -69,6 +69,7 @@ TABLE1_MODELS = (
 )
 TC_MODELS = ("fcn", "cnn", "st_fcn:affine", "st_cnn:affine")
 PAPER_ITERATIONS, PAPER_BATCH, PAPER_SEEDS = 150_000, 256, 3
+META = torch.device("meta")  # operators dispatch as on any device, nothing computes
 
 
 def table1_cells() -> list[tuple[str, str]]:
@@ -233,13 +234,26 @@ class _OpCounter(TorchDispatchMode):
         """Called for every counted device operator, with its arguments, their tensors and its result."""
 
 
+def learner_as_on_cuda(
+    digits: MnistArrays, data: str, model: str, batch_size: int, seeds: int, device: torch.device = META
+):
+    """The learner of :func:`make_learner` dispatching the operators a CUDA run dispatches, after one step
+    (which fills the caches: identity grids, TPS control points). On ``meta`` (the default) they are counted
+    without computing. SGD takes its ``foreach`` implementation, its default on CUDA (elsewhere it
+    defaults to one operator per parameter tensor)."""
+    learner = make_learner(digits, data, model, batch_size, seeds, device, SpeedSettings())
+    for group in learner.optimizer.param_groups:
+        group["foreach"] = True
+    learner.step()
+    return learner
+
+
 def operators(
     digits: MnistArrays, data: str, model: str, batch_size: int, seeds: int
 ) -> tuple[OpCount, OpCount]:
     """Operators of one training step of ``seeds`` stacked models (1: the engine's single model), and of one
-    of its streams' batches, counted on the meta device after one warm-up step (which fills the caches)."""
-    learner = make_learner(digits, data, model, batch_size, seeds, torch.device("meta"), SpeedSettings())
-    learner.step()
+    of its streams' batches, counted on the meta device (:func:`learner_as_on_cuda`)."""
+    learner = learner_as_on_cuda(digits, data, model, batch_size, seeds)
     with _OpCounter() as step:
         learner.step()
     stream = learner.stream if seeds == 1 else learner.streams[0]

@@ -47,13 +47,12 @@ from benchmarks.bench_mnist import (
     PAPER_SEEDS,
     _OpCounter,
     hours,
-    make_learner,
+    learner_as_on_cuda,
     operators,
     parse_cells,
     table1_cells,
 )
 from stn_repro.data import default_data_dir, load_mnist, synthetic_mnist
-from stn_repro.training.loop import SpeedSettings
 from stn_repro.training.records import git_commit
 
 
@@ -164,8 +163,7 @@ def cell_cost(
     digits, data: str, model: str, batch_size: int, seeds: int, gpu: GpuSpec, host_s_per_operator: float
 ) -> CellCost:
     """The costs of one training step of ``seeds`` models (stacked when > 1) of one cell."""
-    learner = make_learner(digits, data, model, batch_size, seeds, torch.device("meta"), SpeedSettings())
-    learner.step()  # fills the caches (identity grids, TPS control points) as the first real step does
+    learner = learner_as_on_cuda(digits, data, model, batch_size, seeds)
     with _KernelCost(gpu) as counter:
         learner.step()
     operators = counter.count.device + counter.count.views + counter.count.host
@@ -195,7 +193,7 @@ def host_seconds_per_operator(digits, seeds: int, steps: int) -> float:
     try:
         seconds = operators_counted = 0
         for data, model in CALIBRATION_CELLS:
-            learner = make_learner(digits, data, model, 1, seeds, torch.device("cpu"), SpeedSettings())
+            learner = learner_as_on_cuda(digits, data, model, 1, seeds, torch.device("cpu"))
             for _ in range(10):
                 learner.step()
             times = []

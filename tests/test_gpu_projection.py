@@ -6,7 +6,9 @@ import pytest
 import torch
 from torch import nn
 
+from benchmarks.bench_mnist import _OpCounter, learner_as_on_cuda
 from benchmarks.gpu_projection import GPUS, GpuSpec, _KernelCost, bytes_moved, main
+from stn_repro.data import synthetic_mnist
 
 META = torch.device("meta")
 
@@ -63,6 +65,22 @@ def test_allocations_launch_no_kernel():
     with _KernelCost(GPUS["h100"]) as counter:
         torch.empty(1000, device=META)
     assert counter.count.device == 1 and counter.kernels == 0 and counter.bytes == 0
+
+
+def test_the_counted_step_updates_with_sgds_foreach_kernels_as_cuda_does():
+    # On CUDA, SGD defaults to its foreach implementation (a few kernels for all parameters); the per-tensor
+    # loop it takes on other devices would overcount the GPU's kernels.
+    names = []
+
+    class Names(_OpCounter):
+        def device_operator(self, func, args, kwargs, inputs, out):
+            names.append(func.__name__)
+
+    learner = learner_as_on_cuda(synthetic_mnist(num_train=64, num_test=4), "r", "fcn", 8, 1)
+    with Names():
+        learner.step()
+    assert any(name.startswith("_foreach_") for name in names)
+    assert "add_.Tensor" not in names and "mul_.Tensor" not in names
 
 
 def test_the_projection_runs_end_to_end(capsys):
