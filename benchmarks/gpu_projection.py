@@ -31,9 +31,10 @@ real thing.
 from __future__ import annotations
 
 import argparse
+import math
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -182,31 +183,35 @@ def cell_cost(
 CALIBRATION_CELLS = (("r", "fcn"), ("r", "st_fcn:affine"), ("r", "st_fcn:projective"), ("r", "st_fcn:tps"))
 
 
-def host_seconds_per_operator(digits, seeds: int, steps: int) -> float:
-    """This machine's host time per dispatched operator: the steps of ``CALIBRATION_CELLS`` (``seeds``
-    stacked when > 1) at batch 1 on one CPU thread, each the fastest of ``steps`` (the others carry this
-    machine's interruptions), over their operator counts. A digit through these models is under 1M
+def host_seconds_per_operator(digits, stacks: Sequence[int], steps: int, rounds: int = 5) -> dict[int, float]:
+    """This machine's host time per dispatched operator, for each number of stacked seeds in ``stacks``:
+    the steps of ``CALIBRATION_CELLS`` at batch 1 on one CPU thread, each learner's fastest step of
+    ``rounds`` rounds of ``steps`` over all of them (a shared machine's interruptions come in spells; the
+    fastest step is one they missed), over their operator counts (counted after all the timing, so that
+    nothing of the counting lingers in the timed steps). A digit through these models is under 1M
     multiply-adds, so the time is the host's: Python, autograd, the dispatcher, the optimiser, the
     distortions' parameters. One thread, as a GPU job's host has."""
+    runs = [(seeds, data, model) for seeds in stacks for data, model in CALIBRATION_CELLS]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        seconds = operators_counted = 0
-        for data, model in CALIBRATION_CELLS:
-            learner = learner_as_on_cuda(digits, data, model, 1, seeds, torch.device("cpu"))
-            for _ in range(10):
-                learner.step()
-            times = []
-            for _ in range(steps):
-                start = time.perf_counter()
-                learner.step()
-                times.append(time.perf_counter() - start)
-            count, _ = operators(digits, data, model, 1, seeds)
-            seconds += min(times)
-            operators_counted += count.device + count.views + count.host
+        cpu = torch.device("cpu")
+        learners = [learner_as_on_cuda(digits, data, model, 1, seeds, cpu) for seeds, data, model in runs]
+        fastest = [math.inf] * len(runs)
+        for _ in range(rounds):
+            for index, learner in enumerate(learners):
+                for _ in range(steps):
+                    start = time.perf_counter()
+                    learner.step()
+                    fastest[index] = min(fastest[index], time.perf_counter() - start)
     finally:
         torch.set_num_threads(threads)
-    return seconds / operators_counted
+    seconds, counted = dict.fromkeys(stacks, 0.0), dict.fromkeys(stacks, 0)
+    for (seeds, data, model), time_s in zip(runs, fastest, strict=True):
+        count, _ = operators(digits, data, model, 1, seeds)
+        seconds[seeds] += time_s
+        counted[seeds] += count.device + count.views + count.host
+    return {seeds: seconds[seeds] / counted[seeds] for seeds in stacks}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -219,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stack", type=int, default=PAPER_SEEDS, help="seeds stacked in one job")
     parser.add_argument("--jobs", type=int, default=8, help="jobs at once (processes, one host core each)")
     parser.add_argument(
-        "--steps", type=int, default=100, help="timed steps of the host calibration (fastest)"
+        "--steps", type=int, default=40, help="host calibration: timed steps per learner and round"
     )
     parser.add_argument("--synthetic", action="store_true", help="synthetic digits even where MNIST exists")
     args = parser.parse_args(argv)
@@ -233,7 +238,7 @@ def main(argv: list[str] | None = None) -> None:
     gpu = GPUS[args.gpu]
     real = (default_data_dir() / "mnist").is_dir() and not args.synthetic
     digits = load_mnist() if real else synthetic_mnist(num_train=4096, num_test=16)
-    per_op = {s: host_seconds_per_operator(digits, s, args.steps) for s in {1, args.stack}}
+    per_op = host_seconds_per_operator(digits, sorted({1, args.stack}), args.steps)
     print(
         f"stn-repro {git_commit()} | {datetime.now(UTC).isoformat(timespec='seconds')} | torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads ({platform.processor() or 'cpu'}) | batch {args.batch_size}\n"
