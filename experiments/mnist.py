@@ -21,7 +21,6 @@ from stn_repro.data import DataError
 from stn_repro.tasks.mnist import (
     CellSpec,
     check_seeds,
-    read_finished_record,
     run_cell,
     run_cells_stacked,
 )
@@ -96,13 +95,9 @@ def run(cfg: DictConfig) -> float | None:
         )
         errors = [r["test_error"] for r in records.values() if r.get("finished")]
         return statistics.fmean(errors) if errors else None
-    # A finished run is only reported (by run_cell), so it gets no new, empty W&B run.
-    finished = read_finished_record(run_dir) is not None
-    tracker = Tracker() if finished else make_tracker(cfg, spec, config, run_dir)
-    try:
-        record = run_cell(spec, settings, run_dir, config=config, tracker=tracker)
-    finally:
-        tracker.finish()
+    record = run_cell(
+        spec, settings, run_dir, config=config, make_tracker=lambda: make_tracker(cfg, spec, config, run_dir)
+    )
     return record.get("test_error")
 
 

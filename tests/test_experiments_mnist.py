@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
 from experiments.mnist import cell_from_config, check_stacked_config, run_folder, seeds_from_config
+from stn_repro.data import DataError
 from stn_repro.paper import paper_error
 from stn_repro.tables import aggregate, collect_records
 from stn_repro.tasks.mnist import run_cell, run_cells_stacked
@@ -420,3 +421,23 @@ def test_a_stacked_run_says_it_does_not_resume_an_unfinished_single_seed_run(tmp
     records, _ = stacked_run(tmp_path, [1, 2], log=lines.append)
     assert [records[s]["engine"]["seeds"] for s in (1, 2)] == [[1, 2], [1, 2]]
     assert any("seed2/checkpoint.pt (an unfinished single-seed run) is not resumed" in line for line in lines)
+
+
+def test_a_single_run_makes_its_tracker_only_once_the_data_load_and_finishes_it(tmp_path):
+    spec, settings = cell_from_config(compose_mnist(["experiment=r_fcn", *SMOKE]))
+    made = []
+
+    def make_tracker():
+        made.append(RecordingTracker(spec.seed))
+        return made[-1]
+
+    missing = replace(spec, data_source="mnist", data_dir=tmp_path / "empty")
+    with pytest.raises(DataError, match="make data-mnist"):
+        run_cell(missing, settings, tmp_path / "missing", make_tracker=make_tracker, log=lambda s: None)
+    assert made == []  # a missing data file leaves no (empty) W&B run behind
+
+    record = run_cell(spec, settings, tmp_path / "run", make_tracker=make_tracker, log=lambda s: None)
+    (tracker,) = made
+    assert tracker.finished and tracker.summaries[0]["test_error"] == record["test_error"]
+    run_cell(spec, settings, tmp_path / "run", make_tracker=make_tracker, log=lambda s: None)
+    assert len(made) == 1  # a finished run is only reported: no new tracker

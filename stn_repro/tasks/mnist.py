@@ -326,44 +326,50 @@ def run_cell(
     run_dir: Path,
     *,
     config: dict[str, Any] | None = None,
-    tracker: Tracker | None = None,
+    make_tracker: Callable[[], Tracker] | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Train and evaluate one cell in ``run_dir`` (resuming if it holds a checkpoint); return its record.
 
     A finished run (its ``record.json`` says so) is not run again: the record is returned as it is.
+    ``make_tracker()`` makes the run's tracker (e.g. its W&B run), which this function finishes; it is
+    called only once the data have loaded and the model is built, so a finished run or a missing data file
+    leaves no empty W&B run behind.
     """
     run_dir = Path(run_dir)
     finished = read_finished_record(run_dir)
     if finished is not None:
         log_already_finished(spec, finished, run_dir, log)
         return finished
-    tracker = tracker or Tracker()
     device = resolve_device(spec.device)
     data = load_cell_data(spec, device)
     seed_run = prepare_seed(spec, data, device)
     log(describe_seed(seed_run, device))
 
-    result = train(
-        seed_run.model,
-        seed_run.stream,
-        data.eval_sets,
-        settings,
-        run_dir,
-        batch_size=spec.batch_size,
-        tracker=tracker,
-        on_picture=picture_maker(spec.cell, seed_run.model, data.picture_inputs, run_dir, tracker),
-        log=log,
-        speed=spec.speed,
-    )
-    if not result.finished:
-        log(f"stopped at iteration {result.iterations:,} of {settings.iterations:,}; relaunch to resume")
-        return {"finished": False, "iterations": result.iterations}
-    record = cell_record(
-        spec, settings, result, seed_run.info, data, device, engine=SINGLE_ENGINE, config=config
-    )
-    publish_record(record, run_dir / RECORD_NAME, tracker, log)
-    return record
+    tracker = make_tracker() if make_tracker else Tracker()
+    try:
+        result = train(
+            seed_run.model,
+            seed_run.stream,
+            data.eval_sets,
+            settings,
+            run_dir,
+            batch_size=spec.batch_size,
+            tracker=tracker,
+            on_picture=picture_maker(spec.cell, seed_run.model, data.picture_inputs, run_dir, tracker),
+            log=log,
+            speed=spec.speed,
+        )
+        if not result.finished:
+            log(f"stopped at iteration {result.iterations:,} of {settings.iterations:,}; relaunch to resume")
+            return {"finished": False, "iterations": result.iterations}
+        record = cell_record(
+            spec, settings, result, seed_run.info, data, device, engine=SINGLE_ENGINE, config=config
+        )
+        publish_record(record, run_dir / RECORD_NAME, tracker, log)
+        return record
+    finally:
+        tracker.finish()
 
 
 def run_cells_stacked(
@@ -424,18 +430,14 @@ def run_cells_stacked(
         train_seeds = pending
     if len(train_seeds) == 1:
         (seed,) = train_seeds
-        tracker = make_tracker(seed_spec_of[seed], seed_dir_of[seed])
-        try:
-            records[seed] = run_cell(
-                seed_spec_of[seed],
-                settings,
-                seed_dir_of[seed],
-                config=configs.get(seed),
-                tracker=tracker,
-                log=log,
-            )
-        finally:
-            tracker.finish()
+        records[seed] = run_cell(
+            seed_spec_of[seed],
+            settings,
+            seed_dir_of[seed],
+            config=configs.get(seed),
+            make_tracker=lambda: make_tracker(seed_spec_of[seed], seed_dir_of[seed]),
+            log=log,
+        )
         return records
 
     for seed in train_seeds:
