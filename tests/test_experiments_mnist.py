@@ -18,9 +18,9 @@ from experiments.mnist import cell_from_config, check_stacked_config, run_folder
 from stn_repro.data import DataError
 from stn_repro.paper import paper_error
 from stn_repro.tables import aggregate, collect_records
-from stn_repro.tasks.mnist import run_cell, run_cells_stacked
+from stn_repro.tasks.mnist import load_cell_data, load_trained_model, run_cell, run_cells_stacked
 from stn_repro.tracking import Tracker
-from stn_repro.training.loop import TrainSettings
+from stn_repro.training.loop import TrainSettings, evaluate
 
 # W&B is optional at run time (logger=none); where it is not installed (e.g. a bare GPU machine) these skip.
 NEEDS_WANDB = pytest.mark.skipif(importlib.util.find_spec("wandb") is None, reason="wandb is not installed")
@@ -441,3 +441,29 @@ def test_a_single_run_makes_its_tracker_only_once_the_data_load_and_finishes_it(
     assert tracker.finished and tracker.summaries[0]["test_error"] == record["test_error"]
     run_cell(spec, settings, tmp_path / "run", make_tracker=make_tracker, log=lambda s: None)
     assert len(made) == 1  # a finished run is only reported: no new tracker
+
+
+def test_every_finished_seed_saves_weights_that_reproduce_its_test_error(tmp_path):
+    # Single and stacked runs alike: <seed dir>/model.pt rebuilds the trained model, which scores the
+    # record's test error on the cell's test set.
+    cfg = compose_mnist(STACKED_SMOKE)
+    spec, settings = cell_from_config(cfg)
+    single_dir = tmp_path / "single" / "seed1"
+    runs = {single_dir: run_cell(spec, settings, single_dir, log=lambda s: None)}
+    records, cell_dir = stacked_run(tmp_path / "stacked", [1, 2])
+    runs.update({cell_dir / f"seed{seed}": record for seed, record in records.items()})
+    test_images, test_labels = load_cell_data(spec, torch.device("cpu")).eval_sets["test"]
+    for seed_dir, record in runs.items():
+        assert record["weights"] == "model.pt" and (seed_dir / "model.pt").is_file()
+        model = load_trained_model(seed_dir)
+        assert not model.training
+        assert evaluate(model, test_images, test_labels) == record["test_error"]
+    assert runs[single_dir]["test_error"] != records[2]["test_error"]  # two seeds, two models
+
+
+def test_loading_weights_of_an_unfinished_run_names_the_fix(tmp_path):
+    with pytest.raises(FileNotFoundError, match="relaunch it to resume"):
+        load_trained_model(tmp_path)
+    torch.save({"format": 99}, tmp_path / "model.pt")
+    with pytest.raises(ValueError, match="format 99"):
+        load_trained_model(tmp_path)

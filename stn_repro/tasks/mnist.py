@@ -38,6 +38,7 @@ from stn_repro.training.loop import (
     SpeedSettings,
     TrainResult,
     TrainSettings,
+    save_checkpoint,
     train,
 )
 from stn_repro.training.records import (
@@ -56,6 +57,8 @@ SYNTHETIC_TEST_SEED = (
 # In a stacked run's folder, beside its checkpoint: which seeds the checkpoint holds, in order.
 STACKED_SEEDS_NAME = "stacked_seeds.json"
 SINGLE_ENGINE = {"name": "single"}
+WEIGHTS_NAME = "model.pt"  # a finished seed's trained model, beside its record (load_trained_model)
+WEIGHTS_FORMAT = 1
 
 
 @dataclass
@@ -267,6 +270,7 @@ def cell_record(
         "images_seen": result.iterations * spec.batch_size,
         "wall_time_s": round(result.wall_time_s, 1),
         "engine": engine,
+        "weights": WEIGHTS_NAME,  # beside the record; stn_repro.tasks.mnist.load_trained_model(<its folder>)
         "history": result.history,
         "test_set": {
             "source": spec.data_source,
@@ -309,6 +313,56 @@ def publish_record(
         f"{record['cell']} seed {record['seed']}: test error {record['test_error']:.2f}%{paper_text} "
         f"-> {record_path}"
     )
+
+
+def save_weights(path: Path, seed_run: SeedRun, image_size: int) -> None:
+    """Write the trained model of a finished seed to ``path`` (atomically), with what rebuilds it."""
+    spec = seed_run.spec
+    save_checkpoint(
+        path,
+        {
+            "format": WEIGHTS_FORMAT,
+            "cell": spec.cell,
+            "seed": spec.seed,
+            "kind": spec.model,
+            "transform": spec.transform,
+            "input_shape": [1, image_size, image_size],
+            "pool_after_transformer": spec.pool_after_transformer,
+            "model_options": spec.model_options,
+            "state_dict": {k: v.detach().cpu().contiguous() for k, v in seed_run.model.state_dict().items()},
+        },
+    )
+
+
+def load_trained_model(path: Path | str, device: torch.device | str = "cpu") -> nn.Module:
+    """The model a finished run saved, rebuilt, loaded and in eval mode.
+
+    ``path`` is the weights file or the run folder holding it (``runs/mnist/<profile>/<cell>/seed<k>``,
+    single or stacked runs alike).
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / WEIGHTS_NAME
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} does not exist: a run saves its weights when it finishes (its record.json says "
+            "finished: true); finish the run (relaunch it to resume) or point at a finished run's folder"
+        )
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("format") != WEIGHTS_FORMAT:
+        raise ValueError(
+            f"{path} is not a weights file of this version of stn-repro (format {state.get('format')!r}, "
+            f"this version reads {WEIGHTS_FORMAT})"
+        )
+    model, _ = build_mnist_model(
+        state["kind"],
+        tuple(state["input_shape"]),
+        transform=state["transform"],
+        pool_after_transformer=state["pool_after_transformer"],
+        **state["model_options"],
+    )
+    model.load_state_dict(state["state_dict"])
+    return model.to(device).eval()
 
 
 def log_already_finished(
@@ -363,6 +417,7 @@ def run_cell(
         if not result.finished:
             log(f"stopped at iteration {result.iterations:,} of {settings.iterations:,}; relaunch to resume")
             return {"finished": False, "iterations": result.iterations}
+        save_weights(run_dir / WEIGHTS_NAME, seed_run, data.image_size)
         record = cell_record(
             spec, settings, result, seed_run.info, data, device, engine=SINGLE_ENGINE, config=config
         )
@@ -503,6 +558,7 @@ def run_cells_stacked(
             if seed not in pending:
                 log(f"{spec.cell} seed {seed}: finished elsewhere meanwhile; its record is kept")
                 continue
+            save_weights(seed_dir_of[seed] / WEIGHTS_NAME, seed_run, data.image_size)
             record = cell_record(
                 seed_run.spec,
                 settings,
