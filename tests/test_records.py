@@ -2,7 +2,9 @@
 
 import re
 
-from stn_repro.training.records import git_commit
+import torch
+
+from stn_repro.training.records import git_commit, provenance
 
 
 def test_the_commit_of_this_checkout_is_a_hash():
@@ -14,3 +16,9 @@ def test_a_tree_without_git_names_the_given_commit_or_says_unknown(tmp_path, mon
     assert git_commit(tmp_path) == "unknown"
     monkeypatch.setenv("STN_COMMIT", "0123abc")
     assert git_commit(tmp_path) == "0123abc (given by STN_COMMIT; no git checkout)"
+
+
+def test_provenance_names_the_device_and_the_cpu_instructions():
+    record = provenance(torch.device("cpu"))
+    assert record["device"].startswith("cpu (") and record["torch"] == torch.__version__
+    assert record["cpu_capability"] == torch.backends.cpu.get_cpu_capability() != ""

@@ -75,6 +75,9 @@ def provenance(device: torch.device) -> dict[str, Any]:
         "device": device_name(device),
         "torch": torch.__version__,
         "python": platform.python_version(),
+        # The vector instructions PyTorch's CPU kernels use here: kernels for other instructions round
+        # differently, so a CPU run's exact numbers hold on machines like this one.
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "host": platform.node(),
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
