@@ -1,5 +1,7 @@
 """The Table 1 models: layouts, parameter budgets, identity at initialisation."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -62,3 +64,33 @@ def test_bad_model_requests_say_what_to_do():
         build_mnist_model("st_fcn", (1, 28, 28))
     with pytest.raises(ValueError, match="two hidden layers"):
         FCN((1, 28, 28), (10,))
+
+
+@pytest.mark.parametrize("kind,transform", [("cnn", None), ("st_cnn", "affine")])
+def test_pooling_before_the_relu_trains_exactly_as_the_papers_relu_then_pool(kind, transform):
+    # The models max-pool before each ReLU (less memory traffic); a ReLU commutes with a max, so values and
+    # gradients must equal, bit for bit, those of the same weights in the usual conv -> ReLU -> pool order.
+    torch.manual_seed(0)
+    model, _ = build_mnist_model(kind, (1, 28, 28), transform=transform, param_budget=50_000)
+    usual = copy.deepcopy(model)
+    swapped = 0
+    for sequence in [m for m in usual.modules() if isinstance(m, nn.Sequential)]:
+        layers = list(sequence)
+        for i in range(len(layers) - 1):
+            if isinstance(layers[i], nn.MaxPool2d) and isinstance(layers[i + 1], nn.ReLU):
+                layers[i], layers[i + 1] = nn.ReLU(), layers[i]
+                swapped += 1
+        for i, layer in enumerate(layers):
+            sequence[i] = layer
+    assert swapped == (2 if kind == "cnn" else 3)  # the classifier's two, the localisation net's one
+    x = torch.randn(16, 1, 28, 28)
+    outputs = []
+    for net in (model, usual):
+        net.zero_grad()
+        out = net(x)
+        out.square().sum().backward()
+        outputs.append((out, [p.grad for p in net.parameters()]))
+    (out_a, grads_a), (out_b, grads_b) = outputs
+    torch.testing.assert_close(out_a, out_b, rtol=0, atol=0)
+    for grad_a, grad_b in zip(grads_a, grads_b, strict=True):
+        torch.testing.assert_close(grad_a, grad_b, rtol=0, atol=0)

@@ -60,7 +60,7 @@ def cnn_localisation(
 
     Defaults are the paper's ST-CNN (MNIST): input average-pooled by ``downsample`` (2), conv 20 5x5 -> 2x2
     max-pool -> conv 20 5x5 -> fc 20 -> regression head, ReLU after every conv and fc. ``pool_after[i]``
-    puts a 2x2 max-pool after conv ``i``. ``in_shape`` is ``(C, H, W)`` of one input.
+    puts a 2x2 max-pool after conv ``i`` (before its ReLU, which gives the same result). ``in_shape`` is ``(C, H, W)`` of one input.
     """
     if len(pool_after) != len(channels):
         raise ValueError(
@@ -69,9 +69,13 @@ def cnn_localisation(
     layers: list[nn.Module] = [nn.AvgPool2d(downsample)] if downsample > 1 else []
     width = in_shape[0]
     for out_channels, pool in zip(channels, pool_after, strict=True):
-        layers += [nn.Conv2d(width, out_channels, kernel_size, padding=padding), nn.ReLU(inplace=True)]
+        layers.append(nn.Conv2d(width, out_channels, kernel_size, padding=padding))
         if pool:
-            layers.append(nn.MaxPool2d(2))
+            # Max-pool, then ReLU: the same values and gradients on a quarter of the elements; out of place,
+            # since in place on a pooled output makes vmap (stacked seeds) copy it.
+            layers += [nn.MaxPool2d(2), nn.ReLU()]
+        else:
+            layers.append(nn.ReLU(inplace=True))
         width = out_channels
     layers.append(nn.Flatten())
     features = _output_numel(nn.Sequential(*layers), in_shape)
