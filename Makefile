@@ -80,7 +80,7 @@ PROJECTION_ARGS ?=
 bench:  ## time the tutorial-style loop vs the engine (CPU default, a few minutes; BENCH_ARGS="--device cuda ...")
 	$(PY) benchmarks/bench_mnist.py $(BENCH_ARGS)
 
-gpu-projection:  ## bounds on the Table 1 protocol's time on one GPU from counts and this host's timing (no GPU needed; PROJECTION_ARGS="--gpu h200 --jobs 16")
+gpu-projection:  ## bounds on the Table 1 protocol's time on one GPU from counts and this host's timing (no GPU needed; PROJECTION_ARGS="--gpu h200 --jobs 4,32")
 	$(PY) -m benchmarks.gpu_projection $(PROJECTION_ARGS)
 
 gpu-kit:  ## gather into .gpu_kit/ what a bare offline GPU machine lacks (Hydra wheels, MNIST); needs PyPI

@@ -25,7 +25,7 @@ GPU: a GPU machine's CPU is not this one, and ``make bench BENCH_ARGS="--device 
 real thing.
 
     python -m benchmarks.gpu_projection                          # all 36 cells, H100 SXM constants
-    python -m benchmarks.gpu_projection --gpu h200 --jobs 16 --cells r/fcn,rts/st_cnn:affine
+    python -m benchmarks.gpu_projection --gpu h200 --jobs 4,32 --cells r/fcn,rts/st_cnn:affine
 """
 
 from __future__ import annotations
@@ -222,13 +222,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cells", default="all", help="'all' (36) or a comma list of data/model")
     parser.add_argument("--batch-size", type=int, default=PAPER_BATCH)
     parser.add_argument("--stack", type=int, default=PAPER_SEEDS, help="seeds stacked in one job")
-    parser.add_argument("--jobs", type=int, default=8, help="jobs at once (processes, one host core each)")
+    parser.add_argument(
+        "--jobs", default="8,16", help="comma list: jobs at once (processes, one host core each)"
+    )
     parser.add_argument(
         "--steps", type=int, default=40, help="host calibration: timed steps per learner and round"
     )
     parser.add_argument("--synthetic", action="store_true", help="synthetic digits even where MNIST exists")
     args = parser.parse_args(argv)
-    if args.stack < 1 or args.jobs < 1:
+    try:
+        jobs = [int(j) for j in args.jobs.split(",")]
+    except ValueError:
+        parser.error(f"--jobs: {args.jobs!r} is not a comma list of integers, e.g. 8,16")
+    if args.stack < 1 or min(jobs) < 1:
         parser.error("--stack and --jobs must be at least 1")
     try:
         cells = parse_cells(args.cells)
@@ -277,10 +283,10 @@ def main(argv: list[str] | None = None) -> None:
     def total(costs: list[CellCost], seconds: Callable[[CellCost], float], runs: float) -> float:
         return sum(seconds(c) for c in costs) * iterations * runs
 
-    def at_once(costs: list[CellCost], runs: float) -> float:
-        # J processes: their host work runs on J cores side by side, their kernels share one GPU.
+    def at_once(costs: list[CellCost], runs: float, processes: int) -> float:
+        # Processes: their host work runs on as many cores side by side, their kernels share one GPU.
         return max(
-            total(costs, lambda c: c.host_s, runs) / args.jobs, total(costs, lambda c: c.gpu_floor_s, runs)
+            total(costs, lambda c: c.host_s, runs) / processes, total(costs, lambda c: c.gpu_floor_s, runs)
         )
 
     note = "" if scale == 1 else f" (scaled x{scale:.2f} from {len(cells)} cells)"
@@ -291,9 +297,9 @@ def main(argv: list[str] | None = None) -> None:
     stack = f"{args.stack} seeds stacked"
     rows = [
         ("eager, one seed at a time", total(single, lambda c: c.eager_s, seed_runs)),
-        (f"eager, one seed per job, {args.jobs} jobs at once", at_once(single, seed_runs)),
+        *[(f"eager, one seed per job, {j} jobs at once", at_once(single, seed_runs, j)) for j in jobs],
         (f"eager, {stack}", total(stacked, lambda c: c.eager_s, stacked_runs)),
-        (f"eager, {stack}, {args.jobs} jobs at once", at_once(stacked, stacked_runs)),
+        *[(f"eager, {stack}, {j} jobs at once", at_once(stacked, stacked_runs, j)) for j in jobs],
         (
             "GPU floor alone (whole-step CUDA graphs), one seed",
             total(single, lambda c: c.gpu_floor_s, seed_runs),

@@ -100,14 +100,22 @@ def test_the_projection_runs_end_to_end(capsys):
     out = capsys.readouterr().out
     assert "not measured on a GPU" in out and "host cost per operator, measured here" in out
     assert "r/fcn" in out and "tc/st_cnn:affine" in out and "scaled x18.00 from 2 cells" in out
-    for row in ("eager, one seed at a time", "8 jobs at once", "2 seeds stacked", "GPU floor alone"):
+    for row in (
+        "eager, one seed at a time",
+        "8 jobs at once",
+        "16 jobs at once",
+        "2 seeds stacked",
+        "GPU floor",
+    ):
         assert row in out
     assert "the one-seed GPU floor is bound by launch" in out
 
 
-def test_bad_arguments_are_refused():
+@pytest.mark.parametrize("arguments", [["--jobs", "0"], ["--jobs", "8,x"], ["--stack", "0"]])
+def test_bad_arguments_are_refused(arguments, capsys):
     with pytest.raises(SystemExit):
-        main(["--jobs", "0"])
+        main(arguments)
+    assert "--jobs" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("cells", ["r/nonsense", "r", "x/cnn"])
