@@ -205,7 +205,7 @@ class OpCount:
     host: int = 0  # operators on CPU tensors (the distortions' random parameters): host work only
 
 
-class _OpCounter(TorchDispatchMode):
+class OpCounter(TorchDispatchMode):
     """Sorts the ATen operators dispatched while active (forward, backward, optimiser, data) by where they
     run. The training device is ``meta``: every operator dispatches as on a GPU, but nothing computes, so
     the count is the same on any machine."""
@@ -254,10 +254,10 @@ def operators(
     """Operators of one training step of ``seeds`` stacked models (1: the engine's single model), and of one
     of its streams' batches, counted on the meta device (:func:`learner_as_on_cuda`)."""
     learner = learner_as_on_cuda(digits, data, model, batch_size, seeds)
-    with _OpCounter() as step:
+    with OpCounter() as step:
         learner.step()
     stream = learner.stream if seeds == 1 else learner.streams[0]
-    with _OpCounter() as batch:
+    with OpCounter() as batch:
         stream.next_batch()
     return step.count, batch.count
 

@@ -46,7 +46,7 @@ from benchmarks.bench_mnist import (
     PAPER_BATCH,
     PAPER_ITERATIONS,
     PAPER_SEEDS,
-    _OpCounter,
+    OpCounter,
     hours,
     learner_as_on_cuda,
     operators,
@@ -113,7 +113,7 @@ def bytes_moved(func, inputs: list[torch.Tensor], out) -> int:
     return written + _nbytes(inputs)
 
 
-class _KernelCost(_OpCounter):
+class _KernelCost(OpCounter):
     """The bench's operator count, plus each kernel's flops, bytes and roofline time on ``gpu``, filed under
     the term that bounds it: ``launch`` (``kernel_us``), ``memory`` or ``arithmetic``."""
 

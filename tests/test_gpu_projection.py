@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from benchmarks.bench_mnist import _OpCounter, learner_as_on_cuda
+from benchmarks.bench_mnist import OpCounter, learner_as_on_cuda
 from benchmarks.gpu_projection import GPUS, GpuSpec, _KernelCost, bytes_moved, main
 from stn_repro.data import synthetic_mnist
 
@@ -72,7 +72,7 @@ def test_the_counted_step_updates_with_sgds_foreach_kernels_as_cuda_does():
     # loop it takes on other devices would overcount the GPU's kernels.
     names = []
 
-    class Names(_OpCounter):
+    class Names(OpCounter):
         def device_operator(self, func, args, kwargs, inputs, out):
             names.append(func.__name__)
 
