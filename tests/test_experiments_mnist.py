@@ -110,7 +110,7 @@ def test_the_runner_resumes_an_interrupted_run_to_the_same_final_state(tmp_path)
         spec, TrainSettings(**{**settings.__dict__, "stop_after": 5}), tmp_path / "resumed", **quiet
     )
     assert (
-        stopped == {"finished": False, "iterations": 5}
+        stopped == {"finished": False, "iterations": 5, "stopped_by": None}
         and not (tmp_path / "resumed" / "record.json").exists()
     )
     resumed = run_cell(spec, settings, tmp_path / "resumed", **quiet)
@@ -289,7 +289,7 @@ def test_an_interrupted_stacked_run_resumes_to_the_uninterrupted_final_state(tmp
     longer = ["trainer.iterations=8", "trainer.checkpoint_every=100"]
     _, straight_dir = stacked_run(tmp_path / "straight", [1, 2], longer)
     stopped, resumed_dir = stacked_run(tmp_path / "resumed", [1, 2], [*longer, "trainer.stop_after=5"])
-    assert stopped == {1: {"finished": False, "iterations": 5}, 2: {"finished": False, "iterations": 5}}
+    assert stopped == {1: {"finished": False, "iterations": 5, "stopped_by": None}, 2: {"finished": False, "iterations": 5, "stopped_by": None}}
     assert not list(resumed_dir.rglob("record.json"))
     lines = []
     resumed, _ = stacked_run(tmp_path / "resumed", [1, 2], longer, log=lines.append)

@@ -29,36 +29,38 @@ from stn_repro.data import (
     synthetic_mnist,
     train_indices,
 )
-from stn_repro.models.mnist import ModelInfo, build_mnist_model, transformed_batch
+from stn_repro.models.mnist import build_mnist_model, transformed_batch
 from stn_repro.paper import paper_error
+from stn_repro.runs import (
+    WEIGHTS_NAME,
+    PreparedRun,
+    RunLock,
+    check_seeds,
+    log_already_finished,
+    picture_saver,
+    publish_record,
+    read_finished_record,
+    read_weights,
+    resolve_device,
+    run_record,
+    run_single,
+    save_weights,
+)
 from stn_repro.tracking import Tracker
 from stn_repro.training.loop import (
     CHECKPOINT_NAME,
-    BatchStream,
     SpeedSettings,
-    TrainResult,
     TrainSettings,
-    save_checkpoint,
-    train,
 )
-from stn_repro.training.records import (
-    RECORD_NAME,
-    atomic_write_text,
-    provenance,
-    read_record,
-    write_record,
-)
+from stn_repro.training.records import RECORD_NAME, atomic_write_text
 from stn_repro.training.stacked import train_stacked
-from stn_repro.viz import save_figure, transformation_figure
+from stn_repro.viz import transformation_figure
 
 SYNTHETIC_TEST_SEED = (
     10_000  # the synthetic smoke-test set's distortion seed (real sets are built by make data-mnist)
 )
 # In a stacked run's folder, beside its checkpoint: which seeds the checkpoint holds, in order.
 STACKED_SEEDS_NAME = "stacked_seeds.json"
-SINGLE_ENGINE = {"name": "single"}
-WEIGHTS_NAME = "model.pt"  # a finished seed's trained model, beside its record (load_trained_model)
-WEIGHTS_FORMAT = 1
 
 
 @dataclass
@@ -103,36 +105,6 @@ class CellData:
         return self.test_images.shape[-1]
 
 
-@dataclass
-class SeedRun:
-    """One seed of a cell, ready to train: its spec, batch stream, freshly built model and what was built."""
-
-    spec: CellSpec
-    stream: BatchStream
-    model: nn.Module
-    info: ModelInfo
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(
-            f"device {name!r} was asked for but CUDA is not available; use trainer.device=cpu or auto"
-        )
-    return device
-
-
-def check_seeds(seeds: Sequence[int]) -> list[int]:
-    """``seeds`` as a list, if it is at least one distinct positive integer; else a ``ValueError``."""
-    seeds = list(seeds)
-    valid = all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in seeds)
-    if not seeds or not valid or len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds must be one or more distinct positive integers, got {seeds!r}")
-    return seeds
-
-
 def load_cell_data(spec: CellSpec, device: torch.device) -> CellData:
     """Load (or, for ``data_source="synthetic"``, generate) the training digits and evaluation sets."""
     if spec.data_source == "synthetic":
@@ -171,10 +143,10 @@ def load_cell_data(spec: CellSpec, device: torch.device) -> CellData:
     )
 
 
-def prepare_seed(spec: CellSpec, data: CellData, device: torch.device) -> SeedRun:
+def prepare_seed(spec: CellSpec, data: CellData, device: torch.device) -> PreparedRun:
     """The batch stream (seeded by ``spec.seed``) and the model (built after ``torch.manual_seed(spec.seed)``)
-    of one seed. Single and stacked runs both come through here, so a seed starts from the same weights and
-    reads the same batches either way."""
+    of one seed, with what its record says. Single and stacked runs both come through here, so a seed
+    starts from the same weights and reads the same batches either way."""
     stream_cls = {"on_the_fly": DistortedStream, "fixed": FixedTrainingSet}.get(spec.train_mode)
     if stream_cls is None:
         raise ValueError(f"unknown train_mode {spec.train_mode!r}; known: on_the_fly, fixed")
@@ -196,142 +168,51 @@ def prepare_seed(spec: CellSpec, data: CellData, device: torch.device) -> SeedRu
         **spec.model_options,
     )
     model.to(device)
-    return SeedRun(spec=spec, stream=stream, model=model, info=info)
-
-
-def describe_seed(seed_run: SeedRun, device: torch.device) -> str:
-    info = seed_run.info
-    return (
-        f"{seed_run.spec.cell} seed {seed_run.spec.seed} | {info.param_count:,} parameters "
-        f"(widths {info.widths}, localisation {info.localisation_params:,}) | {device} | "
-        f"profile {seed_run.spec.profile}"
-    )
-
-
-def picture_maker(
-    cell: str, model: nn.Module, picture_inputs: Tensor, run_dir: Path, tracker: Tracker
-) -> Callable[[int], None]:
-    """A callback ``(iteration) -> None`` that draws ``model``'s transformations of ``picture_inputs`` to
-    ``run_dir/pictures/transform_<iteration>.png`` and hands the file to ``tracker`` (nothing without a
-    transformer)."""
-
-    def on_picture(iteration: int) -> None:
-        shown = transformed_batch(model, picture_inputs)
-        if shown is None:
-            return
-        outputs, params = shown
-        fig = transformation_figure(picture_inputs, outputs, params, model.transformer.family)
-        path = save_figure(fig, run_dir / "pictures" / f"transform_{iteration:07d}.png")
-        tracker.log_image("transformations", path, step=iteration, caption=f"{cell} at iteration {iteration}")
-
-    return on_picture
-
-
-def read_finished_record(run_dir: Path) -> dict[str, Any] | None:
-    """The record in ``run_dir`` if it says the run finished, else ``None``."""
-    record_path = Path(run_dir) / RECORD_NAME
-    if not record_path.exists():
-        return None
-    record = read_record(record_path)
-    return record if record.get("finished") else None
-
-
-def cell_record(
-    spec: CellSpec,
-    settings: TrainSettings,
-    result: TrainResult,
-    info: ModelInfo,
-    data: CellData,
-    device: torch.device,
-    *,
-    engine: dict[str, Any],
-    config: dict[str, Any] | None,
-) -> dict[str, Any]:
-    """The record of one finished seed: result, paper number, model, budget, test-set checksum, provenance.
-
-    ``engine`` says how it was trained (``{"name": "single"}`` or the stacked run it was part of).
-    """
-    return {
-        "cell": spec.cell,
-        "data": spec.data,
-        "model": spec.model,
-        "transform": spec.transform,
-        "seed": spec.seed,
-        "profile": spec.profile,
-        "reduced_budget": spec.reduced_budget,
-        "finished": True,
-        "test_error": result.errors["test"],
-        "val_error": result.errors.get("val"),
-        "paper_error": paper_error(spec.data, spec.model, spec.transform),
-        "param_count": info.param_count,
-        "model_info": asdict(info),
-        "iterations": result.iterations,
-        "batch_size": spec.batch_size,
-        "images_seen": result.iterations * spec.batch_size,
-        "wall_time_s": round(result.wall_time_s, 1),
-        "engine": engine,
-        "weights": WEIGHTS_NAME,  # beside the record; stn_repro.tasks.mnist.load_trained_model(<its folder>)
-        "history": result.history,
-        "test_set": {
-            "source": spec.data_source,
-            "size": int(data.test_labels.numel()),
-            "sha256": set_checksum(data.test_images, data.test_labels),
-            "generator_version": GENERATOR_VERSION,
+    return PreparedRun(
+        cell=spec.cell,
+        seed=spec.seed,
+        model=model,
+        stream=stream,
+        eval_sets=data.eval_sets,
+        batch_size=spec.batch_size,
+        param_count=info.param_count,
+        description=(
+            f"{spec.cell} seed {spec.seed} | {info.param_count:,} parameters (widths {info.widths}, "
+            f"localisation {info.localisation_params:,}) | {device} | profile {spec.profile}"
+        ),
+        record={
+            "experiment": "mnist",
+            "data": spec.data,
+            "model": spec.model,
+            "transform": spec.transform,
+            "paper_error": paper_error(spec.data, spec.model, spec.transform),
+            "model_info": asdict(info),
+            "test_set": {
+                "source": spec.data_source,
+                "size": int(data.test_labels.numel()),
+                "sha256": set_checksum(data.test_images, data.test_labels),
+                "generator_version": GENERATOR_VERSION,
+            },
         },
-        **provenance(device),
-        "config": config or {"spec": asdict(spec), "settings": asdict(settings)},
-    }
-
-
-def publish_record(
-    record: dict[str, Any], record_path: Path, tracker: Tracker, log: Callable[[str], None]
-) -> None:
-    """Write ``record`` to ``record_path``, give its numbers to ``tracker`` (summary and result-vs-paper
-    table) and log the result."""
-    write_record(record_path, record)
-    paper = record["paper_error"]
-    tracker.summary(
-        {"test_error": record["test_error"], "paper_error": paper, "param_count": record["param_count"]}
-    )
-    tracker.log_table(
-        "result_vs_paper",
-        ["cell", "seed", "test_error", "paper_error", "param_count", "iterations", "profile"],
-        [
-            [
-                record["cell"],
-                record["seed"],
-                record["test_error"],
-                paper,
-                record["param_count"],
-                record["iterations"],
-                record["profile"],
-            ]
-        ],
-    )
-    paper_text = f" (paper {paper:.1f}%)" if paper is not None else ""
-    log(
-        f"{record['cell']} seed {record['seed']}: test error {record['test_error']:.2f}%{paper_text} "
-        f"-> {record_path}"
-    )
-
-
-def save_weights(path: Path, seed_run: SeedRun, image_size: int) -> None:
-    """Write the trained model of a finished seed to ``path`` (atomically), with what rebuilds it."""
-    spec = seed_run.spec
-    save_checkpoint(
-        path,
-        {
-            "format": WEIGHTS_FORMAT,
-            "cell": spec.cell,
-            "seed": spec.seed,
+        weights={
             "kind": spec.model,
             "transform": spec.transform,
-            "input_shape": [1, image_size, image_size],
+            "input_shape": [1, data.image_size, data.image_size],
             "pool_after_transformer": spec.pool_after_transformer,
             "model_options": spec.model_options,
-            "state_dict": {k: v.detach().cpu().contiguous() for k, v in seed_run.model.state_dict().items()},
         },
+        speed=spec.speed,
+        figure=lambda: transformation_picture(model, data.picture_inputs),
     )
+
+
+def transformation_picture(model: nn.Module, inputs: Tensor):
+    """The figure of ``model``'s transformer on ``inputs`` (grid on the input, output beside), or ``None``."""
+    shown = transformed_batch(model, inputs)
+    if shown is None:
+        return None
+    outputs, params = shown
+    return transformation_figure(inputs, outputs, params, model.transformer.family)
 
 
 def load_trained_model(path: Path | str, device: torch.device | str = "cpu") -> nn.Module:
@@ -340,20 +221,7 @@ def load_trained_model(path: Path | str, device: torch.device | str = "cpu") -> 
     ``path`` is the weights file or the run folder holding it (``runs/mnist/<profile>/<cell>/seed<k>``,
     single or stacked runs alike).
     """
-    path = Path(path)
-    if path.is_dir():
-        path = path / WEIGHTS_NAME
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} does not exist: a run saves its weights when it finishes (its record.json says "
-            "finished: true); finish the run (relaunch it to resume) or point at a finished run's folder"
-        )
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if state.get("format") != WEIGHTS_FORMAT:
-        raise ValueError(
-            f"{path} is not a weights file of this version of stn-repro (format {state.get('format')!r}, "
-            f"this version reads {WEIGHTS_FORMAT})"
-        )
+    state = read_weights(path)
     model, _ = build_mnist_model(
         state["kind"],
         tuple(state["input_shape"]),
@@ -365,15 +233,6 @@ def load_trained_model(path: Path | str, device: torch.device | str = "cpu") -> 
     return model.to(device).eval()
 
 
-def log_already_finished(
-    spec: CellSpec, record: dict[str, Any], run_dir: Path, log: Callable[[str], None]
-) -> None:
-    log(
-        f"{spec.cell} seed {spec.seed}: already finished ({Path(run_dir) / RECORD_NAME}); "
-        f"test error {record['test_error']:.2f}%"
-    )
-
-
 def run_cell(
     spec: CellSpec,
     settings: TrainSettings,
@@ -383,48 +242,19 @@ def run_cell(
     make_tracker: Callable[[], Tracker] | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Train and evaluate one cell in ``run_dir`` (resuming if it holds a checkpoint); return its record.
-
-    A finished run (its ``record.json`` says so) is not run again: the record is returned as it is.
-    ``make_tracker()`` makes the run's tracker (e.g. its W&B run), which this function finishes; it is
-    called only once the data have loaded and the model is built, so a finished run or a missing data file
-    leaves no empty W&B run behind.
-    """
-    run_dir = Path(run_dir)
-    finished = read_finished_record(run_dir)
-    if finished is not None:
-        log_already_finished(spec, finished, run_dir, log)
-        return finished
-    device = resolve_device(spec.device)
-    data = load_cell_data(spec, device)
-    seed_run = prepare_seed(spec, data, device)
-    log(describe_seed(seed_run, device))
-
-    tracker = make_tracker() if make_tracker else Tracker()
-    try:
-        result = train(
-            seed_run.model,
-            seed_run.stream,
-            data.eval_sets,
-            settings,
-            run_dir,
-            batch_size=spec.batch_size,
-            tracker=tracker,
-            on_picture=picture_maker(spec.cell, seed_run.model, data.picture_inputs, run_dir, tracker),
-            log=log,
-            speed=spec.speed,
-        )
-        if not result.finished:
-            log(f"stopped at iteration {result.iterations:,} of {settings.iterations:,}; relaunch to resume")
-            return {"finished": False, "iterations": result.iterations}
-        save_weights(run_dir / WEIGHTS_NAME, seed_run, data.image_size)
-        record = cell_record(
-            spec, settings, result, seed_run.info, data, device, engine=SINGLE_ENGINE, config=config
-        )
-        publish_record(record, run_dir / RECORD_NAME, tracker, log)
-        return record
-    finally:
-        tracker.finish()
+    """Train and evaluate one seed of a cell in ``run_dir`` with :func:`stn_repro.runs.run_single`
+    (resume, lock, weights, record, tracker); return its record."""
+    return run_single(
+        lambda device: prepare_seed(spec, load_cell_data(spec, device), device),
+        settings,
+        run_dir,
+        device=spec.device,
+        profile=spec.profile,
+        reduced_budget=spec.reduced_budget,
+        config=config or {"spec": asdict(spec), "settings": asdict(settings)},
+        make_tracker=make_tracker,
+        log=log,
+    )
 
 
 def run_cells_stacked(
@@ -464,7 +294,7 @@ def run_cells_stacked(
     for seed in seeds:
         finished = read_finished_record(seed_dir_of[seed])
         if finished is not None:
-            log_already_finished(seed_spec_of[seed], finished, seed_dir_of[seed], log)
+            log_already_finished(finished, seed_dir_of[seed], log)
             records[seed] = finished
     pending = [seed for seed in seeds if seed not in records]
     if not pending:
@@ -495,6 +325,38 @@ def run_cells_stacked(
         )
         return records
 
+    with RunLock(stacked_dir, log=log):
+        return _train_pending_stacked(
+            spec,
+            settings,
+            stacked_dir,
+            train_seeds,
+            resuming,
+            pending,
+            records,
+            seed_dir_of,
+            seed_spec_of,
+            configs,
+            make_tracker,
+            log,
+        )
+
+
+def _train_pending_stacked(
+    spec: CellSpec,
+    settings: TrainSettings,
+    stacked_dir: Path,
+    train_seeds: list[int],
+    resuming: bool,
+    pending: list[int],
+    records: dict[int, dict[str, Any]],
+    seed_dir_of: dict[int, Path],
+    seed_spec_of: dict[int, CellSpec],
+    configs: Mapping[int, dict[str, Any]],
+    make_tracker: Callable[[CellSpec, Path], Tracker],
+    log: Callable[[str], None],
+) -> dict[int, dict[str, Any]]:
+    """The part of :func:`run_cells_stacked` that trains, while it owns ``stacked_dir``."""
     for seed in train_seeds:
         single_checkpoint = seed_dir_of[seed] / CHECKPOINT_NAME
         if single_checkpoint.exists() and not resuming:
@@ -507,7 +369,7 @@ def run_cells_stacked(
     data = load_cell_data(spec, device)
     seed_runs = [prepare_seed(seed_spec_of[seed], data, device) for seed in train_seeds]
     for seed_run in seed_runs:
-        log(describe_seed(seed_run, device))
+        log(seed_run.description)
     if not resuming:
         write_stacked_seeds(stacked_dir, train_seeds)
     # Only seeds whose record is still missing get a tracker (and a record): no empty W&B runs.
@@ -517,7 +379,7 @@ def run_cells_stacked(
     }
     # Pictures only for the seeds that get a record: a seed finished elsewhere keeps its own.
     picture_makers = [
-        picture_maker(spec.cell, seed_run.model, data.picture_inputs, seed_dir_of[seed], trackers[seed])
+        picture_saver(seed_run, seed_dir_of[seed], trackers[seed])
         for seed, seed_run in zip(train_seeds, seed_runs, strict=True)
         if seed in pending
     ]
@@ -540,12 +402,12 @@ def run_cells_stacked(
             log=log,
         )
         if not results[0].finished:
-            log(
-                f"stopped at iteration {results[0].iterations:,} of {settings.iterations:,}; "
-                "relaunch to resume"
-            )
             for seed in pending:
-                records[seed] = {"finished": False, "iterations": results[0].iterations}
+                records[seed] = {
+                    "finished": False,
+                    "iterations": results[0].iterations,
+                    "stopped_by": results[0].stopped_by,
+                }
             return records
         engine = {
             "name": "stacked",
@@ -554,20 +416,21 @@ def run_cells_stacked(
             "shared_wall_time": True,  # wall_time_s is the stacked run's, shared by all its seeds
         }
         for seed_run, result in zip(seed_runs, results, strict=True):
-            seed = seed_run.spec.seed
+            seed = seed_run.seed
             if seed not in pending:
                 log(f"{spec.cell} seed {seed}: finished elsewhere meanwhile; its record is kept")
                 continue
-            save_weights(seed_dir_of[seed] / WEIGHTS_NAME, seed_run, data.image_size)
-            record = cell_record(
-                seed_run.spec,
+            save_weights(seed_dir_of[seed] / WEIGHTS_NAME, seed_run)
+            record = run_record(
+                seed_run,
                 settings,
                 result,
-                seed_run.info,
-                data,
                 device,
+                profile=spec.profile,
+                reduced_budget=spec.reduced_budget,
                 engine=engine,
-                config=configs.get(seed),
+                config=configs.get(seed)
+                or {"spec": asdict(seed_spec_of[seed]), "settings": asdict(settings)},
             )
             publish_record(record, seed_dir_of[seed] / RECORD_NAME, trackers[seed], log)
             records[seed] = record

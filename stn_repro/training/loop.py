@@ -18,7 +18,9 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import signal
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -26,8 +28,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .objectives import CLASSIFICATION, Classification, SequenceClassification
+
+Objective = Classification | SequenceClassification
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = 2  # 2: one layout for single and stacked runs ({"learner": ..., "histories": ...})
@@ -130,13 +135,21 @@ class SpeedSettings:
 class TrainStep:
     """One SGD step of ``model`` with ``speed`` settings, split in two so the loss can be kept in between.
 
-    ``loss(x, y)`` runs the forward pass and the cross-entropy (a 0-d float32 tensor with its graph);
-    ``update(loss)`` back-propagates it and steps ``optimizer``. With default :class:`SpeedSettings` this
-    is exactly the plain ``F.cross_entropy(model(x), y)``, ``zero_grad``, ``backward``, ``step``.
+    ``loss(x, y)`` runs the forward pass and the ``objective``'s loss (a 0-d float32 tensor with its graph);
+    ``update(loss)`` back-propagates it and steps ``optimizer``. With default :class:`SpeedSettings` and
+    the classification objective this is exactly the plain ``F.cross_entropy(model(x), y)``, ``zero_grad``,
+    ``backward``, ``step``.
     """
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, speed: SpeedSettings):
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        speed: SpeedSettings,
+        objective: Objective = CLASSIFICATION,
+    ):
         self.speed = speed
+        self.objective = objective
         self.optimizer = optimizer
         if speed.channels_last:
             model.to(memory_format=torch.channels_last)  # in place: the optimiser keeps the same tensors
@@ -152,8 +165,7 @@ class TrainStep:
             x = x.contiguous(memory_format=torch.channels_last)
         with self.speed.autocast_context(self.device_type):
             logits = self.forward(x)
-        # The loss in float32: bf16 log-softmax loses digits the SGD update would then amplify.
-        return F.cross_entropy(logits.float(), y)
+        return self.objective.loss(logits, y)
 
     def update(self, loss: Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -168,6 +180,40 @@ class TrainResult:
     errors: dict[str, float]  # % error per evaluation set, at the last evaluation
     wall_time_s: float  # training time summed over every process that worked on this run
     history: list[dict[str, Any]] = field(default_factory=list)
+    stopped_by: str | None = None  # "SIGINT" or "SIGTERM" when a signal ended the run early
+
+
+class StopSignals:
+    """While active, SIGINT (Ctrl-C) and SIGTERM (``kill``, a cluster's pre-emption) ask the loop to stop at
+    the end of the current step instead of raising wherever the process happens to be.
+
+    The loop then checkpoints and returns normally, so the run ends with one line and no traceback. A second
+    Ctrl-C raises ``KeyboardInterrupt`` at once (for a loop that does not answer); the loop still saves a
+    checkpoint of the last completed step. Signal handlers exist only in the main thread: elsewhere this
+    does nothing and the default behaviour stays.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
 
 
 def localisation_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -196,8 +242,15 @@ def make_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.SGD
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int = 1_000) -> float:
-    """% classification error; ``images`` uint8 ``[N, C, H, W]`` (or float in [0, 1]) on the model's device."""
+def evaluate(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    batch_size: int = 1_000,
+    objective: Objective = CLASSIFICATION,
+) -> float:
+    """% of ``images`` the model gets wrong (as ``objective`` counts it); ``images`` uint8 ``[N, C, H, W]``
+    (or float in [0, 1]) on the model's device."""
     was_training = model.training
     model.eval()
     wrong = torch.zeros(
@@ -206,7 +259,7 @@ def evaluate(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int =
     for start in range(0, images.shape[0], batch_size):
         batch = images[start : start + batch_size]
         batch = batch.float() / 255.0 if batch.dtype == torch.uint8 else batch
-        wrong += (model(batch).argmax(1) != labels[start : start + batch_size]).sum()
+        wrong += objective.wrong(model(batch), labels[start : start + batch_size]).sum()
     model.train(was_training)
     return 100.0 * wrong.item() / images.shape[0]
 
@@ -256,12 +309,13 @@ class SingleModel:
         settings: TrainSettings,
         speed: SpeedSettings,
         batch_size: int,
+        objective: Objective = CLASSIFICATION,
     ):
-        self.model, self.stream = model, stream
+        self.model, self.stream, self.objective = model, stream, objective
         self.num_models, self.images_per_step = 1, batch_size
         self.device = _device_of(model)
         self.optimizer = make_optimizer(model, settings)
-        self.train_step = TrainStep(model, self.optimizer, speed)
+        self.train_step = TrainStep(model, self.optimizer, speed, objective)
 
     def step(self) -> Tensor:
         loss = self.train_step.loss(*self.stream.next_batch())
@@ -274,7 +328,12 @@ class SingleModel:
     def evaluate(
         self, eval_sets: dict[str, tuple[Tensor, Tensor]], batch_size: int
     ) -> list[dict[str, float]]:
-        return [{name: evaluate(self.model, x, y, batch_size) for name, (x, y) in eval_sets.items()}]
+        return [
+            {
+                name: evaluate(self.model, x, y, batch_size, self.objective)
+                for name, (x, y) in eval_sets.items()
+            }
+        ]
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -342,7 +401,7 @@ def run_training(
     start, wall_before = 0, 0.0
     histories: list[list[dict[str, Any]]] = [[] for _ in range(num_models)]
     if checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location=learner.device, weights_only=False)
+        state = read_checkpoint(checkpoint_path, learner.device)
         _check_checkpoint(state, checkpoint_path, num_models)
         learner.load_state_dict(state["learner"])
         torch.set_rng_state(state["torch_rng"])
@@ -396,74 +455,116 @@ def run_training(
     window_start, window_images, window_paused = t0, 0, 0.0
     errors: list[dict[str, float]] = [{} for _ in range(num_models)]
     iteration = start
-    try:
-        while iteration < end:
-            lr = settings.lr_at(iteration)
-            for group in learner.optimizer.param_groups:
-                group["lr"] = lr * group["lr_scale"]
-            losses.add(iteration, learner.step())
-            iteration += 1
-            window_images += learner.images_per_step
+    stop = StopSignals()
+    with stop:  # also over the final evaluation: a signal then lets the run finish
+        try:
+            while iteration < end and stop.received is None:
+                lr = settings.lr_at(iteration)
+                for group in learner.optimizer.param_groups:
+                    group["lr"] = lr * group["lr_scale"]
+                losses.add(iteration, learner.step())
+                iteration += 1
+                window_images += learner.images_per_step
 
-            if iteration % settings.log_every == 0 or iteration == end:
-                means = losses.check(settings, checkpoint_path)
-                now = time.perf_counter()
-                rate = window_images / max(now - window_start - window_paused, 1e-9)
-                shown = "loss " if num_models == 1 else "losses "
-                log(
-                    f"train iter {iteration:>7,}/{settings.iterations:,} | {shown}"
-                    + " ".join(f"{v:.4f}" for v in means)
-                    + f" | lr {lr:.1e} | {rate:,.0f} img/s"
+                if iteration % settings.log_every == 0 or iteration == end:
+                    means = losses.check(settings, checkpoint_path)
+                    now = time.perf_counter()
+                    rate = window_images / max(now - window_start - window_paused, 1e-9)
+                    shown = "loss " if num_models == 1 else "losses "
+                    log(
+                        f"train iter {iteration:>7,}/{settings.iterations:,} | {shown}"
+                        + " ".join(f"{v:.4f}" for v in means)
+                        + f" | lr {lr:.1e} | {rate:,.0f} img/s"
+                    )
+                    for tracker, mean in zip(trackers, means, strict=True):
+                        if tracker is not None:
+                            tracker.log(
+                                {"train/loss": mean, "train/lr": lr, "train/images_per_s": rate},
+                                step=iteration,
+                            )
+                    window_start, window_images, window_paused = now, 0, 0.0
+                eval_due = (
+                    settings.eval_every
+                    and iteration % settings.eval_every == 0
+                    and iteration < settings.iterations
                 )
-                for tracker, mean in zip(trackers, means, strict=True):
-                    if tracker is not None:
-                        tracker.log(
-                            {"train/loss": mean, "train/lr": lr, "train/images_per_s": rate}, step=iteration
-                        )
-                window_start, window_images, window_paused = now, 0, 0.0
-            eval_due = (
-                settings.eval_every
-                and iteration % settings.eval_every == 0
-                and iteration < settings.iterations
+                picture_due = settings.picture_every and iteration % settings.picture_every == 0
+                checkpoint_due = (
+                    settings.checkpoint_every
+                    and iteration % settings.checkpoint_every == 0
+                    and iteration < end
+                )
+                if eval_due or picture_due or checkpoint_due:
+                    losses.check(
+                        settings, checkpoint_path
+                    )  # never evaluate, draw or checkpoint a diverged state
+                    paused_from = time.perf_counter()
+                    if eval_due:
+                        errors = run_evaluation(iteration)
+                    if picture_due:
+                        picture(iteration)
+                    if checkpoint_due:
+                        checkpoint(iteration, wall_before + time.perf_counter() - t0)
+                    window_paused += time.perf_counter() - paused_from  # not training: kept out of img/s
+        except KeyboardInterrupt:
+            losses.check(settings, checkpoint_path)
+            checkpoint(iteration, wall_before + time.perf_counter() - t0)
+            log(
+                f"interrupted at iteration {iteration:,}; checkpoint saved to {checkpoint_path}: relaunch to resume"
             )
-            picture_due = settings.picture_every and iteration % settings.picture_every == 0
-            checkpoint_due = (
-                settings.checkpoint_every and iteration % settings.checkpoint_every == 0 and iteration < end
-            )
-            if eval_due or picture_due or checkpoint_due:
-                losses.check(settings, checkpoint_path)  # never evaluate, draw or checkpoint a diverged state
-                paused_from = time.perf_counter()
-                if eval_due:
-                    errors = run_evaluation(iteration)
-                if picture_due:
-                    picture(iteration)
-                if checkpoint_due:
-                    checkpoint(iteration, wall_before + time.perf_counter() - t0)
-                window_paused += time.perf_counter() - paused_from  # not training: kept out of img/s
-    except KeyboardInterrupt:
-        losses.check(settings, checkpoint_path)
-        checkpoint(iteration, wall_before + time.perf_counter() - t0)
-        log(
-            f"interrupted at iteration {iteration:,}; checkpoint saved to {checkpoint_path}: relaunch to resume"
-        )
-        raise
+            raise
 
-    losses.check(settings, checkpoint_path)
-    finished = iteration >= settings.iterations
-    if finished:
-        errors = run_evaluation(iteration)
-        pictured = settings.picture_every and iteration % settings.picture_every == 0
-        if not pictured:
-            picture(iteration)
-    learner.export()
-    wall = wall_before + time.perf_counter() - t0
-    checkpoint(iteration, wall)
+        losses.check(settings, checkpoint_path)
+        finished = iteration >= settings.iterations
+        if finished:
+            errors = run_evaluation(iteration)
+            pictured = settings.picture_every and iteration % settings.picture_every == 0
+            if not pictured:
+                picture(iteration)
+        learner.export()
+        wall = wall_before + time.perf_counter() - t0
+        checkpoint(iteration, wall)
+    if not finished:
+        why = (
+            f"on {stop.received}" if stop.received else f"after stop_after={settings.stop_after:,} iterations"
+        )
+        log(
+            f"stopped {why} at iteration {iteration:,} of {settings.iterations:,}; checkpoint saved to "
+            f"{checkpoint_path}: relaunch to resume"
+        )
     return [
         TrainResult(
-            iterations=iteration, finished=finished, errors=errors[i], wall_time_s=wall, history=histories[i]
+            iterations=iteration,
+            finished=finished,
+            errors=errors[i],
+            wall_time_s=wall,
+            history=histories[i],
+            stopped_by=stop.received if not finished else None,
         )
         for i in range(num_models)
     ]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read; it has been moved aside, not deleted."""
+
+
+def read_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Load a checkpoint; an unreadable one (truncated, corrupt, not a checkpoint) is renamed to
+    ``<name>.corrupt-<time>`` beside it, so nothing overwrites it and a relaunch starts the run afresh, and
+    :class:`CheckpointError` says so."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+        if not isinstance(state, dict):
+            raise ValueError(f"it holds a {type(state).__name__}, not a checkpoint")
+        return state
+    except Exception as error:
+        aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+        os.replace(path, aside)
+        raise CheckpointError(
+            f"checkpoint {path} is unreadable ({type(error).__name__}: {str(error)[:200]}); it was moved to "
+            f"{aside}. Relaunch to start this run afresh (or restore a good copy to {path} to resume)"
+        ) from None
 
 
 def _check_checkpoint(state: dict[str, Any], path: Path, num_models: int) -> None:
@@ -492,6 +593,7 @@ def train(
     on_picture: Callable[[int], None] | None = None,
     log: Callable[[str], None] = print,
     speed: SpeedSettings | None = None,
+    objective: Objective = CLASSIFICATION,
 ) -> TrainResult:
     """Train ``model`` on ``stream`` for ``settings.iterations`` SGD steps, resuming from ``run_dir``.
 
@@ -501,11 +603,12 @@ def train(
     restored. A NaN, infinite or exploded loss stops the run with :class:`TrainingDiverged` within
     ``log_every`` steps, naming the iteration; no checkpoint of the diverged state is written, so the last
     checkpoint on disk is the last good state. ``speed`` (default: the plain float32 path) sets how each
-    step runs; see :class:`SpeedSettings`.
+    step runs; see :class:`SpeedSettings`. ``objective`` (default: one class per image) gives the loss and
+    counts the errors (:mod:`stn_repro.training.objectives`).
     """
     speed = speed or SpeedSettings()
     model.train()
-    learner = SingleModel(model, stream, settings, speed, batch_size)
+    learner = SingleModel(model, stream, settings, speed, batch_size, objective)
     (result,) = run_training(
         learner,
         eval_sets,
