@@ -40,7 +40,8 @@ def normalised_to_pixels(points: Tensor, height: int, width: int, align_corners:
 def transformation_figure(
     inputs: Tensor, outputs: Tensor, params: Tensor, family: TransformFamily, titles: list[str] | None = None
 ) -> plt.Figure:
-    """Inputs ``[N, C, H, W]`` with their sampling grids, beside outputs ``[N, C, H', W']`` (first channel)."""
+    """Inputs ``[N, C, H, W]`` with their sampling grids, beside outputs ``[N, C, H', W']``, values in [0, 1]
+    (three channels are drawn as RGB, anything else as the first channel in grey)."""
     inputs, outputs, params = inputs.detach().cpu(), outputs.detach().cpu(), params.detach().cpu().float()
     n = inputs.shape[0]
     fig, axes = plt.subplots(2, n, figsize=(1.6 * n, 3.4), squeeze=False)
@@ -48,13 +49,13 @@ def transformation_figure(
     source = family.transform_points(params, lines.reshape(-1, 2)).reshape(n, *lines.shape)
     for i in range(n):
         top, bottom = axes[0, i], axes[1, i]
-        top.imshow(inputs[i, 0].numpy(), cmap="gray", vmin=0, vmax=1)
+        top.imshow(_displayable(inputs[i]), cmap="gray", vmin=0, vmax=1)
         h, w = inputs.shape[-2:]
         for line in normalised_to_pixels(source[i], h, w, family.align_corners):
             top.plot(line[:, 0].numpy(), line[:, 1].numpy(), color="tab:orange", linewidth=0.7)
         top.set_xlim(-0.5, w - 0.5)
         top.set_ylim(h - 0.5, -0.5)
-        bottom.imshow(outputs[i, 0].numpy(), cmap="gray", vmin=0, vmax=1)
+        bottom.imshow(_displayable(outputs[i]), cmap="gray", vmin=0, vmax=1)
         if titles:
             top.set_title(titles[i], fontsize=7)
         for ax in (top, bottom):
@@ -64,6 +65,13 @@ def transformation_figure(
     axes[1, 0].set_ylabel("transformed", fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def _displayable(image: Tensor):
+    """``[C, H, W]`` -> what ``imshow`` draws: ``[H, W, 3]`` RGB for three channels, else ``[H, W]``."""
+    if image.shape[0] == 3:
+        return image.permute(1, 2, 0).clamp(0, 1).numpy()
+    return image[0].numpy()
 
 
 def save_figure(fig: plt.Figure, path: Path, dpi: int = 120) -> Path:
