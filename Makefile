@@ -46,6 +46,16 @@ data-mnist:  ## fetch MNIST (offline: STN_MNIST_SOURCE=dir) into STN_DATA or dat
 sample-sheets:  ## draw results/samples/<set>.png sample grids of every set from the real MNIST (after data-mnist)
 	$(PY) data_scripts/sample_sheets.py
 
+# --- SVHN data (issue 11) ---------------------------------------------------------------------------------------
+SVHN_ARGS ?=
+.PHONY: data-svhn data-svhn-synthetic
+
+data-svhn:  ## import SVHN format 1 (offline: STN_SVHN_SOURCE=dir with train/test[/extra] .tar.gz or folders; else download) into svhn_sets/; SVHN_ARGS="--extra"
+	$(PY) data_scripts/build_svhn_sets.py $(SVHN_ARGS)
+
+data-svhn-synthetic:  ## build the synthetic SVHN-format stand-in from MNIST (after data-mnist; minutes on a CPU) and import it; not SVHN
+	$(PY) data_scripts/build_svhn_sets.py --synthetic $(SVHN_ARGS)
+
 # --- Distorted MNIST experiments (Table 1 and TC) -----------------------------------------------------------
 SEEDS ?= 1,2,3
 MNIST_SETS ?= r,rts,p,e
@@ -64,8 +74,9 @@ reproduce-mnist:  ## run Table 1 + TC (PROFILE=paper|quick, SEEDS=1,2,3, STACK=1
 	$(PY) -m experiments.mnist -m $(LAUNCH_ARG) trainer=$(PROFILE) $(SEED_ARG) data=tc model=st_fcn,st_cnn transformer=affine
 	$(MAKE) table PROFILE=$(PROFILE)
 
-table:  ## write results/mnist_table1_$(PROFILE).{csv,md} from the run records under runs/mnist
-	$(PY) -m experiments.table --profile $(PROFILE)
+EXPERIMENT ?= mnist
+table:  ## write results/ tables of EXPERIMENT=mnist|svhn for PROFILE from the run records under runs/<experiment>
+	$(PY) -m experiments.table --experiment $(EXPERIMENT) --profile $(PROFILE)
 
 params-mnist:  ## print every Table 1 model's parameter count and widths
 	$(PY) -m experiments.params
@@ -88,3 +99,18 @@ gpu-kit:  ## gather into .gpu_kit/ what a bare offline GPU machine lacks (Hydra 
 
 gpu-session:  ## on a GPU machine with .gpu_kit/: tests, bench, speed settings, TRAIN_MINUTES of full-budget cells -> GPU_OUT/
 	bash benchmarks/gpu_session.sh $(GPU_OUT) $(TRAIN_MINUTES)
+
+# --- SVHN multi-digit (Table 2) -------------------------------------------------------------------------------
+# SVHN_SETS: svhn64,svhn128 (real SVHN, make data-svhn) or synthetic_svhn64,synthetic_svhn128 (the stand-in).
+# PROFILE=quick runs trainer=svhn_quick (quarter-width models, 3k iterations: CPU), paper the paper's budget.
+SVHN_SETS ?= svhn64,svhn128
+SVHN_SEEDS ?= 1
+.PHONY: reproduce-svhn bench-svhn
+
+reproduce-svhn:  ## run Table 2 (SVHN_SETS=svhn64,svhn128 or synthetic_svhn64; PROFILE=paper|quick; SVHN_SEEDS=1,2,3), then write results/ tables
+	$(PY) -m experiments.svhn -m $(LAUNCH_ARG) trainer=svhn_$(PROFILE) seed=$(SVHN_SEEDS) data=$(SVHN_SETS) model=svhn_cnn,st_cnn_single,st_cnn_multi
+	$(MAKE) table EXPERIMENT=svhn PROFILE=$(PROFILE)
+
+bench-svhn:  ## time ST-CNN Multi and Single against the CNN, forward and backward (the paper: Multi 6% slower)
+	$(PY) benchmarks/bench_svhn.py $(BENCH_ARGS)
+

@@ -1,7 +1,9 @@
-"""Write the distorted-MNIST tables (CSV + Markdown) against the paper from run records.
+"""Write an experiment's tables (CSV + Markdown) against the paper from run records.
 
-python -m experiments.table                       # every profile found under runs/mnist
+python -m experiments.table                                   # Table 1: every profile under runs/mnist
 python -m experiments.table --profile quick --wandb
+python -m experiments.table --experiment svhn --profile quick  # Table 2 (and its synthetic twin)
+python -m experiments.table --experiment addition --profile quick  # Table 4 (MNIST addition)
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from stn_repro.tables import CSV_COLUMNS, aggregate, collect_records, write_tables
+from stn_repro.tables import CSV_COLUMNS, EXPERIMENTS, aggregate, collect_records, write_tables
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,43 +20,63 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--runs", type=Path, default=Path("runs/mnist"), help="folder searched for record.json"
+        "--experiment",
+        choices=EXPERIMENTS,
+        default="mnist",
+        help="whose table (" + ", ".join(EXPERIMENTS) + ")",
+    )
+    parser.add_argument(
+        "--runs", type=Path, default=None, help="folder searched for record.json (default runs/<experiment>)"
     )
     parser.add_argument("--out", type=Path, default=Path("results"), help="where the tables go")
     parser.add_argument("--profile", help="only this trainer profile (paper, quick, smoke)")
     parser.add_argument("--wandb", action="store_true", help="also log each table as a wandb.Table")
     parser.add_argument("--wandb-mode", default="offline", help="W&B mode for --wandb (offline, online)")
     args = parser.parse_args(argv)
+    runs = args.runs or Path("runs") / args.experiment
 
-    records = collect_records(args.runs)
+    records = [r for r in collect_records(runs) if r.get("experiment", "mnist") == args.experiment]
     if not records:
         print(
-            f"no finished runs under {args.runs}: run `make reproduce-mnist` (or experiments.mnist) first",
+            f"no finished {args.experiment} runs under {runs}: run `make reproduce-{args.experiment}` "
+            f"(or python -m experiments.{args.experiment}) first",
             file=sys.stderr,
         )
         return 1
     rows = aggregate(records)
     profiles = [args.profile] if args.profile else sorted({r["profile"] for r in rows})
     for profile in profiles:
-        csv_path, md_path = write_tables(rows, args.out, profile)
-        print(f"{profile}: {csv_path} and {md_path}")
-        print(md_path.read_text())
-        if args.wandb:
-            from stn_repro.tracking import WandbTracker
-
-            tracker = WandbTracker(
-                project="stn-repro",
-                name=f"table1-{profile}",
-                group=f"mnist-{profile}",
-                config={"profile": profile, "runs": str(args.runs)},
-                dir=args.out / "wandb",
-                mode=args.wandb_mode,
-                tags=["table"],
-            )
-            table_rows = [[r[c] for c in CSV_COLUMNS] for r in rows if r["profile"] == profile]
-            tracker.log_table(f"table1_{profile}", CSV_COLUMNS, table_rows)
-            tracker.finish()
+        if not any(r["profile"] == profile for r in rows):
+            print(f"no finished {args.experiment} runs of profile {profile!r} under {runs}", file=sys.stderr)
+            return 1
+        for csv_path, md_path in write_tables(rows, args.out, profile, args.experiment):
+            print(f"{profile}: {csv_path} and {md_path}")
+            print(md_path.read_text())
+            if args.wandb:
+                log_table_to_wandb(rows, profile, args.experiment, md_path.stem, runs, args)
     return 0
+
+
+def log_table_to_wandb(rows, profile: str, experiment: str, stem: str, runs: Path, args) -> None:
+    from stn_repro.tracking import WandbTracker
+
+    tracker = WandbTracker(
+        project="stn-repro",
+        name=stem.replace("_", "-"),
+        group=f"{experiment}-{profile}",
+        config={"experiment": experiment, "profile": profile, "runs": str(runs)},
+        dir=args.out / "wandb",
+        mode=args.wandb_mode,
+        tags=["table", experiment, *(["synthetic"] if stem.endswith("_synthetic") else [])],
+    )
+    synthetic = stem.endswith("_synthetic")
+    table_rows = [
+        [r[c] for c in CSV_COLUMNS]
+        for r in rows
+        if r["experiment"] == experiment and r["profile"] == profile and r["synthetic"] == synthetic
+    ]
+    tracker.log_table(stem.removeprefix(f"{experiment}_"), CSV_COLUMNS, table_rows)
+    tracker.finish()
 
 
 if __name__ == "__main__":

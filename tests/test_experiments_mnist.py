@@ -56,7 +56,8 @@ def test_there_is_one_experiment_per_table1_cell_and_tc():
     ],
 )
 def test_every_group_option_composes_and_resolves(group, options):
-    assert sorted(p.stem for p in (CONFIGS / group).glob("*.yaml")) == sorted(options)
+    # The groups also hold other experiments' options (svhn64, svhn_cnn, ...): the MNIST ones must be there.
+    assert set(options) <= {p.stem for p in (CONFIGS / group).glob("*.yaml")}
     for option in options:
         cfg = compose_mnist([f"{group}={option}"])
         OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
@@ -289,7 +290,10 @@ def test_an_interrupted_stacked_run_resumes_to_the_uninterrupted_final_state(tmp
     longer = ["trainer.iterations=8", "trainer.checkpoint_every=100"]
     _, straight_dir = stacked_run(tmp_path / "straight", [1, 2], longer)
     stopped, resumed_dir = stacked_run(tmp_path / "resumed", [1, 2], [*longer, "trainer.stop_after=5"])
-    assert stopped == {1: {"finished": False, "iterations": 5, "stopped_by": None}, 2: {"finished": False, "iterations": 5, "stopped_by": None}}
+    assert stopped == {
+        1: {"finished": False, "iterations": 5, "stopped_by": None},
+        2: {"finished": False, "iterations": 5, "stopped_by": None},
+    }
     assert not list(resumed_dir.rglob("record.json"))
     lines = []
     resumed, _ = stacked_run(tmp_path / "resumed", [1, 2], longer, log=lines.append)

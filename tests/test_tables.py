@@ -89,7 +89,7 @@ def test_table_command_writes_csv_and_markdown(runs, tmp_path, capsys):
     assert (tmp_path / "results" / "mnist_table1_quick.csv").exists()
     assert "ST-CNN Aff" in (tmp_path / "results" / "mnist_table1_quick.md").read_text()
     assert table_main(["--runs", str(tmp_path / "nothing"), "--out", str(tmp_path)]) == 1
-    assert "no finished runs" in capsys.readouterr().err
+    assert "no finished mnist runs" in capsys.readouterr().err
 
 
 @NEEDS_WANDB

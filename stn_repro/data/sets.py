@@ -199,12 +199,16 @@ def set_checksum(images: Tensor, labels: Tensor) -> str:
     return digest.hexdigest()
 
 
-def write_set(path: Path, data: dict[str, Tensor], attrs: dict) -> None:
+def write_set(
+    path: Path, data: dict[str, Tensor | np.ndarray], attrs: dict, version: int = GENERATOR_VERSION
+) -> None:
     """Write a set to HDF5 atomically (temporary file + rename); the same inputs give the same bytes.
 
-    ``data`` needs ``images`` (uint8) and ``labels``; every entry becomes a gzip-compressed dataset with a
-    fixed chunk layout and no timestamps. ``attrs`` (it must name ``set_name`` and ``seed``) are stored
-    beside ``generator_version`` (:data:`GENERATOR_VERSION`) and ``sha256`` (:func:`set_checksum`).
+    ``data`` needs ``images`` (uint8) and ``labels``; every entry (a tensor, or a numpy array such as
+    fixed-length bytes) becomes a gzip-compressed dataset with a fixed chunk layout and no timestamps.
+    ``attrs`` (it must name ``set_name`` and ``seed``) are stored beside ``generator_version`` (``version``:
+    :data:`GENERATOR_VERSION` for the MNIST sets, another family passes its own) and ``sha256``
+    (:func:`set_checksum`).
     """
     path = Path(path)
     missing = {"images", "labels"} - set(data) or {"set_name", "seed"} - set(attrs)
@@ -216,7 +220,7 @@ def write_set(path: Path, data: dict[str, Tensor], attrs: dict) -> None:
         raise ValueError(f"images must be uint8, got {data['images'].dtype}")
     all_attrs = {
         **attrs,
-        "generator_version": GENERATOR_VERSION,
+        "generator_version": version,
         "sha256": set_checksum(data["images"], data["labels"]),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -227,7 +231,12 @@ def write_set(path: Path, data: dict[str, Tensor], attrs: dict) -> None:
         # (object timestamps); datasets and attributes go in sorted order.
         with h5py.File(tmp, "w", libver="earliest") as handle:
             for name in sorted(data):
-                array = data[name].detach().cpu().contiguous().numpy()
+                value = data[name]
+                array = (
+                    value.detach().cpu().contiguous().numpy()
+                    if isinstance(value, Tensor)
+                    else np.ascontiguousarray(value)
+                )
                 handle.create_dataset(
                     name,
                     data=array,
@@ -257,28 +266,37 @@ def set_path(set_name: str, split: str = "test", data_dir: Path | None = None) -
     )
 
 
-def read_set(path: Path, *, verify: bool = True) -> tuple[dict[str, Tensor], dict]:
-    """Every dataset (as tensors) and attribute of a stored set; raises :class:`DataError` for a missing,
-    unreadable, outdated (another :data:`GENERATOR_VERSION`) or corrupt (checksum) file."""
+def read_set(
+    path: Path, *, verify: bool = True, version: int = GENERATOR_VERSION, fix: str = _FIX
+) -> tuple[dict[str, Tensor], dict]:
+    """Every dataset (as tensors; string datasets as numpy bytes arrays) and attribute of a stored set;
+    raises :class:`DataError` for a missing, unreadable, outdated (a generator version other than
+    ``version``) or corrupt (checksum) file. Each message ends with ``fix`` (default: rerun
+    ``make data-mnist``)."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"stored set {path} is missing; {_FIX}")
+        raise DataError(f"stored set {path} is missing; {fix}")
     try:
         with h5py.File(path, "r") as handle:
             attrs = {key: _plain(value) for key, value in handle.attrs.items()}
-            data = {name: torch.from_numpy(handle[name][()]) for name in handle}
+            data = {name: _as_tensor(handle[name][()]) for name in handle}
     except (OSError, KeyError, ValueError) as error:
-        raise DataError(f"stored set {path} is unreadable ({error}); {_FIX}") from None
-    version = attrs.get("generator_version")
-    if version != GENERATOR_VERSION:
+        raise DataError(f"stored set {path} is unreadable ({error}); {fix}") from None
+    stored_version = attrs.get("generator_version")
+    if stored_version != version:
         raise DataError(
-            f"stored set {path} is outdated: generator version {version}, this code makes {GENERATOR_VERSION}; {_FIX}"
+            f"stored set {path} is outdated: generator version {stored_version}, this code makes {version}; {fix}"
         )
     if "images" not in data or "labels" not in data:
-        raise DataError(f"stored set {path} lacks images or labels; {_FIX}")
+        raise DataError(f"stored set {path} lacks images or labels; {fix}")
     if verify and set_checksum(data["images"], data["labels"]) != attrs.get("sha256"):
-        raise DataError(f"stored set {path} fails its sha256 check (corrupt or modified); {_FIX}")
+        raise DataError(f"stored set {path} fails its sha256 check (corrupt or modified); {fix}")
     return data, attrs
+
+
+def _as_tensor(array: np.ndarray) -> Tensor | np.ndarray:
+    """Numeric arrays as tensors; strings (numpy bytes) stay numpy arrays, which torch cannot hold."""
+    return array if array.dtype.kind in "SUO" else torch.from_numpy(array)
 
 
 def _plain(value):
@@ -381,7 +399,9 @@ class _EpochOrder:
                 generator = torch.Generator().manual_seed(derive_seed(self.seed, "epoch-order", self.epoch))
                 # One host->device copy per epoch (non_blocking: no wait for queued kernels); batches then
                 # index on the device.
-                self._order = torch.randperm(self.count, generator=generator).to(self.device, non_blocking=True)
+                self._order = torch.randperm(self.count, generator=generator).to(
+                    self.device, non_blocking=True
+                )
             part = self._order[self.position : self.position + size]
             parts.append(part)
             size -= len(part)

@@ -1,0 +1,187 @@
+"""The SVHN runner: every config composes, every Table 2 cell runs on fixture sets, resume is exact, the
+records and the table say what they are (synthetic, reduced), and a wrong set is refused clearly."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from experiments.svhn import spec_from_config
+from experiments.table import main as table_main
+from stn_repro.data import synthetic_mnist
+from stn_repro.data.svhn import build_synthetic_svhn
+from stn_repro.paper import svhn_paper_error
+from stn_repro.tasks.svhn import load_svhn_data, load_trained_svhn_model, run_svhn_cell
+from stn_repro.training.loop import TrainSettings, evaluate
+from stn_repro.training.objectives import SEQUENCE
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+SVHN_EXPERIMENTS = sorted(f"svhn/{p.stem}" for p in (CONFIGS / "experiment" / "svhn").glob("*.yaml"))
+QUIET = {"log": lambda s: None}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """A tiny synthetic stand-in, built by the real generator and importer (64 and 128 px)."""
+    root = tmp_path_factory.mktemp("svhn-data")
+    digits = synthetic_mnist(num_train=64, num_test=32)
+    build_synthetic_svhn(
+        root,
+        digits.train_images,
+        digits.train_labels,
+        counts={"train": 24, "test": 10},
+        num_validation=6,
+        log=lambda s: None,
+    )
+    return root
+
+
+def compose_svhn(overrides, data_dir=None):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose("svhn", overrides=overrides)
+    if data_dir is not None:
+        OmegaConf.update(cfg, "paths.data_dir", str(data_dir))
+    return cfg
+
+
+def smoke(experiment, data_dir, *extra):
+    size = experiment.split("/")[1].split("px")[0]
+    return compose_svhn(
+        [
+            f"experiment={experiment}",
+            f"data=synthetic_svhn{size}",
+            "trainer=svhn_smoke",
+            "logger=none",
+            *extra,
+        ],
+        data_dir,
+    )
+
+
+def test_there_is_one_experiment_per_table2_cell():
+    assert len(SVHN_EXPERIMENTS) == 6
+    cells = set()
+    for name in SVHN_EXPERIMENTS:
+        cfg = compose_svhn([f"experiment={name}"])
+        assert svhn_paper_error(cfg.model.kind, cfg.data.size) is not None, name
+        cells.add((cfg.model.kind, cfg.data.size))
+    assert len(cells) == 6
+
+
+@pytest.mark.parametrize("data", ["svhn64", "svhn128", "synthetic_svhn64", "synthetic_svhn128"])
+@pytest.mark.parametrize("trainer", ["svhn_paper", "svhn_quick", "svhn_smoke"])
+def test_every_svhn_option_composes_and_resolves(data, trainer):
+    for model in ("svhn_cnn", "st_cnn_single", "st_cnn_multi"):
+        cfg = compose_svhn([f"data={data}", f"trainer={trainer}", f"model={model}"])
+        OmegaConf.to_container(cfg, resolve=True)
+        spec, _settings = spec_from_config(cfg)
+        assert spec.synthetic == data.startswith("synthetic") and (
+            ("synthetic" in spec.cell) == spec.synthetic
+        )
+        assert spec.model_options["width"] == cfg.trainer.width
+
+
+def test_paper_profile_is_the_papers_protocol():
+    cfg = compose_svhn(["trainer=svhn_paper"])
+    spec, settings = spec_from_config(cfg)
+    assert (settings.iterations, spec.batch_size, settings.lr, settings.lr_step_every) == (
+        400_000,
+        128,
+        0.01,
+        80_000,
+    )
+    assert (settings.weight_decay, settings.localisation_lr_multiplier, settings.lr_gamma) == (5e-4, 0.1, 0.1)
+    assert spec.model_options == {"width": 1.0, "fc_layers": 3, "dropout": 0.5}
+    assert spec.crop == 54 and list(spec.train_splits) == ["train", "extra"] and not spec.reduced_budget
+
+
+@pytest.mark.parametrize("experiment", SVHN_EXPERIMENTS)
+def test_every_svhn_experiment_runs_the_smoke_profile(experiment, data_dir, tmp_path):
+    cfg = smoke(experiment, data_dir)
+    spec, settings = spec_from_config(cfg)
+    record = run_svhn_cell(
+        spec, settings, tmp_path, config=OmegaConf.to_container(cfg, resolve=True), **QUIET
+    )
+    assert record["finished"] and record["iterations"] == 4 and 0 <= record["test_error"] <= 100
+    assert record["experiment"] == "svhn" and record["synthetic"] and record["metric"] == "% sequence error"
+    assert record["paper_error"] == svhn_paper_error(spec.model, spec.size)
+    assert record["test_set"]["source"] == "synthetic-svhn" and record["test_set"]["size"] == 10
+    assert "synthetic" in record["cell"] and (tmp_path / "model.pt").exists()
+    pictures = list((tmp_path / "pictures").glob("*.png"))
+    assert len(pictures) == (0 if spec.model == "cnn" else 1)
+
+
+def test_a_trained_model_reloads_and_scores_its_record(data_dir, tmp_path):
+    cfg = smoke("svhn/64px_st_cnn_multi", data_dir)
+    spec, settings = spec_from_config(cfg)
+    record = run_svhn_cell(spec, settings, tmp_path, **QUIET)
+    model = load_trained_svhn_model(tmp_path)
+    data = load_svhn_data(spec, torch.device("cpu"))
+    images, labels = data.eval_sets["test"]
+    assert evaluate(model, images, labels, objective=SEQUENCE) == record["test_error"]
+
+
+def test_an_interrupted_svhn_run_resumes_to_the_same_final_state(data_dir, tmp_path):
+    cfg = smoke("svhn/64px_st_cnn_single", data_dir, "trainer.iterations=8")
+    spec, settings = spec_from_config(cfg)
+    straight = run_svhn_cell(spec, settings, tmp_path / "straight", **QUIET)
+    stopped = run_svhn_cell(
+        spec, TrainSettings(**{**settings.__dict__, "stop_after": 3}), tmp_path / "resumed", **QUIET
+    )
+    assert stopped == {"finished": False, "iterations": 3, "stopped_by": None}
+    resumed = run_svhn_cell(spec, settings, tmp_path / "resumed", **QUIET)
+    assert resumed["test_error"] == straight["test_error"] and resumed["history"] == straight["history"]
+    a = torch.load(tmp_path / "straight" / "model.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "resumed" / "model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_sweep_and_the_table_command_label_synthetic_and_reduced(data_dir, tmp_path):
+    env = {**os.environ, "STN_DATA": str(data_dir), "STN_RUNS": str(tmp_path / "runs")}
+    command = [
+        sys.executable,
+        "-m",
+        "experiments.svhn",
+        "-m",
+        "data=synthetic_svhn64",
+        "trainer=svhn_smoke",
+        "logger=none",
+        "model=svhn_cnn,st_cnn_multi",
+        "trainer.num_threads=1",
+    ]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    records = sorted((tmp_path / "runs" / "svhn" / "smoke").glob("*/seed1/record.json"))
+    assert [p.parts[-3] for p in records] == ["synthetic-svhn64-cnn", "synthetic-svhn64-st_cnn_multi"]
+    out = tmp_path / "results"
+    assert (
+        table_main(["--experiment", "svhn", "--runs", str(tmp_path / "runs" / "svhn"), "--out", str(out)])
+        == 0
+    )
+    text = (out / "svhn_table2_smoke_synthetic.md").read_text()
+    assert "SYNTHETIC DATA" in text and "REDUCED BUDGET" in text and "| ST-CNN Multi | " in text
+    assert "(3.6)" in text and "not run (3.9)" in text  # the paper's numbers beside ours
+    assert not (out / "svhn_table2_smoke.md").exists()  # synthetic runs never land in the real table
+    assert json.loads(records[1].read_text())["config"]["data"]["synthetic"] is True
+
+
+def test_a_missing_set_names_the_make_target_and_an_mnist_set_is_refused(tmp_path):
+    env = {**os.environ, "STN_DATA": str(tmp_path / "empty"), "STN_RUNS": str(tmp_path / "runs")}
+    base = [sys.executable, "-m", "experiments.svhn", "trainer=svhn_smoke", "logger=none"]
+    for extra, words in [
+        (["data=synthetic_svhn64"], "make data-svhn-synthetic"),
+        (["data=svhn64"], "make data-svhn"),
+        (["data=rts"], "is not an SVHN set"),
+    ]:
+        done = subprocess.run(base + extra, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+        (line,) = done.stderr.strip().splitlines()
+        assert line.startswith("error:") and words in line
+    assert not list((tmp_path / "runs").rglob("record.json"))
