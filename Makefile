@@ -75,7 +75,7 @@ reproduce-mnist:  ## run Table 1 + TC (PROFILE=paper|quick, SEEDS=1,2,3, STACK=1
 	$(MAKE) table PROFILE=$(PROFILE)
 
 EXPERIMENT ?= mnist
-table:  ## write results/ tables of EXPERIMENT=mnist|svhn for PROFILE from the run records under runs/<experiment>
+table:  ## write results/ tables of EXPERIMENT=mnist|svhn|addition for PROFILE from the run records under runs/<experiment>
 	$(PY) -m experiments.table --experiment $(EXPERIMENT) --profile $(PROFILE)
 
 params-mnist:  ## print every Table 1 model's parameter count and widths
@@ -114,3 +114,11 @@ reproduce-svhn:  ## run Table 2 (SVHN_SETS=svhn64,svhn128 or synthetic_svhn64; P
 bench-svhn:  ## time ST-CNN Multi and Single against the CNN, forward and backward (the paper: Multi 6% slower)
 	$(PY) benchmarks/bench_svhn.py $(BENCH_ARGS)
 
+# --- MNIST addition (Table 4) ---------------------------------------------------------------------------------
+# PROFILE=paper|quick|smoke are Table 1's trainer profiles (the paper gives addition no schedule of its own).
+.PHONY: reproduce-addition
+
+reproduce-addition:  ## run Table 4, MNIST addition (PROFILE=paper|quick, SEEDS=1,2,3, JOBS=4), then write results/ tables
+	$(PY) -m experiments.addition -m $(LAUNCH_ARG) trainer=$(PROFILE) seed=$(SEEDS) model=addition_fcn,addition_cnn transformer=none
+	$(PY) -m experiments.addition -m $(LAUNCH_ARG) trainer=$(PROFILE) seed=$(SEEDS) model=addition_st_fcn,addition_2x_st_fcn transformer=affine,projective,tps
+	$(MAKE) table EXPERIMENT=addition PROFILE=$(PROFILE)

@@ -87,3 +87,55 @@ def save_figure(fig: plt.Figure, path: Path, dpi: int = 120) -> Path:
         plt.close(fig)
         Path(tmp).unlink(missing_ok=True)
     return path
+
+
+GRID_COLOURS = ("tab:orange", "tab:cyan", "tab:pink", "tab:olive")
+
+
+def parallel_transformation_figure(
+    inputs: Tensor,
+    views: list[tuple[Tensor, Tensor]],
+    family: TransformFamily,
+    titles: list[str] | None = None,
+) -> plt.Figure:
+    """Multi-channel inputs seen by one or more transformers (the paper's Table 4, right, for MNIST addition).
+
+    ``inputs [N, C, H, W]`` in [0, 1]; ``views`` one ``(outputs [N, C, H', W'], params [N, P])`` per
+    transformer, each warping every channel with one map. One row per input: each input channel with every
+    transformer's sampling grid drawn on it (one colour per transformer), then each transformer's output,
+    channel by channel. ``titles`` (one per input) label the rows.
+    """
+    inputs = inputs.detach().cpu()
+    n, channels, h, w = inputs.shape
+    lines = frame_lines()
+    columns = channels * (1 + len(views))
+    fig, axes = plt.subplots(n, columns, figsize=(1.3 * columns, 1.35 * n + 0.3), squeeze=False)
+    for k, (_, params) in enumerate(views):
+        params = params.detach().cpu().float()
+        source = family.transform_points(params, lines.reshape(-1, 2)).reshape(n, *lines.shape)
+        colour = GRID_COLOURS[k % len(GRID_COLOURS)]
+        for i in range(n):
+            for c in range(channels):
+                for line in normalised_to_pixels(source[i], h, w, family.align_corners):
+                    axes[i, c].plot(line[:, 0].numpy(), line[:, 1].numpy(), color=colour, linewidth=0.6)
+    for i in range(n):
+        for c in range(channels):
+            axes[i, c].imshow(inputs[i, c].numpy(), cmap="gray", vmin=0, vmax=1)
+            axes[i, c].set_xlim(-0.5, w - 0.5)
+            axes[i, c].set_ylim(h - 0.5, -0.5)
+        for k, (outputs, _) in enumerate(views):
+            outputs = outputs.detach().cpu()
+            for c in range(channels):
+                axes[i, channels * (1 + k) + c].imshow(outputs[i, c].numpy(), cmap="gray", vmin=0, vmax=1)
+        if titles:
+            axes[i, 0].set_ylabel(titles[i], fontsize=7)
+    for c in range(channels):
+        axes[0, c].set_title(f"input ch {c + 1}", fontsize=7)
+        for k in range(len(views)):
+            colour = GRID_COLOURS[k % len(GRID_COLOURS)]
+            axes[0, channels * (1 + k) + c].set_title(f"ST{k + 1} ch {c + 1}", fontsize=7, color=colour)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    return fig
