@@ -1,22 +1,29 @@
 """What every Hydra entry point shares: run folders, config -> settings, trackers, and how a job ends.
 
 Each experiment's entry point (``experiments/mnist.py``, ``experiments/svhn.py``) translates its own config
-groups into the library's explicit arguments and hands one function to :func:`job`; the rest is here.
+groups into the library's explicit arguments and hands one function to :func:`job`; the rest is here. Its
+``if __name__ == "__main__":`` block calls ``run_entry_point(main)``, so that a mistake Hydra meets before the
+job starts (an unknown option, a malformed override, a bad seed in the run folder's name, a run folder that
+cannot be made) also ends in one ``error:`` line (tests/test_faults.py holds every runner to it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from stn_repro.data import DataError
 from stn_repro.runs import RunLocked, check_seeds
@@ -27,9 +34,19 @@ SEEDS_FIX = (
     "give a list of distinct positive integers, e.g. seeds=[1,2,3] (stacked in one process), "
     "or seeds=null with seed=<k> for one seed"
 )
-# Mistakes a user can make and fix (a value, a missing file, a busy folder): one line, no traceback.
-# STN_TRACEBACK=1 shows the traceback anyway.
-USER_ERRORS = (DataError, RunLocked, CheckpointError, TrainingDiverged, ValueError, FileNotFoundError)
+# Mistakes a user can make and fix (a value, a missing or unwritable file, a busy folder): one line, no
+# traceback. STN_TRACEBACK=1 shows the traceback anyway.
+USER_ERRORS = (
+    DataError,
+    RunLocked,
+    CheckpointError,
+    TrainingDiverged,
+    ValueError,
+    FileNotFoundError,
+    PermissionError,
+    NotADirectoryError,
+    IsADirectoryError,
+)
 
 
 def seeds_from_config(value: Any) -> list[int] | None:
@@ -48,6 +65,11 @@ def check_seed(seed: Any) -> int:
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 1:
         raise ValueError(f"seed={seed!r} is not a positive integer: give e.g. seed=1")
     return seed
+
+
+def positive_int(value: Any, key: str) -> int:
+    """``value`` if it is a whole number >= 1, else a ``ValueError`` naming ``key=value`` and the fix."""
+    return _positive_int(value, key)
 
 
 def run_folder(seed: Any, seeds: Any) -> str:
@@ -139,19 +161,29 @@ def job(cfg: DictConfig, run: Callable[[DictConfig, Path], dict[str, Any] | list
       is skipped with that line and the sweep goes on.
     - A run stopped by SIGINT or SIGTERM has checkpointed and said so; the process exits with the
       signal's conventional status (130, 143), without a traceback.
+    - A signal before or after the training loop (loading data, writing the record) ends the job the same
+      way: one line, the signal's status; a relaunch resumes from the last checkpoint, if any.
     Returns the test error (the value a Hydra sweeper would optimise) of a finished run, else ``None``.
     """
     try:
-        if cfg.trainer.num_threads:
-            torch.set_num_threads(_positive_int(cfg.trainer.num_threads, "trainer.num_threads"))
-        outcome = run(cfg, Path(HydraConfig.get().runtime.output_dir))
+        with _stop_on_sigterm():
+            if cfg.trainer.num_threads:
+                torch.set_num_threads(_positive_int(cfg.trainer.num_threads, "trainer.num_threads"))
+            outcome = run(cfg, Path(HydraConfig.get().runtime.output_dir))
     except RunLocked as error:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
-            print(f"skipped: {error}", file=sys.stderr)
+            print(f"skipped: {_one_line(str(error))}", file=sys.stderr)
             return None
         _fail(error)
     except USER_ERRORS as error:
         _fail(error)
+    except (KeyboardInterrupt, _Terminated) as stop:
+        name = "SIGTERM" if isinstance(stop, _Terminated) else "SIGINT"
+        print(
+            f"stopped on {name}; relaunch to resume (from the last checkpoint, if one was saved)",
+            file=sys.stderr,
+        )
+        sys.exit(128 + signal.Signals[name].value)
     records = outcome if isinstance(outcome, list) else [outcome]
     stopped_by = next((r.get("stopped_by") for r in records if r.get("stopped_by")), None)
     if stopped_by:
@@ -160,10 +192,134 @@ def job(cfg: DictConfig, run: Callable[[DictConfig, Path], dict[str, Any] | list
     return sum(errors) / len(errors) if errors else None
 
 
+def run_entry_point(main: Callable[[], Any]) -> None:
+    """Run a ``@hydra.main`` entry point (``main``) so that what goes wrong before the job starts also ends in
+    one ``error:`` line and exit status 1, not in Hydra's report or a traceback.
+
+    Hydra composes the config and makes the run folder before the job (:func:`job`) runs. An unknown config
+    option (``data=foo``), a malformed override or an unknown key, a bad value met while resolving the run
+    folder's name (``seed=abc``) and a run folder that cannot be made (``STN_RUNS`` read-only, or under a
+    file) each end here with one line that names the value and the fix. Any other exception is a bug and
+    keeps its traceback; so does everything with ``STN_TRACEBACK=1`` or ``HYDRA_FULL_ERROR=1``.
+    """
+    full_error = os.environ.get("HYDRA_FULL_ERROR")
+    # Hydra re-raises what it would otherwise print itself (its multi-line report, or a failed attempt at
+    # one: "An error occurred during Hydra's exception formatting"), so that it reaches the handler below.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        main()
+    except Exception as error:
+        message = None if full_error == "1" or os.environ.get("STN_TRACEBACK") else _config_error(error)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(1)
+    finally:
+        if full_error is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = full_error
+
+
+def _config_error(error: Exception) -> str | None:
+    """One line for a mistake met while Hydra composes the config or makes the run folder, else ``None``."""
+    if isinstance(error, MissingConfigException) and error.options and error.missing_cfg_file:
+        group, _, name = error.missing_cfg_file.rpartition("/")
+        options = sorted(error.options)
+        return (
+            f"{group}={name} is not a config option: use one of {', '.join(options)} "
+            f"(e.g. {group}={options[0]}; the files are configs/{group}/<option>.yaml)"
+        )
+    if isinstance(error, OverrideParseException):
+        return f"cannot read the override {error.override!r}: {_one_line(error.message)}"
+    if isinstance(error, HydraException | OmegaConfBaseException):
+        # A bad value (ours, e.g. seed=abc) met while resolving an interpolation: its own message.
+        cause = _user_error_behind(error)
+        if cause is not None:
+            return _one_line(str(cause))
+        if isinstance(error, OmegaConfBaseException):
+            return _omegaconf_line(error)
+        text = _one_line(str(error).split("Config search path:")[0])
+        if isinstance(error.__cause__, OmegaConfBaseException):
+            text += f"; {_omegaconf_line(error.__cause__)}"
+        return text
+    if isinstance(error, OSError):  # Hydra could not make the run folder or write its .hydra/ files in it
+        return _os_error_line(error)
+    return None
+
+
+def _omegaconf_line(error: OmegaConfBaseException) -> str:
+    """An OmegaConf message without the ``full_key:`` and ``object_type=`` lines it appends; the key it
+    concerns, where known, in brackets."""
+    line = _one_line(str(error).splitlines()[0] if str(error) else type(error).__name__)
+    key = getattr(error, "full_key", None)
+    return f"{line} (at {key})" if key else line
+
+
+def _user_error_behind(error: BaseException) -> BaseException | None:
+    """The first of :data:`USER_ERRORS` in ``error``'s chain of causes (OmegaConf wraps what resolvers raise)."""
+    seen = set()
+    cause = error.__cause__ or error.__context__
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, USER_ERRORS) and not isinstance(cause, HydraException | OmegaConfBaseException):
+            return cause
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
+def _os_error_line(error: OSError) -> str:
+    """A file system error in one line: what failed on which path, and the fix."""
+    if error.filename is None or error.strerror is None:
+        what = str(error)
+    else:
+        what = f"{error.strerror}: {error.filename}"
+    return (
+        f"{what}; fix: make that path a writable folder, or point STN_RUNS (run folders) or STN_DATA (data) "
+        "at one"
+    )
+
+
+def _one_line(text: str) -> str:
+    """``text`` with its lines joined: every message a user sees is one line."""
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+class _Terminated(BaseException):
+    """SIGTERM outside the training loop (which stops at a step boundary by itself)."""
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm() -> Iterator[None]:
+    """While the job runs, SIGTERM raises :class:`_Terminated` (as Ctrl-C raises ``KeyboardInterrupt``), so
+    :func:`job` can end it with one line; the training loop installs its own handler over this one."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _fail(error: BaseException) -> None:
     if os.environ.get("STN_TRACEBACK"):
         raise error
-    print(f"error: {error}", file=sys.stderr)
+    # Our own FileNotFoundErrors say what to do; the file system's other errors get the fix added.
+    system_error = isinstance(error, OSError) and not isinstance(error, FileNotFoundError)
+    if system_error:
+        message = _os_error_line(error)
+    elif isinstance(error, OmegaConfBaseException):  # e.g. an interpolation that does not resolve
+        cause = _user_error_behind(error)
+        message = str(cause) if cause is not None else _omegaconf_line(error)
+    else:
+        message = str(error)
+    print(f"error: {_one_line(message)}", file=sys.stderr)
     sys.exit(1)
 
 

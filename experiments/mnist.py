@@ -18,6 +18,8 @@ from experiments.common import (
     check_seed,
     job,
     make_tracker,
+    positive_int,
+    run_entry_point,
     run_folder,
     seeds_from_config,
     speed_settings,
@@ -99,6 +101,8 @@ def cell_from_config(cfg: DictConfig) -> tuple[CellSpec, TrainSettings]:
         for k, v in cfg.model.items()
         if k not in ("name", "kind") and v is not None
     }
+    if "param_budget" in model_options:
+        positive_int(model_options["param_budget"], "model.param_budget")
     transform = None if cfg.transformer.name == "none" else cfg.transformer.name
     spec = CellSpec(
         data=cfg.data.name,
@@ -122,4 +126,4 @@ def cell_from_config(cfg: DictConfig) -> tuple[CellSpec, TrainSettings]:
 
 
 if __name__ == "__main__":
-    main()
+    run_entry_point(main)

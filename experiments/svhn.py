@@ -13,7 +13,14 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.common import check_seed, job, make_tracker, speed_settings, train_settings
+from experiments.common import (
+    check_seed,
+    job,
+    make_tracker,
+    run_entry_point,
+    speed_settings,
+    train_settings,
+)
 from stn_repro.tasks.svhn import SvhnSpec, run_svhn_cell
 from stn_repro.training.loop import TrainSettings
 
@@ -77,4 +84,4 @@ def spec_from_config(cfg: DictConfig) -> tuple[SvhnSpec, TrainSettings]:
 
 
 if __name__ == "__main__":
-    main()
+    run_entry_point(main)

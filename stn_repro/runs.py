@@ -8,7 +8,9 @@ explicit arguments.
 
 A run folder holds ``checkpoint.pt`` (resume), ``record.json`` (once finished; every number in ``results/``
 comes from one), ``model.pt`` (the trained weights with what rebuilds the model), ``pictures/`` and a
-``.lock`` while a process owns it.
+``.lock`` while a process owns it. Every file is written to a hidden temporary name beside it and renamed into
+place, so a killed process leaves at most such a temporary, never half a file under a real name; the next
+owner of the folder removes those.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import json
 import os
 import platform
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,10 +31,12 @@ from torch import Tensor, nn
 from stn_repro.tracking import Tracker
 from stn_repro.training.loop import (
     BatchStream,
+    Learner,
     Objective,
     SpeedSettings,
     TrainResult,
     TrainSettings,
+    run_training,
     save_checkpoint,
     train,
 )
@@ -121,6 +125,7 @@ class RunLock:
         handle.write(json.dumps(owner) + "\n")
         handle.flush()
         self._handle = handle
+        remove_unfinished_writes(self.path.parent, self.log)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -132,6 +137,29 @@ class RunLock:
             fcntl.flock(self._handle, fcntl.LOCK_UN)
             self._handle.close()
             self._handle = None
+
+
+# What the atomic writers (save_checkpoint, atomic_write_text, save_figure) name their temporary files:
+# hidden, beside the file they become. Only a killed writer leaves one behind.
+UNFINISHED_WRITES = (".*.tmp", "pictures/.*.png")
+
+
+def remove_unfinished_writes(run_dir: Path, log: Callable[[str], None] = print) -> list[Path]:
+    """Delete the temporary files a killed process left in ``run_dir`` mid-write; return them.
+
+    Call it only while owning the folder (:class:`RunLock` does): a live owner's temporaries are in use.
+    """
+    found = sorted(
+        path for pattern in UNFINISHED_WRITES for path in Path(run_dir).glob(pattern) if path.is_file()
+    )
+    for path in found:
+        path.unlink(missing_ok=True)
+    if found:
+        log(
+            f"{run_dir}: removed {len(found)} unfinished write(s) a stopped process left "
+            f"({', '.join(p.name for p in found)}); the files they were to replace are intact"
+        )
+    return found
 
 
 def _read_owner(handle) -> dict[str, Any]:
@@ -184,6 +212,10 @@ class PreparedRun:
     objective: Objective = CLASSIFICATION
     speed: SpeedSettings = field(default_factory=SpeedSettings)
     figure: Callable[[], Any] | None = None
+    # A learner other than the classification one (``None``: :func:`~stn_repro.training.loop.train`'s
+    # ``SingleModel`` over ``model`` and ``stream``): ``make_learner(settings)`` builds it for
+    # :func:`~stn_repro.training.loop.run_training`, e.g. co-localisation's unsupervised hinge loss.
+    make_learner: Callable[[TrainSettings], Learner] | None = None
 
 
 def picture_saver(
@@ -330,19 +362,22 @@ def run_single(
         log(run.description)
         tracker = make_tracker() if make_tracker else Tracker()
         try:
-            result = train(
-                run.model,
-                run.stream,
-                run.eval_sets,
-                settings,
-                run_dir,
-                batch_size=run.batch_size,
-                tracker=tracker,
-                on_picture=picture_saver(run, run_dir, tracker),
-                log=log,
-                speed=run.speed,
-                objective=run.objective,
-            )
+            if run.make_learner is not None:  # a learner of its own (e.g. co-localisation)
+                result = _train_learner(run, settings, run_dir, tracker, log)
+            else:
+                result = train(
+                    run.model,
+                    run.stream,
+                    run.eval_sets,
+                    settings,
+                    run_dir,
+                    batch_size=run.batch_size,
+                    tracker=tracker,
+                    on_picture=picture_saver(run, run_dir, tracker),
+                    log=log,
+                    speed=run.speed,
+                    objective=run.objective,
+                )
             if not result.finished:
                 return {"finished": False, "iterations": result.iterations, "stopped_by": result.stopped_by}
             save_weights(run_dir / WEIGHTS_NAME, run)
@@ -360,3 +395,20 @@ def run_single(
             return record
         finally:
             tracker.finish()
+
+
+def _train_learner(
+    run: PreparedRun, settings: TrainSettings, run_dir: Path, tracker: Tracker, log: Callable[[str], None]
+) -> TrainResult:
+    """Train ``run.make_learner(settings)`` with :func:`~stn_repro.training.loop.run_training` (one model)."""
+    (result,) = run_training(
+        run.make_learner(settings),
+        run.eval_sets,
+        settings,
+        run_dir,
+        trackers=[tracker],
+        on_picture=picture_saver(run, run_dir, tracker),
+        log=log,
+        extra_state={"speed": asdict(run.speed)},
+    )
+    return result

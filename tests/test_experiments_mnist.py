@@ -93,7 +93,20 @@ def test_paper_profile_is_the_papers_protocol():
     assert compose_mnist(["trainer=quick"]).trainer.reduced_budget
 
 
+@pytest.mark.parametrize("model", ["cnn", "fcn"])
+def test_a_plain_model_needs_no_transformer_none(model):
+    # The default transformer is affine (for st_cnn); model=cnn or fcn selects transformer=none by itself,
+    # in the cell name and run folder too, as the experiment files (r_cnn, ...) do.
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose("mnist", overrides=[f"model={model}", "data=r"], return_hydra_config=True)
+    assert cfg.transformer.name == "none" and cfg.cell == f"r-{model}-none"
+    assert cfg.hydra.run.dir.endswith(f"/r-{model}-none/seed1")
+    assert cell_from_config(cfg)[0].transform is None
+    assert compose_mnist([f"experiment=r_{model}"]).cell == f"r-{model}-none"  # the experiment files agree
+
+
 def test_a_plain_model_with_a_transformer_is_refused(tmp_path):
+    # Asked for explicitly (model=cnn transformer=affine), a transformer the model cannot have is refused.
     cfg = compose_mnist(["model=cnn", "transformer=affine", *SMOKE])
     spec, settings = cell_from_config(cfg)
     with pytest.raises(ValueError, match="use transformer=none"):

@@ -431,7 +431,13 @@ def run_training(
         learner.export()
         all_errors = learner.evaluate(eval_sets, settings.eval_batch_size)
         for index, errors in enumerate(all_errors):
-            histories[index].append({"iteration": iteration, **{f"{k}_error": v for k, v in errors.items()}})
+            entry = {"iteration": iteration, **{f"{k}_error": v for k, v in errors.items()}}
+            if histories[index] and histories[index][-1]["iteration"] == iteration:
+                # A relaunch from the final checkpoint (the process was killed before its record was
+                # written) evaluates the same weights again: still one entry per evaluation point.
+                histories[index][-1] = entry
+            else:
+                histories[index].append(entry)
             if trackers[index] is not None:
                 trackers[index].log({f"{k}/error": v for k, v in errors.items()}, step=iteration)
             who = f" | model {index}" if num_models > 1 else ""
@@ -559,12 +565,32 @@ def read_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str,
             raise ValueError(f"it holds a {type(state).__name__}, not a checkpoint")
         return state
     except Exception as error:
-        aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
-        os.replace(path, aside)
+        aside = _set_aside(path)
         raise CheckpointError(
             f"checkpoint {path} is unreadable ({type(error).__name__}: {str(error)[:200]}); it was moved to "
             f"{aside}. Relaunch to start this run afresh (or restore a good copy to {path} to resume)"
         ) from None
+
+
+def _set_aside(path: Path) -> Path:
+    """Rename ``path`` to ``<name>.corrupt-<time>`` (``-2``, ``-3``, ... if taken) and return the new path:
+    never over an earlier copy set aside."""
+    stem = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+    aside, number = stem, 1
+    while True:
+        try:
+            os.link(path, aside)  # fails if `aside` exists: nothing set aside before is overwritten
+        except FileExistsError:
+            pass
+        except OSError:  # a file system without hard links: rename onto a free name
+            if not aside.exists():
+                os.replace(path, aside)
+                return aside
+        else:
+            path.unlink()
+            return aside
+        number += 1
+        aside = stem.with_name(f"{stem.name}-{number}")
 
 
 def _check_checkpoint(state: dict[str, Any], path: Path, num_models: int) -> None:
