@@ -259,3 +259,15 @@ def test_a_checkpoint_of_another_format_or_model_count_is_refused_with_the_fix(t
     torch.save(state | {"num_models": 3}, tmp_path / CHECKPOINT_NAME)
     with pytest.raises(ValueError, match="holds 3 stacked model"):
         quiet_train(ToyStream(), settings, tmp_path)
+
+
+def test_a_checkpoint_of_other_training_settings_is_refused_and_bookkeeping_may_change(tmp_path):
+    settings = TrainSettings(**{**SETTINGS, "stop_after": 4})
+    quiet_train(ToyStream(), settings, tmp_path)
+    with pytest.raises(ValueError, match=r"other settings \(lr 0.05 -> 0.1; lr_step_every 5 -> 6\)"):
+        quiet_train(ToyStream(), TrainSettings(**{**SETTINGS, "lr": 0.1, "lr_step_every": 6}), tmp_path)
+    assert (tmp_path / CHECKPOINT_NAME).exists()  # refused, not overwritten
+    resumed = quiet_train(
+        ToyStream(), TrainSettings(**{**SETTINGS, "log_every": 2, "eval_every": 0}), tmp_path
+    )
+    assert resumed.finished and resumed.iterations == 12

@@ -403,6 +403,7 @@ def run_training(
     if checkpoint_path.exists():
         state = read_checkpoint(checkpoint_path, learner.device)
         _check_checkpoint(state, checkpoint_path, num_models)
+        _check_settings(state, checkpoint_path, settings)
         learner.load_state_dict(state["learner"])
         torch.set_rng_state(state["torch_rng"])
         start, wall_before, histories = state["iteration"], state["wall_time_s"], state["histories"]
@@ -591,6 +592,34 @@ def _set_aside(path: Path) -> Path:
             return aside
         number += 1
         aside = stem.with_name(f"{stem.name}-{number}")
+
+
+# What a checkpoint's run must share with the run that resumes it: the settings that change the training.
+# (Bookkeeping such as log_every, eval_every or stop_after may change between launches.)
+RESUME_MUST_MATCH = (
+    "iterations",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "lr_step_every",
+    "lr_gamma",
+    "localisation_lr_multiplier",
+)
+
+
+def _check_settings(state: dict[str, Any], path: Path, settings: TrainSettings) -> None:
+    saved = state.get("settings") or {}
+    changed = [
+        f"{key} {saved[key]!r} -> {getattr(settings, key)!r}"
+        for key in RESUME_MUST_MATCH
+        if key in saved and saved[key] != getattr(settings, key)
+    ]
+    if changed:
+        raise ValueError(
+            f"{path} was trained with other settings ({'; '.join(changed)}): resuming would mix two "
+            "trainings. Relaunch with the settings it was started with, or move the run folder away to "
+            "start afresh"
+        )
 
 
 def _check_checkpoint(state: dict[str, Any], path: Path, num_models: int) -> None:
