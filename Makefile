@@ -75,7 +75,7 @@ reproduce-mnist:  ## run Table 1 + TC (PROFILE=paper|quick, SEEDS=1,2,3, STACK=1
 	$(MAKE) table PROFILE=$(PROFILE)
 
 EXPERIMENT ?= mnist
-table:  ## write results/ tables of EXPERIMENT=mnist|svhn|addition for PROFILE from the run records under runs/<experiment>
+table:  ## write results/ tables of EXPERIMENT=mnist|svhn|addition|coloc for PROFILE from the run records under runs/<experiment>
 	$(PY) -m experiments.table --experiment $(EXPERIMENT) --profile $(PROFILE)
 
 params-mnist:  ## print every Table 1 model's parameter count and widths
@@ -122,3 +122,15 @@ reproduce-addition:  ## run Table 4, MNIST addition (PROFILE=paper|quick, SEEDS=
 	$(PY) -m experiments.addition -m $(LAUNCH_ARG) trainer=$(PROFILE) seed=$(SEEDS) model=addition_fcn,addition_cnn transformer=none
 	$(PY) -m experiments.addition -m $(LAUNCH_ARG) trainer=$(PROFILE) seed=$(SEEDS) model=addition_st_fcn,addition_2x_st_fcn transformer=affine,projective,tps
 	$(MAKE) table EXPERIMENT=addition PROFILE=$(PROFILE)
+
+# --- Co-localisation (Table 5) --------------------------------------------------------------------------------
+# PROFILE=quick runs trainer=coloc_quick (CPU), paper trainer=coloc_paper (the embedding at the Sect. 2 protocol:
+# a GPU job). The first job trains the embedding CNN e() once per profile; every other job reuses it.
+COLOC_DIGITS ?= 0,1,2,3,4,5,6,7,8,9
+COLOC_SETS ?= coloc_t,coloc_tc
+COLOC_SEEDS ?= 1
+.PHONY: reproduce-coloc
+
+reproduce-coloc:  ## run Table 5, co-localisation: every digit class on T and TC (PROFILE=paper|quick, COLOC_SEEDS=1,2,3), then write results/coloc_table5_<profile>.md
+	$(PY) -m experiments.coloc -m $(LAUNCH_ARG) trainer=coloc_$(PROFILE) seed=$(COLOC_SEEDS) digit=$(COLOC_DIGITS) data=$(COLOC_SETS)
+	$(MAKE) table EXPERIMENT=coloc PROFILE=$(PROFILE)

@@ -4,6 +4,7 @@ python -m experiments.table                                   # Table 1: every p
 python -m experiments.table --profile quick --wandb
 python -m experiments.table --experiment svhn --profile quick  # Table 2 (and its synthetic twin)
 python -m experiments.table --experiment addition --profile quick  # Table 4 (MNIST addition)
+python -m experiments.table --experiment coloc --profile quick  # Table 5 (co-localisation)
 """
 
 from __future__ import annotations
@@ -12,7 +13,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from stn_repro.coloc_table import COLOC_CSV_COLUMNS, coloc_rows, write_coloc_tables
 from stn_repro.tables import CSV_COLUMNS, EXPERIMENTS, aggregate, collect_records, write_tables
+
+# Co-localisation (Table 5) has a layout of its own (stn_repro.coloc_table), not stn_repro.tables' rows.
+ALL_EXPERIMENTS = (*EXPERIMENTS, *(() if "coloc" in EXPERIMENTS else ("coloc",)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,9 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--experiment",
-        choices=EXPERIMENTS,
+        choices=ALL_EXPERIMENTS,
         default="mnist",
-        help="whose table (" + ", ".join(EXPERIMENTS) + ")",
+        help="whose table (" + ", ".join(ALL_EXPERIMENTS) + ")",
     )
     parser.add_argument(
         "--runs", type=Path, default=None, help="folder searched for record.json (default runs/<experiment>)"
@@ -34,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wandb-mode", default="offline", help="W&B mode for --wandb (offline, online)")
     args = parser.parse_args(argv)
     runs = args.runs or Path("runs") / args.experiment
+    if args.experiment == "coloc":
+        return coloc_tables(runs, args)
 
     records = [r for r in collect_records(runs) if r.get("experiment", "mnist") == args.experiment]
     if not records:
@@ -55,6 +62,48 @@ def main(argv: list[str] | None = None) -> int:
             if args.wandb:
                 log_table_to_wandb(rows, profile, args.experiment, md_path.stem, runs, args)
     return 0
+
+
+def coloc_tables(runs: Path, args) -> int:
+    """Table 5 (co-localisation): its own layout, one cell per digit class and set (stn_repro.coloc_table)."""
+    records = [r for r in collect_records(runs) if r.get("experiment") == "coloc"]
+    if not records:
+        print(
+            f"no finished coloc runs under {runs}: run `make reproduce-coloc` (or python -m experiments.coloc) first",
+            file=sys.stderr,
+        )
+        return 1
+    profiles = [args.profile] if args.profile else sorted({r["profile"] for r in records})
+    for profile in profiles:
+        if not any(r["profile"] == profile for r in records):
+            print(f"no finished coloc runs of profile {profile!r} under {runs}", file=sys.stderr)
+            return 1
+        for csv_path, md_path in write_coloc_tables(records, args.out, profile):
+            print(f"{profile}: {csv_path} and {md_path}")
+            print(md_path.read_text())
+            if args.wandb:
+                log_coloc_table_to_wandb(records, profile, md_path.stem, runs, args)
+    return 0
+
+
+def log_coloc_table_to_wandb(records, profile: str, stem: str, runs: Path, args) -> None:
+    from stn_repro.tracking import WandbTracker
+
+    synthetic = stem.endswith("_synthetic")
+    tracker = WandbTracker(
+        project="stn-repro",
+        name=stem.replace("_", "-"),
+        group=f"coloc-{profile}",
+        config={"experiment": "coloc", "profile": profile, "runs": str(runs)},
+        dir=args.out / "wandb",
+        mode=args.wandb_mode,
+        tags=["table", "coloc", *(["synthetic"] if synthetic else [])],
+    )
+    rows = [r for r in coloc_rows(records) if r["profile"] == profile and r["synthetic"] == synthetic]
+    tracker.log_table(
+        stem.removeprefix("coloc_"), COLOC_CSV_COLUMNS, [[r[c] for c in COLOC_CSV_COLUMNS] for r in rows]
+    )
+    tracker.finish()
 
 
 def log_table_to_wandb(rows, profile: str, experiment: str, stem: str, runs: Path, args) -> None:

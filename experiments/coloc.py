@@ -1,0 +1,132 @@
+"""Co-localisation (Table 5) from the command line.
+
+python -m experiments.coloc data=coloc_t digit=3
+python -m experiments.coloc -m digit=0,1,2,3,4,5,6,7,8,9 data=coloc_t,coloc_tc trainer=coloc_quick
+python -m experiments.coloc data.source=synthetic trainer=coloc_smoke logger=none   # no real MNIST needed
+
+The first job that needs the embedding CNN (e()) trains it in runs/coloc/embedding/<profile>/<source>/seed<k>/;
+every later job reuses it (a job started while another trains it waits for it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from experiments.common import (
+    check_seed,
+    job,
+    make_tracker,
+    run_entry_point,
+    speed_settings,
+    train_settings,
+)
+from stn_repro.tasks.coloc import ColocSpec, EmbeddingSpec, run_coloc
+from stn_repro.training.loop import TrainSettings
+
+EMBEDDING_TRAINER_KEYS = (
+    "iterations",
+    "batch_size",
+    "log_every",
+    "eval_every",
+    "checkpoint_every",
+    "picture_every",
+)
+
+
+def coloc_cell(data: str, source: str, digit: Any) -> str:
+    """The run's cell name, ``<data>[-synthetic]-digit<k>`` (the ``stn_coloc_cell`` resolver of configs/coloc.yaml)."""
+    return f"{data}{'-synthetic' if source == 'synthetic' else ''}-digit{digit}"
+
+
+OmegaConf.register_new_resolver("stn_coloc_cell", coloc_cell, replace=True)
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="coloc")
+def main(cfg: DictConfig) -> float | None:
+    return job(cfg, run)
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    spec, settings, embedding_spec, embedding_settings, embedding_dir = specs_from_config(cfg)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    tags = [spec.data, f"digit{spec.digit}", spec.profile, *(["synthetic"] if spec.synthetic else [])]
+    return run_coloc(
+        spec,
+        settings,
+        run_dir,
+        embedding_spec=embedding_spec,
+        embedding_settings=embedding_settings,
+        embedding_dir=embedding_dir,
+        config=config,
+        make_tracker=lambda: make_tracker(
+            cfg, name=f"{spec.cell}-seed{spec.seed}-{spec.profile}", tags=tags, config=config, run_dir=run_dir
+        ),
+        make_embedding_tracker=lambda: make_tracker(
+            cfg,
+            name=f"{embedding_spec.cell}-seed{embedding_spec.seed}-{spec.profile}",
+            tags=["embedding", spec.profile],
+            config=config,
+            run_dir=embedding_dir,
+        ),
+    )
+
+
+def specs_from_config(
+    cfg: DictConfig,
+) -> tuple[ColocSpec, TrainSettings, EmbeddingSpec, TrainSettings, Path]:
+    """Translate the composed config into the library's explicit arguments: the co-localisation run's spec
+    and settings, the embedding run's, and the embedding's folder."""
+    if "source" not in cfg.data or cfg.data.name not in ("coloc_t", "coloc_tc"):
+        raise ValueError(
+            f"data={cfg.data.name} is not a co-localisation set: use data=coloc_t or data=coloc_tc "
+            "(the other sets run with python -m experiments.mnist / experiments.svhn)"
+        )
+    if cfg.seeds is not None:
+        raise ValueError("seeds=[...] (stacked seeds) is for distorted MNIST only: give seed=<k>")
+    data_dir = None if cfg.paths.data_dir is None else Path(cfg.paths.data_dir)
+    spec = ColocSpec(
+        data=cfg.data.name,
+        digit=cfg.digit,
+        seed=check_seed(cfg.seed),
+        batch_size=cfg.trainer.batch_size,
+        profile=cfg.trainer.profile,
+        reduced_budget=cfg.trainer.reduced_budget,
+        num_images=cfg.coloc.num_images,
+        init_scale=float(cfg.coloc.init_scale),
+        init_translation=tuple(float(t) for t in cfg.coloc.init_translation),
+        scale_range=None if cfg.coloc.scale_range is None else tuple(float(v) for v in cfg.coloc.scale_range),
+        inside=bool(cfg.coloc.inside),
+        embedding_norm=cfg.coloc.embedding_norm,
+        margin=float(cfg.coloc.margin),
+        crop_size=cfg.coloc.crop_size,
+        optimizer=cfg.optim.name,
+        data_source=cfg.data.source,
+        data_dir=data_dir,
+        device=cfg.trainer.device,
+    )
+    settings = train_settings(cfg)
+    trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
+    embedding_trainer = {**trainer, **{key: trainer["embedding"][key] for key in EMBEDDING_TRAINER_KEYS}}
+    embedding_settings = train_settings(
+        OmegaConf.create({"trainer": embedding_trainer, "optim": OmegaConf.to_container(cfg.embedding.optim)})
+    )
+    embedding_spec = EmbeddingSpec(
+        seed=check_seed(cfg.embedding.seed),
+        batch_size=embedding_trainer["batch_size"],
+        profile=cfg.trainer.profile,
+        reduced_budget=cfg.trainer.reduced_budget,
+        param_budget=cfg.embedding.param_budget,
+        data_source=cfg.data.source,
+        data_dir=data_dir,
+        device=cfg.trainer.device,
+        speed=speed_settings(cfg),
+    )
+    return spec, settings, embedding_spec, embedding_settings, Path(cfg.embedding.run_dir)
+
+
+if __name__ == "__main__":
+    run_entry_point(main)

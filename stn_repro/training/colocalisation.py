@@ -1,0 +1,216 @@
+"""Co-localisation training (Appendix A.2): the unsupervised hinge loss over pairs and the learner that
+:func:`~stn_repro.training.loop.run_training` drives with it.
+
+No labels: for images ``I_n`` of one digit class, an attention transformer ``T`` is trained so that the
+frozen embedding ``e()`` of its crops agree with each other more than with a random crop of the same image,
+``max(0, ||e(T(I_n)) - e(T(I_m))||^2 - ||e(T(I_n)) - e(I_n^rand)||^2 + 1)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from stn_repro.data.sets import _EpochOrder, derive_seed
+from stn_repro.models.coloc import COLOC_OUTPUT_SIZE, attention_boxes, box_iou
+from stn_repro.transformers import SpatialTransformer
+
+from .loop import TrainSettings
+
+IOU_THRESHOLD = 0.5  # a localisation is correct when its IoU with the true box exceeds this (the paper)
+OPTIMIZERS = ("adam", "sgd")
+
+
+def colocalisation_hinge(z: Tensor, r: Tensor, margin: float = 1.0) -> Tensor:
+    """The paper's hinge loss, averaged over every ordered pair ``(n, m)``, ``n != m``, of the batch.
+
+    ``z [B, D]`` are ``e(T(I_n))``, ``r [B, D]`` are ``e(I_n^rand)`` (same order); the loss of a pair is
+    ``max(0, ||z_n - z_m||^2 - ||z_n - r_n||^2 + margin)``. Returns a 0-d float32 tensor. The squared
+    distances are computed in float64 (the Gram form ``|a|^2 + |b|^2 - 2 a.b`` would lose digits in
+    float32 for embeddings of large norm).
+    """
+    if z.dim() != 2 or z.shape != r.shape:
+        raise ValueError(f"z and r must both be [B, D], got {tuple(z.shape)} and {tuple(r.shape)}")
+    batch = z.shape[0]
+    if batch < 2:
+        raise ValueError(f"the pair loss needs at least two images per batch, got {batch}")
+    z64, r64 = z.double(), r.double()
+    squared = (z64 * z64).sum(1)
+    pair = (squared[:, None] + squared[None, :] - 2.0 * z64 @ z64.T).clamp(min=0.0)  # ||z_n - z_m||^2
+    negative = (z64 - r64).pow(2).sum(1)  # ||z_n - r_n||^2
+    hinge = F.relu(pair - negative[:, None] + margin)
+    off_diagonal = ~torch.eye(batch, dtype=torch.bool, device=z.device)
+    return hinge[off_diagonal].mean().float()
+
+
+def random_crops(images: Tensor, size: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """One ``size x size`` crop of each image at a uniformly random whole-pixel offset (``I_n^rand``).
+
+    ``images [B, C, H, W]``; returns the crops ``[B, C, size, size]`` (on the images' device) and the
+    offsets ``[B, 2]`` as ``(x0, y0)`` px (CPU), drawn from ``generator`` (a CPU generator: the same offsets
+    on every device).
+    """
+    batch, _, height, width = images.shape
+    if not (0 < size <= min(height, width)):
+        raise ValueError(f"crop size {size} does not fit {height}x{width} images")
+    x0 = torch.randint(0, width - size + 1, (batch,), generator=generator)
+    y0 = torch.randint(0, height - size + 1, (batch,), generator=generator)
+    steps = torch.arange(size)
+    rows = (y0[:, None] + steps).to(images.device)  # [B, size]
+    cols = (x0[:, None] + steps).to(images.device)
+    which = torch.arange(batch, device=images.device)[:, None, None]
+    # Advanced indices on dims 0, 2, 3 around a slice: the result is [B, size, size, C].
+    crops = images[which, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    return crops.contiguous(), torch.stack([x0, y0], dim=1)
+
+
+@torch.no_grad()
+def predicted_boxes(transformer: SpatialTransformer, images: Tensor, batch_size: int = 1_000) -> Tensor:
+    """The pixel boxes ``[N, 4]`` the transformer samples for ``images`` (uint8 or float ``[N, 1, S, S]``)."""
+    was_training = transformer.training
+    transformer.eval()
+    boxes = []
+    for start in range(0, images.shape[0], batch_size):
+        batch = images[start : start + batch_size]
+        batch = batch.float() / 255.0 if batch.dtype == torch.uint8 else batch
+        params = transformer.localisation(batch)
+        boxes.append(
+            attention_boxes(
+                params, images.shape[-1], _output_side(transformer), transformer.family.align_corners
+            )
+        )
+    transformer.train(was_training)
+    return torch.cat(boxes)
+
+
+def localisation_error(
+    transformer: SpatialTransformer, images: Tensor, true_boxes: Tensor, batch_size: int = 1_000
+) -> float:
+    """% of ``images`` *not* localised: predicted box IoU with ``true_boxes`` at most :data:`IOU_THRESHOLD`."""
+    iou = box_iou(predicted_boxes(transformer, images, batch_size), true_boxes)
+    return 100.0 * (iou <= IOU_THRESHOLD).sum().item() / images.shape[0]
+
+
+def make_coloc_optimizer(
+    transformer: nn.Module, settings: TrainSettings, name: str = "adam"
+) -> torch.optim.Optimizer:
+    """The transformer's optimiser: ``adam`` (default betas; ``settings.momentum`` is unused) or ``sgd``
+    (with ``settings.momentum``). Every parameter belongs to the localisation net, so the one group carries
+    ``lr_scale = settings.localisation_lr_multiplier`` (the loop sets ``lr = settings.lr_at(i) * lr_scale``)."""
+    groups = [{"params": list(transformer.parameters()), "lr_scale": settings.localisation_lr_multiplier}]
+    if name == "adam":
+        return torch.optim.Adam(groups, lr=settings.lr, weight_decay=settings.weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(
+            groups, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
+        )
+    raise ValueError(f"unknown co-localisation optimiser {name!r}; known: {', '.join(OPTIMIZERS)}")
+
+
+class ColocLearner:
+    """The :class:`~stn_repro.training.loop.Learner` of one co-localisation optimisation.
+
+    ``images`` (``[N, 1, S, S]``, uint8 or float in [0, 1], on the training device) are the whole data. Each
+    ``step()`` takes the next ``batch_size`` of them (seeded per-epoch permutations, so with ``batch_size
+    = N`` every step sees every image), a random ``crop_size`` crop of each (``I_n^rand``), and one optimiser
+    step on :func:`colocalisation_hinge` over all ordered pairs of the batch. ``embedding`` (e(), frozen)
+    is not trained and not saved here. ``evaluate`` returns, per evaluation set ``(images, true boxes)``,
+    the % of images not localised (:func:`localisation_error`). Everything random comes from ``seed``
+    (batch order and crop offsets; the loop saves the global RNG too), so a resumed run is exact.
+    """
+
+    num_models = 1
+
+    def __init__(
+        self,
+        transformer: SpatialTransformer,
+        embedding: nn.Module,
+        images: Tensor,
+        settings: TrainSettings,
+        *,
+        batch_size: int,
+        seed: int,
+        margin: float = 1.0,
+        crop_size: int = COLOC_OUTPUT_SIZE,
+        optimizer: str = "adam",
+    ):
+        count = images.shape[0]
+        if not 2 <= batch_size <= count:
+            raise ValueError(f"batch_size={batch_size} must lie in [2, {count}] (the number of images)")
+        self.transformer, self.embedding = transformer, embedding
+        self.images = images.float() / 255.0 if images.dtype == torch.uint8 else images
+        self.batch_size, self.images_per_step = int(batch_size), int(batch_size)
+        self.margin, self.crop_size = float(margin), int(crop_size)
+        self.device = images.device
+        self.optimizer = make_coloc_optimizer(transformer, settings, optimizer)
+        self.seed = int(seed)
+        self._order = _EpochOrder(count, derive_seed(self.seed, "coloc-batches"), self.device)
+        self._generator = torch.Generator().manual_seed(derive_seed(self.seed, "coloc-crops"))
+        self.transformer.train()
+
+    def step(self) -> Tensor:
+        x = self.images[self._order.take(self.batch_size)]
+        crops, _ = random_crops(x, self.crop_size, self._generator)
+        with torch.no_grad():
+            r = self.embedding(crops)
+        z = self.embedding(self.transformer(x))
+        loss = colocalisation_hinge(z, r, self.margin)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach().reshape(1)
+
+    def export(self) -> None:
+        pass  # the transformer is trained in place
+
+    def evaluate(
+        self, eval_sets: dict[str, tuple[Tensor, Tensor]], batch_size: int
+    ) -> list[dict[str, float]]:
+        return [
+            {
+                name: localisation_error(self.transformer, images, boxes, batch_size)
+                for name, (images, boxes) in eval_sets.items()
+            }
+        ]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "transformer": self.transformer.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "order": {"epoch": self._order.epoch, "position": self._order.position},
+            "generator": self._generator.get_state(),
+            "seed": self.seed,
+            "num_images": self.images.shape[0],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key, mine in (("seed", self.seed), ("num_images", self.images.shape[0])):
+            if state.get(key) != mine:
+                raise ValueError(
+                    f"the checkpoint is of a co-localisation run with {key}={state.get(key)!r}, this one has "
+                    f"{mine!r}: it belongs to another run; delete it or point the run elsewhere"
+                )
+        self.transformer.load_state_dict(state["transformer"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self._order.load(state["order"]["epoch"], state["order"]["position"])
+        self._generator.set_state(state["generator"].cpu())
+
+
+def _output_side(transformer: SpatialTransformer) -> int:
+    return transformer.output_size[1] if transformer.output_size is not None else COLOC_OUTPUT_SIZE
+
+
+@dataclass(frozen=True)
+class Localisation:
+    """What a co-localisation record's ``test_error`` counts (it has no classifier objective): the % of the
+    images whose predicted box has IoU at most :data:`IOU_THRESHOLD` with the true box."""
+
+    name: str = "localisation"
+    error_name: str = "% not localised (IoU <= 0.5)"
+
+
+LOCALISATION = Localisation()

@@ -1,0 +1,431 @@
+"""Co-localisation (Table 5): the loss, the metric and the window geometry against hand-computed cases; every
+config composes; a smoke run (embedding + co-localisation) on synthetic digits leaves a record, is
+deterministic by seed and resumes exactly; the embedding is trained once and waited for; the table."""
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from experiments.coloc import specs_from_config
+from experiments.table import main as table_main
+from stn_repro.coloc_table import coloc_rows, write_coloc_tables
+from stn_repro.data.plain import PlainStream
+from stn_repro.models.coloc import (
+    BoundedAttention,
+    CnnEmbedding,
+    attention_boxes,
+    box_iou,
+    colocalisation_transformer,
+)
+from stn_repro.models.mnist import build_mnist_model
+from stn_repro.paper import TABLE5_LOCALISED, coloc_paper_localised, coloc_paper_text
+from stn_repro.runs import RunLock
+from stn_repro.tables import collect_records
+from stn_repro.tasks.coloc import (
+    ensure_embedding,
+    load_coloc_data,
+    load_embedding,
+    load_trained_transformer,
+    run_coloc,
+)
+from stn_repro.training.colocalisation import colocalisation_hinge, localisation_error, random_crops
+from stn_repro.transformers import get_transform, sample
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+QUIET = {"log": lambda s: None}
+# Small and fast: a narrow embedding CNN, 10 images per class, synthetic digits.
+SMOKE = [
+    "trainer=coloc_smoke",
+    "data.source=synthetic",
+    "logger=none",
+    "embedding.param_budget=5000",
+    "coloc.num_images=10",
+]
+
+
+def compose_coloc(overrides):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return compose("coloc", overrides=overrides)
+
+
+def smoke_specs(tmp_path, *extra):
+    cfg = compose_coloc([*SMOKE, *extra])
+    OmegaConf.update(cfg, "paths.runs_dir", str(tmp_path))
+    return specs_from_config(cfg)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A runs folder whose smoke embedding is trained once for the whole module."""
+    root = tmp_path_factory.mktemp("coloc-runs")
+    _, _, embedding_spec, embedding_settings, embedding_dir = smoke_specs(root)
+    record = ensure_embedding(embedding_spec, embedding_settings, embedding_dir, **QUIET)
+    assert record["finished"] and record["experiment"] == "coloc_embedding"
+    return root
+
+
+def cell_dir(runs, cell):
+    """Where the sweep would put a smoke run's folder: the table test reads the records found there."""
+    return runs / "coloc" / "smoke" / cell / "seed1"
+
+
+def run_smoke(runs, run_dir, *extra, settings_change=None, log=None):
+    spec, settings, embedding_spec, embedding_settings, embedding_dir = smoke_specs(runs, *extra)
+    if settings_change:
+        settings = replace(settings, **settings_change)
+    return run_coloc(
+        spec,
+        settings,
+        run_dir,
+        embedding_spec=embedding_spec,
+        embedding_settings=embedding_settings,
+        embedding_dir=embedding_dir,
+        log=log or (lambda s: None),
+    )
+
+
+# --- the loss, the metric, the geometry ------------------------------------------------------------------------
+
+
+def test_hinge_loss_matches_a_hand_computed_case():
+    z = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
+    r = torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.0, -3.0]])
+    # ||z_n - r_n||^2 = 1, 0, 25; ||z_n - z_m||^2: d01 = 1, d02 = 4, d12 = 5. Ordered pairs (n, m):
+    # (0,1) 1-1+1 = 1, (0,2) 4-1+1 = 4, (1,0) 1-0+1 = 2, (1,2) 5-0+1 = 6, (2,0) 4-25+1 < 0 -> 0, (2,1) -> 0.
+    assert colocalisation_hinge(z, r).item() == pytest.approx(13 / 6)
+    assert colocalisation_hinge(z, r, margin=0.0).item() == pytest.approx((0 + 3 + 1 + 5) / 6)
+    # Every term clipped: the crops are far from everything.
+    assert colocalisation_hinge(z, r + 100.0).item() == 0.0
+    with pytest.raises(ValueError, match="at least two"):
+        colocalisation_hinge(z[:1], r[:1])
+
+
+def test_hinge_loss_pulls_the_pairs_together_and_leaves_the_crops():
+    z = torch.tensor([[0.0, 0.0], [1.0, 0.0]], requires_grad=True)
+    r = torch.tensor([[0.0, 3.0], [1.0, 3.0]])
+    # Pair terms: ||z0 - z1||^2 - ||z_n - r_n||^2 + 1 = 1 - 9 + 1 < 0: no gradient; nearer crops give one.
+    colocalisation_hinge(z, r).backward()
+    assert torch.equal(z.grad, torch.zeros_like(z))
+    z.grad = None
+    colocalisation_hinge(z, torch.tensor([[0.0, 0.5], [1.0, 0.5]])).backward()
+    assert z.grad[0, 0] < 0 < z.grad[1, 0]  # descent moves z0 right and z1 left: towards each other
+
+
+def test_iou_of_hand_boxes():
+    a = torch.tensor([[0.0, 0.0, 2.0, 2.0], [0.0, 0.0, 4.0, 4.0], [0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 2.0, 2.0]])
+    b = torch.tensor([[1.0, 1.0, 3.0, 3.0], [1.0, 1.0, 3.0, 3.0], [5.0, 5.0, 6.0, 6.0], [0.0, 0.0, 2.0, 2.0]])
+    assert box_iou(a, b).tolist() == pytest.approx([1 / 7, 4 / 16, 0.0, 1.0])
+    assert box_iou(torch.tensor([[1.0, 1.0, 1.0, 1.0]]), torch.tensor([[1.0, 1.0, 1.0, 1.0]])).item() == 0.0
+
+
+def test_attention_window_as_a_pixel_box_by_hand():
+    params = torch.tensor([[1 / 3, 0.0, 0.0], [0.5, 0.5, -0.25], [-1 / 3, 0.0, 0.0], [1.0, 0.0, 0.0]])
+    boxes = attention_boxes(params, image_size=84)
+    # align_corners=False: x in [tx - s, tx + s] normalised, pixel position (x + 1) * 84 / 2.
+    assert boxes[0].tolist() == pytest.approx([28.0, 28.0, 56.0, 56.0])
+    assert boxes[1].tolist() == pytest.approx([42.0, 10.5, 84.0, 52.5])
+    assert boxes[2].tolist() == pytest.approx([28.0, 28.0, 56.0, 56.0])  # a mirrored window: the same box
+    assert boxes[3].tolist() == pytest.approx([0.0, 0.0, 84.0, 84.0])  # the identity sees the whole image
+    # align_corners=True: output pixel centres at +-1 = input centres 0 and 83, 83/27 px apart; the box is
+    # half an output pixel wider on each side: [0.5 - 83/54, 83.5 + 83/54].
+    aligned = attention_boxes(params[3:], image_size=84, output_size=28, align_corners=True)
+    assert aligned[0].tolist() == pytest.approx(
+        [0.5 - 83 / 54, 0.5 - 83 / 54, 83.5 + 83 / 54, 83.5 + 83 / 54]
+    )
+
+
+def test_the_box_is_what_the_sampler_reads():
+    """A 28 px window whose box lies on whole pixels samples exactly those pixels (align_corners=False)."""
+    image = torch.rand(1, 1, 84, 84, generator=torch.Generator().manual_seed(0))
+    x0, y0, s = 10, 40, 1 / 3
+    params = torch.tensor([[s, x0 / 42 - 1 + s, y0 / 42 - 1 + s]])
+    assert attention_boxes(params)[0].tolist() == pytest.approx([x0, y0, x0 + 28, y0 + 28])
+    family = get_transform("attention")
+    out = sample(image, family.grid(params, (28, 28)), align_corners=family.align_corners)
+    assert torch.allclose(out, image[..., y0 : y0 + 28, x0 : x0 + 28], atol=1e-5)
+
+
+def test_random_crops_are_crops_at_the_drawn_offsets():
+    images = torch.arange(2 * 84 * 84, dtype=torch.float32).view(2, 1, 84, 84)
+    crops, offsets = random_crops(images, 28, torch.Generator().manual_seed(3))
+    assert crops.shape == (2, 1, 28, 28) and offsets.shape == (2, 2)
+    for i, (x0, y0) in enumerate(offsets.tolist()):
+        assert 0 <= x0 <= 56 and 0 <= y0 <= 56
+        assert torch.equal(crops[i], images[i, :, y0 : y0 + 28, x0 : x0 + 28])
+    again, _ = random_crops(images, 28, torch.Generator().manual_seed(3))
+    assert torch.equal(crops, again)
+
+
+def test_the_embedding_is_the_cnns_hidden_layers_and_logits_and_is_frozen():
+    torch.manual_seed(0)
+    model, info = build_mnist_model("cnn", (1, 28, 28), param_budget=5000)
+    embedding = CnnEmbedding(model.classifier)
+    w1, w2 = info.widths
+    x = torch.rand(3, 1, 28, 28, requires_grad=True)
+    e = embedding(x)
+    assert e.shape == (3, w1 * 10 * 10 + w2 * 2 * 2 + 10)
+    assert torch.allclose(e[:, -10:], model(x))  # the logits last
+    assert not any(p.requires_grad for p in embedding.parameters())
+    embedding.train()
+    assert not embedding.training
+    e.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0  # gradients reach the transformer's output
+
+
+def test_the_localisation_net_is_the_papers_and_starts_at_the_chosen_window():
+    transformer = colocalisation_transformer(init_scale=1 / 3, init_translation=(0.1, -0.2))
+    convs = [m for m in transformer.localisation if isinstance(m, torch.nn.Conv2d)]
+    linears = [m for m in transformer.localisation if isinstance(m, torch.nn.Linear)]
+    assert [(c.out_channels, c.kernel_size, c.stride) for c in convs] == [(8, (9, 9), (4, 4))]
+    assert [lin.out_features for lin in linears] == [8, 8, 3] and linears[0].in_features == 8 * 9 * 9
+    out = transformer(torch.rand(2, 1, 84, 84))
+    assert out.shape == (2, 1, 28, 28)
+    assert torch.allclose(transformer.last_params, torch.tensor([[1 / 3, 0.1, -0.2]] * 2))
+
+
+def test_bounded_attention_starts_where_asked_and_keeps_the_window_inside():
+    transformer = colocalisation_transformer(0.95, (0.0, 0.0), scale_range=(0.25, 1.0), inside=True)
+    assert isinstance(transformer.localisation[-1], BoundedAttention)
+    transformer(torch.rand(2, 1, 84, 84))
+    assert torch.allclose(transformer.last_params, torch.tensor([[0.95, 0.0, 0.0]] * 2), atol=1e-6)
+    shifted = colocalisation_transformer(0.4, (0.3, -0.5), scale_range=(0.25, 1.0), inside=True)
+    shifted(torch.rand(1, 1, 84, 84))
+    assert torch.allclose(shifted.last_params, torch.tensor([[0.4, 0.3, -0.5]]), atol=1e-6)
+    bounds = BoundedAttention((0.25, 1.0), inside=True)
+    params = bounds(torch.tensor([[-50.0, 50.0, -50.0], [50.0, 3.0, 0.0]]))
+    boxes = attention_boxes(params)
+    assert params[:, 0].tolist() == pytest.approx([0.25, 1.0])
+    assert torch.all(boxes >= 0) and torch.all(boxes <= 84)  # however far the raw outputs go
+    fixed = BoundedAttention((1 / 3, 1 / 3), inside=True)
+    assert fixed(torch.tensor([[9.0, 0.0, 0.0]]))[0, 0].item() == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="strictly inside"):
+        colocalisation_transformer(1.0, scale_range=(0.25, 1.0), inside=True)
+
+
+def test_embedding_norms():
+    torch.manual_seed(0)
+    model, _ = build_mnist_model("cnn", (1, 28, 28), param_budget=5000)
+    x = torch.rand(2, 1, 28, 28)
+    raw = CnnEmbedding(model.classifier)(x)
+    unit = CnnEmbedding(model.classifier, normalise="unit")(x)
+    per_layer = CnnEmbedding(model.classifier, normalise="per_layer")(x)
+    assert torch.allclose(unit, raw / raw.norm(dim=1, keepdim=True))
+    assert torch.allclose(per_layer.norm(dim=1), torch.ones(2)) and torch.allclose(
+        unit.norm(dim=1), torch.ones(2)
+    )
+    with pytest.raises(ValueError, match="normalise"):
+        CnnEmbedding(model.classifier, normalise="l3")
+
+
+def test_plain_stream_is_seeded_and_resumes():
+    images = torch.randint(0, 256, (10, 28, 28), dtype=torch.uint8)
+    labels = torch.arange(10)
+    a, b = PlainStream(images, labels, 4, seed=5), PlainStream(images, labels, 4, seed=5)
+    first = [a.next_batch()[1].tolist() for _ in range(3)]
+    assert first == [b.next_batch()[1].tolist() for _ in range(3)]
+    assert sorted(first[0] + first[1] + first[2][:2]) == list(range(10))  # one epoch, then the next
+    state = a.state_dict()
+    expected = [a.next_batch() for _ in range(2)]
+    c = PlainStream(images, labels, 4, seed=5)
+    c.load_state_dict(state)
+    for (x, y), (x2, y2) in zip(expected, [c.next_batch() for _ in range(2)], strict=True):
+        assert torch.equal(x, x2) and torch.equal(y, y2)
+    assert torch.equal(x[0, 0], images[y[0]].float() / 255)
+
+
+def test_paper_numbers_are_the_specs():
+    assert TABLE5_LOCALISED == {"coloc_t": (100.0, 100.0), "coloc_tc": (75.0, 93.0)}
+    assert coloc_paper_localised("coloc_tc") == {"low": 75.0, "high": 93.0}
+    assert (coloc_paper_text("coloc_t"), coloc_paper_text("coloc_tc")) == ("100", "75-93")
+
+
+# --- configs ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("data", ["coloc_t", "coloc_tc"])
+@pytest.mark.parametrize("trainer", ["coloc_paper", "coloc_quick", "coloc_smoke"])
+@pytest.mark.parametrize("source", ["mnist", "synthetic"])
+def test_every_coloc_config_composes_and_resolves(data, trainer, source, tmp_path):
+    cfg = compose_coloc([f"data={data}", f"trainer={trainer}", f"data.source={source}", "digit=7"])
+    OmegaConf.to_container(cfg, resolve=True)
+    spec, _, embedding_spec, embedding_settings, embedding_dir = specs_from_config(cfg)
+    assert spec.data == data and spec.digit == 7 and spec.synthetic == (source == "synthetic")
+    assert cfg.cell == spec.cell and ("synthetic" in spec.cell) == spec.synthetic
+    assert embedding_dir.parts[-4:] == ("embedding", cfg.trainer.profile, source, "seed1")
+    assert embedding_settings.iterations == cfg.trainer.embedding.iterations
+    assert embedding_spec.batch_size == cfg.trainer.embedding.batch_size
+    assert spec.batch_size <= spec.num_images == 100
+
+
+def test_paper_profile_is_what_the_config_says():
+    spec, settings, embedding_spec, embedding_settings, _ = specs_from_config(compose_coloc([]))
+    # The embedding: the Sect. 2 protocol (150k x 256, SGD 0.01, /10 every 50k); the CNN of Table 1's budget.
+    assert (embedding_settings.iterations, embedding_spec.batch_size, embedding_settings.lr) == (
+        150_000,
+        256,
+        0.01,
+    )
+    assert embedding_settings.lr_step_every == 50_000 and embedding_spec.param_budget == 400_000
+    # Co-localisation: all 100 images every step, Adam, a constant lr, starting about the identity attention,
+    # the window bounded (21-84 px, inside the image), e() at unit length.
+    assert (spec.num_images, spec.batch_size, spec.optimizer, spec.init_scale) == (100, 100, "adam", 0.95)
+    assert (spec.scale_range, spec.inside, spec.embedding_norm) == ((0.25, 1.0), True, "unit")
+    assert settings.lr_step_every >= settings.iterations and not spec.reduced_budget
+    assert (spec.margin, spec.crop_size) == (1.0, 28)
+
+
+def test_a_wrong_set_or_digit_is_refused_clearly():
+    with pytest.raises(ValueError, match="not a co-localisation set"):
+        specs_from_config(compose_coloc(["data=rts"]))
+    with pytest.raises(ValueError, match="digit class 0-9"):
+        specs_from_config(compose_coloc(["digit=10"]))
+    with pytest.raises(ValueError, match="batch_size"):
+        specs_from_config(compose_coloc(["trainer.batch_size=101"]))
+    with pytest.raises(ValueError, match="strictly inside"):
+        specs_from_config(compose_coloc(["coloc.init_scale=1.0"]))
+
+
+# --- runs ------------------------------------------------------------------------------------------------------
+
+
+def test_the_images_are_the_first_of_their_class(tmp_path):
+    spec, *_ = smoke_specs(tmp_path, "data=coloc_tc", "digit=4")
+    data = load_coloc_data(spec)
+    assert data.images.shape == (10, 1, 84, 84) and data.images.dtype == torch.uint8
+    assert data.boxes.shape == (10, 4) and torch.all(data.boxes[:, 2:] - data.boxes[:, :2] == 28)
+    assert torch.all(data.indices[1:] > data.indices[:-1])  # in the set's order
+    assert load_coloc_data(spec).checksum == data.checksum  # fixed
+
+
+def test_a_smoke_run_trains_the_embedding_once_and_leaves_a_record(runs):
+    logs = []
+    run_dir = cell_dir(runs, "coloc_t-synthetic-digit2")
+    record = run_smoke(runs, run_dir, "digit=2", log=logs.append)
+    assert any("already finished" in line and "embedding" in line for line in logs)  # reused, not retrained
+    assert (
+        record["finished"]
+        and record["experiment"] == "coloc"
+        and record["cell"] == "coloc_t-synthetic-digit2"
+    )
+    assert record["metric"] == "% not localised (IoU <= 0.5)" and 0 <= record["test_error"] <= 100
+    assert record["iterations"] == 6 and record["synthetic"] and record["paper_error"] == 0.0
+    assert record["test_set"]["size"] == 10 and record["embedding"]["dim"] > 10
+    assert record["choices"]["pairs_per_step"] == 8 * 7 and record["choices"]["init"]["scale"] == 0.95
+    assert [h["iteration"] for h in record["history"]] == [3, 6]
+    assert len(list((run_dir / "pictures").glob("*.png"))) == 1
+    # The saved transformer scores what the record says.
+    spec, *_ = smoke_specs(runs, "digit=2")
+    data = load_coloc_data(spec)
+    assert (
+        localisation_error(load_trained_transformer(run_dir), data.images, data.boxes) == record["test_error"]
+    )
+    again = run_smoke(runs, run_dir, "digit=2")  # finished: read back, not run again
+    assert (again["history"], again["wall_time_s"]) == (record["history"], record["wall_time_s"])
+
+
+def test_a_run_is_deterministic_by_seed(runs, tmp_path):
+    a = run_smoke(runs, cell_dir(runs, "coloc_tc-synthetic-digit0"), "data=coloc_tc")
+    b = run_smoke(runs, tmp_path / "b", "data=coloc_tc")
+    run_smoke(runs, tmp_path / "c", "data=coloc_tc", "seed=2")
+    assert a["history"] == b["history"] and a["paper_error"] is None
+    wa, wb, wc = (
+        torch.load(d / "model.pt", weights_only=True)["state_dict"]
+        for d in (cell_dir(runs, "coloc_tc-synthetic-digit0"), tmp_path / "b", tmp_path / "c")
+    )
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not all(torch.equal(wa[k], wc[k]) for k in wa)
+
+
+def test_an_interrupted_run_resumes_to_the_same_final_state(runs, tmp_path):
+    straight = run_smoke(runs, tmp_path / "straight", "trainer.iterations=8")
+    stopped = run_smoke(runs, tmp_path / "resumed", "trainer.iterations=8", settings_change={"stop_after": 3})
+    assert stopped == {"finished": False, "iterations": 3, "stopped_by": None}
+    resumed = run_smoke(runs, tmp_path / "resumed", "trainer.iterations=8")
+    assert resumed["history"] == straight["history"] and resumed["test_error"] == straight["test_error"]
+    a = torch.load(tmp_path / "straight" / "model.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "resumed" / "model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_job_waits_for_the_embedding_another_process_trains(tmp_path):
+    _, _, spec, settings, embedding_dir = smoke_specs(tmp_path)
+    logs, result = [], {}
+    with RunLock(embedding_dir, log=lambda s: None):
+        worker = threading.Thread(
+            target=lambda: result.update(
+                ensure_embedding(spec, settings, embedding_dir, log=logs.append, wait_s=0.05)
+            )
+        )
+        worker.start()
+        deadline = time.monotonic() + 10
+        while not any("waiting" in line for line in logs) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert any("waiting for the embedding" in line for line in logs) and not result
+    worker.join(timeout=60)
+    assert result["finished"] and (embedding_dir / "model.pt").exists()
+    assert load_embedding(embedding_dir)(torch.zeros(1, 1, 28, 28)).shape[0] == 1
+
+
+def test_the_table_has_every_class_the_mean_and_the_papers_numbers(runs, tmp_path):
+    # The runs of the tests above (read back, or made here when this test runs alone).
+    run_smoke(runs, cell_dir(runs, "coloc_t-synthetic-digit2"), "digit=2")
+    run_smoke(runs, cell_dir(runs, "coloc_tc-synthetic-digit0"), "data=coloc_tc")
+    records = [r for r in collect_records(runs) if r.get("experiment") == "coloc"]
+    assert len(records) == 2 and collect_records(runs)[0]["experiment"] == "coloc_embedding"
+    rows = coloc_rows(records)
+    assert all(r["synthetic"] and r["profile"] == "smoke" for r in rows)
+    [(csv_path, md_path)] = write_coloc_tables(records, tmp_path / "results", "smoke")
+    assert md_path.name == "coloc_table5_smoke_synthetic.md" and csv_path.exists()
+    text = md_path.read_text()
+    assert "SYNTHETIC" in text and "REDUCED BUDGET" in text and "| **mean** |" in text
+    assert "(100)" in text and "(75-93)" in text and "not run (75-93)" in text
+    row = next(r for r in rows if r["data"] == "coloc_t" and r["digit"] == 2)
+    assert f"| 2 | {row['localised_mean']:.1f} (100) |" in text
+    # The command line writes the same table.
+    assert (
+        table_main(
+            [
+                "--experiment",
+                "coloc",
+                "--runs",
+                str(runs),
+                "--out",
+                str(tmp_path / "cli"),
+                "--profile",
+                "smoke",
+            ]
+        )
+        == 0
+    )
+    assert (tmp_path / "cli" / md_path.name).read_text() == text
+
+
+def test_the_sweep_runs_from_the_command_line(tmp_path):
+    env = {**os.environ, "STN_RUNS": str(tmp_path / "runs")}
+    command = [sys.executable, "-m", "experiments.coloc", "-m", "digit=0,1", *SMOKE, "trainer.num_threads=1"]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for digit in (0, 1):
+        assert (
+            tmp_path
+            / "runs"
+            / "coloc"
+            / "smoke"
+            / f"coloc_t-synthetic-digit{digit}"
+            / "seed1"
+            / "record.json"
+        ).exists()
+    assert (
+        tmp_path / "runs" / "coloc" / "embedding" / "smoke" / "synthetic" / "seed1" / "record.json"
+    ).exists()
+    assert "already finished" in done.stdout  # the second job reused the first one's embedding
