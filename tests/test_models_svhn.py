@@ -265,3 +265,20 @@ def test_bad_requests_say_what_is_wrong():
         build_svhn_model("st_cnn_multi", width=SMALL, transformer_output_size=32)
     with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\)"):
         build_svhn_model("cnn", width=SMALL, dropout=1.0)
+
+
+def test_hidden_layers_start_he_initialised_so_the_logits_depend_on_the_image():
+    torch.manual_seed(0)
+    model, _ = build_svhn_model("cnn", (3, 54, 54), width=0.5, dropout=0.0)
+    hidden = [
+        m
+        for m in (*model.stages.modules(), *model.fully_connected.modules())
+        if isinstance(m, nn.Conv2d | nn.Linear)
+    ]
+    assert len(hidden) == 8 + 3
+    for layer in hidden:
+        fan_in = layer.weight[0].numel()
+        assert abs(layer.weight.std().item() / (2 / fan_in) ** 0.5 - 1) < 0.15 and not layer.bias.any()
+    logits = model.eval()(torch.rand(16, 3, 54, 54))
+    # Across images, every logit moves by a fair fraction of its own scale (PyTorch's default init: ~1%).
+    assert (logits.std(0) / logits.abs().mean(0)).mean() > 0.05

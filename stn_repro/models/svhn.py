@@ -173,6 +173,21 @@ class MultiDigitCNN(nn.Module):
         fully_connected.append(nn.Dropout(dropout))
         self.fully_connected = nn.Sequential(*fully_connected)
         self.heads = PositionHeads(features, num_positions, num_classes)
+        self.reset_hidden_layers()
+
+    def reset_hidden_layers(self) -> None:
+        """He initialisation (normal, fan-in, ReLU gain) of every conv and fc layer before a ReLU; zero biases.
+
+        [choice] The paper does not give its initialisation. PyTorch's default (uniform, variance
+        1/(3 fan-in)) scales the signal by about 1/sqrt(6) per ReLU layer: after 11 hidden layers the logits
+        barely depend on the image. Measured on the synthetic stand-in (quarter width, no dropout, batch 32):
+        with the default the loss sat at the label prior (7.4-7.6) for 1,900 iterations; with He it fell to
+        6.2 in 600. The heads keep PyTorch's default (no ReLU after them).
+        """
+        for module in (*self.stages.modules(), *self.fully_connected.modules()):
+            if isinstance(module, nn.Conv2d | nn.Linear):
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+                nn.init.zeros_(module.bias)
 
     def forward(self, images: Tensor) -> Tensor:
         _check_images(images, self.in_shape)
