@@ -75,7 +75,7 @@ reproduce-mnist:  ## run Table 1 + TC (PROFILE=paper|quick, SEEDS=1,2,3, STACK=1
 	$(MAKE) table PROFILE=$(PROFILE)
 
 EXPERIMENT ?= mnist
-table:  ## write results/ tables of EXPERIMENT=mnist|svhn|addition|coloc for PROFILE from the run records under runs/<experiment>
+table:  ## write results/ tables of EXPERIMENT=mnist|svhn|addition|coloc|cub for PROFILE from the run records under runs/<experiment>
 	$(PY) -m experiments.table --experiment $(EXPERIMENT) --profile $(PROFILE)
 
 params-mnist:  ## print every Table 1 model's parameter count and widths
@@ -134,3 +134,29 @@ COLOC_SEEDS ?= 1
 reproduce-coloc:  ## run Table 5, co-localisation: every digit class on T and TC (PROFILE=paper|quick, COLOC_SEEDS=1,2,3), then write results/coloc_table5_<profile>.md
 	$(PY) -m experiments.coloc -m $(LAUNCH_ARG) trainer=coloc_$(PROFILE) seed=$(COLOC_SEEDS) digit=$(COLOC_DIGITS) data=$(COLOC_SETS)
 	$(MAKE) table EXPERIMENT=coloc PROFILE=$(PROFILE)
+
+# --- CUB-200-2011 (Table 3) -----------------------------------------------------------------------------------
+# CUB_SYNTHETIC=1: the synthetic stand-in (make data-cub-synthetic) instead of CUB (make data-cub).
+# PROFILE=quick runs trainer=cub_quick (quarter width, 64 px parts: CPU), paper trainer=cub_paper (GPUs).
+# NPROC=8: each run data-parallel over 8 processes (GPUs) with torchrun; trainer.batch_size stays the global
+# batch. CUB_WEIGHTS=/path/to/imagenet_state_dict.pth: every backbone starts from it (else from scratch).
+CUB_ARGS ?=
+CUB_SEEDS ?= 1
+CUB_SYNTHETIC ?= 0
+NPROC ?= 1
+CUB_WEIGHTS ?=
+CUB_DATA = $(if $(filter 1,$(CUB_SYNTHETIC)),synthetic_cub,cub)
+CUB_RUN = $(if $(filter-out 1,$(NPROC)),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC),$(PY))
+CUB_WEIGHTS_ARG = $(if $(CUB_WEIGHTS),model.weights=$(CUB_WEIGHTS),)
+.PHONY: data-cub data-cub-synthetic reproduce-cub
+
+data-cub:  ## put CUB-200-2011 in data/CUB_200_2011 (offline: STN_CUB_SOURCE=CUB_200_2011.tgz or its folder; else download) and check it
+	$(PY) data_scripts/build_cub.py $(CUB_ARGS)
+
+data-cub-synthetic:  ## write the synthetic CUB-format stand-in (two-part "birds" on clutter, 30 classes) into data/synthetic-cub; not CUB
+	$(PY) data_scripts/build_cub.py --synthetic $(CUB_ARGS)
+
+reproduce-cub:  ## run Table 3 (PROFILE=paper|quick, CUB_SEEDS=1,2,3, CUB_SYNTHETIC=1, NPROC=8: torchrun data-parallel, CUB_WEIGHTS=...), then write results/ tables
+	$(CUB_RUN) -m experiments.cub -m trainer=cub_$(PROFILE) seed=$(CUB_SEEDS) data=$(CUB_DATA)224 model=cub_cnn,cub_st_cnn_2x $(CUB_WEIGHTS_ARG)
+	$(CUB_RUN) -m experiments.cub -m trainer=cub_$(PROFILE) seed=$(CUB_SEEDS) data=$(CUB_DATA)448 model=cub_st_cnn_2x,cub_st_cnn_4x $(CUB_WEIGHTS_ARG)
+	$(MAKE) table EXPERIMENT=cub PROFILE=$(PROFILE)

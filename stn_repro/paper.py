@@ -128,3 +128,40 @@ def coloc_paper_text(data: str) -> str:
     """The paper's % localised as printed beside ours: ``100`` for T, ``75-93`` for TC."""
     low, high = TABLE5_LOCALISED[data]
     return f"{low:g}" if low == high else f"{low:g}-{high:g}"
+
+
+# Table 3 (CUB-200-2011, % top-1 accuracy on the 5,794 test images; spec Sect. 6: 82.3, 81.0 and 84.1 in the
+# paper's text, the rest from the appendix), keyed (model, nominal input size) as the CUB records are. The
+# suite records % top-1 *error* (the runner's metric, as every experiment's): the paper's error is
+# 100 - accuracy, and the Table 3 writer prints accuracy, as the paper does.
+TABLE3_ACCURACY: dict[tuple[str, int], float] = {
+    ("cnn", 224): 82.3,
+    ("st_cnn_2x", 224): 83.1,
+    ("st_cnn_2x", 448): 83.9,
+    ("st_cnn_4x", 448): 84.1,
+}
+# The other rows of Table 3, for reference beside ours (not models of this suite).
+TABLE3_OTHERS: dict[str, float] = {
+    "Cimpoi et al.": 66.7,
+    "Zhang et al.": 74.9,
+    "Branson et al.": 75.7,
+    "Lin et al.": 80.9,
+    "Simon et al.": 81.0,
+}
+CUB_MODEL_LABELS = {"cnn": "CNN", "st_cnn_2x": "2xST-CNN", "st_cnn_4x": "4xST-CNN"}
+CUB_ROWS: tuple[tuple[str, int], ...] = tuple(TABLE3_ACCURACY)
+
+
+def cub_paper_accuracy(model: str, size: int) -> float | None:
+    """The paper's % top-1 accuracy for one CUB cell, or ``None`` where it reports none."""
+    return TABLE3_ACCURACY.get((model, int(size)))
+
+
+def cub_paper_error(model: str, size: int) -> float | None:
+    """The paper's % top-1 error (100 - its accuracy) for one CUB cell, or ``None``."""
+    accuracy = cub_paper_accuracy(model, size)
+    return None if accuracy is None else round(100.0 - accuracy, 3)
+
+
+def cub_model_label(model: str, size: int) -> str:
+    return f"{CUB_MODEL_LABELS.get(model, model)} {int(size)}px"

@@ -15,6 +15,7 @@ owner of the folder removes those.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -336,6 +337,7 @@ def run_single(
     config: dict[str, Any] | None = None,
     make_tracker: Callable[[], Tracker] | None = None,
     log: Callable[[str], None] = print,
+    writer: bool = True,
 ) -> dict[str, Any]:
     """Train and evaluate one seed of one cell in ``run_dir`` (resuming its checkpoint); return its record.
 
@@ -346,13 +348,18 @@ def run_single(
     have loaded and the model is built, so a finished run or a missing data file leaves no empty W&B run.
     A run that stops early (``settings.stop_after``, SIGINT, SIGTERM) returns ``{"finished": False,
     "iterations", "stopped_by"}`` after its checkpoint is saved.
+
+    ``writer=False``: a process of a data-parallel run other than rank 0 (the run needs ``run.make_learner``,
+    whose learner does the communication). It trains in step with the others and resumes from the
+    checkpoint like them, but takes no lock, makes no tracker, draws no pictures and writes nothing
+    (checkpoint, weights, record): rank 0 does. It returns the record it would have written.
     """
     run_dir = Path(run_dir)
     finished = read_finished_record(run_dir)
     if finished is not None:
         log_already_finished(finished, run_dir, log)
         return finished
-    with RunLock(run_dir, log=log):
+    with RunLock(run_dir, log=log) if writer else contextlib.nullcontext():
         finished = read_finished_record(run_dir)  # finished by the previous owner while we waited to look
         if finished is not None:
             log_already_finished(finished, run_dir, log)
@@ -360,10 +367,12 @@ def run_single(
         torch_device = resolve_device(device)
         run = prepare(torch_device)
         log(run.description)
-        tracker = make_tracker() if make_tracker else Tracker()
+        if not writer and run.make_learner is None:
+            raise ValueError("run_single(writer=False) needs a PreparedRun with make_learner (data parallel)")
+        tracker = make_tracker() if make_tracker and writer else Tracker()
         try:
             if run.make_learner is not None:  # a learner of its own (e.g. co-localisation)
-                result = _train_learner(run, settings, run_dir, tracker, log)
+                result = _train_learner(run, settings, run_dir, tracker, log, write=writer)
             else:
                 result = train(
                     run.model,
@@ -380,7 +389,8 @@ def run_single(
                 )
             if not result.finished:
                 return {"finished": False, "iterations": result.iterations, "stopped_by": result.stopped_by}
-            save_weights(run_dir / WEIGHTS_NAME, run)
+            if writer:
+                save_weights(run_dir / WEIGHTS_NAME, run)
             record = run_record(
                 run,
                 settings,
@@ -391,24 +401,32 @@ def run_single(
                 engine=SINGLE_ENGINE,
                 config=config,
             )
-            publish_record(record, run_dir / RECORD_NAME, tracker, log)
+            if writer:
+                publish_record(record, run_dir / RECORD_NAME, tracker, log)
             return record
         finally:
             tracker.finish()
 
 
 def _train_learner(
-    run: PreparedRun, settings: TrainSettings, run_dir: Path, tracker: Tracker, log: Callable[[str], None]
+    run: PreparedRun,
+    settings: TrainSettings,
+    run_dir: Path,
+    tracker: Tracker,
+    log: Callable[[str], None],
+    write: bool = True,
 ) -> TrainResult:
-    """Train ``run.make_learner(settings)`` with :func:`~stn_repro.training.loop.run_training` (one model)."""
+    """Train ``run.make_learner(settings)`` with :func:`~stn_repro.training.loop.run_training` (one model);
+    ``write=False``: no checkpoint files, no pictures (see :func:`run_single`)."""
     (result,) = run_training(
         run.make_learner(settings),
         run.eval_sets,
         settings,
         run_dir,
         trackers=[tracker],
-        on_picture=picture_saver(run, run_dir, tracker),
+        on_picture=picture_saver(run, run_dir, tracker) if write else None,
         log=log,
         extra_state={"speed": asdict(run.speed)},
+        write=write,
     )
     return result

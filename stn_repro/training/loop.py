@@ -89,8 +89,13 @@ class TrainSettings:
     picture_every: int = 25_000  # 0: pictures at the end only
     max_loss: float = 1e3  # a finite loss above this counts as exploded
     stop_after: int | None = None  # leave after this many iterations in this process (resume later)
+    # Iterations at which the lr is multiplied by lr_gamma (e.g. CUB's 10k, 20k, 25k); empty: every
+    # lr_step_every iterations instead.
+    lr_milestones: tuple[int, ...] = ()
 
     def lr_at(self, iteration: int) -> float:
+        if self.lr_milestones:
+            return self.lr * self.lr_gamma ** sum(iteration >= m for m in self.lr_milestones)
         return self.lr * self.lr_gamma ** (iteration // self.lr_step_every)
 
 
@@ -298,6 +303,10 @@ class Learner(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
+    # Optional, for learners spread over several processes (data parallel): ``agree_to_stop(received)``
+    # is called before every step with this process's pending signal name (or ``None``) and returns the
+    # one every process stops on (or ``None``), so all of them stop after the same step.
+
 
 class SingleModel:
     """The learner of :func:`train`: one model, one stream, one :class:`TrainStep`."""
@@ -386,11 +395,15 @@ def run_training(
     on_picture: Callable[[int], None] | None = None,
     log: Callable[[str], None] = print,
     extra_state: dict[str, Any] | None = None,
+    write: bool = True,
 ) -> list[TrainResult]:
     """Train ``learner`` for ``settings.iterations`` steps, resuming from ``run_dir``; one result per model.
 
     ``trackers`` (one per model, or ``None``) receive each model's train loss, lr, throughput and eval errors.
-    ``extra_state`` is stored in the checkpoint for the record (e.g. the speed settings).
+    ``extra_state`` is stored in the checkpoint for the record (e.g. the speed settings). ``write=False``
+    (the processes other than rank 0 of a data-parallel run): the checkpoint is read to resume, and
+    ``learner.state_dict()`` is still taken at every checkpoint (it may gather state from every process),
+    but nothing is written.
     """
     run_dir = Path(run_dir)
     checkpoint_path = run_dir / CHECKPOINT_NAME
@@ -413,20 +426,19 @@ def run_training(
     losses = LossWindow(max(1, settings.log_every), num_models, learner.device)
 
     def checkpoint(iteration: int, wall: float) -> None:
-        save_checkpoint(
-            checkpoint_path,
-            {
-                "format": CHECKPOINT_FORMAT,
-                "num_models": num_models,
-                "learner": learner.state_dict(),
-                "torch_rng": torch.get_rng_state(),
-                "iteration": iteration,
-                "wall_time_s": wall,
-                "histories": histories,
-                "settings": asdict(settings),
-                **(extra_state or {}),
-            },
-        )
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "num_models": num_models,
+            "learner": learner.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "iteration": iteration,
+            "wall_time_s": wall,
+            "histories": histories,
+            "settings": asdict(settings),
+            **(extra_state or {}),
+        }
+        if write:
+            save_checkpoint(checkpoint_path, state)
 
     def run_evaluation(iteration: int) -> list[dict[str, float]]:
         learner.export()
@@ -463,9 +475,19 @@ def run_training(
     errors: list[dict[str, float]] = [{} for _ in range(num_models)]
     iteration = start
     stop = StopSignals()
+    agree_to_stop = getattr(learner, "agree_to_stop", None)
+
+    def stopping() -> bool:
+        if agree_to_stop is None:
+            return stop.received is not None
+        agreed = agree_to_stop(stop.received)  # every process stops after the same step
+        if agreed is not None and stop.received is None:
+            stop.received = agreed
+        return agreed is not None
+
     with stop:  # also over the final evaluation: a signal then lets the run finish
         try:
-            while iteration < end and stop.received is None:
+            while iteration < end and not stopping():
                 lr = settings.lr_at(iteration)
                 for group in learner.optimizer.param_groups:
                     group["lr"] = lr * group["lr_scale"]
@@ -604,6 +626,7 @@ RESUME_MUST_MATCH = (
     "lr_step_every",
     "lr_gamma",
     "localisation_lr_multiplier",
+    "lr_milestones",
 )
 
 

@@ -1,0 +1,106 @@
+"""CUB-200-2011 (Table 3) from the command line.
+
+python -m experiments.cub experiment=cub/2x_st_cnn_448px seed=2
+python -m experiments.cub -m data=cub224 model=cub_cnn,cub_st_cnn_2x
+python -m experiments.cub data=synthetic_cub224 model=cub_st_cnn_2x trainer=cub_quick   # CPU, synthetic
+torchrun --standalone --nproc_per_node=8 -m experiments.cub experiment=cub/4x_st_cnn_448px  # data parallel
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from experiments.common import (
+    check_seed,
+    job,
+    make_tracker,
+    positive_int,
+    run_entry_point,
+    speed_settings,
+    train_settings,
+)
+from stn_repro.tasks.cub import CubSpec, run_cub_cell
+from stn_repro.training.data_parallel import init_distributed
+from stn_repro.training.loop import TrainSettings
+
+CUB_DATA_KEYS = ("size", "resize", "synthetic")
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="cub")
+def main(cfg: DictConfig) -> float | None:
+    return job(cfg, run)
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    spec, settings = spec_from_config(cfg)
+    context = init_distributed(spec.device)  # None unless started by torchrun (or as several SLURM tasks)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    tags = [spec.data, spec.model_name, spec.profile, *(["synthetic"] if spec.synthetic else [])]
+    return run_cub_cell(
+        spec,
+        settings,
+        run_dir,
+        config=config,
+        make_tracker=lambda: make_tracker(
+            cfg,
+            name=f"{spec.cell}-seed{spec.seed}-{spec.profile}",
+            tags=tags,
+            config=config,
+            run_dir=run_dir,
+        ),
+        dist_context=context,
+    )
+
+
+def spec_from_config(cfg: DictConfig) -> tuple[CubSpec, TrainSettings]:
+    """Translate the composed config into the library's explicit arguments."""
+    if any(key not in cfg.data for key in CUB_DATA_KEYS):
+        raise ValueError(
+            f"data={cfg.data.name} is not a CUB set: use data=cub224, cub448, synthetic_cub224 or "
+            "synthetic_cub448"
+        )
+    if cfg.seeds is not None:
+        raise ValueError("seeds=[...] (stacked seeds) is for distorted MNIST only: give seed=<k>")
+    tiling = cfg.model.get("tiling")
+    spec = CubSpec(
+        data=cfg.data.name,
+        size=cfg.data.size,
+        resize=cfg.data.resize,
+        model=cfg.model.kind,
+        num_parts=cfg.model.num_parts,
+        seed=check_seed(cfg.seed),
+        batch_size=positive_int(cfg.trainer.batch_size, "trainer.batch_size"),
+        profile=cfg.trainer.profile,
+        reduced_budget=cfg.trainer.reduced_budget,
+        synthetic=cfg.data.synthetic,
+        part_size=positive_int(cfg.trainer.part_size, "trainer.part_size"),
+        backbone=cfg.model.backbone,
+        width=cfg.model.width,
+        dropout=cfg.model.dropout,
+        weights=cfg.model.weights,
+        input_convention=cfg.model.input_convention,
+        tiling=None if tiling is None else OmegaConf.to_container(tiling),
+        loc_channels=cfg.model.get("loc_channels", 128),
+        loc_hidden=cfg.model.get("loc_hidden", 128),
+        workers=cfg.trainer.workers,
+        eval_batch_size=positive_int(cfg.trainer.eval_batch_size, "trainer.eval_batch_size"),
+        device=cfg.trainer.device,
+        data_dir=None if cfg.paths.data_dir is None else Path(cfg.paths.data_dir),
+        speed=speed_settings(cfg),
+    )
+    settings = train_settings(cfg)
+    length = positive_int(cfg.optim.schedule_iterations, "optim.schedule_iterations")
+    milestones = tuple(
+        round(positive_int(m, "optim.lr_milestones[]") * settings.iterations / length)
+        for m in cfg.optim.lr_milestones
+    )
+    return spec, replace(settings, lr_milestones=milestones, eval_batch_size=spec.eval_batch_size)
+
+
+if __name__ == "__main__":
+    run_entry_point(main)

@@ -1,0 +1,283 @@
+"""CUB-200-2011 cells (a set x a model x a seed): data, model, and what the record says.
+
+Everything else (resume, lock, weights, record, tracker, pictures) is :func:`stn_repro.runs.run_single`'s.
+The data come from a ``DataLoader`` (:class:`~stn_repro.data.cub.CubStream`), so the cell trains with its
+own learner (:class:`~stn_repro.training.data_parallel.LoaderLearner`), in one process or data-parallel
+over several (``torchrun``; only rank 0 writes).
+
+**Metric**: the record's ``test_error`` is the % top-1 *error* on the test split (``metric``: ``% top-1
+test error``), as every experiment's runner records errors; ``paper_error`` is the paper's 100 - accuracy
+and ``paper_accuracy`` its Table 3 number. The Table 3 writer prints accuracy (100 - error), as the paper.
+
+**Sizes**: a data set's nominal ``size`` (224 or 448) and ``resize`` (256 or 512) and the parts' 224 px are
+the paper's at ``part_size=224``. Smaller ``part_size`` (CPU profiles) scales all three by
+``part_size / 224``: e.g. 64 gives 64 px crops from 73 px (224 rows) and 128 px crops from 146 px with 64 px
+parts (448 rows). The record keeps both the nominal size (the table's column) and the pixels used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from stn_repro.data.cub import CubCrops, CubDataset, CubStream, eval_loader, load_cub_index
+from stn_repro.models.cub import build_cub_model, part_figure
+from stn_repro.paper import cub_paper_accuracy, cub_paper_error
+from stn_repro.runs import PreparedRun, RunLock, RunLocked, read_finished_record, read_weights, run_single
+from stn_repro.tracking import Tracker
+from stn_repro.training.data_parallel import DistContext, LoaderLearner
+from stn_repro.training.loop import SpeedSettings, TrainSettings
+from stn_repro.training.objectives import Classification
+
+CUB_SIZES = (224, 448)
+PAPER_PART_SIZE = 224
+TOP1 = Classification(name="top1", error_name="% top-1 test error")
+NUM_PICTURES = 6
+
+
+@dataclass
+class CubSpec:
+    """Everything that defines one CUB run, as explicit values (sizes nominal, see the module docstring)."""
+
+    data: str  # the set's name in tables and run folders: cub224, synthetic-cub448, ...
+    size: int  # nominal input side: 224 or 448
+    resize: int  # nominal shorter side before cropping: 256 or 512
+    model: str  # cnn or st_cnn
+    seed: int
+    batch_size: int  # the global batch: each of N processes takes batch_size / N
+    profile: str
+    reduced_budget: bool
+    num_parts: int = 0  # st_cnn: 2 or 4 parallel attention transformers
+    synthetic: bool = False
+    part_size: int = PAPER_PART_SIZE  # px of each part (and of the 224 px input); scales every size
+    backbone: str = "bn_inception"
+    width: float = 1.0
+    dropout: float = 0.7
+    weights: str | None = None  # a local ImageNet state dict for the backbone; None: from scratch
+    input_convention: str | None = None
+    tiling: list[list[float]] | None = None
+    loc_channels: int = 128
+    loc_hidden: int = 128
+    workers: int = 4  # DataLoader workers per process
+    eval_batch_size: int = 64
+    device: str = "auto"
+    data_dir: Path | None = None
+    speed: SpeedSettings = field(default_factory=SpeedSettings)
+
+    def __post_init__(self) -> None:
+        if self.size not in CUB_SIZES:
+            raise ValueError(f"CUB size must be one of {CUB_SIZES}, got {self.size!r}")
+        if self.model not in ("cnn", "st_cnn"):
+            raise ValueError(f"unknown CUB model {self.model!r}; use cnn or st_cnn")
+        if self.model == "st_cnn" and self.num_parts < 1:
+            raise ValueError(f"an ST-CNN needs num_parts >= 1, got {self.num_parts}")
+        if self.batch_size < 1 or self.workers < 0 or self.eval_batch_size < 1:
+            raise ValueError("trainer.batch_size and eval_batch_size must be >= 1, trainer.workers >= 0")
+
+    @property
+    def model_name(self) -> str:
+        return "cnn" if self.model == "cnn" else f"st_cnn_{self.num_parts}x"
+
+    @property
+    def cell(self) -> str:
+        return f"{self.data}-{self.model_name}"
+
+    @property
+    def crops(self) -> CubCrops:
+        factor = self.part_size / PAPER_PART_SIZE
+        crop = round(self.size * factor)
+        return CubCrops(resize=max(crop, round(self.resize * factor)), crop=crop)
+
+    def model_options(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`~stn_repro.models.cub.build_cub_model` (without weights)."""
+        return {
+            "backbone": self.backbone,
+            "width": self.width,
+            "input_size": self.crops.crop,
+            "part_size": self.part_size,
+            "num_parts": self.num_parts,
+            "dropout": self.dropout,
+            "tiling": self.tiling,
+            "input_convention": self.input_convention,
+            "loc_channels": self.loc_channels,
+            "loc_hidden": self.loc_hidden,
+        }
+
+
+def prepare_cub_seed(
+    spec: CubSpec,
+    device: torch.device,
+    dist_context: DistContext | None = None,
+    log: Callable[[str], None] = print,
+) -> PreparedRun:
+    """The data, the seeded model (built after ``torch.manual_seed(spec.seed)``), the stream and the record
+    of one seed; ``dist_context``: this process's share of a data-parallel run."""
+    world = dist_context.world_size if dist_context else 1
+    rank = dist_context.rank if dist_context else 0
+    if spec.batch_size % world:
+        raise ValueError(
+            f"trainer.batch_size={spec.batch_size} (the global batch) must be a multiple of the {world} "
+            "processes; change it or NPROC"
+        )
+    index = load_cub_index(spec.data_dir, synthetic=spec.synthetic)
+    crops = spec.crops
+    train_set = CubDataset(index, "train", crops, dtype=torch.uint8)
+    test_set = CubDataset(index, "test", crops, dtype=torch.uint8)
+    pin = device.type == "cuda"
+    stream = CubStream(
+        train_set,
+        spec.batch_size // world,
+        spec.seed,
+        device=device,
+        rank=rank,
+        world_size=world,
+        workers=spec.workers,
+        pin_memory=pin,
+    )
+    test_loader = eval_loader(
+        test_set, spec.eval_batch_size, rank=rank, world_size=world, workers=spec.workers, pin_memory=pin
+    )
+    torch.manual_seed(spec.seed)
+    model, info = build_cub_model(
+        spec.model, num_classes=index.num_classes, weights=spec.weights, log=log, **spec.model_options()
+    )
+    model.to(device)
+    pictures = torch.stack([test_set[k][0] for k in range(min(NUM_PICTURES, len(test_set)))])
+    pictures = pictures.to(device).float() / 255.0
+    titles = [index.class_names[int(test_set.labels[k])][:22] for k in range(len(pictures))]
+    paper_accuracy = cub_paper_accuracy(spec.model_name, spec.size)
+    synthetic = " | SYNTHETIC stand-in data" if spec.synthetic else ""
+    pretrained = (
+        {"path": spec.weights, **(info.pretrained or {})}
+        if spec.weights
+        else "from scratch (no ImageNet weights)"
+    )
+    processes = f" | {world} processes x {spec.batch_size // world} images" if world > 1 else ""
+    return PreparedRun(
+        cell=spec.cell,
+        seed=spec.seed,
+        model=model,
+        stream=stream,
+        eval_sets={},  # the learner scores its own test-set loader
+        batch_size=spec.batch_size,
+        param_count=info.param_count,
+        description=(
+            f"{spec.cell} seed {spec.seed} | {info.param_count:,} parameters ({spec.backbone}, width "
+            f"{spec.width}, localisation {info.localisation_params:,}) | {crops.crop} px crops from "
+            f"{crops.resize} px, {len(train_set):,} training / {len(test_set):,} test images | "
+            f"{'ImageNet weights' if spec.weights else 'from scratch'} | {device}{processes} | "
+            f"profile {spec.profile}{synthetic}"
+        ),
+        record={
+            "experiment": "cub",
+            "data": spec.data,
+            "model": spec.model_name,
+            "transform": None if spec.model == "cnn" else "attention",
+            "parts": info.num_parts,
+            "size": spec.size,
+            "input_px": crops.crop,
+            "resize_px": crops.resize,
+            "part_px": info.part_size,
+            "synthetic": spec.synthetic,
+            # The paper's numbers on real CUB: beside a synthetic run they are a reference, not a target.
+            "paper_error": cub_paper_error(spec.model_name, spec.size),
+            "paper_accuracy": paper_accuracy,
+            "accuracy": "100 - test_error (% top-1 accuracy, Table 3's metric)",
+            "backbone": spec.backbone,
+            "pretrained": pretrained,
+            "model_info": asdict(info),
+            "train_images": len(train_set),
+            "world_size": world,
+            "batch_per_process": spec.batch_size // world,
+            "test_set": {
+                "source": str(index.root),
+                "size": len(test_set),
+                "sha256": index.checksum(),
+                "crop": f"shorter side to {crops.resize} px, central {crops.crop} px crop, one view",
+            },
+        },
+        weights={
+            "kind": spec.model,
+            "num_classes": index.num_classes,
+            "model_options": spec.model_options(),
+        },
+        objective=TOP1,
+        speed=spec.speed,
+        figure=(
+            None
+            if spec.model == "cnn"
+            else (lambda: part_figure(model, pictures, titles))  # the paper's Table 3, right
+        ),
+        make_learner=lambda settings: LoaderLearner(
+            model,
+            stream,
+            settings,
+            spec.speed,
+            eval_loaders={"test": test_loader},
+            dist_context=dist_context,
+            objective=TOP1,
+        ),
+    )
+
+
+def run_cub_cell(
+    spec: CubSpec,
+    settings: TrainSettings,
+    run_dir: Path,
+    *,
+    config: dict[str, Any] | None = None,
+    make_tracker: Callable[[], Tracker] | None = None,
+    log: Callable[[str], None] = print,
+    dist_context: DistContext | None = None,
+) -> dict[str, Any]:
+    """Train and evaluate one seed of a CUB cell in ``run_dir`` (resuming); return its record. With
+    ``dist_context`` this process is one of a data-parallel run: only rank 0 logs, tracks and writes."""
+    writer = dist_context is None or dist_context.is_writer
+    quiet = log if writer else (lambda line: None)
+    device = dist_context.device(spec.device) if dist_context is not None else spec.device
+    if dist_context is not None:
+        _agree_on_the_lock(Path(run_dir), dist_context, quiet)
+    return run_single(
+        lambda torch_device: prepare_cub_seed(spec, torch_device, dist_context, quiet),
+        settings,
+        run_dir,
+        device=device,
+        profile=spec.profile,
+        reduced_budget=spec.reduced_budget,
+        config=config or {"spec": asdict(spec), "settings": asdict(settings)},
+        make_tracker=make_tracker if writer else None,
+        log=quiet,
+        writer=writer,
+    )
+
+
+def _agree_on_the_lock(run_dir: Path, dist_context: DistContext, log: Callable[[str], None]) -> None:
+    """Every process of a data-parallel run learns whether rank 0 can own ``run_dir``: if another launch
+    holds it, all of them raise :class:`~stn_repro.runs.RunLocked` (a sweep then skips the run on every
+    rank alike, instead of rank 0 skipping it while the others wait for it)."""
+    message = [None]
+    if dist_context.is_writer and read_finished_record(run_dir) is None:
+        try:
+            with RunLock(run_dir, log=log):
+                pass
+        except RunLocked as error:
+            message = [str(error)]
+    dist.broadcast_object_list(message, src=0)
+    if message[0] is not None:
+        raise RunLocked(message[0])
+
+
+def load_trained_cub_model(path: Path | str, device: torch.device | str = "cpu") -> nn.Module:
+    """The model a finished CUB run saved (its ``model.pt`` or run folder), rebuilt and in eval mode."""
+    state = read_weights(path)
+    model, _ = build_cub_model(
+        state["kind"], num_classes=state["num_classes"], log=lambda line: None, **state["model_options"]
+    )
+    model.load_state_dict(state["state_dict"])
+    return model.to(device).eval()
