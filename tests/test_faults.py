@@ -114,6 +114,9 @@ def install(faults):
 
 def child(request):
     code = 1
+    # As a process started from a terminal: Python's own Ctrl-C handler. (A test run started as a background
+    # job of a script inherits SIGINT ignored, and the launches would inherit that from the server.)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
         for fd, name in ((1, "stdout"), (2, "stderr")):
