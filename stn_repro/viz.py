@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt
 import torch
 from torch import Tensor
 
+from stn_repro.training.records import publish_atomically
 from stn_repro.transformers import TransformFamily
 
 
@@ -82,7 +83,7 @@ def save_figure(fig: plt.Figure, path: Path, dpi: int = 120) -> Path:
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=dpi)
-        os.replace(tmp, path)
+        publish_atomically(tmp, path)
     finally:
         plt.close(fig)
         Path(tmp).unlink(missing_ok=True)

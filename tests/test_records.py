@@ -1,10 +1,12 @@
 """Run-record provenance: the commit that ran is named, also from a copy of the tree without .git."""
 
+import os
 import re
 
 import torch
 
-from stn_repro.training.records import git_commit, provenance
+from stn_repro.training.loop import save_checkpoint
+from stn_repro.training.records import git_commit, provenance, write_record
 
 
 def test_the_commit_of_this_checkout_is_a_hash():
@@ -22,3 +24,14 @@ def test_provenance_names_the_device_and_the_cpu_instructions():
     record = provenance(torch.device("cpu"))
     assert record["device"].startswith("cpu (") and record["torch"] == torch.__version__
     assert record["cpu_capability"] == torch.backends.cpu.get_cpu_capability() != ""
+
+
+def test_records_and_checkpoints_get_the_umasks_permissions_not_mkstemps_0600(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        write_record(tmp_path / "record.json", {"finished": True})
+        save_checkpoint(tmp_path / "checkpoint.pt", {"x": torch.zeros(1)})
+    finally:
+        os.umask(umask)
+    for name in ("record.json", "checkpoint.pt"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644

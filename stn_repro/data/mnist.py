@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from stn_repro.training.records import publish_atomically
+
 MNIST_MD5: dict[str, str] = {
     "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
     "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
@@ -170,14 +172,6 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def publish_atomically(tmp: str | Path, path: Path) -> None:
-    """Rename a finished temporary file onto ``path`` with ordinary permissions (mkstemp makes it 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
 
 
 # --- loading ----------------------------------------------------------------------------------------------

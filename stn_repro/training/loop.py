@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from .objectives import CLASSIFICATION, Classification, SequenceClassification
+from .records import publish_atomically
 
 Objective = Classification | SequenceClassification
 
@@ -276,7 +277,7 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     os.close(fd)
     try:
         torch.save(state, tmp)
-        os.replace(tmp, path)
+        publish_atomically(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -16,6 +16,15 @@ import torch
 RECORD_NAME = "record.json"
 
 
+def publish_atomically(tmp: str | Path, path: Path) -> None:
+    """Rename a finished temporary file onto ``path`` with ordinary permissions (the umask's: ``mkstemp``
+    makes its files 0600, which would leave records and weights unreadable to anyone else)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
     path = Path(path)
@@ -24,7 +33,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
-        os.replace(tmp, path)
+        publish_atomically(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
