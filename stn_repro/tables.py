@@ -170,20 +170,40 @@ def _cell_text(row: dict[str, Any] | None, paper: float | None) -> str:
     return f"{row['error_mean']:.2f}{spread} ({paper_text})"
 
 
+def _runs_of(
+    rows: list[dict[str, Any]], experiment: str, profile: str, name: str, synthetic: bool | None = None
+) -> list[dict[str, Any]]:
+    """The rows of one experiment and profile (and, unless ``None``, of the synthetic stand-in or not); a
+    ``ValueError`` naming ``name`` when there are none."""
+    chosen = [
+        r
+        for r in rows
+        if r["experiment"] == experiment
+        and r["profile"] == profile
+        and (synthetic is None or r["synthetic"] == synthetic)
+    ]
+    if not chosen:
+        kind = "synthetic " if synthetic else ""
+        raise ValueError(f"no finished {kind}{name}runs of profile {profile!r}")
+    return chosen
+
+
+def _budget(rows: list[dict[str, Any]]) -> str:
+    """``"1,500 iterations of batch 64"``: the budgets of ``rows``, each list comma-separated."""
+    iterations = ", ".join(f"{i:,}" for i in sorted({r["iterations"] for r in rows}))
+    batches = ", ".join(map(str, sorted({r["batch_size"] for r in rows})))
+    return f"{iterations} iterations of batch {batches}"
+
+
 def to_markdown(rows: list[dict[str, Any]], profile: str) -> str:
     """Table 1 and the TC column in the paper's layout: ours ± std over seeds (paper), % test error."""
-    rows = [r for r in rows if r["experiment"] == "mnist" and r["profile"] == profile]
-    if not rows:
-        raise ValueError(f"no finished runs of profile {profile!r}")
+    rows = _runs_of(rows, "mnist", profile, "")
     by_key = {(r["data"], r["model"], r["transform"] or None): r for r in rows}
     reduced = any(r["reduced_budget"] for r in rows)
     lines = [f"# Distorted MNIST: % test error, profile `{profile}`", ""]
     if reduced:
-        iterations = sorted({r["iterations"] for r in rows})
-        batches = sorted({r["batch_size"] for r in rows})
         lines += [
-            f"> **REDUCED BUDGET** — {', '.join(f'{i:,}' for i in iterations)} iterations of batch "
-            f"{', '.join(map(str, batches))} per run, against the paper's 150,000 of 256. These numbers show that "
+            f"> **REDUCED BUDGET** — {_budget(rows)} per run, against the paper's 150,000 of 256. These numbers show that "
             "the code trains, not what it reaches at the paper's budget.",
             "",
         ]
@@ -209,14 +229,7 @@ def to_markdown(rows: list[dict[str, Any]], profile: str) -> str:
 
 def svhn_markdown(rows: list[dict[str, Any]], profile: str, synthetic: bool) -> str:
     """Table 2 in the paper's layout: ours ± std over seeds (paper), % sequence error, at 64 and 128 px."""
-    rows = [
-        r
-        for r in rows
-        if r["experiment"] == "svhn" and r["profile"] == profile and r["synthetic"] == synthetic
-    ]
-    if not rows:
-        kind = "synthetic " if synthetic else ""
-        raise ValueError(f"no finished {kind}SVHN runs of profile {profile!r}")
+    rows = _runs_of(rows, "svhn", profile, "SVHN ", synthetic)
     by_key = {(r["model"], r["size"]): r for r in rows}
     source = "the SYNTHETIC stand-in" if synthetic else "SVHN"
     lines = [f"# SVHN multi-digit on {source}: % sequence error, profile `{profile}`", ""]
@@ -228,10 +241,8 @@ def svhn_markdown(rows: list[dict[str, Any]], profile: str, synthetic: bool) -> 
             "",
         ]
     if any(r["reduced_budget"] for r in rows):
-        iterations = ", ".join(f"{i:,}" for i in sorted({r["iterations"] for r in rows}))
-        batches = ", ".join(map(str, sorted({r["batch_size"] for r in rows})))
         lines += [
-            f"> **REDUCED BUDGET** — {iterations} iterations of batch {batches} per run with narrower models "
+            f"> **REDUCED BUDGET** — {_budget(rows)} per run with narrower models "
             "(see the parameter counts), against the paper's 400,000 of 128 at full width. These numbers "
             "show how the three models compare under the same small budget, not what they reach at the "
             "paper's.",
@@ -262,16 +273,12 @@ def svhn_markdown(rows: list[dict[str, Any]], profile: str, synthetic: bool) -> 
 def addition_markdown(rows: list[dict[str, Any]], profile: str) -> str:
     """Table 4 (MNIST addition): ours ± std over seeds beside the paper's number and, apart, the secondary
     sources' numbers, % error; one row per model and transform."""
-    rows = [r for r in rows if r["experiment"] == "addition" and r["profile"] == profile]
-    if not rows:
-        raise ValueError(f"no finished MNIST addition runs of profile {profile!r}")
+    rows = _runs_of(rows, "addition", profile, "MNIST addition ")
     by_key = {(r["model"], r["transform"] or None): r for r in rows}
     lines = [f"# MNIST addition: % test error, profile `{profile}`", ""]
     if any(r["reduced_budget"] for r in rows):
-        iterations = ", ".join(f"{i:,}" for i in sorted({r["iterations"] for r in rows}))
-        batches = ", ".join(map(str, sorted({r["batch_size"] for r in rows})))
         lines += [
-            f"> **REDUCED BUDGET** — {iterations} iterations of batch {batches} per run, against the 150,000 "
+            f"> **REDUCED BUDGET** — {_budget(rows)} per run, against the 150,000 "
             "of 256 of the paper's Table 1 schedule (the paper gives addition none of its own). These numbers "
             "show that the code trains, not what it reaches at the paper's budget.",
             "",
@@ -318,14 +325,7 @@ def addition_markdown(rows: list[dict[str, Any]], profile: str) -> str:
 def cub_markdown(rows: list[dict[str, Any]], profile: str, synthetic: bool) -> str:
     """Table 3 in the paper's layout: % top-1 accuracy (100 - the recorded % top-1 error), ours ± std over
     seeds beside the paper's, the other methods' rows for reference."""
-    rows = [
-        r
-        for r in rows
-        if r["experiment"] == "cub" and r["profile"] == profile and r["synthetic"] == synthetic
-    ]
-    if not rows:
-        kind = "synthetic " if synthetic else ""
-        raise ValueError(f"no finished {kind}CUB runs of profile {profile!r}")
+    rows = _runs_of(rows, "cub", profile, "CUB ", synthetic)
     by_key = {(r["model"], r["size"]): r for r in rows}
     source = "the SYNTHETIC stand-in" if synthetic else "CUB-200-2011"
     lines = [f"# Fine-grained birds on {source}: % top-1 accuracy, profile `{profile}`", ""]
@@ -337,10 +337,8 @@ def cub_markdown(rows: list[dict[str, Any]], profile: str, synthetic: bool) -> s
             "",
         ]
     if any(r["reduced_budget"] for r in rows):
-        iterations = ", ".join(f"{i:,}" for i in sorted({r["iterations"] for r in rows}))
-        batches = ", ".join(map(str, sorted({r["batch_size"] for r in rows})))
         lines += [
-            f"> **REDUCED BUDGET** — {iterations} iterations of batch {batches} per run with narrower, smaller "
+            f"> **REDUCED BUDGET** — {_budget(rows)} per run with narrower, smaller "
             "models (see the parameter counts), against the paper profile's 30,000 of 64 at full width and "
             "size. These numbers show how the models compare under the same small budget, not what they "
             "reach at the paper's.",
