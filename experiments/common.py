@@ -85,6 +85,16 @@ def run_folder(seed: Any, seeds: Any) -> str:
 OmegaConf.register_new_resolver("stn_run_folder", run_folder, replace=True)
 
 
+def width_range_budget(image_size: Any, pool_after_transformer: Any) -> int:
+    """configs/budget/width_ranges.yaml's budget for a data set (``stn_width_range_budget`` resolver)."""
+    from stn_repro.models.mnist import width_range_budget as solve
+
+    return solve(positive_int(image_size, "data.image_size"), bool(pool_after_transformer)).params
+
+
+OmegaConf.register_new_resolver("stn_width_range_budget", width_range_budget, replace=True)
+
+
 def train_settings(cfg: DictConfig) -> TrainSettings:
     """The ``trainer`` and ``optim`` groups as :class:`TrainSettings`, every number checked."""
     iterations = _positive_int(cfg.trainer.iterations, "trainer.iterations")

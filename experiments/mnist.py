@@ -119,6 +119,7 @@ def cell_from_config(cfg: DictConfig) -> tuple[CellSpec, TrainSettings]:
         hold_out_validation=cfg.data.hold_out_validation,
         pool_after_transformer=cfg.data.pool_after_transformer,
         model_options=model_options,
+        budget_reading=OmegaConf.select(cfg, "budget.name", default="about_400k"),
         speed=speed_settings(cfg),
     )
     settings = train_settings(cfg)

@@ -108,26 +108,37 @@ def count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
-def build_mnist_model(
+@dataclass
+class _Parts:
+    """What a Table 1 model is made of, before its width is known."""
+
+    base: str  # "fcn" or "cnn": the classifier
+    transformer: SpatialTransformer | None
+    pool: int
+    make_classifier: Callable[[int], nn.Module]
+
+    @property
+    def localisation_params(self) -> int:
+        return count_params(self.transformer) if self.transformer is not None else 0
+
+    def param_count(self, width: int) -> int:
+        with torch.device("meta"):  # count without allocating: the search tries widths in the thousands
+            return self.localisation_params + count_params(self.make_classifier(width))
+
+
+def _model_parts(
     kind: str,
     in_shape: Sequence[int],
     *,
     num_classes: int = 10,
     transform: str | None = None,
-    param_budget: int = 400_000,
     pool_after_transformer: bool = False,
     cnn_padding: str | None = None,
     localisation_hidden: Sequence[int] = (32, 32, 32),
     localisation_channels: Sequence[int] = (20, 20),
     localisation_fc: Sequence[int] = (20,),
     localisation_downsample: int = 2,
-) -> tuple[TransformedClassifier, ModelInfo]:
-    """Build one Table 1 model with its classifier widths solved to meet ``param_budget``.
-
-    ``kind`` is ``fcn``, ``cnn``, ``st_fcn`` or ``st_cnn``; ``transform`` the family (``affine``,
-    ``projective``, ``tps``) for the ST models, ``None`` for the plain ones. ``cnn_padding`` defaults to
-    ``valid`` unless the classifier input is too small for it. The two hidden layers share one width.
-    """
+) -> _Parts:
     if kind not in MODEL_KINDS:
         raise ValueError(f"unknown model {kind!r}; known: {', '.join(MODEL_KINDS)}")
     spatial = kind.startswith("st_")
@@ -142,9 +153,8 @@ def build_mnist_model(
     if base == "cnn" and cnn_padding is None:
         cnn_padding = "valid" if min(classifier_shape[1:]) >= 28 else "same"
 
-    def make_transformer() -> SpatialTransformer | None:
-        if not spatial:
-            return None
+    transformer = None
+    if spatial:
         family = get_transform(transform)
         if base == "fcn":
             loc = mlp_localisation(in_shape, family.identity(), hidden=localisation_hidden)
@@ -156,32 +166,91 @@ def build_mnist_model(
                 fc=localisation_fc,
                 downsample=localisation_downsample,
             )
-        return SpatialTransformer(loc, family)
+        transformer = SpatialTransformer(loc, family)
 
     def make_classifier(width: int) -> nn.Module:
         if base == "fcn":
             return FCN(classifier_shape, (width, width), num_classes)
         return CNN(classifier_shape, (width, width), num_classes, padding=cnn_padding)
 
-    def classifier_params(width: int) -> int:
-        with torch.device("meta"):  # count without allocating: the search tries widths in the thousands
-            return count_params(make_classifier(width))
+    return _Parts(base, transformer, pool, make_classifier)
 
-    transformer = make_transformer()
-    loc_params = count_params(transformer) if transformer is not None else 0
-    width = solve_width(lambda w: loc_params + classifier_params(w), param_budget)
-    model = TransformedClassifier(make_classifier(width), transformer, pool)
-    low, high = PAPER_WIDTH_RANGE[base]
+
+def build_mnist_model(
+    kind: str, in_shape: Sequence[int], *, param_budget: int = 400_000, **options
+) -> tuple[TransformedClassifier, ModelInfo]:
+    """Build one Table 1 model with its classifier widths solved to meet ``param_budget``.
+
+    ``kind`` is ``fcn``, ``cnn``, ``st_fcn`` or ``st_cnn``; ``options``: ``num_classes`` (10),
+    ``transform`` (the family, ``affine``, ``projective`` or ``tps``, for the ST models; ``None`` for the plain
+    ones), ``pool_after_transformer``, ``cnn_padding`` (defaults to ``valid`` unless the classifier input is
+    too small for it) and the localisation nets' sizes. The two hidden layers share one width.
+    """
+    parts = _model_parts(kind, in_shape, **options)
+    width = solve_width(parts.param_count, param_budget)
+    model = TransformedClassifier(parts.make_classifier(width), parts.transformer, parts.pool)
+    low, high = PAPER_WIDTH_RANGE[parts.base]
     info = ModelInfo(
         kind=kind,
-        transform=transform if spatial else None,
+        transform=options.get("transform") if parts.transformer is not None else None,
         widths=(width, width),
         param_count=count_params(model),
         param_budget=param_budget,
-        localisation_params=loc_params,
+        localisation_params=parts.localisation_params,
         in_paper_width_range=low <= width <= high,
     )
     return model, info
+
+
+def width_range_params(kind: str, in_shape: Sequence[int], **options) -> tuple[int, int]:
+    """The parameter counts of model ``kind`` (``build_mnist_model``'s arguments) at both ends of the paper's
+    width range (FCN 128-256 units, CNN 32-64 filters), its localisation net included."""
+    parts = _model_parts(kind, in_shape, **options)
+    low, high = PAPER_WIDTH_RANGE[parts.base]
+    return parts.param_count(low), parts.param_count(high)
+
+
+@dataclass(frozen=True)
+class RangeBudget:
+    """A parameter budget chosen so that the most models of one data set have widths in the paper's ranges."""
+
+    params: int
+    in_range: tuple[str, ...]  # "fcn", "st_cnn-tps", ...: the models whose widths fall in the ranges
+    out_of_range: tuple[str, ...]  # the models no single budget could fit together with the others
+
+
+def width_range_budget(
+    image_size: int,
+    pool_after_transformer: bool,
+    transforms: Sequence[str] = ("affine", "projective", "tps"),
+    **options,
+) -> RangeBudget:
+    """The budget of the spec's second reading of "the same number of parameters": every model of a data
+    set gets one budget, chosen so that as many models as possible have widths inside the paper's ranges
+    (FCN 128-256 units, CNN 32-64 filters); of those budgets, the largest (the nearest to the 400k reading).
+
+    Each model fits its range for budgets in ``[count at the low end, count at the high end]``; the answer
+    is the right end of an interval where the most of these overlap. The models left outside are named.
+    """
+    intervals: dict[str, tuple[int, int]] = {}
+    for kind in MODEL_KINDS:
+        for transform in transforms if kind.startswith("st_") else (None,):
+            name = kind if transform is None else f"{kind}-{transform}"
+            intervals[name] = width_range_params(
+                kind,
+                (1, image_size, image_size),
+                transform=transform,
+                pool_after_transformer=pool_after_transformer,
+                **options,
+            )
+
+    def fitting(budget: int) -> tuple[str, ...]:
+        return tuple(n for n, (lo, hi) in intervals.items() if lo <= budget <= hi)
+
+    # The number of overlapping intervals is largest at some interval's right end; take the largest such end.
+    best = max((hi for _, hi in intervals.values()), key=lambda b: (len(fitting(b)), b))
+    inside = fitting(best)
+    return RangeBudget(best, inside, tuple(n for n in intervals if n not in inside))
 
 
 def solve_width(param_count: Callable[[int], int], budget: int, low: int = 1, high: int = 4096) -> int:

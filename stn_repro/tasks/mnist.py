@@ -81,6 +81,9 @@ class CellSpec:
     hold_out_validation: bool = False
     pool_after_transformer: bool = False
     model_options: dict[str, Any] = field(default_factory=dict)
+    # Which reading of the paper's parameter budget model_options["param_budget"] comes from (recorded, and
+    # the tables keep the readings apart): "about_400k" or "width_ranges" (configs/budget).
+    budget_reading: str = "about_400k"
     speed: SpeedSettings = field(default_factory=SpeedSettings)  # how steps run, not what is trained
 
     @property
@@ -187,6 +190,7 @@ def prepare_seed(spec: CellSpec, data: CellData, device: torch.device) -> Prepar
             "transform": spec.transform,
             "paper_error": paper_error(spec.data, spec.model, spec.transform),
             "model_info": asdict(info),
+            "budget_reading": spec.budget_reading,
             "test_set": {
                 "source": spec.data_source,
                 "size": int(data.test_labels.numel()),

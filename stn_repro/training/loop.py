@@ -445,13 +445,9 @@ def run_training(
         learner.export()
         all_errors = learner.evaluate(eval_sets, settings.eval_batch_size)
         for index, errors in enumerate(all_errors):
-            entry = {"iteration": iteration, **{f"{k}_error": v for k, v in errors.items()}}
-            if histories[index] and histories[index][-1]["iteration"] == iteration:
-                # A relaunch from the final checkpoint (the process was killed before its record was
-                # written) evaluates the same weights again: still one entry per evaluation point.
-                histories[index][-1] = entry
-            else:
-                histories[index].append(entry)
+            # A relaunch from the final checkpoint (the process was killed before its record was written)
+            # evaluates the same weights again: still one entry per evaluation point.
+            _add_to_history(histories[index], iteration, {f"{k}_error": v for k, v in errors.items()})
             if trackers[index] is not None:
                 trackers[index].log({f"{k}/error": v for k, v in errors.items()}, step=iteration)
             who = f" | model {index}" if num_models > 1 else ""
@@ -506,6 +502,8 @@ def run_training(
                         + " ".join(f"{v:.4f}" for v in means)
                         + f" | lr {lr:.1e} | {rate:,.0f} img/s"
                     )
+                    for history, mean in zip(histories, means, strict=True):
+                        _add_to_history(history, iteration, {"train_loss": round(mean, 5), "lr": lr})
                     for tracker, mean in zip(trackers, means, strict=True):
                         if tracker is not None:
                             tracker.log(
@@ -573,6 +571,15 @@ def run_training(
         )
         for i in range(num_models)
     ]
+
+
+def _add_to_history(history: list[dict[str, Any]], iteration: int, values: dict[str, Any]) -> None:
+    """Record ``values`` at ``iteration``: one entry per iteration, the mean train loss of the log window
+    before it (with its lr) and the evaluation errors there, in iteration order."""
+    if history and history[-1]["iteration"] == iteration:
+        history[-1].update(values)
+    else:
+        history.append({"iteration": iteration, **values})
 
 
 class CheckpointError(ValueError):
