@@ -68,18 +68,20 @@ JOBS ?= 1
 LAUNCH_ARG = $(if $(filter-out 1,$(JOBS)),hydra/launcher=parallel hydra.launcher.n_jobs=$(JOBS),)
 .PHONY: reproduce-mnist table params-mnist
 
-reproduce-mnist:  ## run Table 1 + TC (PROFILE=paper|quick, SEEDS=1,2,3, STACK=1: each cell's seeds stacked in one process, JOBS=4: 4 jobs at once; both for GPUs), then write results/ tables
-	$(PY) -m experiments.mnist -m $(LAUNCH_ARG) trainer=$(PROFILE) $(SEED_ARG) data=$(MNIST_SETS),tc model=fcn,cnn transformer=none
-	$(PY) -m experiments.mnist -m $(LAUNCH_ARG) trainer=$(PROFILE) $(SEED_ARG) data=$(MNIST_SETS) model=st_fcn,st_cnn transformer=affine,projective,tps
-	$(PY) -m experiments.mnist -m $(LAUNCH_ARG) trainer=$(PROFILE) $(SEED_ARG) data=tc model=st_fcn,st_cnn transformer=affine
+# BUDGET: the parameter budget's reading, about_400k (default) or width_ranges (configs/budget/).
+BUDGET ?= about_400k
+reproduce-mnist:  ## run Table 1 + TC (PROFILE=paper|fast|quick, BUDGET=about_400k|width_ranges, SEEDS=1,2,3, STACK=1: seeds stacked in one process, JOBS=4: 4 jobs at once; both for GPUs), then write results/ tables
+	$(PY) -m experiments.mnist -m $(LAUNCH_ARG) trainer=$(PROFILE) budget=$(BUDGET) $(SEED_ARG) data=$(MNIST_SETS),tc model=fcn,cnn transformer=none
+	$(PY) -m experiments.mnist -m $(LAUNCH_ARG) trainer=$(PROFILE) budget=$(BUDGET) $(SEED_ARG) data=$(MNIST_SETS) model=st_fcn,st_cnn transformer=affine,projective,tps
+	$(PY) -m experiments.mnist -m $(LAUNCH_ARG) trainer=$(PROFILE) budget=$(BUDGET) $(SEED_ARG) data=tc model=st_fcn,st_cnn transformer=affine
 	$(MAKE) table PROFILE=$(PROFILE)
 
 EXPERIMENT ?= mnist
 table:  ## write results/ tables of EXPERIMENT=mnist|svhn|addition|coloc|cub for PROFILE from the run records under runs/<experiment>
 	$(PY) -m experiments.table --experiment $(EXPERIMENT) --profile $(PROFILE)
 
-params-mnist:  ## print every Table 1 model's parameter count and widths
-	$(PY) -m experiments.params
+params-mnist:  ## print every Table 1 model's parameter count and widths (BUDGET=about_400k|width_ranges)
+	$(PY) -m experiments.params $(if $(filter width_ranges,$(BUDGET)),--budget width_ranges,)
 
 # --- Speed (issue 5) ------------------------------------------------------------------------------------------
 BENCH_ARGS ?=

@@ -28,7 +28,13 @@ from omegaconf.errors import OmegaConfBaseException
 from stn_repro.data import DataError
 from stn_repro.runs import RunLocked, check_seeds
 from stn_repro.tracking import Tracker, WandbTracker
-from stn_repro.training.loop import CheckpointError, SpeedSettings, TrainingDiverged, TrainSettings
+from stn_repro.training.loop import (
+    LR_SCHEDULES,
+    CheckpointError,
+    SpeedSettings,
+    TrainingDiverged,
+    TrainSettings,
+)
 
 SEEDS_FIX = (
     "give a list of distinct positive integers, e.g. seeds=[1,2,3] (stacked in one process), "
@@ -110,6 +116,10 @@ def train_settings(cfg: DictConfig) -> TrainSettings:
     step_every = cfg.optim.lr_step_every
     if step_every is not None:
         _positive_int(step_every, "optim.lr_step_every")
+    warmup = _non_negative_int(cfg.optim.get("warmup_iterations", 0), "optim.warmup_iterations")
+    schedule = cfg.optim.get("lr_schedule", "step")
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"optim.lr_schedule={schedule!r}: use one of {', '.join(LR_SCHEDULES)}")
     return TrainSettings(
         iterations=iterations,
         lr=lr,
@@ -124,6 +134,9 @@ def train_settings(cfg: DictConfig) -> TrainSettings:
         picture_every=cfg.trainer.picture_every,
         max_loss=cfg.trainer.max_loss,
         stop_after=cfg.trainer.stop_after,
+        lr_schedule=schedule,
+        warmup_iterations=warmup,
+        nesterov=bool(cfg.optim.get("nesterov", False)),
     )
 
 

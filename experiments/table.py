@@ -14,7 +14,15 @@ import sys
 from pathlib import Path
 
 from stn_repro.coloc_table import COLOC_CSV_COLUMNS, coloc_rows, write_coloc_tables
-from stn_repro.tables import CSV_COLUMNS, EXPERIMENTS, aggregate, collect_records, write_tables
+from stn_repro.data.sets import stored_set_checksum
+from stn_repro.tables import (
+    CSV_COLUMNS,
+    EXPERIMENTS,
+    aggregate,
+    collect_records,
+    mark_test_set_changes,
+    write_tables,
+)
 
 # Co-localisation (Table 5) has a layout of its own (stn_repro.coloc_table), not stn_repro.tables' rows.
 ALL_EXPERIMENTS = (*EXPERIMENTS, *(() if "coloc" in EXPERIMENTS else ("coloc",)))
@@ -34,6 +42,12 @@ def main(argv: list[str] | None = None) -> int:
         "--runs", type=Path, default=None, help="folder searched for record.json (default runs/<experiment>)"
     )
     parser.add_argument("--out", type=Path, default=Path("results"), help="where the tables go")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="where today's MNIST sets are, to flag records scored on other ones (default $STN_DATA or data/)",
+    )
     parser.add_argument("--profile", help="only this trainer profile (paper, quick, smoke)")
     parser.add_argument("--wandb", action="store_true", help="also log each table as a wandb.Table")
     parser.add_argument("--wandb-mode", default="offline", help="W&B mode for --wandb (offline, online)")
@@ -43,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         return coloc_tables(runs, args)
 
     records = [r for r in collect_records(runs) if r.get("experiment", "mnist") == args.experiment]
+    if args.experiment == "mnist":  # flag records scored on a test set other than the one built here
+        names = {r["data"] for r in records}
+        mark_test_set_changes(records, {n: stored_set_checksum(n, "test", args.data_dir) for n in names})
     if not records:
         print(
             f"no finished {args.experiment} runs under {runs}: run `make reproduce-{args.experiment}` "

@@ -50,9 +50,10 @@ def test_there_is_one_experiment_per_table1_cell_and_tc():
         ("data", ["r", "rts", "p", "e", "tc"]),
         ("model", ["fcn", "cnn", "st_fcn", "st_cnn"]),
         ("transformer", ["affine", "projective", "tps", "none"]),
-        ("trainer", ["paper", "quick", "smoke"]),
+        ("trainer", ["paper", "quick", "smoke", "fast"]),
         ("logger", ["wandb", "none"]),
-        ("optim", ["sgd"]),
+        ("optim", ["sgd", "sgd_fast"]),
+        ("budget", ["about_400k", "width_ranges"]),
     ],
 )
 def test_every_group_option_composes_and_resolves(group, options):
@@ -61,6 +62,39 @@ def test_every_group_option_composes_and_resolves(group, options):
     for option in options:
         cfg = compose_mnist([f"{group}={option}"])
         OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+
+
+def test_the_width_ranges_budget_is_solved_per_data_set_and_gets_its_own_run_folder():
+    for data, budget in [("r", 208_586), ("rts", 222_026), ("tc", 251_672)]:
+        cfg = compose_mnist([f"data={data}", "budget=width_ranges"])
+        spec, _ = cell_from_config(cfg)
+        assert spec.model_options["param_budget"] == budget and spec.budget_reading == "width_ranges"
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose(
+            "mnist", overrides=["budget=width_ranges", "experiment=r_fcn"], return_hydra_config=True
+        )
+        plain = compose("mnist", overrides=["experiment=r_fcn"], return_hydra_config=True)
+    assert cfg.hydra.run.dir.endswith("mnist/paper-width_ranges/r-fcn-none/seed1")
+    assert plain.hydra.run.dir.endswith("mnist/paper/r-fcn-none/seed1")
+    assert cell_from_config(plain)[0].model_options["param_budget"] == 400_000
+
+
+def test_the_fast_profile_is_its_own_optimisation_on_held_out_validation_digits():
+    cfg = compose_mnist(["trainer=fast", "experiment=rts_st_cnn_tps"])
+    spec, settings = cell_from_config(cfg)
+    assert spec.profile == "fast" and spec.reduced_budget and spec.hold_out_validation
+    assert (
+        settings.lr_schedule == "cosine"
+        and settings.nesterov
+        and settings.iterations * spec.batch_size <= 0.05 * 38_400_000
+    )
+    paper_spec, paper_settings = cell_from_config(compose_mnist(["experiment=rts_st_cnn_tps"]))
+    assert (
+        paper_settings.lr_schedule == "step"
+        and not paper_settings.nesterov
+        and not paper_spec.hold_out_validation
+    )
+    assert spec.model_options == paper_spec.model_options  # the same models and budgets
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)

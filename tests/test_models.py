@@ -6,7 +6,14 @@ import pytest
 import torch
 from torch import nn
 
-from stn_repro.models.mnist import CNN, FCN, build_mnist_model, parameter_table
+from stn_repro.models.mnist import (
+    CNN,
+    FCN,
+    build_mnist_model,
+    parameter_table,
+    width_range_budget,
+    width_range_params,
+)
 
 IMAGE_SIZES = {"r": 28, "rts": 42, "p": 28, "e": 28, "tc": 60}
 
@@ -94,3 +101,43 @@ def test_pooling_before_the_relu_trains_exactly_as_the_papers_relu_then_pool(kin
     torch.testing.assert_close(out_a, out_b, rtol=0, atol=0)
     for grad_a, grad_b in zip(grads_a, grads_b, strict=True):
         torch.testing.assert_close(grad_a, grad_b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("data", "size", "pool", "budget", "outside"),
+    [
+        ("r", 28, False, 208_586, ()),
+        ("rts", 42, True, 222_026, ("fcn",)),
+        ("tc", 60, True, 251_672, ("fcn",)),
+    ],
+)
+def test_the_width_range_budget_puts_the_most_models_in_the_papers_ranges(data, size, pool, budget, outside):
+    chosen = width_range_budget(size, pool)
+    assert chosen.params == budget and chosen.out_of_range == outside
+    assert len(chosen.in_range) + len(outside) == 8
+    for name in chosen.in_range:
+        kind, _, transform = name.partition("-")
+        _, info = build_mnist_model(
+            kind,
+            (1, size, size),
+            transform=transform or None,
+            pool_after_transformer=pool,
+            param_budget=budget,
+        )
+        assert info.in_paper_width_range, name
+    # The largest such budget: the top of the range of the model that binds first.
+    intervals = [
+        width_range_params(
+            n.partition("-")[0],
+            (1, size, size),
+            transform=n.partition("-")[2] or None,
+            pool_after_transformer=pool,
+        )
+        for n in chosen.in_range
+    ]
+    assert all(lo <= budget <= hi for lo, hi in intervals) and budget == min(hi for _, hi in intervals)
+
+
+def test_width_range_params_are_the_counts_at_the_ends_of_the_range():
+    low, high = width_range_params("fcn", (1, 28, 28))
+    assert (low, high) == (784 * 128 + 128 + 128 * 128 + 128 + 1290, 784 * 256 + 256 + 256 * 256 + 256 + 2570)

@@ -4,9 +4,17 @@ import importlib.util
 import json
 
 import pytest
+import torch
 
 from experiments.table import main as table_main
-from stn_repro.tables import aggregate, collect_records, to_csv, to_markdown
+from stn_repro.tables import (
+    aggregate,
+    collect_records,
+    first_reaching,
+    mark_test_set_changes,
+    to_csv,
+    to_markdown,
+)
 
 # W&B is optional at run time (logger=none); where it is not installed (e.g. a bare GPU machine) these skip.
 NEEDS_WANDB = pytest.mark.skipif(importlib.util.find_spec("wandb") is None, reason="wandb is not installed")
@@ -113,3 +121,107 @@ def test_a_stacked_runs_shared_wall_time_counts_once():
     ]
     (row,) = aggregate(runs)
     assert row["n_seeds"] == 4 and row["wall_time_s"] == 50.0
+
+
+def write_records(folder, records):
+    for i, rec in enumerate(records):
+        (folder / f"run{i}").mkdir(parents=True)
+        (folder / f"run{i}" / "record.json").write_text(json.dumps(rec))
+    return folder
+
+
+def test_each_budget_reading_gets_its_own_table_and_never_mixes(tmp_path):
+    runs = write_records(
+        tmp_path / "runs",
+        [
+            record("r", "fcn", None, 1, 2.3, profile="paper"),  # an older record: the about_400k reading
+            record("r", "fcn", None, 1, 2.6, profile="paper") | {"budget_reading": "width_ranges"},
+        ],
+    )
+    out = tmp_path / "results"
+    assert table_main(["--runs", str(runs), "--out", str(out), "--profile", "paper"]) == 0
+    about, ranges = (
+        (out / "mnist_table1_paper.md").read_text(),
+        (out / "mnist_table1_paper_width_ranges.md").read_text(),
+    )
+    assert "| FCN | 2.30 (2.1) |" in about and "reading `about_400k`" in about
+    assert "| FCN | 2.60 (2.1) |" in ranges and "reading `width_ranges`" in ranges and "208,586" in ranges
+
+
+def test_records_scored_on_another_test_set_are_flagged_not_mixed_in_silently(tmp_path):
+    def scored_on(sha, data="r"):
+        return {"test_set": {"source": "mnist", "sha256": sha, "size": 10_000, "generator_version": 2}}
+
+    records = [
+        record("r", "fcn", None, 1, 2.0, profile="paper") | scored_on("aaa"),
+        record("r", "fcn", None, 2, 2.2, profile="paper") | scored_on("bbb"),
+        record("rts", "fcn", None, 1, 5.0, profile="paper") | scored_on("ccc"),
+        record("p", "fcn", None, 1, 3.0, profile="paper") | scored_on("ddd"),
+    ]
+    mark_test_set_changes(records, {"r": "aaa", "rts": "ccc", "p": None})
+    assert [r["test_set_changed"] for r in records] == [False, True, False, None]
+    rows = {r["data"]: r for r in aggregate(records)}
+    assert rows["r"]["test_set_check"] == "differs (1 of 2)" and rows["rts"]["test_set_check"] == "same"
+    assert rows["p"]["test_set_check"] == "not checked"
+    text = to_markdown(list(rows.values()), "paper")
+    assert "| FCN | 2.10 ± 0.14† (2.1) | 5.00 (5.2) | 3.00 (3.1) |" in text
+    assert (
+        "† Scored on a test set whose sha256 differs from the one built here (r-fcn-none differs (1 of 2))"
+        in text
+    )
+    assert "not checked for 1 cell(s)" in text
+
+
+def test_the_table_command_compares_records_with_the_sets_built_here(tmp_path):
+    from stn_repro.data.sets import set_checksum, set_path, write_set
+
+    images, labels = torch.zeros(3, 1, 28, 28, dtype=torch.uint8), torch.tensor([1, 2, 3])
+    path = set_path("r", "test", tmp_path / "data")
+    path.parent.mkdir(parents=True)
+    write_set(path, {"images": images, "labels": labels}, {"set_name": "r", "seed": 1})
+    today = {"source": "mnist", "sha256": set_checksum(images, labels)}
+    runs = write_records(
+        tmp_path / "runs",
+        [
+            record("r", "fcn", None, 1, 2.0, profile="paper") | {"test_set": today},
+            record("r", "cnn", None, 1, 1.0, profile="paper") | {"test_set": today | {"sha256": "old"}},
+        ],
+    )
+    out = tmp_path / "results"
+    args = [
+        "--runs",
+        str(runs),
+        "--out",
+        str(out),
+        "--profile",
+        "paper",
+        "--data-dir",
+        str(tmp_path / "data"),
+    ]
+    assert table_main(args) == 0
+    text = (out / "mnist_table1_paper.md").read_text()
+    assert "| FCN | 2.00 (2.1) |" in text and "| CNN | 1.00† (1.2) |" in text
+
+
+def test_the_fast_profile_is_labelled_and_reports_the_images_until_the_paper_was_reached():
+    history = [
+        {"iteration": 1000, "val_error": 3.0, "wall_time_s": 60.0},
+        {"iteration": 2000, "val_error": 2.0, "wall_time_s": 120.0},  # first at or below the paper's 2.1
+        {"iteration": 3000, "val_error": 1.9, "wall_time_s": 180.0},
+    ]
+    fast = dict(profile="fast")
+    records = [
+        record("r", "fcn", None, 1, 2.0, **fast) | {"history": history, "batch_size": 128},
+        record("r", "fcn", None, 2, 2.4, **fast)
+        | {"history": history[:1], "batch_size": 128},  # never reached
+    ]
+    (row,) = aggregate(records)
+    assert (
+        row["seeds_reaching_paper"] == 1
+        and row["images_to_paper"] == 256_000
+        and row["time_to_paper_s"] == 120.0
+    )
+    text = to_markdown([row], "fast")
+    assert "FAST PROFILE, NOT THE PAPER'S PROTOCOL" in text and "REDUCED BUDGET" not in text
+    assert "| r FCN | 1 of 2 | 256,000 | 0.67% | 2.0 min |" in text
+    assert first_reaching(history, 1.0) is None

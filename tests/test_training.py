@@ -1,5 +1,7 @@
 """The training loop: exact resume, divergence handling, lr schedule, localisation lr multiplier."""
 
+import itertools
+
 import pytest
 import torch
 from torch import nn
@@ -271,3 +273,33 @@ def test_a_checkpoint_of_other_training_settings_is_refused_and_bookkeeping_may_
         ToyStream(), TrainSettings(**{**SETTINGS, "log_every": 2, "eval_every": 0}), tmp_path
     )
     assert resumed.finished and resumed.iterations == 12
+
+
+def test_the_cosine_schedule_warms_up_then_falls_to_zero_at_the_last_iteration():
+    settings = TrainSettings(iterations=1000, lr=0.1, lr_schedule="cosine", warmup_iterations=100)
+    assert settings.lr_at(0) == pytest.approx(0.001) and settings.lr_at(99) == pytest.approx(0.1)
+    assert settings.lr_at(100) == pytest.approx(0.1)
+    assert settings.lr_at(550) == pytest.approx(0.05)  # half way through the decay: half the lr
+    assert settings.lr_at(1000) == pytest.approx(0.0, abs=1e-12)
+    decay = [settings.lr_at(i) for i in range(100, 1001)]
+    assert all(a >= b for a, b in itertools.pairwise(decay))
+    with pytest.raises(ValueError, match="lr_schedule must be one of step, cosine, got 'linear'"):
+        TrainSettings(lr_schedule="linear")
+
+
+def test_nesterov_reaches_the_optimiser_and_a_resume_with_another_schedule_is_refused(tmp_path):
+    settings = TrainSettings(**{**SETTINGS, "nesterov": True, "lr_schedule": "cosine", "stop_after": 4})
+    assert all(g["nesterov"] for g in make_optimizer(small_model(), settings).param_groups)
+    quiet_train(ToyStream(), settings, tmp_path)
+    with pytest.raises(ValueError, match=r"other settings \(lr_schedule 'cosine' -> 'step'\)"):
+        quiet_train(ToyStream(), TrainSettings(**{**SETTINGS, "nesterov": True}), tmp_path)
+
+
+def test_the_history_holds_the_train_loss_at_every_log_point_and_the_errors_at_every_evaluation(tmp_path):
+    result = quiet_train(ToyStream(), TrainSettings(**SETTINGS), tmp_path)
+    by_iteration = {entry["iteration"]: entry for entry in result.history}
+    assert sorted(by_iteration) == [4, 6, 8, 12]  # log_every 4, eval_every 6, the end
+    assert all("train_loss" in by_iteration[i] and "lr" in by_iteration[i] for i in (4, 8, 12))
+    assert all("test_error" in by_iteration[i] and "wall_time_s" in by_iteration[i] for i in (6, 12))
+    assert by_iteration[12]["test_error"] == result.errors["test"]
+    assert "train_loss" not in by_iteration[6]

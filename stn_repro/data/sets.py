@@ -303,6 +303,17 @@ def _plain(value):
     return value.item() if isinstance(value, np.generic) else value
 
 
+def stored_set_checksum(set_name: str, split: str = "test", data_dir: Path | None = None) -> str | None:
+    """The sha256 a stored set was written with (its attribute; the data is not read), ``None`` if the set
+    is not built or unreadable. For comparing run records with today's sets, not for verifying a file."""
+    try:
+        with h5py.File(set_path(set_name, split, data_dir), "r") as handle:
+            value = handle.attrs.get("sha256")
+    except OSError:
+        return None
+    return None if value is None else _plain(value)
+
+
 def load_set_arrays(set_name: str, split: str = "test", data_dir: Path | None = None) -> dict[str, Tensor]:
     """Everything stored for a set and split (images, labels and the true parameters; boxes for coloc)."""
     return read_set(set_path(set_name, split, data_dir))[0]

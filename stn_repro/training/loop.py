@@ -93,11 +93,30 @@ class TrainSettings:
     # Iterations at which the lr is multiplied by lr_gamma (e.g. CUB's 10k, 20k, 25k); empty: every
     # lr_step_every iterations instead.
     lr_milestones: tuple[int, ...] = ()
+    # "step": the papers' steps (lr_milestones or every lr_step_every). "cosine": half a cosine from lr down
+    # to 0 at the last iteration (the `fast` profile's schedule, not the paper's).
+    lr_schedule: str = "step"
+    warmup_iterations: int = 0  # the lr rises linearly from lr / warmup to lr over these first iterations
+    nesterov: bool = False  # Nesterov momentum (torch.optim.SGD's nesterov)
+
+    def __post_init__(self) -> None:
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(
+                f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}"
+            )
 
     def lr_at(self, iteration: int) -> float:
+        if iteration < self.warmup_iterations:
+            return self.lr * (iteration + 1) / self.warmup_iterations
+        if self.lr_schedule == "cosine":
+            done = (iteration - self.warmup_iterations) / max(1, self.iterations - self.warmup_iterations)
+            return self.lr * 0.5 * (1.0 + math.cos(math.pi * min(done, 1.0)))
         if self.lr_milestones:
             return self.lr * self.lr_gamma ** sum(iteration >= m for m in self.lr_milestones)
         return self.lr * self.lr_gamma ** (iteration // self.lr_step_every)
+
+
+LR_SCHEDULES = ("step", "cosine")
 
 
 AUTOCAST_DTYPES = {"none": None, "bf16": torch.bfloat16}
@@ -243,7 +262,11 @@ def make_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.SGD
     ]
     groups = [g for g in groups if g["params"]]
     return torch.optim.SGD(
-        groups, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
+        groups,
+        lr=settings.lr,
+        momentum=settings.momentum,
+        weight_decay=settings.weight_decay,
+        nesterov=settings.nesterov,
     )
 
 
@@ -447,7 +470,14 @@ def run_training(
         for index, errors in enumerate(all_errors):
             # A relaunch from the final checkpoint (the process was killed before its record was written)
             # evaluates the same weights again: still one entry per evaluation point.
-            _add_to_history(histories[index], iteration, {f"{k}_error": v for k, v in errors.items()})
+            _add_to_history(
+                histories[index],
+                iteration,
+                {
+                    **{f"{k}_error": v for k, v in errors.items()},
+                    "wall_time_s": round(wall_before + time.perf_counter() - t0, 1),
+                },
+            )
             if trackers[index] is not None:
                 trackers[index].log({f"{k}/error": v for k, v in errors.items()}, step=iteration)
             who = f" | model {index}" if num_models > 1 else ""
@@ -635,6 +665,9 @@ RESUME_MUST_MATCH = (
     "lr_gamma",
     "localisation_lr_multiplier",
     "lr_milestones",
+    "lr_schedule",
+    "warmup_iterations",
+    "nesterov",
 )
 
 
