@@ -90,8 +90,10 @@ TRAIN_MINUTES ?= 10
 PROJECTION_ARGS ?=
 .PHONY: bench gpu-projection gpu-kit gpu-session
 
-bench:  ## time the tutorial-style loop vs the engine (CPU default, a few minutes; BENCH_ARGS="--device cuda ...")
+PEAK_ARGS ?= --profile
+bench:  ## time the tutorial-style loop vs the engine, then each cell's GFLOP/s against this CPU's measured peak (a few minutes; BENCH_ARGS="--device cuda ...", PEAK_ARGS="--cells all --out results/bench")
 	$(PY) benchmarks/bench_mnist.py $(BENCH_ARGS)
+	$(if $(findstring cuda,$(BENCH_ARGS)),,$(PY) benchmarks/bench_peak.py $(PEAK_ARGS))
 
 gpu-projection:  ## bounds on the Table 1 protocol's time on one GPU from counts and this host's timing (no GPU needed; PROJECTION_ARGS="--gpu h200 --jobs 4,32")
 	$(PY) -m benchmarks.gpu_projection $(PROJECTION_ARGS)

@@ -402,3 +402,20 @@ def test_cuda_training_steps_never_make_the_host_wait(data, model, stacked):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert all(math.isfinite(v) for v in window.check(TrainSettings(), Path("unused")))
+
+
+def test_the_peak_benchmark_prints_each_cells_fraction_of_the_measured_peak(capsys):
+    from benchmarks.bench_peak import main, operator_group
+
+    main("--synthetic --cells r/cnn,rts/st_cnn:affine --batch-size 4 --steps 1 --warmup 1 --calls 1 "
+         "--matmul-size 64 --profile".split())  # fmt: skip
+    out = capsys.readouterr().out
+    assert "matmul 64x64 float32" in out and "conv 9x9 1->89 on 28x28 (no dx)" in out
+    assert "conv 9x9 1->85 on 21x21 " in out and "conv 9x9 1->85 on 21x21 (no dx)" not in out  # after the ST
+    cells = [line.split() for line in out.splitlines() if line.startswith(("r/cnn ", "rts/st_cnn:affine "))]
+    assert len(cells) == 2 and all(c[-1].endswith("%") and float(c[-1][:-1]) > 0 for c in cells)
+    assert out.count("phases: distortions") == 2 and "conv 9x9 on one channel" in out
+    assert operator_group("aten::convolution_backward", [[4, 8, 20, 20], [4, 1, 28, 28], [8, 1, 9, 9]]) == (
+        "conv 9x9 on one channel"
+    )
+    assert operator_group("aten::grid_sampler_2d_backward", []) == "sampler"

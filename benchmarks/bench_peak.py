@@ -1,0 +1,270 @@
+"""Distorted-MNIST training steps against this CPU's own limit: achieved GFLOP/s and fraction of peak.
+
+In one process, with the same threads:
+
+1. **Peak.** A square float32 matmul (``--matmul-size``), and every convolution shape of the benchmarked
+   cells' models at the training batch, forward and backward (input and weight gradients), each timed
+   alone. The machine's peak is the best of these: what this CPU reaches on these very operators.
+2. **Per cell.** The FLOPs of one training step of the engine (forward and backward; counted by
+   ``torch.utils.flop_counter.FlopCounterMode``: convolutions and matrix products, the work that bounds
+   these models), its measured time (``SingleModel.step``, exactly what training runs), and so the
+   achieved GFLOP/s and the fraction of the peak.
+3. **Where the time goes** (``--profile``): the step split into its phases (distortions, forward, backward,
+   optimiser), each timed, and the operators' own time from ``torch.profiler``, grouped as the first
+   convolution (9x9 on one channel), the other convolutions, pooling, the sampler (``grid_sample``),
+   linear layers, element-wise work and the optimiser.
+
+    python benchmarks/bench_peak.py                               # R and RTS CNN and ST-CNN affine
+    python benchmarks/bench_peak.py --cells all --profile --out results/bench/
+    python benchmarks/bench_peak.py --channels-last --cells r/cnn # a speed setting against the default
+
+The FLOP count ignores element-wise work, pooling and sampling (they are memory bound, and counted by time
+in the profile): the fraction of peak says how well the step uses the arithmetic units, not more.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.profiler import ProfilerActivity, profile
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repository root
+from benchmarks.bench_mnist import (
+    describe,
+    make_learner,
+    parse_cells,
+    speed_settings,
+    time_learner,
+)
+from stn_repro.data import default_data_dir, load_mnist, synthetic_mnist
+from stn_repro.training.records import git_commit
+
+DEFAULT_CELLS = "r/cnn,r/st_cnn:affine,rts/cnn,rts/st_cnn:affine"
+
+
+@dataclass
+class Rate:
+    name: str
+    flops: float  # per call
+    ms: float  # per call
+
+    @property
+    def gflops(self) -> float:
+        return self.flops / (self.ms / 1e3) / 1e9
+
+
+def mean_ms(call, calls: int, warmup: int) -> float:
+    for _ in range(warmup):
+        call()
+    start = time.perf_counter()
+    for _ in range(calls):
+        call()
+    return 1e3 * (time.perf_counter() - start) / calls
+
+
+def counted_flops(call) -> float:
+    with FlopCounterMode(display=False) as counter:
+        call()
+    return float(counter.get_total_flops())
+
+
+def matmul_rate(n: int, calls: int) -> Rate:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    return Rate(f"matmul {n}x{n} float32", 2.0 * n**3, mean_ms(lambda: a @ b, calls, 2))
+
+
+def conv_shapes(model: nn.Module, example: torch.Tensor) -> list[tuple[tuple[int, ...], nn.Conv2d, bool]]:
+    """Each ``Conv2d`` of ``model`` with the input shape it sees for ``example`` and whether training needs
+    the gradient of that input (not where it is the data itself): one forward pass, with autograd on."""
+    seen: list[tuple[tuple[int, ...], nn.Conv2d, bool]] = []
+    hooks = [
+        m.register_forward_pre_hook(
+            lambda mod, args: seen.append((tuple(args[0].shape), mod, args[0].requires_grad))
+        )
+        for m in model.modules()
+        if isinstance(m, nn.Conv2d)
+    ]
+    model(example)
+    for hook in hooks:
+        hook.remove()
+    return seen
+
+
+def conv_rate(shape: tuple[int, ...], conv: nn.Conv2d, input_grad: bool, calls: int) -> Rate:
+    """One convolution forward and backward alone, at ``shape``, as training computes it: the weight and
+    bias gradients, and the input gradient where training needs it."""
+    x = torch.randn(shape, requires_grad=input_grad)
+    weight = conv.weight.detach().clone().requires_grad_(True)
+    bias = conv.bias.detach().clone().requires_grad_(True) if conv.bias is not None else None
+
+    def call() -> None:
+        out = F.conv2d(x, weight, bias, conv.stride, conv.padding)
+        out.backward(torch.ones_like(out))
+
+    kernel = "x".join(map(str, conv.kernel_size))
+    name = f"conv {kernel} {conv.in_channels}->{conv.out_channels} on {shape[2]}x{shape[3]}"
+    return Rate(name + ("" if input_grad else " (no dx)"), counted_flops(call), mean_ms(call, calls, 2))
+
+
+def step_phases(learner, steps: int) -> dict[str, float]:
+    """ms per step in each phase of ``SingleModel.step``: the same calls, timed one by one."""
+    train_step, stream = learner.train_step, learner.stream
+    totals: dict[str, float] = defaultdict(float)
+    for i in range(steps + 2):
+        t0 = time.perf_counter()
+        x, y = stream.next_batch()
+        t1 = time.perf_counter()
+        loss = train_step.loss(x, y)
+        t2 = time.perf_counter()
+        train_step.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        t3 = time.perf_counter()
+        train_step.optimizer.step()
+        t4 = time.perf_counter()
+        if i >= 2:  # two warm-up steps
+            for name, value in zip(
+                ("distortions", "forward", "backward", "optimiser"),
+                (t1 - t0, t2 - t1, t3 - t2, t4 - t3),
+                strict=True,
+            ):
+                totals[name] += 1e3 * value / steps
+    return dict(totals)
+
+
+def operator_group(name: str, shapes: list) -> str:
+    """The profile's group of one operator, from its name and (for convolutions) its weight's shape."""
+    if "convolution" in name or "conv2d" in name:
+        weights = [s for s in shapes if isinstance(s, list) and len(s) == 4]
+        first = any(s[1] == 1 and s[2:] == [9, 9] for s in weights)
+        return "conv 9x9 on one channel" if first else "other convolutions"
+    if "pool" in name:
+        return "pooling"
+    if "grid_sampler" in name or "affine_grid" in name:
+        return "sampler"
+    if name in ("aten::addmm", "aten::mm", "aten::linear", "aten::bmm", "aten::matmul"):
+        return "linear / matrix products"
+    if "_foreach" in name or "sgd" in name.lower():
+        return "optimiser"
+    return "element-wise and other"
+
+
+def operator_profile(learner, steps: int) -> dict[str, float]:
+    """ms per step of each operator group (self time of the leaf operators)."""
+    for _ in range(2):
+        learner.step()
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        for _ in range(steps):
+            learner.step()
+    groups: dict[str, float] = defaultdict(float)
+    for event in prof.key_averages(group_by_input_shape=True):
+        if event.self_cpu_time_total <= 0:
+            continue
+        groups[operator_group(event.key, list(event.input_shapes or []))] += (
+            event.self_cpu_time_total / 1e3 / steps
+        )
+    return dict(groups)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--cells", default=DEFAULT_CELLS, help="'all' or data/model list, e.g. r/cnn,rts/st_cnn:tps"
+    )
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=10, help="timed training steps per cell (mean)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--calls", type=int, default=10, help="timed calls per peak operator (mean)")
+    parser.add_argument("--matmul-size", type=int, default=2048)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--profile", action="store_true", help="also print where each step's time goes")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--autocast", default="none", choices=["none", "bf16"])
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--compile-mode", default="default")
+    parser.add_argument("--synthetic", action="store_true", help="synthetic digits (no MNIST needed)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="also write the report to a file in this folder"
+    )
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cpu")
+    cells = parse_cells(args.cells)
+    digits = synthetic_mnist(seed=0) if args.synthetic else load_mnist(default_data_dir())
+    lines: list[str] = []
+
+    def say(text: str = "") -> None:
+        print(text, flush=True)
+        lines.append(text)
+
+    say(
+        f"# bench_peak {datetime.now(UTC):%Y-%m-%d %H:%M} UTC | commit {git_commit()[:12]} | "
+        f"{platform.machine()} {torch.backends.cpu.get_cpu_capability()} | torch {torch.__version__} | "
+        f"{torch.get_num_threads()} threads | batch {args.batch_size} | {describe(args)}"
+    )
+    learners = {
+        cell: make_learner(digits, *cell, args.batch_size, 1, device, speed_settings(args)) for cell in cells
+    }
+
+    # 1. Peak: the matmul and every convolution shape of the cells, alone.
+    peaks = [matmul_rate(args.matmul_size, args.calls)]
+    seen: set[tuple] = set()
+    for learner in learners.values():
+        x, _ = learner.stream.next_batch()
+        for shape, conv, input_grad in conv_shapes(learner.model, x):
+            key = (shape, tuple(conv.weight.shape), conv.padding, input_grad)
+            if key not in seen:
+                seen.add(key)
+                peaks.append(conv_rate(shape, conv, input_grad, args.calls))
+    peak = max(peaks, key=lambda r: r.gflops)
+    say("\n## Peak: each operator alone, forward and backward (convolutions), float32")
+    say(f"{'operator':48s} {'GFLOP':>8s} {'ms':>8s} {'GFLOP/s':>8s}")
+    for rate in peaks:
+        say(f"{rate.name:48s} {rate.flops / 1e9:8.2f} {rate.ms:8.2f} {rate.gflops:8.1f}")
+    say(f"peak: {peak.gflops:.1f} GFLOP/s ({peak.name})")
+
+    # 2. Each cell's training step against that peak.
+    say("\n## Training steps (SingleModel.step: distortions, forward, backward, SGD)")
+    say(f"{'cell':22s} {'GFLOP/step':>10s} {'ms/step':>8s} {'img/s':>8s} {'GFLOP/s':>8s} {'of peak':>8s}")
+    for cell, learner in learners.items():
+        flops = counted_flops(learner.step)
+        ms = time_learner(learner, args, lambda: None, args.steps, args.warmup)
+        rate = Rate("/".join(cell), flops, ms)
+        say(
+            f"{rate.name:22s} {flops / 1e9:10.2f} {ms:8.1f} {args.batch_size / (ms / 1e3):8,.0f} "
+            f"{rate.gflops:8.1f} {rate.gflops / peak.gflops:8.1%}"
+        )
+
+    # 3. Where the time goes.
+    if args.profile:
+        for cell, learner in learners.items():
+            phases = step_phases(learner, args.steps)
+            total = sum(phases.values())
+            say(f"\n## {'/'.join(cell)}: {total:.1f} ms per step")
+            say("phases: " + " | ".join(f"{k} {v:.1f} ms ({v / total:.0%})" for k, v in phases.items()))
+            groups = operator_profile(learner, max(2, args.steps // 2))
+            profiled = sum(groups.values())
+            for name, ms in sorted(groups.items(), key=lambda kv: -kv[1]):
+                say(f"  {name:32s} {ms:8.1f} ms  {ms / profiled:6.1%}")
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        path = args.out / f"bench_peak_cpu_{datetime.now(UTC):%Y-%m-%d_%H%M}_{git_commit()[:7]}.txt"
+        path.write_text("\n".join(lines) + "\n")
+        print(f"written to {path}")
+
+
+if __name__ == "__main__":
+    main()
