@@ -194,6 +194,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--autocast", default="none", choices=["none", "bf16"])
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--compile-mode", default="default")
+    parser.add_argument(
+        "--no-mkldnn",
+        action="store_true",
+        help="oneDNN (mkldnn) off: convolutions through PyTorch's own im2col + BLAS path instead",
+    )
     parser.add_argument("--synthetic", action="store_true", help="synthetic digits (no MNIST needed)")
     parser.add_argument(
         "--out", type=Path, default=None, help="also write the report to a file in this folder"
@@ -201,6 +206,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.no_mkldnn:
+        torch.backends.mkldnn.enabled = False
     device = torch.device("cpu")
     cells = parse_cells(args.cells)
     digits = synthetic_mnist(seed=0) if args.synthetic else load_mnist(default_data_dir())
@@ -214,6 +221,7 @@ def main(argv: list[str] | None = None) -> None:
         f"# bench_peak {datetime.now(UTC):%Y-%m-%d %H:%M} UTC | commit {git_commit()[:12]} | "
         f"{platform.machine()} {torch.backends.cpu.get_cpu_capability()} | torch {torch.__version__} | "
         f"{torch.get_num_threads()} threads | batch {args.batch_size} | {describe(args)}"
+        + (" | oneDNN off" if args.no_mkldnn else "")
     )
     learners = {
         cell: make_learner(digits, *cell, args.batch_size, 1, device, speed_settings(args)) for cell in cells

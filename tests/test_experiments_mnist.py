@@ -518,3 +518,33 @@ def test_loading_weights_of_an_unfinished_run_names_the_fix(tmp_path):
     torch.save({"format": 99}, tmp_path / "model.pt")
     with pytest.raises(ValueError, match="format 99"):
         load_trained_model(tmp_path)
+
+
+def test_rescore_scores_the_saved_weights_on_todays_test_set_and_says_whether_it_changed(tmp_path, capsys):
+    from experiments.rescore import main as rescore_main
+    from stn_repro.data.sets import set_path, write_set
+    from stn_repro.tasks.mnist import load_cell_data
+
+    cfg = compose_mnist(["experiment=r_st_fcn_affine", "model.param_budget=50000", *SMOKE])
+    spec, settings = cell_from_config(cfg)
+    run_dir = tmp_path / "run"
+    record = run_cell(spec, settings, run_dir, log=lambda s: None)
+    data = load_cell_data(spec, torch.device("cpu"))
+    path = set_path("r", "test", tmp_path / "data")
+    path.parent.mkdir(parents=True)
+    write_set(path, {"images": data.test_images, "labels": data.test_labels}, {"set_name": "r", "seed": 1})
+    args = [str(run_dir), "--data-dir", str(tmp_path / "data")]
+    assert rescore_main(args) == 0
+    out = capsys.readouterr().out
+    assert (
+        f"recorded {record['test_error']:.2f}% (on the same test set), today {record['test_error']:.2f}%"
+        in out
+    )
+    changed = data.test_images.clone()
+    changed[0, 0, 0, 0] += 1  # one pixel one grey level apart
+    path.unlink()
+    write_set(path, {"images": changed, "labels": data.test_labels}, {"set_name": "r", "seed": 1})
+    assert rescore_main(args) == 0
+    assert "on a test set that differs from today's" in capsys.readouterr().out
+    (run_dir / "model.pt").unlink()
+    assert rescore_main(args) == 1 and "has no model.pt" in capsys.readouterr().err

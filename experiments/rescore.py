@@ -1,0 +1,65 @@
+"""Score a finished MNIST run's saved weights on the test set built here, beside the error in its record.
+
+python -m experiments.rescore results/records/mnist_paper/r-st_fcn-affine/seed1 [more run folders ...]
+
+For records that `make table` flags (scored on a test set whose sha256 differs from today's build): the
+weights (`model.pt` beside `record.json`) are rebuilt and evaluated on today's stored test set, so the two
+errors can be compared. Nothing is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from stn_repro.data import DataError
+from stn_repro.data.sets import load_set, set_checksum
+from stn_repro.tasks.mnist import load_trained_model
+from stn_repro.training.loop import evaluate
+from stn_repro.training.records import RECORD_NAME, read_record
+
+
+def rescore(run_dir: Path, data_dir: Path | None = None) -> dict:
+    """The record's test error and test-set checksum against today's, for the weights in ``run_dir``."""
+    record = read_record(run_dir / RECORD_NAME)
+    if not (run_dir / "model.pt").exists():
+        raise FileNotFoundError(
+            f"{run_dir} has no model.pt: only runs whose weights were kept can be rescored"
+        )
+    images, labels = load_set(record["data"], "test", data_dir)
+    model = load_trained_model(run_dir)
+    return {
+        "cell": record["cell"],
+        "seed": record["seed"],
+        "recorded_error": record["test_error"],
+        "error_today": evaluate(model, images, labels),
+        "same_test_set": record.get("test_set", {}).get("sha256") == set_checksum(images, labels),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("runs", nargs="+", type=Path, help="run folders holding record.json and model.pt")
+    parser.add_argument("--data-dir", type=Path, default=None, help="MNIST sets (default $STN_DATA or data/)")
+    args = parser.parse_args(argv)
+    failed = 0
+    for run_dir in args.runs:
+        try:
+            result = rescore(run_dir, args.data_dir)
+        except (FileNotFoundError, DataError, ValueError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            failed += 1
+            continue
+        same = "the same test set" if result["same_test_set"] else "a test set that differs from today's"
+        print(
+            f"{result['cell']} seed {result['seed']}: recorded {result['recorded_error']:.2f}% (on {same}), "
+            f"today {result['error_today']:.2f}%"
+        )
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
