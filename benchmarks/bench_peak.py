@@ -29,7 +29,7 @@ import platform
 import sys
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -48,6 +48,7 @@ from benchmarks.bench_mnist import (
     time_learner,
 )
 from stn_repro.data import default_data_dir, load_mnist, synthetic_mnist
+from stn_repro.models.one_channel_conv import OneChannelConv2d
 from stn_repro.training.records import git_commit
 
 DEFAULT_CELLS = "r/cnn,r/st_cnn:affine,rts/cnn,rts/st_cnn:affine"
@@ -176,6 +177,32 @@ def operator_profile(learner, steps: int) -> dict[str, float]:
     return dict(groups)
 
 
+VERSUS = ("plain-first-conv", "row-major")
+
+
+def plain_first_convs(model: nn.Module) -> nn.Module:
+    """``model`` with every ``OneChannelConv2d`` replaced, in place, by ``nn.Conv2d`` on the same parameters
+    (the engine before the matrix-product input gradient)."""
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, OneChannelConv2d):
+                plain = nn.Conv2d(1, child.out_channels, child.kernel_size, padding=child.padding)
+                plain.weight, plain.bias = child.weight, child.bias
+                setattr(module, name, plain)
+    return model
+
+
+def baseline_learner(digits, cell: tuple[str, str], args, device):
+    """The cell's learner with the one change of ``--versus`` undone."""
+    speed = speed_settings(args)
+    if args.versus == "row-major":
+        speed = replace(speed, channels_last=False)
+    learner = make_learner(digits, *cell, args.batch_size, 1, device, speed)
+    if args.versus == "plain-first-conv":
+        plain_first_convs(learner.model)
+    return learner
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -194,6 +221,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--autocast", default="none", choices=["none", "bf16"])
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--compile-mode", default="default")
+    parser.add_argument(
+        "--versus",
+        choices=VERSUS,
+        default=None,
+        help="also time each cell with one change undone, in this process, and print the speed-up: "
+        "plain-first-conv (nn.Conv2d's input gradient for the one-channel first layer), row-major "
+        "(without --channels-last)",
+    )
     parser.add_argument(
         "--no-mkldnn",
         action="store_true",
@@ -244,16 +279,25 @@ def main(argv: list[str] | None = None) -> None:
         say(f"{rate.name:48s} {rate.flops / 1e9:8.2f} {rate.ms:8.2f} {rate.gflops:8.1f}")
     say(f"peak: {peak.gflops:.1f} GFLOP/s ({peak.name})")
 
-    # 2. Each cell's training step against that peak.
+    # 2. Each cell's training step against that peak (and against a baseline engine, with --versus).
     say("\n## Training steps (SingleModel.step: distortions, forward, backward, SGD)")
-    say(f"{'cell':22s} {'GFLOP/step':>10s} {'ms/step':>8s} {'img/s':>8s} {'GFLOP/s':>8s} {'of peak':>8s}")
+    versus = f" {'baseline ms':>11s} {'speed-up':>8s}  (baseline: {args.versus})" if args.versus else ""
+    say(
+        f"{'cell':22s} {'GFLOP/step':>10s} {'ms/step':>8s} {'img/s':>8s} {'GFLOP/s':>8s} {'of peak':>8s}{versus}"
+    )
     for cell, learner in learners.items():
         flops = counted_flops(learner.step)
         ms = time_learner(learner, args, lambda: None, args.steps, args.warmup)
+        extra = ""
+        if args.versus:
+            base = baseline_learner(digits, cell, args, device)
+            base_ms = time_learner(base, args, lambda: None, args.steps, args.warmup)
+            ms = (ms + time_learner(learner, args, lambda: None, args.steps, args.warmup)) / 2  # around it
+            extra = f" {base_ms:11.1f} {base_ms / ms:7.2f}x"
         rate = Rate("/".join(cell), flops, ms)
         say(
             f"{rate.name:22s} {flops / 1e9:10.2f} {ms:8.1f} {args.batch_size / (ms / 1e3):8,.0f} "
-            f"{rate.gflops:8.1f} {rate.gflops / peak.gflops:8.1%}"
+            f"{rate.gflops:8.1f} {rate.gflops / peak.gflops:8.1%}{extra}"
         )
 
     # 3. Where the time goes.
