@@ -142,11 +142,26 @@ def train_settings(cfg: DictConfig) -> TrainSettings:
 
 def speed_settings(cfg: DictConfig) -> SpeedSettings:
     return SpeedSettings(
-        channels_last=cfg.trainer.channels_last,
+        channels_last=channels_last(cfg),
         autocast=cfg.trainer.autocast,
         compile=cfg.trainer.compile,
         compile_mode=cfg.trainer.compile_mode,
     )
+
+
+def channels_last(cfg: DictConfig) -> bool:
+    """``trainer.channels_last``: true, false, or ``cpu``: on where training runs on the CPU, one seed per
+    process (measured faster there, `benchmarks/bench_peak.py --channels-last --versus row-major`; not
+    measured on a GPU, and the stacked-seeds engine does not take it)."""
+    value = cfg.trainer.channels_last
+    if value == "cpu":
+        from stn_repro.runs import resolve_device
+
+        stacked = seeds_from_config(cfg.get("seeds")) is not None
+        return not stacked and resolve_device(cfg.trainer.device).type == "cpu"
+    if not isinstance(value, bool):
+        raise ValueError(f"trainer.channels_last={value!r}: use true, false or cpu")
+    return value
 
 
 def make_tracker(

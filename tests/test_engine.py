@@ -337,9 +337,18 @@ def test_trainer_configs_carry_the_speed_settings_to_the_cell():
 
     configs = Path(__file__).resolve().parents[1] / "configs"
     with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
-        for profile in ("paper", "quick", "smoke"):
-            spec, _ = cell_from_config(compose("mnist", overrides=[f"trainer={profile}"]))
-            assert spec.speed == SpeedSettings()  # the measured defaults: the plain path
+        on_cpu = SpeedSettings(channels_last=True)  # the measured defaults: NHWC on the CPU, else plain
+        for profile in ("paper", "quick", "fast"):
+            spec, _ = cell_from_config(
+                compose("mnist", overrides=[f"trainer={profile}", "trainer.device=cpu"])
+            )
+            assert spec.speed == on_cpu
+            stacked = compose("mnist", overrides=[f"trainer={profile}", "trainer.device=cpu", "seeds=[1,2]"])
+            assert cell_from_config(stacked)[0].speed == SpeedSettings()  # the stacked engine: plain path
+        smoke, _ = cell_from_config(compose("mnist", overrides=["trainer=smoke", "trainer.device=cpu"]))
+        assert smoke.speed == SpeedSettings()
+        with pytest.raises(ValueError, match=r"trainer.channels_last='yes': use true, false or cpu"):
+            cell_from_config(compose("mnist", overrides=["trainer.channels_last=yes"]))
         cfg = compose(
             "mnist",
             overrides=[
