@@ -192,13 +192,22 @@ def plain_first_convs(model: nn.Module) -> nn.Module:
     return model
 
 
+def parse_versus(text: str | None) -> list[str]:
+    changes = [] if not text else text.split(",")
+    unknown = [c for c in changes if c not in VERSUS]
+    if unknown:
+        raise SystemExit(f"--versus {text!r}: unknown {', '.join(unknown)}; known: {', '.join(VERSUS)}")
+    return changes
+
+
 def baseline_learner(digits, cell: tuple[str, str], args, device):
-    """The cell's learner with the one change of ``--versus`` undone."""
+    """The cell's learner with the changes of ``--versus`` undone."""
+    changes = parse_versus(args.versus)
     speed = speed_settings(args)
-    if args.versus == "row-major":
+    if "row-major" in changes:
         speed = replace(speed, channels_last=False)
     learner = make_learner(digits, *cell, args.batch_size, 1, device, speed)
-    if args.versus == "plain-first-conv":
+    if "plain-first-conv" in changes:
         plain_first_convs(learner.model)
     return learner
 
@@ -223,12 +232,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compile-mode", default="default")
     parser.add_argument(
         "--versus",
-        choices=VERSUS,
         default=None,
-        help="also time each cell with one change undone, in this process, and print the speed-up: "
-        "plain-first-conv (nn.Conv2d's input gradient for the one-channel first layer), row-major "
-        "(without --channels-last)",
+        help="also time each cell with these changes undone (comma list), in this process, and print the "
+        "speed-up: plain-first-conv (nn.Conv2d's input gradient for the one-channel first layer), "
+        "row-major (without --channels-last)",
     )
+    parser.add_argument(
+        "--project",
+        type=int,
+        default=None,
+        metavar="ITERATIONS",
+        help="also print the hours that --seeds seeds of every cell given take at ITERATIONS of this batch",
+    )
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per cell for --project")
     parser.add_argument(
         "--no-mkldnn",
         action="store_true",
@@ -239,6 +255,7 @@ def main(argv: list[str] | None = None) -> None:
         "--out", type=Path, default=None, help="also write the report to a file in this folder"
     )
     args = parser.parse_args(argv)
+    parse_versus(args.versus)  # a typo stops here, not after the peak measurements
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.no_mkldnn:
@@ -285,6 +302,8 @@ def main(argv: list[str] | None = None) -> None:
     say(
         f"{'cell':22s} {'GFLOP/step':>10s} {'ms/step':>8s} {'img/s':>8s} {'GFLOP/s':>8s} {'of peak':>8s}{versus}"
     )
+    step_ms: dict[tuple[str, str], float] = {}
+    base_step_ms: dict[tuple[str, str], float] = {}
     for cell, learner in learners.items():
         flops = counted_flops(learner.step)
         ms = time_learner(learner, args, lambda: None, args.steps, args.warmup)
@@ -294,10 +313,24 @@ def main(argv: list[str] | None = None) -> None:
             base_ms = time_learner(base, args, lambda: None, args.steps, args.warmup)
             ms = (ms + time_learner(learner, args, lambda: None, args.steps, args.warmup)) / 2  # around it
             extra = f" {base_ms:11.1f} {base_ms / ms:7.2f}x"
+            base_step_ms[cell] = base_ms
+        step_ms[cell] = ms
         rate = Rate("/".join(cell), flops, ms)
         say(
             f"{rate.name:22s} {flops / 1e9:10.2f} {ms:8.1f} {args.batch_size / (ms / 1e3):8,.0f} "
             f"{rate.gflops:8.1f} {rate.gflops / peak.gflops:8.1%}{extra}"
+        )
+
+    if args.project:
+        hours = sum(step_ms.values()) / 1e3 * args.project * args.seeds / 3600
+        say(
+            f"projected: {len(step_ms)} cells x {args.seeds} seeds x {args.project:,} iterations of "
+            f"{args.batch_size} = {hours:.1f} h on this CPU"
+            + (
+                f" (the baseline engine: {sum(base_step_ms.values()) / 1e3 * args.project * args.seeds / 3600:.1f} h)"
+                if base_step_ms
+                else ""
+            )
         )
 
     # 3. Where the time goes.

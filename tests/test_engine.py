@@ -420,9 +420,13 @@ def test_the_peak_benchmark_prints_each_cells_fraction_of_the_measured_peak(caps
          "--matmul-size 64 --profile".split())  # fmt: skip
     out = capsys.readouterr().out
     main("--synthetic --cells r/st_cnn:affine --batch-size 4 --steps 1 --warmup 1 --calls 1 --matmul-size 64 "
-         "--versus plain-first-conv".split())  # fmt: skip
+         "--versus plain-first-conv,row-major --channels-last --project 15000".split())  # fmt: skip
     versus = capsys.readouterr().out
-    assert "(baseline: plain-first-conv)" in versus and versus.strip().endswith("x")
+    assert "(baseline: plain-first-conv,row-major)" in versus
+    assert (
+        "projected: 1 cells x 3 seeds x 15,000 iterations of 4 = " in versus
+        and "(the baseline engine: " in versus
+    )
     assert "matmul 64x64 float32" in out and "conv 9x9 1->89 on 28x28 (no dx)" in out
     assert "conv 9x9 1->85 on 21x21 " in out and "conv 9x9 1->85 on 21x21 (no dx)" not in out  # after the ST
     cells = [line.split() for line in out.splitlines() if line.startswith(("r/cnn ", "rts/st_cnn:affine "))]
