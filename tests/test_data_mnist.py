@@ -3,6 +3,7 @@
 
 import gzip
 import hashlib
+import os
 import shutil
 import urllib.error
 from pathlib import Path
@@ -12,6 +13,7 @@ import torch
 
 from stn_repro.data import MNIST_MD5, DataError, default_data_dir, fetch_mnist, load_mnist, synthetic_mnist
 from stn_repro.data import mnist as mnist_module
+from stn_repro.data.mnist import download_verified
 
 SHARED_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
 FIRST = "train-images-idx3-ubyte"  # fetch_mnist handles the files in MNIST_MD5's order
@@ -61,6 +63,110 @@ def test_no_source_and_no_network_says_how_to_fetch_offline(tmp_path, monkeypatc
     monkeypatch.setattr(mnist_module.time, "sleep", lambda seconds: None)
     with pytest.raises(DataError, match=r"could not download MNIST file .*no network.*STN_MNIST_SOURCE="):
         fetch_mnist(tmp_path / "data")
+
+
+# --- download_verified: the checked download the data modules share --------------------------------------
+
+
+def test_download_verified_publishes_a_good_file_with_ordinary_permissions(tmp_path, monkeypatch):
+    served = tmp_path / "served" / "archive.tgz"
+    served.parent.mkdir()
+    served.write_bytes(b"the archive")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    sleeps = []
+    monkeypatch.setattr(mnist_module.time, "sleep", sleeps.append)
+    checked = []
+
+    def check(path):
+        checked.append(path.read_bytes())
+        return None if mnist_module.md5_file(path) == hashlib.md5(b"the archive").hexdigest() else "md5 wrong"
+
+    # The first URL cannot be reached; the second serves the file.
+    urls = [(tmp_path / "nowhere.tgz").as_uri(), served.as_uri()]
+    path = dest / "archive.tgz"
+    assert download_verified(urls, path, check, attempts=2, corrupt_fix="-", offline_fix="-") == path
+    assert path.read_bytes() == b"the archive" and checked == [b"the archive"]
+    assert sleeps == [1.0, 2.0]  # after each failed try of the first URL
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
+    assert os.listdir(dest) == ["archive.tgz"]
+
+
+def test_download_verified_discards_a_corrupt_download_at_once(tmp_path, monkeypatch):
+    served = tmp_path / "archive.tgz"
+    served.write_bytes(b"truncated")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    monkeypatch.setattr(mnist_module.time, "sleep", lambda seconds: None)
+    tries = []
+
+    def check(path):
+        tries.append(path)
+        return "md5 abc, expected def"
+
+    with pytest.raises(
+        DataError,
+        match=rf"the download of {served.as_uri()} is not the official archive\.tgz \(md5 abc, expected def\) "
+        r"and was discarded; fix: retry, or set STN_X_SOURCE$",
+    ):
+        download_verified(
+            [served.as_uri()] * 2,
+            dest / "archive.tgz",
+            check,
+            attempts=2,
+            corrupt_fix="retry, or set STN_X_SOURCE",
+            offline_fix="-",
+        )
+    assert len(tries) == 1  # a wrong file is not a transient failure: no retry
+    assert os.listdir(dest) == []
+
+
+def test_download_verified_unreachable_urls_give_the_no_network_message(tmp_path, monkeypatch):
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    monkeypatch.setattr(mnist_module.time, "sleep", lambda seconds: None)
+    never = lambda path: pytest.fail("nothing was downloaded, so nothing is checked")  # noqa: E731
+    first, second = "http://first.invalid/a.tgz", "http://second.invalid/a.tgz"
+
+    def offline(url, timeout):
+        raise urllib.error.URLError(f"no network for {url}")
+
+    monkeypatch.setattr(mnist_module.urllib.request, "urlopen", offline)
+    # Several URLs: the message names the file, and each failure its URL.
+    with pytest.raises(DataError) as error:
+        download_verified(
+            [first, second], dest / "a.tgz", never, attempts=2, corrupt_fix="-", offline_fix="set X"
+        )
+    assert str(error.value) == (
+        f"could not download a.tgz (no network?): {first}: <urlopen error no network for {first}>; "
+        f"{first}: <urlopen error no network for {first}>; {second}: <urlopen error no network for {second}>; "
+        f"{second}: <urlopen error no network for {second}>. Fix: set X"
+    )
+    # One URL: the message names it once.
+    with pytest.raises(
+        DataError, match=rf"^could not download {first} \(no network\?\): <urlopen error .*Fix: set X$"
+    ):
+        download_verified(first, dest / "a.tgz", never, attempts=1, corrupt_fix="-", offline_fix="set X")
+    assert os.listdir(dest) == []
+
+
+def test_download_verified_removes_the_temporary_on_an_interrupt(tmp_path):
+    served = tmp_path / "archive.tgz"
+    served.write_bytes(b"data")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+
+    def interrupted(path):
+        assert path.parent == dest and path.is_file()  # the temporary sits next to the destination
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        download_verified(
+            served.as_uri(), dest / "archive.tgz", interrupted, attempts=2, corrupt_fix="-", offline_fix="-"
+        )
+    assert os.listdir(dest) == []
 
 
 def test_load_without_files_says_run_make_data_mnist(tmp_path):

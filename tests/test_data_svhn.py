@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from stn_repro.data import DataError, set_checksum, synthetic_mnist
+from stn_repro.data import mnist as mnist_module
 from stn_repro.data import svhn as svhn_module
 from stn_repro.data.svhn import (
     MAX_DIGITS,
@@ -369,12 +370,13 @@ def test_download_failures_leave_no_file(tmp_path, monkeypatch):
     def offline(url, timeout):
         raise urllib.error.URLError("no network")
 
-    monkeypatch.setattr(svhn_module.time, "sleep", lambda _: None)
-    monkeypatch.setattr(svhn_module.urllib.request, "urlopen", offline)
+    # The download itself is stn_repro.data.mnist.download_verified's (tested in test_data_mnist.py).
+    monkeypatch.setattr(mnist_module.time, "sleep", lambda _: None)
+    monkeypatch.setattr(mnist_module.urllib.request, "urlopen", offline)
     with pytest.raises(DataError, match=r"could not download http://ufldl.*test\.tar\.gz.*STN_SVHN_SOURCE"):
         download_svhn(tmp_path, ("test",))
     monkeypatch.setattr(
-        svhn_module.urllib.request, "urlopen", lambda url, timeout: io.BytesIO(b"wrong bytes")
+        mnist_module.urllib.request, "urlopen", lambda url, timeout: io.BytesIO(b"wrong bytes")
     )
     with pytest.raises(
         DataError, match=r"download of http://ufldl.*/test\.tar\.gz is not the official test\.tar\.gz \(md5 "

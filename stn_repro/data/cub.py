@@ -30,9 +30,6 @@ import os
 import shutil
 import tarfile
 import tempfile
-import time
-import urllib.error
-import urllib.request
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -45,7 +42,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from torchvision.transforms.v2 import functional as TF
 
-from .mnist import DataError, default_data_dir, publish_atomically
+from .mnist import DataError, default_data_dir, download_verified, md5_file
 from .sets import DEFAULT_SEED, derive_seed
 
 CUB_FOLDER = "CUB_200_2011"
@@ -345,7 +342,7 @@ def prepare_cub(
         if archive is not None:
             if expect_official:
                 log(f"  {archive}: checking md5")
-                found = _md5_file(archive)
+                found = md5_file(archive)
                 if found != ARCHIVE_MD5:
                     raise DataError(
                         f"{archive} is not the official {ARCHIVE_NAME} (md5 {found}, expected {ARCHIVE_MD5}); "
@@ -402,43 +399,23 @@ def download_cub(data_dir: Path | None = None) -> Path:
     folder = Path(data_dir if data_dir is not None else default_data_dir()) / DOWNLOAD_DIR
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / ARCHIVE_NAME
-    if path.is_file() and _md5_file(path) == ARCHIVE_MD5:
+    if path.is_file() and md5_file(path) == ARCHIVE_MD5:
         return path
-    failures = []
-    for url in CUB_URLS:
-        for attempt in range(_DOWNLOAD_ATTEMPTS):
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{ARCHIVE_NAME}.", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
-                    shutil.copyfileobj(response, out, 1 << 20)
-                found = _md5_file(Path(tmp))
-                if found != ARCHIVE_MD5:
-                    raise DataError(
-                        f"the download of {url} is not the official {ARCHIVE_NAME} (md5 {found}, expected "
-                        f"{ARCHIVE_MD5}) and was discarded; fix: retry, or download it elsewhere and set "
-                        f"{SOURCE_ENV}=/path/to/{ARCHIVE_NAME} (or pass --source)"
-                    )
-                publish_atomically(tmp, path)
-                return path
-            except (urllib.error.URLError, OSError, TimeoutError) as error:
-                Path(tmp).unlink(missing_ok=True)
-                failures.append(f"{url}: {error}")
-                time.sleep(1.0 * (attempt + 1))
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-    raise DataError(
-        f"could not download {ARCHIVE_NAME} (no network?): {'; '.join(failures)}. Fix: download it elsewhere "
-        f"and set {SOURCE_ENV}=/path/to/{ARCHIVE_NAME} (or pass --source)"
+    fix = f"download it elsewhere and set {SOURCE_ENV}=/path/to/{ARCHIVE_NAME} (or pass --source)"
+    return download_verified(
+        CUB_URLS,
+        path,
+        _archive_md5_problem,
+        attempts=_DOWNLOAD_ATTEMPTS,
+        corrupt_fix=f"retry, or {fix}",
+        offline_fix=fix,
     )
 
 
-def _md5_file(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def _archive_md5_problem(archive: Path) -> str | None:
+    """``None`` when ``archive`` has :data:`ARCHIVE_MD5`, else what it has instead."""
+    found = md5_file(archive)
+    return None if found == ARCHIVE_MD5 else f"md5 {found}, expected {ARCHIVE_MD5}"
 
 
 def _umask() -> int:

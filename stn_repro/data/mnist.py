@@ -3,6 +3,9 @@
 On disk the suite keeps the four *raw* (uncompressed) idx files in ``<data_dir>/mnist/`` and verifies
 them by the md5 of their uncompressed bytes: the gzipped copies in circulation were re-compressed more
 than once, so only the uncompressed bytes have a stable checksum.
+
+The module also holds what the other data modules share: :class:`DataError`, :func:`md5_file` and
+:func:`download_verified` (the checked, retried, atomic download of one archive).
 """
 
 from __future__ import annotations
@@ -11,11 +14,13 @@ import gzip
 import hashlib
 import math
 import os
+import shutil
 import tempfile
 import time
 import urllib.error
 import urllib.request
 import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -151,15 +156,7 @@ def _download(name: str) -> tuple[bytes, str]:
 
 
 def _is_verified(path: Path) -> bool:
-    return path.is_file() and _md5_file(path) == MNIST_MD5[path.name]
-
-
-def _md5_file(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return path.is_file() and md5_file(path) == MNIST_MD5[path.name]
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -172,6 +169,77 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+# --- shared by the data modules: checked downloads ---------------------------------------------------------
+
+
+def md5_file(path: Path) -> str:
+    """The md5 hex digest of the file at ``path``, read a megabyte at a time."""
+    digest = hashlib.md5()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download_verified(
+    urls: Sequence[str],
+    path: Path,
+    check: Callable[[Path], str | None],
+    *,
+    attempts: int,
+    corrupt_fix: str,
+    offline_fix: str,
+    timeout: float = 60,
+) -> Path:
+    """Download ``path`` from the first of ``urls`` that answers, check it, publish it; return ``path``.
+
+    Each URL is tried ``attempts`` times, in order. A try streams the response into a temporary file in
+    ``path``'s folder (which must exist) and calls ``check(temporary)``: ``None`` (or ``""``) means the
+    file is good, and it is renamed onto ``path`` with :func:`publish_atomically` (the umask's ordinary
+    permissions; readers never see a partial file); a string says what is wrong (e.g. ``"md5 <found>,
+    expected <md5>"``). A try that fails on the network or the disk (``URLError``, ``OSError``,
+    ``TimeoutError``) is recorded, and the next try follows after a pause of 1 s, 2 s, ... (by attempt).
+
+    Raises :class:`DataError`
+      - at once (no retry) when a download fails ``check``: "the download of <url> is not the official
+        <path.name> (<problem>) and was discarded; fix: <corrupt_fix>";
+      - when every try failed: "could not download <what> (no network?): <failures>. Fix: <offline_fix>",
+        where, with one URL, ``<what>`` is that URL and the failures are the errors; with several,
+        ``<what>`` is ``path.name`` and each failure is "<url>: <error>".
+
+    The temporary file is removed whatever goes wrong; any other exception (``KeyboardInterrupt``, an
+    error raised by ``check``) propagates unchanged after that.
+    """
+    urls = (urls,) if isinstance(urls, str) else tuple(urls)
+    if not urls or attempts < 1:
+        raise ValueError(f"download_verified needs at least one URL and attempt, got {urls!r}, {attempts}")
+    path = Path(path)
+    failures = []
+    for url in urls:
+        for attempt in range(attempts):
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+                    shutil.copyfileobj(response, out, 1 << 20)
+                problem = check(Path(tmp))
+                if problem:
+                    raise DataError(
+                        f"the download of {url} is not the official {path.name} ({problem}) and was "
+                        f"discarded; fix: {corrupt_fix}"
+                    )
+                publish_atomically(tmp, path)
+                return path
+            except (urllib.error.URLError, OSError, TimeoutError) as error:
+                Path(tmp).unlink(missing_ok=True)
+                failures.append(f"{error}" if len(urls) == 1 else f"{url}: {error}")
+                time.sleep(1.0 * (attempt + 1))
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+    what = urls[0] if len(urls) == 1 else path.name
+    raise DataError(f"could not download {what} (no network?): {'; '.join(failures)}. Fix: {offline_fix}")
 
 
 # --- loading ----------------------------------------------------------------------------------------------

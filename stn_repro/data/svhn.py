@@ -36,9 +36,6 @@ import shutil
 import struct
 import tarfile
 import tempfile
-import time
-import urllib.error
-import urllib.request
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -52,7 +49,7 @@ import torch
 from PIL import Image, ImageFilter, UnidentifiedImageError
 from torch import Tensor
 
-from .mnist import DataError, default_data_dir, publish_atomically
+from .mnist import DataError, default_data_dir, download_verified, md5_file, publish_atomically
 from .sets import (
     DEFAULT_SEED,
     _EpochOrder,
@@ -792,47 +789,27 @@ def download_svhn(data_dir: Path | None = None, splits: Sequence[str] = ("train"
         if split not in SVHN_SPLITS:
             raise ValueError(f"unknown SVHN split {split!r}; known: {', '.join(SVHN_SPLITS)}")
         path = folder / f"{split}.tar.gz"
-        if path.is_file() and _md5_file(path) == ARCHIVE_MD5[split]:
+        if path.is_file() and md5_file(path) == ARCHIVE_MD5[split]:
             continue
         _download_archive(f"{SVHN_URL}{split}.tar.gz", path, split)
     return folder
 
 
 def _download_archive(url: str, path: Path, split: str) -> None:
-    failures = []
-    for attempt in range(_DOWNLOAD_ATTEMPTS):
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
-                shutil.copyfileobj(response, out, 1 << 20)
-            problems = _archive_hash_problems(Path(tmp), split)
-            if problems:
-                raise DataError(
-                    f"the download of {url} is not the official {split}.tar.gz ({problems}) and was "
-                    f"discarded; fix: retry, or download it elsewhere, check it, put it in a folder and set "
-                    f"{SOURCE_ENV}=/path/to/that/folder (or pass --source)"
-                )
-            publish_atomically(tmp, path)
-            return
-        except (urllib.error.URLError, OSError, TimeoutError) as error:
-            Path(tmp).unlink(missing_ok=True)
-            failures.append(f"{error}")
-            time.sleep(1.0 * (attempt + 1))
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    raise DataError(
-        f"could not download {url} (no network?): {'; '.join(failures)}. Fix: download it elsewhere, put it "
-        f"in a folder and set {SOURCE_ENV}=/path/to/that/folder (or pass --source)"
+    download_verified(
+        [url],
+        path,
+        lambda archive: _archive_hash_problems(archive, split) or None,
+        attempts=_DOWNLOAD_ATTEMPTS,
+        corrupt_fix=(
+            f"retry, or download it elsewhere, check it, put it in a folder and set "
+            f"{SOURCE_ENV}=/path/to/that/folder (or pass --source)"
+        ),
+        offline_fix=(
+            f"download it elsewhere, put it in a folder and set {SOURCE_ENV}=/path/to/that/folder "
+            "(or pass --source)"
+        ),
     )
-
-
-def _md5_file(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # --- training data --------------------------------------------------------------------------------------
