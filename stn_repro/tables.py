@@ -191,13 +191,15 @@ def _reaching_paper(runs: list[dict[str, Any]], paper: float | None) -> dict[str
     validated = any("val_error" in e for r in runs for e in (r.get("history") or []))
     if not validated:
         return {"seeds_reaching_paper": None, "images_to_paper": None, "time_to_paper_s": None}
-    times = [e["wall_time_s"] for e, _ in reached if "wall_time_s" in e]
+    # The run's training time pro rata to the iteration (evaluations included): histories hold no clock
+    # times, so that a resumed run's history is the same as an uninterrupted one's.
+    times = [r["wall_time_s"] * e["iteration"] / r["iterations"] for e, r in reached]
     return {
         "seeds_reaching_paper": len(reached),
         "images_to_paper": round(statistics.fmean(e["iteration"] * r["batch_size"] for e, r in reached))
         if reached
         else None,
-        "time_to_paper_s": round(statistics.fmean(times), 1) if times else None,
+        "time_to_paper_s": round(statistics.fmean(times), 1) if times else None,  # pro rata
     }
 
 

@@ -437,6 +437,7 @@ def run_training(
         raise ValueError(f"{len(trackers)} trackers for {num_models} models: give one per model (or none)")
     start, wall_before = 0, 0.0
     histories: list[list[dict[str, Any]]] = [[] for _ in range(num_models)]
+    train_losses = TrainLossMeans(num_models)
     if checkpoint_path.exists():
         state = read_checkpoint(checkpoint_path, learner.device)
         _check_checkpoint(state, checkpoint_path, num_models)
@@ -444,10 +445,20 @@ def run_training(
         learner.load_state_dict(state["learner"])
         torch.set_rng_state(state["torch_rng"])
         start, wall_before, histories = state["iteration"], state["wall_time_s"], state["histories"]
+        train_losses.load_state_dict(state.get("train_losses"))
         models = f"{num_models} stacked models " if num_models > 1 else ""
         log(f"resuming {models}from {checkpoint_path} at iteration {start:,}")
 
     losses = LossWindow(max(1, settings.log_every), num_models, learner.device)
+
+    def check_losses() -> list[float] | None:
+        """Read back and check the losses since the last check; they also count toward the history's
+        mean train loss at the next log point."""
+        count = losses.count
+        means = losses.check(settings, checkpoint_path)
+        if means is not None:
+            train_losses.add(means, count)
+        return means
 
     def checkpoint(iteration: int, wall: float) -> None:
         state = {
@@ -458,6 +469,7 @@ def run_training(
             "iteration": iteration,
             "wall_time_s": wall,
             "histories": histories,
+            "train_losses": train_losses.state_dict(),
             "settings": asdict(settings),
             **(extra_state or {}),
         }
@@ -470,14 +482,7 @@ def run_training(
         for index, errors in enumerate(all_errors):
             # A relaunch from the final checkpoint (the process was killed before its record was written)
             # evaluates the same weights again: still one entry per evaluation point.
-            _add_to_history(
-                histories[index],
-                iteration,
-                {
-                    **{f"{k}_error": v for k, v in errors.items()},
-                    "wall_time_s": round(wall_before + time.perf_counter() - t0, 1),
-                },
-            )
+            _add_to_history(histories[index], iteration, {f"{k}_error": v for k, v in errors.items()})
             if trackers[index] is not None:
                 trackers[index].log({f"{k}/error": v for k, v in errors.items()}, step=iteration)
             who = f" | model {index}" if num_models > 1 else ""
@@ -523,7 +528,7 @@ def run_training(
                 window_images += learner.images_per_step
 
                 if iteration % settings.log_every == 0 or iteration == end:
-                    means = losses.check(settings, checkpoint_path)
+                    means = check_losses()
                     now = time.perf_counter()
                     rate = window_images / max(now - window_start - window_paused, 1e-9)
                     shown = "loss " if num_models == 1 else "losses "
@@ -532,8 +537,11 @@ def run_training(
                         + " ".join(f"{v:.4f}" for v in means)
                         + f" | lr {lr:.1e} | {rate:,.0f} img/s"
                     )
-                    for history, mean in zip(histories, means, strict=True):
-                        _add_to_history(history, iteration, {"train_loss": round(mean, 5), "lr": lr})
+                    # The history's train loss: the mean over every step since the previous multiple of
+                    # log_every (carried through checkpoints, so a resumed run records the same values).
+                    if iteration % settings.log_every == 0 or iteration == settings.iterations:
+                        for history, mean in zip(histories, train_losses.take(), strict=True):
+                            _add_to_history(history, iteration, {"train_loss": round(mean, 5), "lr": lr})
                     for tracker, mean in zip(trackers, means, strict=True):
                         if tracker is not None:
                             tracker.log(
@@ -553,9 +561,7 @@ def run_training(
                     and iteration < end
                 )
                 if eval_due or picture_due or checkpoint_due:
-                    losses.check(
-                        settings, checkpoint_path
-                    )  # never evaluate, draw or checkpoint a diverged state
+                    check_losses()  # never evaluate, draw or checkpoint a diverged state
                     paused_from = time.perf_counter()
                     if eval_due:
                         errors = run_evaluation(iteration)
@@ -565,14 +571,14 @@ def run_training(
                         checkpoint(iteration, wall_before + time.perf_counter() - t0)
                     window_paused += time.perf_counter() - paused_from  # not training: kept out of img/s
         except KeyboardInterrupt:
-            losses.check(settings, checkpoint_path)
+            check_losses()
             checkpoint(iteration, wall_before + time.perf_counter() - t0)
             log(
                 f"interrupted at iteration {iteration:,}; checkpoint saved to {checkpoint_path}: relaunch to resume"
             )
             raise
 
-        losses.check(settings, checkpoint_path)
+        check_losses()
         finished = iteration >= settings.iterations
         if finished:
             errors = run_evaluation(iteration)
@@ -601,6 +607,31 @@ def run_training(
         )
         for i in range(num_models)
     ]
+
+
+class TrainLossMeans:
+    """Each model's summed train loss and step count since the last history point, checkpointed with the
+    run so that a run resumed between two log points records the same mean as one that never stopped."""
+
+    def __init__(self, num_models: int):
+        self.sums, self.count = [0.0] * num_models, 0
+
+    def add(self, means: list[float], count: int) -> None:
+        self.sums = [s + m * count for s, m in zip(self.sums, means, strict=True)]
+        self.count += count
+
+    def take(self) -> list[float]:
+        """The means since the last call (NaN where no step was added), then start afresh."""
+        means = [s / self.count if self.count else math.nan for s in self.sums]
+        self.sums, self.count = [0.0] * len(self.sums), 0
+        return means
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sums": list(self.sums), "count": self.count}
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        if state is not None:  # checkpoints written before this field: start the window afresh
+            self.sums, self.count = list(state["sums"]), state["count"]
 
 
 def _add_to_history(history: list[dict[str, Any]], iteration: int, values: dict[str, Any]) -> None:
