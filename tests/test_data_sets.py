@@ -25,6 +25,7 @@ from stn_repro.data import (
     validation_indices,
     write_set,
 )
+from stn_repro.data.sets import SeededBatchStream
 
 
 @pytest.fixture(scope="module")
@@ -199,6 +200,39 @@ def test_stream_errors(mnist):
     other = make_stream(DistortedStream, "r", mnist, seed=4)
     with pytest.raises(ValueError, match="state is for seed=4"):
         stream.load_state_dict(other.state_dict())
+
+
+class TwoOrderStream(SeededBatchStream):
+    """The smallest stream on the shared base: two orders, a generator, batches of item indices."""
+
+    kind = "TwoOrderStream"
+
+    def __init__(self, count, batch_size, seed):
+        super().__init__(torch.arange(count), batch_size, seed, "cpu", order_keys=[("a",), ("b",)])
+        self._generator = self._derived_generator("noise")
+
+    def next_batch(self):
+        first, second = (order.take(self.batch_size) for order in self._orders)
+        return torch.stack([first, second], 1), torch.rand(self.batch_size, generator=self._generator)
+
+
+def test_the_shared_stream_base_orders_counts_epochs_and_resumes():
+    stream = TwoOrderStream(5, batch_size=3, seed=2)
+    seen = torch.cat([next(iter(stream))[0], stream.next_batch()[0]])[:5]  # 6 items: epoch 0, then 1 more
+    assert len(stream) == 5 and torch.equal(seen.sort(0).values, torch.arange(5).view(5, 1).expand(5, 2))
+    assert not torch.equal(seen[:, 0], seen[:, 1]) and stream.epoch == 1  # each order its own permutation
+    state = stream.state_dict()
+    assert " ".join(state) == "kind seed num_digits batch_size epochs positions generator_state"
+    assert (state["epochs"], state["positions"]) == ([1, 1], [1, 1])
+    ahead = [stream.next_batch() for _ in range(3)]
+    resumed = TwoOrderStream(5, batch_size=3, seed=2)
+    resumed.load_state_dict(state)
+    for (x, y), (x2, y2) in zip(ahead, [resumed.next_batch() for _ in range(3)], strict=True):
+        assert torch.equal(x, x2) and torch.equal(y, y2)
+    with pytest.raises(ValueError, match=r"TwoOrderStream\.load_state_dict: the state is for num_digits=5"):
+        TwoOrderStream(6, batch_size=3, seed=2).load_state_dict(state)
+    with pytest.raises(ValueError, match="batch_size must be positive"):
+        TwoOrderStream(5, batch_size=0, seed=2)
 
 
 def test_per_sample_dataset_is_seeded_per_index_and_epoch(mnist):

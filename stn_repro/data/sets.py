@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import h5py
@@ -427,25 +427,59 @@ class _EpochOrder:
         self.epoch, self.position, self._order = int(epoch), int(position), None
 
 
-class _BatchSource:
-    """Shared ``next_batch`` iteration and ``state_dict`` checks of the training-data classes."""
+class SeededBatchStream:
+    """The seeded, resumable part that every training-batch stream shares; a subclass adds only what an item
+    is and how a batch is made (:meth:`next_batch`).
+
+    **Convention**: ``labels [N, ...]`` (one row per item; they move to ``device`` as int64, and
+    ``len(stream) == N``), ``batch_size`` items per batch, ``seed`` the stream's seed. The items are read
+    through seeded per-epoch permutations (:class:`_EpochOrder`; a batch that reaches the end of one epoch
+    is completed from the next, so every batch is full): ``self._order.take(self.batch_size)`` gives the
+    next batch's item indices on ``device``. By default there is one order, seeded by ``seed`` itself;
+    ``order_keys`` gives one order per entry instead, each seeded by ``derive_seed(seed, *key)``
+    (``self._orders``; ``self._order`` is the first). A stream whose batches need random choices of their
+    own sets ``self._generator`` (a CPU generator, e.g. from :meth:`_derived_generator`).
+
+    ``state_dict()`` holds, in this order: the fields named in :attr:`state_fields` (``num_digits`` and
+    ``num_images`` are ``len(stream)``, any other name is the attribute), then ``epoch`` and ``position``
+    (one order) or the lists ``epochs`` and ``positions`` (several), then ``generator_state`` when there
+    is a generator. ``load_state_dict()`` first checks that the state's :attr:`checked_fields` equal this
+    stream's (``ValueError`` otherwise), then restores the orders and the generator, so a resumed stream
+    continues with exactly the batches it would have produced.
+    """
 
     kind: str
+    state_fields: tuple[str, ...] = ("kind", "seed", "num_digits", "batch_size")
+    """The fields that open ``state_dict()``, in order."""
+    checked_fields: tuple[str, ...] = ("kind", "seed", "num_digits")
+    """The fields a state must share with this stream to load."""
+    _generator: torch.Generator | None = None
 
-    def __init__(self, set_name: str, labels: Tensor, batch_size: int, seed: int, device):
-        if set_name not in SET_NAMES:
-            raise ValueError(f"unknown distorted-MNIST set {set_name!r}; known: {', '.join(SET_NAMES)}")
+    def __init__(
+        self,
+        labels: Tensor,
+        batch_size: int,
+        seed: int,
+        device,
+        order_keys: Sequence[tuple[object, ...]] | None = None,
+    ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        self.set_name, self.batch_size, self.seed = set_name, int(batch_size), int(seed)
+        self.batch_size, self.seed = int(batch_size), int(seed)
         self.device = torch.device(device)
-        self.image_size = IMAGE_SIZE[set_name]
         self.labels = labels.to(self.device, torch.int64)
-        self._order = _EpochOrder(len(labels), self.seed, self.device)
+        seeds = [self.seed] if order_keys is None else [derive_seed(self.seed, *key) for key in order_keys]
+        self._orders = [_EpochOrder(len(labels), order_seed, self.device) for order_seed in seeds]
+        self._order = self._orders[0]
+
+    def _derived_generator(self, *keys: object) -> torch.Generator:
+        """A CPU generator seeded with ``derive_seed(seed, *keys)``."""
+        return torch.Generator().manual_seed(derive_seed(self.seed, *keys))
 
     @property
     def epoch(self) -> int:
-        """Completed passes over the digits (a batch that crosses an epoch boundary counts in the new one)."""
+        """Completed passes over the items (a batch that crosses an epoch boundary counts in the new one;
+        with several orders, the first one's)."""
         return self._order.epoch
 
     def __len__(self) -> int:
@@ -458,25 +492,50 @@ class _BatchSource:
     def next_batch(self) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
+    def _field(self, name: str):
+        return len(self) if name in ("num_digits", "num_images") else getattr(self, name)
+
     def state_dict(self) -> dict:
-        return {
-            "kind": self.kind,
-            "set_name": self.set_name,
-            "seed": self.seed,
-            "num_digits": len(self.labels),
-            "batch_size": self.batch_size,
-            "epoch": self._order.epoch,
-            "position": self._order.position,
-        }
+        state = {name: self._field(name) for name in self.state_fields}
+        if len(self._orders) == 1:
+            state.update(epoch=self._order.epoch, position=self._order.position)
+        else:
+            state.update(
+                epochs=[order.epoch for order in self._orders],
+                positions=[order.position for order in self._orders],
+            )
+        if self._generator is not None:
+            state["generator_state"] = self._generator.get_state()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
-        for key in ("kind", "set_name", "seed", "num_digits"):
-            if state.get(key) != self.state_dict()[key]:
+        for key in self.checked_fields:
+            if state.get(key) != (mine := self._field(key)):
                 raise ValueError(
                     f"{self.kind}.load_state_dict: the state is for {key}={state.get(key)!r}, "
-                    f"this stream has {self.state_dict()[key]!r}"
+                    f"this stream has {mine!r}"
                 )
-        self._order.load(state["epoch"], state["position"])
+        if len(self._orders) == 1:
+            self._order.load(state["epoch"], state["position"])
+        else:
+            for order, epoch, position in zip(self._orders, state["epochs"], state["positions"], strict=True):
+                order.load(epoch, position)
+        if self._generator is not None:
+            self._generator.set_state(state["generator_state"])
+
+
+class _BatchSource(SeededBatchStream):
+    """The distorted-MNIST training data: a :class:`SeededBatchStream` of the digits of one set."""
+
+    state_fields = ("kind", "set_name", "seed", "num_digits", "batch_size")
+    checked_fields = ("kind", "set_name", "seed", "num_digits")
+
+    def __init__(self, set_name: str, labels: Tensor, batch_size: int, seed: int, device):
+        if set_name not in SET_NAMES:
+            raise ValueError(f"unknown distorted-MNIST set {set_name!r}; known: {', '.join(SET_NAMES)}")
+        super().__init__(labels, batch_size, seed, device)
+        self.set_name = set_name
+        self.image_size = IMAGE_SIZE[set_name]
 
 
 class DistortedStream(_BatchSource):
@@ -513,20 +572,13 @@ class DistortedStream(_BatchSource):
         # Copy as uint8 (4x fewer bytes), convert on the device.
         self.digits = images_uint8.to(self.device).unsqueeze(1).float().div_(255.0)
         self.clutter_source = None if clutter_source is None else clutter_source.to(self.device)
-        self._generator = torch.Generator().manual_seed(derive_seed(self.seed, "distortions", set_name))
+        self._generator = self._derived_generator("distortions", set_name)
         self.last_params: dict[str, Tensor] | None = None
 
     def next_batch(self) -> tuple[Tensor, Tensor]:
         index = self._order.take(self.batch_size)
         x, self.last_params = distort(self.set_name, self.digits[index], self._generator, self.clutter_source)
         return x, self.labels[index]
-
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "generator_state": self._generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        self._generator.set_state(state["generator_state"])
 
 
 class FixedTrainingSet(_BatchSource):

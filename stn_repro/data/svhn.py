@@ -37,7 +37,7 @@ import struct
 import tarfile
 import tempfile
 import zlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -52,7 +52,7 @@ from torch import Tensor
 from .mnist import DataError, default_data_dir, download_verified, md5_file, publish_atomically
 from .sets import (
     DEFAULT_SEED,
-    _EpochOrder,
+    SeededBatchStream,
     derive_seed,
     read_set,
     validation_indices,
@@ -827,7 +827,7 @@ def center_crop(images: Tensor, crop: int | None) -> Tensor:
     return images[..., top : top + crop, left : left + crop]
 
 
-class SvhnStream:
+class SvhnStream(SeededBatchStream):
     """Training batches of a stored SVHN set with Goodfellow's random crops, the interface of
     :class:`~stn_repro.data.sets.DistortedStream`.
 
@@ -836,11 +836,14 @@ class SvhnStream:
     on ``device``. The images go through seeded per-epoch permutations (a batch that reaches the end of an
     epoch is completed from the next); each image of a batch gets a crop position drawn uniformly from a
     CPU generator seeded from ``seed`` (``crop=None``: the whole image). The images stay on ``device`` as
-    uint8. ``state_dict()`` / ``load_state_dict()`` capture the position and the generator, so a resumed
-    stream continues with exactly the batches it would have produced.
+    uint8. ``state_dict()`` / ``load_state_dict()`` (:class:`~stn_repro.data.sets.SeededBatchStream`'s)
+    capture the position and the generator, so a resumed stream continues with exactly the batches it would
+    have produced.
     """
 
     kind = "SvhnStream"
+    state_fields = ("kind", "seed", "num_images", "batch_size", "crop")
+    checked_fields = ("kind", "seed", "num_images", "crop")
 
     def __init__(
         self,
@@ -859,33 +862,16 @@ class SvhnStream:
             raise ValueError(
                 f"labels must be [N, {MAX_DIGITS}] with N={len(images_uint8)}, got {tuple(labels.shape)}"
             )
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        size = images_uint8.shape[-1]
+        super().__init__(labels, batch_size, seed, device)
         if crop is not None and not 0 < crop <= min(images_uint8.shape[-2:]):
             raise ValueError(f"crop {crop} does not fit images of {tuple(images_uint8.shape[-2:])}")
-        self.batch_size, self.seed, self.crop = int(batch_size), int(seed), crop
-        self.device = torch.device(device)
-        self.image_size = size
+        self.crop = crop
+        self.image_size = images_uint8.shape[-1]
         self.images = images_uint8.to(self.device)
-        self.labels = labels.to(self.device, torch.int64)
-        self._order = _EpochOrder(len(labels), self.seed, self.device)
-        self._generator = torch.Generator().manual_seed(derive_seed(self.seed, "svhn-crops"))
+        self._generator = self._derived_generator("svhn-crops")
         if crop is not None:
             self._span = torch.arange(crop, device=self.device)
             self._channels = torch.arange(3, device=self.device).view(1, 3, 1, 1)
-
-    @property
-    def epoch(self) -> int:
-        """Completed passes over the images (a batch that crosses an epoch boundary counts in the new one)."""
-        return self._order.epoch
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        while True:
-            yield self.next_batch()
 
     def next_batch(self) -> tuple[Tensor, Tensor]:
         index = self._order.take(self.batch_size)
@@ -900,29 +886,6 @@ class SvhnStream:
             # One gather straight from the stored images: [B, 3, crop, crop], contiguous.
             images = self.images[index.view(-1, 1, 1, 1), self._channels, rows, cols]
         return images.float().div_(255.0), self.labels[index]
-
-    def state_dict(self) -> dict:
-        return {
-            "kind": self.kind,
-            "seed": self.seed,
-            "num_images": len(self.labels),
-            "batch_size": self.batch_size,
-            "crop": self.crop,
-            "epoch": self._order.epoch,
-            "position": self._order.position,
-            "generator_state": self._generator.get_state(),
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        mine = self.state_dict()
-        for key in ("kind", "seed", "num_images", "crop"):
-            if state.get(key) != mine[key]:
-                raise ValueError(
-                    f"{self.kind}.load_state_dict: the state is for {key}={state.get(key)!r}, "
-                    f"this stream has {mine[key]!r}"
-                )
-        self._order.load(state["epoch"], state["position"])
-        self._generator.set_state(state["generator_state"])
 
 
 # --- synthetic stand-in ---------------------------------------------------------------------------------
