@@ -231,3 +231,32 @@ def test_the_fast_profile_is_labelled_and_reports_the_images_until_the_paper_was
     assert "FAST PROFILE, NOT THE PAPER'S PROTOCOL" in text and "REDUCED BUDGET" not in text
     assert "| r FCN | 1 of 2 | 256,000 | 0.67% | 2.0 min |" in text
     assert first_reaching(history, 1.0) is None
+
+
+def test_the_tuning_table_shows_the_varied_settings_and_validation_errors_only(tmp_path, capsys):
+    from experiments.tuning_table import main as tuning_main
+
+    def tuning_run(lr, val_errors, seed=1):
+        history = [
+            {"iteration": 1000 * (i + 1), "val_error": v, "test_error": 0.5} for i, v in enumerate(val_errors)
+        ]
+        config = {"optim": {"lr": lr, "momentum": 0.9}, "trainer": {"iterations": 2000, "num_threads": 1}}
+        return record("r", "fcn", None, seed, 0.5, profile="fast") | {
+            "history": history,
+            "config": config,
+            "paper_error": 2.1,
+            "batch_size": 128,
+            "images_seen": 256_000,
+        }
+
+    runs = write_records(tmp_path / "runs", [tuning_run(0.05, [3.0, 2.5]), tuning_run(0.1, [2.4, 2.0])])
+    out = tmp_path / "tuning.md"
+    assert tuning_main(["--runs", str(runs), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "| cell | optim.lr | images |" in text  # only the varied key; momentum and threads are the same
+    assert "| r-fcn-none | 0.05 | 256,000 | 2.50 | 2.50 | 2.1 | not reached |" in text
+    assert "| r-fcn-none | 0.1 | 256,000 | 2.00 | 2.00 | 2.1 | 256,000 (0.7%) |" in text
+    assert "0.50" not in text  # test errors are left out
+    empty = write_records(tmp_path / "none", [record("r", "fcn", None, 1, 2.0)])
+    assert tuning_main(["--runs", str(empty), "--out", str(out)]) == 1
+    assert "no finished runs with a validation history" in capsys.readouterr().err
