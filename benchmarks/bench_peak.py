@@ -298,7 +298,11 @@ def main(argv: list[str] | None = None) -> None:
 
     # 2. Each cell's training step against that peak (and against a baseline engine, with --versus).
     say("\n## Training steps (SingleModel.step: distortions, forward, backward, SGD)")
-    versus = f" {'baseline ms':>11s} {'speed-up':>8s}  (baseline: {args.versus})" if args.versus else ""
+    versus = (
+        f" {'baseline ms':>11s} {'GFLOP/s':>8s} {'of peak':>8s} {'speed-up':>8s}  (baseline: {args.versus})"
+        if args.versus
+        else ""
+    )
     say(
         f"{'cell':22s} {'GFLOP/step':>10s} {'ms/step':>8s} {'img/s':>8s} {'GFLOP/s':>8s} {'of peak':>8s}{versus}"
     )
@@ -312,7 +316,11 @@ def main(argv: list[str] | None = None) -> None:
             base = baseline_learner(digits, cell, args, device)
             base_ms = time_learner(base, args, lambda: None, args.steps, args.warmup)
             ms = (ms + time_learner(learner, args, lambda: None, args.steps, args.warmup)) / 2  # around it
-            extra = f" {base_ms:11.1f} {base_ms / ms:7.2f}x"
+            base_rate = Rate("baseline", flops, base_ms)
+            extra = (
+                f" {base_ms:11.1f} {base_rate.gflops:8.1f} {base_rate.gflops / peak.gflops:8.1%} "
+                f"{base_ms / ms:7.2f}x"
+            )
             base_step_ms[cell] = base_ms
         step_ms[cell] = ms
         rate = Rate("/".join(cell), flops, ms)
