@@ -324,8 +324,9 @@ def to_markdown(rows: list[dict[str, Any]], profile: str, reading: str = "about_
             "",
             f"{TEST_SET_CHANGED_MARK} Scored on a test set whose sha256 differs from the one built here "
             f"({', '.join(r['data'] + '-' + r['model'] + '-' + (r['transform'] or 'none') + ' ' + r['test_set_check'] for r in changed)}): "
-            "the distortion kernels put some pixels one grey level apart on the machine that made the "
-            "record. Rescore the committed weights on today's sets, or rerun, before comparing closely.",
+            "it was built by another version or on another machine (CPU kernels can put a pixel of a "
+            "distorted set one grey level apart). Rescore the weights on today's sets (`python -m "
+            "experiments.rescore`), or rerun, before comparing closely.",
         ]
     unchecked = sum(r["test_set_check"] == "not checked" for r in rows)
     if unchecked:
