@@ -26,7 +26,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from stn_repro.data import DataError
-from stn_repro.runs import RunLocked, check_seeds
+from stn_repro.models.mnist import width_range_budget as solve_width_range_budget
+from stn_repro.runs import RunLocked, check_seeds, resolve_device
 from stn_repro.tracking import Tracker, WandbTracker
 from stn_repro.training.loop import (
     LR_SCHEDULES,
@@ -93,9 +94,9 @@ OmegaConf.register_new_resolver("stn_run_folder", run_folder, replace=True)
 
 def width_range_budget(image_size: Any, pool_after_transformer: Any) -> int:
     """configs/budget/width_ranges.yaml's budget for a data set (``stn_width_range_budget`` resolver)."""
-    from stn_repro.models.mnist import width_range_budget as solve
-
-    return solve(positive_int(image_size, "data.image_size"), bool(pool_after_transformer)).params
+    return solve_width_range_budget(
+        positive_int(image_size, "data.image_size"), bool(pool_after_transformer)
+    ).params
 
 
 OmegaConf.register_new_resolver("stn_width_range_budget", width_range_budget, replace=True)
@@ -155,8 +156,6 @@ def channels_last(cfg: DictConfig) -> bool:
     measured on a GPU, and the stacked-seeds engine does not take it)."""
     value = cfg.trainer.channels_last
     if value == "cpu":
-        from stn_repro.runs import resolve_device
-
         stacked = seeds_from_config(cfg.get("seeds")) is not None
         return not stacked and resolve_device(cfg.trainer.device).type == "cpu"
     if not isinstance(value, bool):
