@@ -49,6 +49,7 @@ from benchmarks.bench_mnist import (
 )
 from stn_repro.data import default_data_dir, load_mnist, synthetic_mnist
 from stn_repro.models.one_channel_conv import OneChannelConv2d
+from stn_repro.training.loop import COMPILE_MODES
 from stn_repro.training.records import git_commit
 
 DEFAULT_CELLS = "r/cnn,r/st_cnn:affine,rts/cnn,rts/st_cnn:affine"
@@ -229,7 +230,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--autocast", default="none", choices=["none", "bf16"])
     parser.add_argument("--compile", action="store_true")
-    parser.add_argument("--compile-mode", default="default")
+    parser.add_argument("--compile-mode", default="default", choices=COMPILE_MODES)
     parser.add_argument(
         "--versus",
         default=None,
