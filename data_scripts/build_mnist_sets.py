@@ -2,8 +2,9 @@
 
     python data_scripts/build_mnist_sets.py [--source DIR] [--data-dir DIR] [--seed N]
 
-Writes <data-dir>/mnist_sets/{r,rts,p,e,tc}_{test,val}.h5, addition_test.h5, coloc_test.h5 and
-coloc_tc_test.h5. ``make data-mnist`` runs this.
+Writes <data-dir>/mnist_sets/{r,rts,p,e,tc,addition}_{test,val}.h5, coloc_test.h5 and coloc_tc_test.h5.
+Files already built (verified, same seed) are kept as they are, so rerunning after a set is added only
+writes the new one. ``make data-mnist`` runs this.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ import torch
 
 from stn_repro.data import (
     EXTRA_SETS,
+    EXTRA_SPLITS,
     GENERATOR_VERSION,
     SET_NAMES,
     DataError,
@@ -109,7 +110,8 @@ def test_unknown_set_or_split_lists_the_known_ones(tmp_path):
     with pytest.raises(ValueError, match="has no split 'train'; it has: test, val"):
         load_set("r", "train", tmp_path)
     with pytest.raises(ValueError, match="has no split 'val'; it has: test"):
-        set_path("addition", "val", tmp_path)
+        set_path("coloc", "val", tmp_path)
+    assert set_path("addition", "val", tmp_path).name == "addition_val.h5"  # pairs of the validation digits
     with pytest.raises(ValueError, match="unknown distorted-MNIST set"):
         generate_set("q", torch.zeros(2, 28, 28, dtype=torch.uint8), torch.zeros(2), 0)
 
@@ -117,7 +119,8 @@ def test_unknown_set_or_split_lists_the_known_ones(tmp_path):
 def test_build_all_sets_builds_every_file_then_skips_them(tmp_path, mnist):
     logs = []
     paths = build_all_sets(tmp_path, seed=1, log=logs.append, mnist=mnist)
-    assert len(paths) == 2 * len(SET_NAMES) + len(EXTRA_SETS) and all(p.is_file() for p in paths)
+    extra = sum(len(EXTRA_SPLITS[name]) for name in EXTRA_SETS)
+    assert len(paths) == 2 * len(SET_NAMES) + extra == 14 and all(p.is_file() for p in paths)
     assert sum("wrote" in line for line in logs) == len(paths)
     images, _ = load_set("r", "val", tmp_path)
     assert images.shape == (25, 1, 28, 28)  # a twelfth of 300 synthetic training digits held out

@@ -28,6 +28,7 @@ from .mnist import (
 from .sets import (
     DEFAULT_SEED,
     EXTRA_SETS,
+    EXTRA_SPLITS,
     GENERATOR_VERSION,
     SPLITS,
     DistortedMNIST,
@@ -53,6 +54,7 @@ __all__ = [
     "COLOC_SIZE",
     "DEFAULT_SEED",
     "EXTRA_SETS",
+    "EXTRA_SPLITS",
     "GENERATOR_VERSION",
     "IMAGE_SIZE",
     "MNIST_MD5",

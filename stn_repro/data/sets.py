@@ -41,8 +41,11 @@ DEFAULT_SEED = 2015
 NUM_VALIDATION = 5_000
 SPLITS = ("test", "val")
 EXTRA_SETS = ("addition", "coloc", "coloc_tc")
-"""Test-only sets in their own files: MNIST addition (spec Sect. 3) and co-localisation without and with
-clutter (Sect. 4)."""
+"""Sets in their own files: MNIST addition (spec Sect. 3) and co-localisation without and with clutter
+(Sect. 4). Their splits: :data:`EXTRA_SPLITS`."""
+EXTRA_SPLITS = {"addition": SPLITS, "coloc": ("test",), "coloc_tc": ("test",)}
+"""The stored splits of each of :data:`EXTRA_SETS`: addition has a ``val`` set (pairs of the validation
+digits) for runs that hold them out; co-localisation is test-only."""
 SETS_DIR = "mnist_sets"
 _CHUNK_ROWS = 256  # HDF5 chunk: a fixed layout (byte-identical files) and cheap partial reads
 _FIX = "fix: run `make data-mnist` (it rebuilds missing, corrupt and outdated sets)"
@@ -258,7 +261,7 @@ def set_path(set_name: str, split: str = "test", data_dir: Path | None = None) -
     known = (*SET_NAMES, *EXTRA_SETS)
     if set_name not in known:
         raise ValueError(f"unknown stored set {set_name!r}; known: {', '.join(known)}")
-    splits = SPLITS if set_name in SET_NAMES else ("test",)
+    splits = SPLITS if set_name in SET_NAMES else EXTRA_SPLITS[set_name]
     if split not in splits:
         raise ValueError(f"set {set_name!r} has no split {split!r}; it has: {', '.join(splits)}")
     return (
@@ -332,9 +335,12 @@ def build_all_sets(
     mnist: MnistArrays | None = None,
 ) -> list[Path]:
     """Build every stored set from the fetched MNIST: test and val of each of :data:`SET_NAMES`, plus the
-    test sets of :data:`EXTRA_SETS`. Idempotent: a file that verifies and was made from the same seed is
-    kept. Clutter comes from the 55k training digits outside the validation split, so no stored image holds
-    a patch of a validation or test digit. Returns the paths.
+    splits of :data:`EXTRA_SETS` (:data:`EXTRA_SPLITS`; addition's val pairs the validation digits among
+    themselves). Idempotent: a file that verifies and was made from the same seed is kept, so a set added
+    to this list is built beside the existing files without touching them. Each set and split has its own
+    seed (:func:`derive_seed`), so the files do not depend on which others are built. Clutter comes from
+    the 55k training digits outside the validation split, so no stored image holds a patch of a validation
+    or test digit. Returns the paths.
 
     ``mnist`` replaces the fetched MNIST (e.g. :func:`~stn_repro.data.mnist.synthetic_mnist` for tests and
     smoke runs); a training set of another size than 60,000 holds out a twelfth of it for validation.
@@ -364,6 +370,8 @@ def build_all_sets(
             )
     test_images, test_labels = digits["test"]
     jobs.append(("addition", "test", lambda s: generate_addition_set(test_images, test_labels, s)))
+    val_images, val_labels = digits["val"]
+    jobs.append(("addition", "val", lambda s: generate_addition_set(val_images, val_labels, s)))
     jobs.append(("coloc", "test", lambda s: generate_colocalisation_set(test_images, test_labels, s)))
     jobs.append(
         ("coloc_tc", "test", lambda s: generate_colocalisation_set(test_images, test_labels, s, clutter))
