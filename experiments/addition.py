@@ -79,6 +79,7 @@ def spec_from_config(cfg: DictConfig) -> tuple[AdditionSpec, TrainSettings]:
         device=cfg.trainer.device,
         data_source=cfg.data.source,
         data_dir=None if cfg.paths.data_dir is None else Path(cfg.paths.data_dir),
+        hold_out_validation=cfg.data.hold_out_validation,
         pool_after_transformer=cfg.data.pool_after_transformer,
         model_options=options,
         speed=speed_settings(cfg),

@@ -1,6 +1,7 @@
 """MNIST addition (Table 4): the models (shapes, equal budgets, identity at init, localisation parameters),
 the training stream (seeded, resumable), every config and every cell end to end on synthetic digits, exact
-resume, the trained model's reload, the table, and the entry point."""
+resume, the trained model's reload, the table, the entry point, and the held-out validation set (stored,
+loaded, reported)."""
 
 import os
 import subprocess
@@ -12,9 +13,26 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+import stn_repro.tasks.addition as addition_task
 from experiments.addition import spec_from_config
 from experiments.table import main as table_main
-from stn_repro.data import NUM_ADDITION_CLASSES, DataError, load_set, synthetic_mnist
+from stn_repro.data import (
+    DEFAULT_SEED,
+    NUM_ADDITION_CLASSES,
+    DataError,
+    MnistArrays,
+    build_all_sets,
+    derive_seed,
+    generate_addition_set,
+    load_mnist,
+    load_set,
+    load_set_arrays,
+    set_path,
+    synthetic_mnist,
+    train_indices,
+    validation_indices,
+    write_set,
+)
 from stn_repro.data.addition import AdditionStream
 from stn_repro.models.addition import (
     ADDITION_INPUT_SHAPE,
@@ -24,11 +42,13 @@ from stn_repro.models.addition import (
     transformers_of,
 )
 from stn_repro.paper import TABLE4_ROWS, addition_paper_error
+from stn_repro.tables import addition_markdown, aggregate
 from stn_repro.tasks.addition import (
     AdditionSpec,
     addition_picture,
     load_addition_data,
     load_trained_addition_model,
+    prepare_addition_seed,
     run_addition_cell,
 )
 from stn_repro.training.loop import TrainSettings, evaluate, localisation_parameters
@@ -146,7 +166,7 @@ def test_there_is_one_experiment_per_table4_cell_and_the_papers_numbers_are_in_p
     ]
 
 
-@pytest.mark.parametrize("trainer", ["paper", "quick", "smoke"])
+@pytest.mark.parametrize("trainer", ["paper", "quick", "smoke", "fast"])
 def test_every_option_composes_and_plain_models_ignore_the_transformer(trainer):
     for name in EXPERIMENTS:
         cfg = compose_addition([f"experiment={name}", f"trainer={trainer}"])
@@ -154,6 +174,8 @@ def test_every_option_composes_and_plain_models_ignore_the_transformer(trainer):
         spec, settings = spec_from_config(cfg)
         assert cfg.cell == spec.cell and cfg.task_name == "addition"
         assert spec.pool_after_transformer and spec.model_options["param_budget"] == 400_000
+        # the fast profile holds out the validation digits (it picks on them), as for distorted MNIST
+        assert spec.hold_out_validation == (trainer == "fast") and spec.profile == trainer
     for model in ("addition_fcn", "addition_cnn"):
         cfg = compose_addition([f"model={model}", "transformer=tps", f"trainer={trainer}"])
         spec, _ = spec_from_config(cfg)
@@ -178,6 +200,23 @@ def test_wrong_data_models_and_transformers_are_refused():
         spec_from_config(compose_addition(["model=addition_st_fcn", "transformer=none"]))
     with pytest.raises(ValueError, match="stacked seeds"):
         spec_from_config(compose_addition(["seeds=[1,2]"]))
+    with pytest.raises(
+        ValueError, match=r"hold_out_validation needs the real MNIST.*hold_out_validation=false"
+    ):
+        spec_from_config(compose_addition(["trainer=fast", "data.source=synthetic"]))
+    with pytest.raises(ValueError, match="hold_out_validation needs the real MNIST"):
+        AdditionSpec(
+            model="fcn",
+            transform=None,
+            seed=1,
+            batch_size=4,
+            profile="smoke",
+            reduced_budget=True,
+            data_source="synthetic",
+            hold_out_validation=True,
+        )
+    spec, _ = spec_from_config(compose_addition(["trainer=fast", "data.hold_out_validation=false"]))
+    assert not spec.hold_out_validation
 
 
 # --- every cell end to end ------------------------------------------------------------------------------------
@@ -280,3 +319,154 @@ def test_the_stored_addition_test_set_is_what_the_real_runs_score():
         model="fcn", transform=None, seed=1, batch_size=4, profile="smoke", reduced_budget=True
     )
     assert spec.cell == "addition-fcn-none"
+
+
+# --- the held-out validation set ------------------------------------------------------------------------------
+
+
+def test_the_stored_val_set_pairs_the_validation_digits_by_its_own_seed_and_adds_to_built_data(tmp_path):
+    mnist = synthetic_mnist(num_train=300, num_test=64, seed=0)
+    logs = []
+    build_all_sets(tmp_path, seed=1, log=logs.append, mnist=mnist)
+    stored = load_set_arrays("addition", "val", tmp_path)
+    val = validation_indices(num_train=300, num_validation=25)  # a twelfth of 300 synthetic digits
+    seed = derive_seed(1, "stored-set", "addition", "val")  # as every other set and split chooses its seed
+    expected = generate_addition_set(mnist.train_images[val], mnist.train_labels[val], seed)
+    assert stored.keys() == expected.keys() and all(torch.equal(stored[k], expected[k]) for k in expected)
+    assert stored["images"].shape == (25, 2, 42, 42)
+    # only validation digits, none of those the held-out stream trains on
+    assert torch.equal(stored["digit_labels"], mnist.train_labels[val][stored["digit_indices"]])
+    assert not torch.isin(val, train_indices(True, num_train=300, num_validation=25)).any()
+    other = build_all_sets(tmp_path / "other", seed=2, log=logs.append, mnist=mnist)
+    assert not torch.equal(load_set("addition", "val", tmp_path / "other")[0], stored["images"])
+    assert set_path("addition", "val", tmp_path / "other") in other
+    # data built before the val set existed: the next build writes only it, the other files stay as they are
+    path = set_path("addition", "val", tmp_path)
+    path.unlink()
+    others = {p: p.read_bytes() for p in path.parent.glob("*.h5")}
+    logs.clear()
+    build_all_sets(tmp_path, seed=1, log=logs.append, mnist=mnist)
+    assert [line for line in logs if "wrote" in line] == ["  addition_val.h5: wrote (25, 2, 42, 42)"]
+    assert {p: p.read_bytes() for p in others} == others
+    assert torch.equal(load_set("addition", "val", tmp_path)[0], stored["images"])
+
+
+def fake_mnist() -> MnistArrays:
+    """MNIST-shaped noise, 60k distinct training digits: the hold-out wiring without the real data."""
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (60_000, 28, 28), dtype=torch.uint8, generator=generator)
+    labels = torch.randint(0, 10, (60_000,), generator=generator)
+    small = synthetic_mnist(num_train=1, num_test=64, seed=0)
+    return MnistArrays(images, labels, small.test_images, small.test_labels)
+
+
+def test_holding_out_trains_on_55k_digits_scores_val_and_reports_the_images_to_the_paper(
+    tmp_path, monkeypatch
+):
+    mnist = fake_mnist()
+    monkeypatch.setattr(addition_task, "load_mnist", lambda data_dir=None: mnist)
+    test = generate_addition_set(mnist.test_images, mnist.test_labels, seed=3)
+    write_set(set_path("addition", "test", tmp_path), test, {"set_name": "addition", "seed": 3})
+    spec, settings = spec_from_config(
+        compose_addition(
+            ["experiment=addition/fcn", "trainer=smoke", "logger=none", "data.hold_out_validation=true"]
+        )
+    )
+    spec.data_dir, spec.profile = tmp_path, "fast"  # labelled as the fast profile for its table
+    assert spec.hold_out_validation and spec.data_source == "mnist"
+    # data built before the val set existed: the error names the file and the fix
+    with pytest.raises(DataError, match=r"addition val set.*addition_val\.h5 is missing.*make data-mnist"):
+        load_addition_data(spec, torch.device("cpu"))
+    val = validation_indices()
+    stored_val = generate_addition_set(mnist.train_images[val], mnist.train_labels[val], seed=4)
+    write_set(set_path("addition", "val", tmp_path), stored_val, {"set_name": "addition", "seed": 4})
+
+    data = load_addition_data(spec, torch.device("cpu"))
+    keep = train_indices(True)
+    assert len(keep) == 55_000 and not torch.isin(keep, val).any()
+    assert torch.equal(data.train_images, mnist.train_images[keep])
+    assert torch.equal(data.train_labels, mnist.train_labels[keep])
+    assert set(data.eval_sets) == {"test", "val"}
+    assert torch.equal(data.eval_sets["val"][0], stored_val["images"])
+    assert len(prepare_addition_seed(spec, data, torch.device("cpu")).stream) == 55_000
+    without = load_addition_data(
+        AdditionSpec(**{**spec.__dict__, "hold_out_validation": False}), torch.device("cpu")
+    )
+    assert set(without.eval_sets) == {"test"} and len(without.train_labels) == 60_000
+
+    record = run_addition_cell(spec, settings, tmp_path / "run", **QUIET)
+    assert record["val_error"] is not None and record["train_digits"] == 55_000
+    assert [e["iteration"] for e in record["history"] if "val_error" in e] == [3, 6]
+    (row,) = aggregate([record])
+    assert row["seeds_reaching_paper"] is not None  # a val history: the images-to-the-paper block
+    text = addition_markdown([row], "fast")
+    assert "FAST PROFILE, NOT THE PAPER'S PROTOCOL" in text and "REDUCED BUDGET" not in text
+    assert "until the validation error first reached the paper's test error" in text
+    assert "| FCN | " + f"{row['seeds_reaching_paper']} of 1 |" in text
+
+
+def addition_record(model, transform, seed, history, profile="fast"):
+    return {
+        "experiment": "addition",
+        "data": "addition",
+        "model": model,
+        "transform": transform,
+        "seed": seed,
+        "profile": profile,
+        "reduced_budget": True,
+        "finished": True,
+        "test_error": 6.0,
+        "param_count": 400_123,
+        "iterations": 3000,
+        "batch_size": 128,
+        "images_seen": 384_000,
+        "wall_time_s": 180.0,
+        "commit": "0123456789abcdef",
+        "device": "cpu (x86_64, 2 threads)",
+        "history": history,
+    }
+
+
+def test_the_fast_table_reports_the_images_until_the_validation_error_reached_the_paper():
+    reached = [{"iteration": 1000, "val_error": 7.0}, {"iteration": 2000, "val_error": 5.5}]  # paper 5.8
+    records = [
+        addition_record("2x_st_fcn", "tps", 1, reached),
+        addition_record("2x_st_fcn", "tps", 2, reached[:1]),  # never reached
+        addition_record("2x_st_fcn", "affine", 1, reached),  # no paper number (secondary only)
+    ]
+    text = addition_markdown(aggregate(records), "fast")
+    assert "FAST PROFILE, NOT THE PAPER'S PROTOCOL" in text and "pairs of 55k training digits" in text
+    assert "REDUCED BUDGET" not in text
+    assert "| 2xST-FCN TPS | 1 of 2 | 256,000 | 0.67% | 2.0 min |" in text
+    assert "| 2xST-FCN Aff | no paper number | - | - | - |" in text
+    # without a validation history (the paper and quick profiles): no such block
+    quick = [addition_record("2x_st_fcn", "tps", 1, [{"iteration": 1000, "test_error": 5.0}], "quick")]
+    text = addition_markdown(aggregate(quick), "quick")
+    assert "REDUCED BUDGET" in text and "first reached" not in text
+
+
+def test_the_stored_addition_val_set_is_what_held_out_runs_score():
+    try:
+        stored = load_set_arrays("addition", "val")
+        mnist = load_mnist()
+    except DataError:
+        pytest.skip("the stored addition val set or MNIST is not built (make data-mnist)")
+    val = validation_indices()
+    assert stored["images"].shape == (5_000, 2, 42, 42)
+    assert torch.equal(stored["digit_labels"], mnist.train_labels[val][stored["digit_indices"]])
+    seed = derive_seed(DEFAULT_SEED, "stored-set", "addition", "val")
+    again = generate_addition_set(mnist.train_images[val], mnist.train_labels[val], seed)
+    assert torch.equal(again["digit_indices"], stored["digit_indices"])
+    # CPU kernels elsewhere may put a pixel one grey level apart (see stn_repro.tables)
+    assert (again["images"].short() - stored["images"].short()).abs().max() <= 1
+    spec = AdditionSpec(
+        model="fcn",
+        transform=None,
+        seed=1,
+        batch_size=4,
+        profile="fast",
+        reduced_budget=True,
+        hold_out_validation=True,
+    )
+    data = load_addition_data(spec, torch.device("cpu"))
+    assert len(data.train_labels) == 55_000 and len(data.eval_sets["val"][1]) == 5_000

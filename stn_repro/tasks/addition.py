@@ -4,7 +4,9 @@ Everything else (resume, lock, weights, record, tracker, pictures) is :func:`stn
 Training pairs are drawn fresh every batch from the 60k training digits (:class:`AdditionStream`); every
 model is scored on the stored fixed ``addition`` test set (``make data-mnist``: the 10k test digits, each
 paired with another, both RTS-distorted), or with ``data_source="synthetic"`` on one generated from
-:func:`~stn_repro.data.synthetic_mnist` (smoke tests).
+:func:`~stn_repro.data.synthetic_mnist` (smoke tests). With ``hold_out_validation`` (the ``fast``
+profile) the stream pairs only the 55k digits outside :func:`~stn_repro.data.validation_indices`, and the
+stored ``addition`` ``val`` set (pairs of the 5k validation digits) is scored as eval set ``"val"``.
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ from torch import Tensor, nn
 
 from stn_repro.data import (
     GENERATOR_VERSION,
+    DataError,
     MnistArrays,
     generate_addition_set,
     load_mnist,
     load_set,
     set_checksum,
     synthetic_mnist,
+    train_indices,
 )
 from stn_repro.data.addition import AdditionStream
 from stn_repro.models.addition import (
@@ -65,6 +69,8 @@ class AdditionSpec:
     device: str = "auto"
     data_source: str = "mnist"  # or "synthetic"
     data_dir: Path | None = None
+    # Train on the 55k digits outside the validation split and score the stored `addition` val set as "val".
+    hold_out_validation: bool = False
     pool_after_transformer: bool = True
     model_options: dict[str, Any] = field(default_factory=dict)  # param_budget, localisation_hidden, ...
     speed: SpeedSettings = field(default_factory=SpeedSettings)
@@ -85,6 +91,11 @@ class AdditionSpec:
             )
         if self.data_source not in ("mnist", "synthetic"):
             raise ValueError(f"unknown data source {self.data_source!r}; known: mnist, synthetic")
+        if self.hold_out_validation and self.data_source == "synthetic":
+            raise ValueError(
+                "hold_out_validation needs the real MNIST sets (data.source=mnist); for synthetic digits "
+                "set data.hold_out_validation=false (the fast profile turns it on)"
+            )
 
     @property
     def cell(self) -> str:
@@ -95,7 +106,7 @@ class AdditionSpec:
 class AdditionData:
     """The data of an addition cell, the same for every seed."""
 
-    train_images: Tensor  # uint8 [60000, 28, 28]: the digits the training stream pairs (CPU)
+    train_images: Tensor  # uint8 [60000 or 55000, 28, 28]: the digits the training stream pairs (CPU)
     train_labels: Tensor
     test_images: Tensor  # uint8 [N, 2, 42, 42] (CPU)
     test_labels: Tensor  # the sums
@@ -105,18 +116,33 @@ class AdditionData:
 
 
 def load_addition_data(spec: AdditionSpec, device: torch.device) -> AdditionData:
-    """The training digits and the fixed test set (stored; generated for ``data_source="synthetic"``)."""
+    """The training digits and the fixed test set (stored; generated for ``data_source="synthetic"``), and
+    with ``spec.hold_out_validation`` the stored val set, the training digits then without the validation
+    digits."""
     if spec.data_source == "synthetic":
         digits, test_images, test_labels = synthetic_addition_data()
     else:
         digits = load_mnist(spec.data_dir)
         test_images, test_labels = load_set(SET_NAME, "test", spec.data_dir)
+    eval_sets = {"test": (test_images.to(device), test_labels.to(device))}
+    train_images, train_labels = digits.train_images, digits.train_labels
+    if spec.hold_out_validation:  # only with data_source="mnist" (AdditionSpec checks)
+        try:
+            val_images, val_labels = load_set(SET_NAME, "val", spec.data_dir)
+        except DataError as error:
+            raise DataError(
+                "hold_out_validation needs the stored addition val set, which data built before it was "
+                f"added lacks (`make data-mnist` adds it and keeps the other sets): {error}"
+            ) from None
+        eval_sets["val"] = (val_images.to(device), val_labels.to(device))
+        keep = train_indices(hold_out_validation=True)
+        train_images, train_labels = train_images[keep], train_labels[keep]
     return AdditionData(
-        train_images=digits.train_images,
-        train_labels=digits.train_labels,
+        train_images=train_images,
+        train_labels=train_labels,
         test_images=test_images,
         test_labels=test_labels,
-        eval_sets={"test": (test_images.to(device), test_labels.to(device))},
+        eval_sets=eval_sets,
         picture_inputs=test_images[:NUM_PICTURES].to(device).float() / 255.0,
         picture_labels=test_labels[:NUM_PICTURES],
     )
@@ -166,6 +192,8 @@ def prepare_addition_seed(spec: AdditionSpec, data: AdditionData, device: torch.
             "paper_error_secondary": addition_secondary_error(spec.model, spec.transform),
             "synthetic": spec.data_source == "synthetic",
             "pool_after_transformer": spec.pool_after_transformer,
+            "hold_out_validation": spec.hold_out_validation,
+            "train_digits": len(data.train_labels),
             "model_info": asdict(info),
             "test_set": {
                 "source": spec.data_source,
