@@ -16,6 +16,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from experiments.coloc import specs_from_config
+from experiments.coloc_landscape import SCALES as LANDSCAPE_SCALES
+from experiments.coloc_landscape import main as landscape_main
 from experiments.table import main as table_main
 from stn_repro.coloc_table import coloc_rows, write_coloc_tables
 from stn_repro.data.plain import PlainStream
@@ -37,7 +39,13 @@ from stn_repro.tasks.coloc import (
     load_trained_transformer,
     run_coloc,
 )
-from stn_repro.training.colocalisation import colocalisation_hinge, localisation_error, random_crops
+from stn_repro.training.colocalisation import (
+    box_centred_windows,
+    colocalisation_hinge,
+    hinge_at_windows,
+    localisation_error,
+    random_crops,
+)
 from stn_repro.transformers import get_transform, sample
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -429,3 +437,47 @@ def test_the_sweep_runs_from_the_command_line(tmp_path):
         tmp_path / "runs" / "coloc" / "embedding" / "smoke" / "synthetic" / "seed1" / "record.json"
     ).exists()
     assert "already finished" in done.stdout  # the second job reused the first one's embedding
+
+
+# --- the loss landscape diagnostic ------------------------------------------------------------------------------
+
+
+def test_box_centred_windows_invert_the_window_box():
+    boxes = torch.tensor([[10.0, 20.0, 38.0, 48.0], [0.0, 56.0, 28.0, 84.0]])
+    params = box_centred_windows(boxes, 1 / 3, 84)
+    torch.testing.assert_close(attention_boxes(params, 84), boxes, rtol=0, atol=1e-4)
+    moved = attention_boxes(box_centred_windows(boxes, 1 / 3, 84, shift_px=10.0), 84)
+    torch.testing.assert_close(moved, boxes + 10.0, rtol=0, atol=1e-4)
+    wide = attention_boxes(box_centred_windows(boxes, 0.5, 84), 84)
+    torch.testing.assert_close(wide[:, 2] - wide[:, 0], torch.full((2,), 42.0), rtol=0, atol=1e-4)
+
+
+def test_hinge_at_windows_is_the_loss_of_a_transformer_that_chose_them():
+    """The diagnostic scores a window exactly as a training step scores the same window."""
+    torch.manual_seed(0)
+    model, _ = build_mnist_model("cnn", (1, 28, 28), param_budget=20_000)
+    embedding = CnnEmbedding(model.classifier, normalise="unit")
+    images = torch.rand(6, 1, 84, 84)
+    boxes = torch.tensor([[10.0, 10.0, 38.0, 38.0]]).repeat(6, 1) + torch.arange(6.0)[:, None] * 5
+    params = box_centred_windows(boxes, 0.4, 84)
+    got = hinge_at_windows(embedding, images, {"w": params}, seed=3)["w"]
+    family = get_transform("attention")
+    views = sample(images, family.grid(params, (28, 28)), align_corners=family.align_corners)
+    crops, _ = random_crops(images, 28, torch.Generator().manual_seed(3))
+    assert got == colocalisation_hinge(embedding(views), embedding(crops)).item()
+    # A window somewhere else gives another loss: the windows are read, not ignored.
+    other = hinge_at_windows(embedding, images, {"w": box_centred_windows(boxes, 0.9, 84)}, seed=3)["w"]
+    assert other != got
+
+
+def test_the_landscape_command_prints_every_window_for_every_norm(runs, capsys):
+    _, _, _, _, embedding_dir = smoke_specs(runs)
+    landscape_main(
+        ["--embedding", str(embedding_dir), "--source", "synthetic", "--digits", "3", "--norms", "unit,none"]
+    )
+    out = capsys.readouterr().out
+    assert "coloc_t digit 3" in out and "| window | unit | none |" in out
+    assert out.count("| centred s=") == len(LANDSCAPE_SCALES)
+    assert "true size, 10 px off" in out and "true size, image centre" in out
+    with pytest.raises(SystemExit):
+        landscape_main(["--embedding", str(embedding_dir), "--norms", "cosine"])

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from stn_repro.data.sets import _EpochOrder, derive_seed
 from stn_repro.models.coloc import COLOC_OUTPUT_SIZE, attention_boxes, box_iou
-from stn_repro.transformers import SpatialTransformer
+from stn_repro.transformers import SpatialTransformer, get_transform, sample
 
 from .loop import TrainSettings
 
@@ -93,6 +93,49 @@ def localisation_error(
     """% of ``images`` *not* localised: predicted box IoU with ``true_boxes`` at most :data:`IOU_THRESHOLD`."""
     iou = box_iou(predicted_boxes(transformer, images, batch_size), true_boxes)
     return 100.0 * (iou <= IOU_THRESHOLD).sum().item() / images.shape[0]
+
+
+def box_centred_windows(boxes: Tensor, scale: float, image_size: int, shift_px: float = 0.0) -> Tensor:
+    """Attention parameters ``(s, tx, ty)`` ``[N, 3]`` of windows of side ``scale * image_size`` px centred on
+    each box's centre (``boxes [N, 4]``, pixel ``(x0, y0, x1, y1)``), moved right and down by ``shift_px``.
+
+    **Convention**: as :func:`~stn_repro.models.coloc.attention_boxes` with ``align_corners=False``, whose
+    inverse this is: pixel position ``p`` is normalised ``2 p / S - 1``. ``scale = 1/3`` on an 84 px image is
+    a 28 px window: the true box of a T digit.
+    """
+    centre = (boxes[:, :2] + boxes[:, 2:]).double() / 2 + shift_px
+    params = torch.cat([torch.full_like(centre[:, :1], float(scale)), 2 * centre / image_size - 1], dim=1)
+    return params.float()
+
+
+@torch.no_grad()
+def hinge_at_windows(
+    embedding: nn.Module,
+    images: Tensor,
+    windows: dict[str, Tensor],
+    *,
+    crop_size: int = COLOC_OUTPUT_SIZE,
+    seed: int = 0,
+    margin: float = 1.0,
+) -> dict[str, float]:
+    """The co-localisation loss if the transformer chose the given windows: a diagnostic of the loss itself.
+
+    ``images [N, 1, S, S]`` (uint8 or float in [0, 1]); ``windows`` maps a name to attention parameters
+    ``[N, 3]`` (one window per image, e.g. from :func:`box_centred_windows`). Every window is scored against
+    the same random crops (drawn from ``seed``), over all ordered pairs of the ``N`` images, as
+    :class:`ColocLearner` scores a step. Where the true boxes do not have the lowest loss, no optimiser of
+    this loss can be expected to find them.
+    """
+    x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+    family = get_transform("attention")
+    crops, _ = random_crops(x, crop_size, torch.Generator().manual_seed(seed))
+    negatives = embedding(crops)
+    losses = {}
+    for name, params in windows.items():
+        grid = family.grid(params.to(x.device, torch.float32), (crop_size, crop_size))
+        views = sample(x, grid, align_corners=family.align_corners)
+        losses[name] = colocalisation_hinge(embedding(views), negatives, margin).item()
+    return losses
 
 
 def make_coloc_optimizer(
