@@ -111,8 +111,10 @@ def specs_from_config(
     settings = train_settings(cfg)
     trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
     embedding_trainer = {**trainer, **{key: trainer["embedding"][key] for key in EMBEDDING_TRAINER_KEYS}}
+    # A profile may give the embedding an optimiser of its own (trainer.embedding.optim: coloc_fast's).
+    embedding_optim = trainer["embedding"].get("optim") or OmegaConf.to_container(cfg.embedding.optim)
     embedding_settings = train_settings(
-        OmegaConf.create({"trainer": embedding_trainer, "optim": OmegaConf.to_container(cfg.embedding.optim)})
+        OmegaConf.create({"trainer": embedding_trainer, "optim": embedding_optim})
     )
     embedding_spec = EmbeddingSpec(
         seed=check_seed(cfg.embedding.seed),

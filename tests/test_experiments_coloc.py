@@ -261,7 +261,7 @@ def test_paper_numbers_are_the_specs():
 
 
 @pytest.mark.parametrize("data", ["coloc_t", "coloc_tc"])
-@pytest.mark.parametrize("trainer", ["coloc_paper", "coloc_quick", "coloc_smoke"])
+@pytest.mark.parametrize("trainer", ["coloc_paper", "coloc_fast", "coloc_quick", "coloc_smoke"])
 @pytest.mark.parametrize("source", ["mnist", "synthetic"])
 def test_every_coloc_config_composes_and_resolves(data, trainer, source, tmp_path):
     cfg = compose_coloc([f"data={data}", f"trainer={trainer}", f"data.source={source}", "digit=7"])
@@ -481,3 +481,26 @@ def test_the_landscape_command_prints_every_window_for_every_norm(runs, capsys):
     assert "true size, 10 px off" in out and "true size, image centre" in out
     with pytest.raises(SystemExit):
         landscape_main(["--embedding", str(embedding_dir), "--norms", "cosine"])
+
+
+def test_the_fast_profile_trains_the_embedding_with_the_fast_optimiser():
+    spec, settings, embedding_spec, embedding_settings, embedding_dir = specs_from_config(
+        compose_coloc(["trainer=coloc_fast"])
+    )
+    assert (settings.iterations, spec.batch_size, spec.profile, spec.reduced_budget) == (
+        2000,
+        100,
+        "fast",
+        True,
+    )
+    assert (embedding_settings.iterations, embedding_spec.batch_size) == (15_000, 128)
+    assert (embedding_settings.lr, embedding_settings.lr_schedule, embedding_settings.nesterov) == (
+        0.1,
+        "cosine",
+        True,
+    )
+    assert embedding_settings.warmup_iterations == 300
+    assert embedding_dir.parts[-4:] == ("embedding", "fast", "mnist", "seed1")
+    # The other profiles keep configs/coloc.yaml's embedding optimiser (the Sect. 2 protocol's SGD).
+    _, _, _, paper_settings, _ = specs_from_config(compose_coloc(["trainer=coloc_paper"]))
+    assert (paper_settings.lr, paper_settings.lr_schedule, paper_settings.nesterov) == (0.01, "step", False)
