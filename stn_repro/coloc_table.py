@@ -32,6 +32,7 @@ COLOC_CSV_COLUMNS = [
     "batch_size",
     "reduced_budget",
     "embedding_test_error",
+    "embedding_iterations",
     "wall_time_s",
     "commits",
     "devices",
@@ -68,6 +69,7 @@ def coloc_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "batch_size": _single(r["batch_size"] for r in runs),
                 "reduced_budget": any(r["reduced_budget"] for r in runs),
                 "embedding_test_error": _single(r["embedding"]["test_error"] for r in runs),
+                "embedding_iterations": _single(r["embedding"].get("iterations") for r in runs),
                 "wall_time_s": round(sum(r["wall_time_s"] for r in runs), 1),
                 "commits": " ".join(sorted({r["commit"][:12] for r in runs})),
                 "devices": "; ".join(sorted({r["device"] for r in runs})),
@@ -123,6 +125,9 @@ def coloc_markdown(rows: list[dict[str, Any]], profile: str, synthetic: bool = F
             means.append(f"**{statistics.fmean(done):.1f}**{partial} ({paper})")
     lines.append("| **mean** | " + " | ".join(means) + " |")
     embedding = sorted({_percent(r["embedding_test_error"]) for r in rows})
+    embedding_iterations = sorted(
+        {_count(r["embedding_iterations"]) for r in rows if r.get("embedding_iterations") is not None}
+    )
     seeds = sorted({r["n_seeds"] for r in rows})
     lines += [
         "",
@@ -131,7 +136,9 @@ def coloc_markdown(rows: list[dict[str, Any]], profile: str, synthetic: bool = F
         f"{', '.join(sorted({str(r['iterations']) for r in rows}))} iterations of batch "
         f"{', '.join(sorted({str(r['batch_size']) for r in rows}))}; wall time "
         f"{sum(r['wall_time_s'] for r in rows) / 3600:.2f} h in total (the embedding's own training not counted).",
-        f"- Embedding e() (Sect. 2 CNN on undistorted digits): {', '.join(embedding)} % test error.",
+        f"- Embedding e() (Sect. 2 CNN on undistorted digits): {', '.join(embedding)} % test error"
+        + (f" after {', '.join(embedding_iterations)} iterations" if embedding_iterations else "")
+        + " (the Sect. 2 protocol: 150,000 of 256).",
         f"- Commits: {', '.join(sorted({c for r in rows for c in r['commits'].split()}))}.",
         f"- Devices: {'; '.join(sorted({d for r in rows for d in r['devices'].split('; ')}))}.",
         f"- Made by `python -m experiments.table --experiment coloc --profile {profile}` from the run records.",
@@ -173,6 +180,10 @@ def write_coloc_tables(records: list[dict[str, Any]], out_dir: Path, profile: st
 
 def _percent(value) -> str:
     return f"{value:.2f}" if isinstance(value, int | float) else str(value)
+
+
+def _count(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int) else str(value)
 
 
 def _single(values):
