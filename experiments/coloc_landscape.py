@@ -16,6 +16,7 @@ import argparse
 from pathlib import Path
 
 import torch
+from torch import Tensor, nn
 
 from stn_repro.models.coloc import COLOC_IMAGE_SIZE, COLOC_OUTPUT_SIZE, EMBEDDING_NORMS
 from stn_repro.tasks.coloc import COLOC_SETS, ColocSpec, load_coloc_data, load_embedding
@@ -25,16 +26,10 @@ SCALES = (0.25, 1 / 3, 0.4, 0.5, 0.6, 0.8, 0.95)
 SHIFT_PX = 10.0
 
 
-def landscape(
-    embedding_dir: Path,
-    data: str,
-    digit: int,
-    norm: str,
-    data_dir: Path | None = None,
-    num_images: int = 100,
-    source: str = "mnist",
-) -> dict[str, float]:
-    """The loss at each window of one digit class (see the module docstring), keyed by the window's name."""
+def class_images(
+    data: str, digit: int, source: str = "mnist", data_dir: Path | None = None, num_images: int = 100
+) -> tuple[Tensor, Tensor]:
+    """The images ``[N, 1, S, S]`` and true boxes ``[N, 4]`` a co-localisation run of this class sees."""
     spec = ColocSpec(
         data=data,
         digit=digit,
@@ -48,7 +43,11 @@ def landscape(
     )
     loaded = load_coloc_data(spec)
     images = loaded.images if loaded.images.dim() == 4 else loaded.images.unsqueeze(1)
-    boxes = loaded.boxes
+    return images, loaded.boxes
+
+
+def landscape(embeddings: dict[str, nn.Module], images: Tensor, boxes: Tensor) -> dict[str, dict[str, float]]:
+    """The loss at each window (see the module docstring) under each embedding: ``{norm: {window: loss}}``."""
     true_scale = (boxes[:, 2] - boxes[:, 0]).mean().item() / COLOC_IMAGE_SIZE
     windows = {f"centred s={s:.2f}": box_centred_windows(boxes, s, COLOC_IMAGE_SIZE) for s in SCALES}
     windows[f"true size, {SHIFT_PX:g} px off"] = box_centred_windows(
@@ -56,8 +55,10 @@ def landscape(
     )
     image_centre = torch.full((len(boxes), 4), COLOC_IMAGE_SIZE / 2)  # a point box at the centre
     windows["true size, image centre"] = box_centred_windows(image_centre, true_scale, COLOC_IMAGE_SIZE)
-    embedding = load_embedding(embedding_dir, normalise=norm)
-    return hinge_at_windows(embedding, images, windows, crop_size=COLOC_OUTPUT_SIZE)
+    return {
+        norm: hinge_at_windows(embedding, images, windows, crop_size=COLOC_OUTPUT_SIZE)
+        for norm, embedding in embeddings.items()
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -81,11 +82,10 @@ def main(argv: list[str] | None = None) -> None:
     for norm in norms:
         if norm not in EMBEDDING_NORMS:
             parser.error(f"unknown --norms value {norm!r}; known: {', '.join(EMBEDDING_NORMS)}")
+    embeddings = {norm: load_embedding(args.embedding, normalise=norm) for norm in norms}
     for digit in digits:
-        rows = {
-            norm: landscape(args.embedding, args.data, digit, norm, args.data_dir, source=args.source)
-            for norm in norms
-        }
+        images, boxes = class_images(args.data, digit, args.source, args.data_dir)
+        rows = landscape(embeddings, images, boxes)
         names = list(next(iter(rows.values())))
         print(f"\n{args.data} digit {digit}: mean hinge loss over all ordered pairs (lower = preferred)")
         print(f"| window | {' | '.join(norms)} |")
