@@ -38,6 +38,7 @@ def main(cfg: DictConfig) -> float | None:
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     spec, settings = spec_from_config(cfg)
+    spec = replace(spec, weights=initial_weights(cfg, spec, run_dir))
     context = init_distributed(spec.device)  # None unless started by torchrun (or as several SLURM tasks)
     config = OmegaConf.to_container(cfg, resolve=True)
     tags = [spec.data, spec.model_name, spec.profile, *(["synthetic"] if spec.synthetic else [])]
@@ -100,6 +101,27 @@ def spec_from_config(cfg: DictConfig) -> tuple[CubSpec, TrainSettings]:
         for m in cfg.optim.lr_milestones
     )
     return spec, replace(settings, lr_milestones=milestones, eval_batch_size=spec.eval_batch_size)
+
+
+def initial_weights(cfg: DictConfig, spec: CubSpec, run_dir: Path) -> str | None:
+    """``model.weights``; or, when that is null under ``trainer.st_init=cnn`` (the CPU profile), an ST-CNN
+    starts from the finished CNN run of the same profile, set family and seed at 224 px (the paper starts
+    from ImageNet weights, which the project's machines do not have)."""
+    init = cfg.trainer.get("st_init")
+    if init not in (None, "cnn"):
+        raise ValueError(f"trainer.st_init={init!r}: use cnn (start ST-CNNs from the CNN run) or null")
+    if spec.weights is not None or spec.model != "st_cnn" or init is None:
+        return spec.weights
+    family = spec.data.removesuffix(str(spec.size))
+    cnn = run_dir.parent.parent / f"{family}224-cnn" / run_dir.name / "model.pt"
+    if not cnn.is_file():
+        raise FileNotFoundError(
+            f"{spec.cell} starts from the CNN of profile {spec.profile}, seed {spec.seed} (trainer.st_init=cnn), "
+            f"and {cnn} does not exist; fix: run that CNN first (model=cub_cnn, the 224 px set of the same "
+            "family, the same trainer and seed; make reproduce-cub does), or set trainer.st_init=null to start "
+            "from scratch"
+        )
+    return str(cnn)
 
 
 if __name__ == "__main__":

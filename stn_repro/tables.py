@@ -146,9 +146,7 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             }
         )
         if experiment == "cub":
-            rows[-1]["pretrained"] = sorted(
-                {"from scratch" if isinstance(r.get("pretrained"), str) else "ImageNet" for r in runs}
-            )
+            rows[-1]["pretrained"] = sorted({_cub_initialisation(r.get("pretrained")) for r in runs})
     order = {name: i for i, name in enumerate((*TABLE1_SETS, "tc"))}
     labels = {model_label(m, t): i for i, (m, t) in enumerate(TABLE1_ERROR)}
     svhn_models = {m: i for i, m in enumerate(SVHN_ROWS)}
@@ -488,6 +486,16 @@ def addition_markdown(rows: list[dict[str, Any]], profile: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+CUB_FROM_CNN = "the 224px CNN's"  # the weights column of ST-CNNs started from the profile's own CNN run
+
+
+def _cub_initialisation(pretrained: Any) -> str:
+    """A CUB record's ``pretrained`` in the table's weights column."""
+    if isinstance(pretrained, str) or pretrained is None:
+        return "from scratch"
+    return CUB_FROM_CNN if pretrained.get("source") == "cub_cnn" else "ImageNet"
+
+
 def cub_markdown(rows: list[dict[str, Any]], profile: str, synthetic: bool) -> str:
     """Table 3 in the paper's layout: % top-1 accuracy (100 - the recorded % top-1 error), ours ± std over
     seeds beside the paper's, the other methods' rows for reference."""
@@ -514,6 +522,13 @@ def cub_markdown(rows: list[dict[str, Any]], profile: str, synthetic: bool) -> s
         lines += [
             "> **FROM SCRATCH** — some runs started without ImageNet weights (see the weights column); the "
             "paper fine-tunes an ImageNet-pretrained BN-Inception.",
+            "",
+        ]
+    if any(CUB_FROM_CNN in r.get("pretrained", []) for r in rows):
+        lines += [
+            f"> **STARTED FROM THE CNN** — the ST-CNNs marked {CUB_FROM_CNN} started every backbone (the "
+            "localisation net's and each part's) from the CNN row's trained backbone of the same seed, where "
+            "the paper starts them from ImageNet weights, which these machines do not have.",
             "",
         ]
     lines += [

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from experiments.cub import spec_from_config
+from experiments.cub import initial_weights, spec_from_config
 from experiments.table import main as table_main
 from stn_repro.data import DataError
 from stn_repro.data.cub import CubCrops, CubDataset, CubStream, read_cub_index, write_cub_tree
@@ -80,7 +80,16 @@ def test_every_cub_option_composes_and_resolves(trainer):
             spec, settings = spec_from_config(cfg)
             assert spec.synthetic == data.startswith("synthetic") == ("synthetic" in spec.cell)
             assert spec.width == cfg.trainer.width and spec.crops.crop % 32 == 0
-            assert len(settings.lr_milestones) == 3
+            assert len(settings.lr_milestones) == 3 or settings.lr_schedule == "cosine"
+
+
+def test_the_quick_profile_says_how_it_departs_from_the_paper():
+    spec, settings = spec_from_config(compose_cub(["trainer=cub_quick", "data=synthetic_cub448"]))
+    assert spec.reduced_budget and spec.profile == "quick" and (spec.width, spec.part_size) == (0.25, 64)
+    assert (settings.lr_schedule, settings.nesterov, settings.warmup_iterations) == ("cosine", True, 200)
+    assert settings.lr_at(settings.iterations - 1) < 1e-3 * settings.lr  # decayed to about nothing
+    assert compose_cub(["trainer=cub_quick"]).trainer.st_init == "cnn"
+    assert compose_cub(["trainer=cub_paper"]).trainer.st_init is None
 
 
 def test_the_paper_profile_is_the_papers_protocol():
@@ -165,6 +174,37 @@ def test_the_table3_writer_shows_accuracy_beside_the_paper(smoke_runs, tmp_path)
     cnn = json.loads((runs / "cub" / "smoke" / "synthetic-cub224-cnn" / "seed1" / "record.json").read_text())
     assert f"| CNN 224px | {100 - cnn['test_error']:.2f} | 82.3 |" in text
     assert not (out / "cub_table3_smoke.md").exists()  # synthetic runs never land in the real table
+
+
+def test_under_st_init_cnn_an_st_cnn_starts_from_the_cnn_run_of_its_seed(smoke_runs, data_dir, tmp_path):
+    runs, records = smoke_runs
+    _, cnn_dir, _ = records["cub/cnn_224px"]
+    cfg = smoke("cub/2x_st_cnn_448px", data_dir, "trainer.st_init=cnn")
+    spec, settings = spec_from_config(cfg)
+    st_dir = runs / "cub" / "smoke" / spec.cell / "seed1"
+    assert initial_weights(cfg, spec, st_dir) == str(cnn_dir / "model.pt")
+    with pytest.raises(FileNotFoundError, match=r"seed2.*does not exist; fix: run that CNN first"):
+        initial_weights(cfg, replace(spec, seed=2), st_dir.with_name("seed2"))
+    assert initial_weights(cfg, replace(spec, weights="own.pth"), st_dir) == "own.pth"  # given wins
+    cnn_cfg = smoke("cub/cnn_224px", data_dir, "trainer.st_init=cnn")
+    assert initial_weights(cnn_cfg, spec_from_config(cnn_cfg)[0], cnn_dir) is None  # the CNN itself
+    with pytest.raises(ValueError, match=r"trainer\.st_init='imagenet'"):
+        initial_weights(smoke("cub/2x_st_cnn_448px", data_dir, "trainer.st_init=imagenet"), spec, st_dir)
+
+    # The run says where it started, and the table marks it.
+    own = tmp_path / "cub" / "smoke" / spec.cell / "seed1"
+    record = run_cub_cell(replace(spec, weights=str(cnn_dir / "model.pt")), settings, own, **QUIET)
+    assert record["pretrained"]["source"] == "cub_cnn" and record["pretrained"]["loaded"] > 0
+    cnn_copy = tmp_path / "cub" / "smoke" / "synthetic-cub224-cnn" / "seed1"
+    cnn_copy.mkdir(parents=True)
+    (cnn_copy / "record.json").write_text((cnn_dir / "record.json").read_text())
+    out = tmp_path / "results"
+    assert table_main(["--experiment", "cub", "--runs", str(tmp_path / "cub"), "--out", str(out)]) == 0
+    text = (out / "cub_table3_smoke_synthetic.md").read_text()
+    assert "STARTED FROM THE CNN" in text and "| 2xST-CNN 448px |" in text
+    assert next(line for line in text.splitlines() if line.startswith("| 2xST-CNN 448px")).endswith(
+        "| the 224px CNN's |"
+    )
 
 
 def test_a_missing_set_names_the_make_target_and_an_mnist_set_is_refused(tmp_path):

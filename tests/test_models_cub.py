@@ -94,7 +94,7 @@ def test_weights_load_with_a_report_of_what_did_not_match(tmp_path):
     target = BNInception(TINY)
     report = load_backbone_weights(target, path)
     assert report.missing == ["inception_3a_1x1.weight"] and report.unexpected == ["extra.weight"]
-    assert report.classifier == ["last_linear.bias", "last_linear.weight"]
+    assert report.classifier == ["last_linear.bias", "last_linear.weight"] and report.source == "imagenet"
     assert report.loaded == len(source.state_dict()) - 1
     assert torch.equal(target.conv1_7x7_s2.weight, source.conv1_7x7_s2.weight)
     summary = report.summary()
@@ -110,12 +110,49 @@ def test_weights_load_with_a_report_of_what_did_not_match(tmp_path):
 
     wider = tmp_path / "wider.pth"
     torch.save(BNInception(2 * TINY).state_dict(), wider)
-    with pytest.raises(ValueError, match=r"other shapes.*width other than 1.0"):
+    with pytest.raises(ValueError, match=r"other shapes.*another architecture or width"):
         load_backbone_weights(BNInception(TINY), wider)
     unrelated = tmp_path / "unrelated.pth"
     torch.save({"fc.weight": torch.zeros(2, 2)}, unrelated)
     with pytest.raises(ValueError, match="hold none of the BNInception tensors"):
         load_backbone_weights(BNInception(TINY), unrelated)
+
+
+def test_a_trained_cnn_run_initialises_every_st_cnn_backbone(tmp_path):
+    # The CPU profile's stand-in for ImageNet weights: the CNN cell's model.pt (or its run folder).
+    cnn, _ = build_cub_model("cnn", width=TINY, input_size=64, num_classes=3)
+    with torch.no_grad():
+        cnn.backbone.conv2_3x3.weight.add_(1.0)  # unlike any fresh initialisation
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save({"format": 1, "cell": "x-cnn", "seed": 1, "state_dict": cnn.state_dict()}, run / "model.pt")
+    for weights in (run / "model.pt", run):
+        model, info = build_cub_model(
+            "st_cnn",
+            width=TINY,
+            input_size=64,
+            part_size=64,
+            num_parts=2,
+            num_classes=3,
+            weights=weights,
+            log=lambda s: None,
+        )
+        assert info.pretrained["missing"] == [] and info.pretrained["unexpected"] == []
+        assert info.pretrained["classifier"] == ["classifier.bias", "classifier.weight"]
+        assert info.pretrained["source"] == "cub_cnn"
+        for backbone in model.backbones():
+            assert torch.equal(backbone.conv2_3x3.weight, cnn.backbone.conv2_3x3.weight)
+    with pytest.raises(ValueError, match="another architecture or width"):
+        build_cub_model(
+            "st_cnn",
+            width=2 * TINY,
+            input_size=64,
+            part_size=64,
+            num_parts=2,
+            num_classes=3,
+            weights=run,
+            log=lambda s: None,
+        )
 
 
 def test_torchvision_weights_load_into_the_feature_extractor(tmp_path):

@@ -319,7 +319,8 @@ class WeightsReport:
         default_factory=list
     )  # the model's, absent from the file (kept as initialised)
     unexpected: list[str] = field(default_factory=list)  # the file's, unknown to the model (ignored)
-    classifier: list[str] = field(default_factory=list)  # the file's ImageNet classifier (not used)
+    classifier: list[str] = field(default_factory=list)  # the file's classifier (ImageNet's; not used)
+    source: str = "imagenet"  # "imagenet": an ImageNet state dict; "cub_cnn": a trained CUB CNN's model.pt
 
     def summary(self) -> str:
         def names(keys: list[str]) -> str:
@@ -328,9 +329,12 @@ class WeightsReport:
 
         return (
             f"loaded {self.loaded} tensors from {self.path}; missing, kept at their initialisation: "
-            f"{names(self.missing)}; unexpected, ignored: {names(self.unexpected)}; ImageNet classifier, "
+            f"{names(self.missing)}; unexpected, ignored: {names(self.unexpected)}; the file's classifier, "
             f"not used: {len(self.classifier)}"
         )
+
+
+TRAINED_CNN_BACKBONE = "backbone."  # where a trained CubCNN's state dict keeps its backbone
 
 
 def load_backbone_weights(backbone: nn.Module, path: Path | str) -> WeightsReport:
@@ -338,13 +342,17 @@ def load_backbone_weights(backbone: nn.Module, path: Path | str) -> WeightsRepor
     :func:`build_backbone`) and report what matched.
 
     The file is a state dict (or a checkpoint with one under ``state_dict``; a ``module.`` prefix is
-    stripped). The backbone's tensors found in it are loaded; the ones absent stay as initialised and are
+    stripped), or the ``model.pt`` of a trained CUB CNN of this suite, whose backbone (at the same
+    ``width``) is taken: the CPU profile starts its ST-CNNs from its own CNN where the paper starts from
+    ImageNet. The backbone's tensors found in it are loaded; the ones absent stay as initialised and are
     reported as *missing*; the file's keys the backbone does not have are reported as *unexpected*,
     except its ImageNet classifier, which is counted apart. Raises ``ValueError`` for a file that cannot
     be read, holds none of the backbone's tensors, or holds any with another shape (another architecture,
     or ``width`` other than 1).
     """
     path = Path(path)
+    if path.is_dir() and (path / "model.pt").is_file():  # a finished CNN run's folder
+        path = path / "model.pt"
     if not path.is_file():
         raise FileNotFoundError(
             f"backbone weights {path} do not exist; fix: point model.weights at a local ImageNet state dict, "
@@ -363,6 +371,15 @@ def load_backbone_weights(backbone: nn.Module, path: Path | str) -> WeightsRepor
     state = {k.removeprefix("module."): v for k, v in state.items()}
     target, classifier_prefixes = backbone.weights_target()
     own = target.state_dict()
+    if not any(k in own for k in state) and any(k.startswith(TRAINED_CNN_BACKBONE) for k in state):
+        # A trained CUB CNN of this suite (its run's model.pt): its backbone under "backbone."; the rest (its
+        # classifier) is counted as the file's classifier, not used.
+        head = {k.split(".")[0] + "." for k in state if not k.startswith(TRAINED_CNN_BACKBONE)}
+        state = {k.removeprefix(TRAINED_CNN_BACKBONE): v for k, v in state.items()}
+        classifier_prefixes = (*classifier_prefixes, *sorted(head))
+        source = "cub_cnn"
+    else:
+        source = "imagenet"
     classifier = sorted(k for k in state if k.startswith(classifier_prefixes) and k not in own)
     unexpected = sorted(k for k in state if k not in own and k not in classifier)
     missing = sorted(k for k in own if k not in state and not k.endswith("num_batches_tracked"))
@@ -375,8 +392,9 @@ def load_backbone_weights(backbone: nn.Module, path: Path | str) -> WeightsRepor
         key, theirs, ours = mismatched[0]
         raise ValueError(
             f"backbone weights {path}: {len(mismatched)} tensors have other shapes than the model's (first: "
-            f"{key} {theirs} in the file, {ours} in the model): weights of another architecture, or a width "
-            "other than 1.0; fix: load them into the backbone they were made for at model.width=1.0"
+            f"{key} {theirs} in the file, {ours} in the model): weights of another architecture or width; fix: "
+            "load them into the backbone they were made for (ImageNet files: model.width=1.0; a trained CUB "
+            "CNN: the width it was trained at)"
         )
     matched = [k for k in own if k in state]
     if not matched:
@@ -386,7 +404,7 @@ def load_backbone_weights(backbone: nn.Module, path: Path | str) -> WeightsRepor
             "of the configured model.backbone"
         )
     target.load_state_dict({k: state[k] for k in matched}, strict=False)
-    return WeightsReport(str(path), len(matched), missing, unexpected, classifier)
+    return WeightsReport(str(path), len(matched), missing, unexpected, classifier, source)
 
 
 # --- the models -------------------------------------------------------------------------------------------------

@@ -110,6 +110,12 @@ class CubSpec:
         }
 
 
+def _initialisation(report: dict[str, Any] | None) -> str:
+    if report is None:
+        return "from scratch"
+    return "from a trained CUB CNN" if report.get("source") == "cub_cnn" else "ImageNet weights"
+
+
 def prepare_cub_seed(
     spec: CubSpec,
     device: torch.device,
@@ -148,9 +154,10 @@ def prepare_cub_seed(
         spec.model, num_classes=index.num_classes, weights=spec.weights, log=log, **spec.model_options()
     )
     model.to(device)
-    pictures = torch.stack([test_set[k][0] for k in range(min(NUM_PICTURES, len(test_set)))])
-    pictures = pictures.to(device).float() / 255.0
-    titles = [index.class_names[int(test_set.labels[k])][:22] for k in range(len(pictures))]
+    # Evenly spread over the test split, which lists its images class by class: several classes shown.
+    shown = torch.linspace(0, len(test_set) - 1, min(NUM_PICTURES, len(test_set))).round().long().tolist()
+    pictures = torch.stack([test_set[k][0] for k in shown]).to(device).float() / 255.0
+    titles = [index.class_names[int(test_set.labels[k])][:22] for k in shown]
     paper_accuracy = cub_paper_accuracy(spec.model_name, spec.size)
     synthetic = " | SYNTHETIC stand-in data" if spec.synthetic else ""
     pretrained = (
@@ -171,7 +178,7 @@ def prepare_cub_seed(
             f"{spec.cell} seed {spec.seed} | {info.param_count:,} parameters ({spec.backbone}, width "
             f"{spec.width}, localisation {info.localisation_params:,}) | {crops.crop} px crops from "
             f"{crops.resize} px, {len(train_set):,} training / {len(test_set):,} test images | "
-            f"{'ImageNet weights' if spec.weights else 'from scratch'} | {device}{processes} | "
+            f"{_initialisation(info.pretrained)} | {device}{processes} | "
             f"profile {spec.profile}{synthetic}"
         ),
         record={
