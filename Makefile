@@ -145,7 +145,8 @@ reproduce-coloc:  ## run Table 5, co-localisation: every digit class on T and TC
 # CUB_SYNTHETIC=1: the synthetic stand-in (make data-cub-synthetic) instead of CUB (make data-cub).
 # PROFILE=quick runs trainer=cub_quick (quarter width, 64 px parts: CPU), paper trainer=cub_paper (GPUs).
 # NPROC=8: each run data-parallel over 8 processes (GPUs) with torchrun; trainer.batch_size stays the global
-# batch. CUB_WEIGHTS=/path/to/imagenet_state_dict.pth: every backbone starts from it (else from scratch).
+# batch. CUB_WEIGHTS=/path/to/imagenet_state_dict.pth: every backbone starts from it (else from scratch;
+# PROFILE=quick: the ST-CNNs start from the CNN run of their seed, which the first sweep runs first).
 CUB_ARGS ?=
 CUB_SEEDS ?= 1
 CUB_SYNTHETIC ?= 0

@@ -17,15 +17,23 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from PIL import Image
 
 from experiments.cub import initial_weights, spec_from_config
+from experiments.cub_parts import main as cub_parts_main
 from experiments.table import main as table_main
 from stn_repro.data import DataError
 from stn_repro.data.cub import CubCrops, CubDataset, CubStream, read_cub_index, write_cub_tree
 from stn_repro.models.cub import build_cub_model
 from stn_repro.paper import cub_paper_accuracy
 from stn_repro.runs import RunLock
-from stn_repro.tasks.cub import load_trained_cub_model, run_cub_cell
+from stn_repro.tasks.cub import (
+    box_coverage,
+    load_trained_cub_model,
+    object_boxes_in_crops,
+    part_placement,
+    run_cub_cell,
+)
 from stn_repro.training.data_parallel import (
     DistContext,
     LoaderLearner,
@@ -205,6 +213,51 @@ def test_under_st_init_cnn_an_st_cnn_starts_from_the_cnn_run_of_its_seed(smoke_r
     assert next(line for line in text.splitlines() if line.startswith("| 2xST-CNN 448px")).endswith(
         "| the 224px CNN's |"
     )
+
+
+def test_box_coverage_counts_the_object_pixels_inside_the_parts():
+    objects = torch.tensor([[0.0, 0.0, 4.0, 4.0], [2.0, 2.0, 6.0, 4.0]])
+    parts = torch.tensor(
+        [[[0.0, 0.0, 2.0, 8.0], [0.0, 0.0, 8.0, 2.0]], [[4.0, 0.0, 8.0, 8.0], [7.0, 7.0, 8.0, 8.0]]]
+    )
+    each, union = box_coverage(objects, parts, 8)
+    # Object 0 (16 px): the left strip covers 8, the top strip 8, together 12. Object 1 (8 px): 4, 0, 4.
+    assert each.tolist() == [[0.5, 0.5], [0.5, 0.0]] and union.tolist() == [0.75, 0.5]
+
+
+def test_object_boxes_follow_the_test_views_resize_and_central_crop(tmp_path):
+    root = write_cub_tree(tmp_path, 2, 1, image_size=(40, 56), seed=4)
+    index = read_cub_index(root)
+    test = CubDataset(index, "test", CubCrops(37, 32))
+    boxes = object_boxes_in_crops(test)
+    row = test.row(0)
+    with Image.open(index.image_path(row)) as image:
+        width, height = image.size
+    scale = 37 / min(width, height)
+    new_w, new_h = (37, int(37 * height / width)) if width <= height else (int(37 * width / height), 37)
+    x, y, w, h = index.boxes[row].tolist()
+    left, top = (new_w - 32) // 2, (new_h - 32) // 2
+    expected = [x * scale - left, y * scale - top, (x + w) * scale - left, (y + h) * scale - top]
+    assert boxes[0].tolist() == pytest.approx([min(max(v, 0), 32) for v in expected], abs=1e-4)
+
+
+def test_cub_parts_reports_where_the_parts_go(smoke_runs, data_dir, tmp_path, capsys):
+    _, records = smoke_runs
+    _, st_dir, spec = records["cub/2x_st_cnn_448px"]
+    model = load_trained_cub_model(st_dir)
+    test = CubDataset(read_cub_index(data_dir / "synthetic-cub" / "CUB_200_2011"), "test", spec.crops)
+    placement = part_placement(model, test, batch_size=4)
+    assert placement.part_centres.shape == (9, 2, 2) and placement.coverage.shape == (9, 2)
+    # 4 smoke steps at the smoke lr barely move the regression layer: the parts sit near their tiling.
+    tiling = (torch.tensor([[-0.5, 0.0], [0.5, 0.0]]) + 1) * spec.crops.crop / 2
+    assert (placement.part_centres - tiling).abs().max() < 0.1 * spec.crops.crop
+    assert ((placement.union_coverage >= 0) & (placement.union_coverage <= 1)).all()
+    out = tmp_path / "parts.md"
+    code = cub_parts_main([str(st_dir), "--data-dir", str(data_dir), "--out", str(out)])
+    assert code == 0 and "| all parts |" in out.read_text() and "initial tiling" in out.read_text()
+    _, cnn_dir, _ = records["cub/cnn_224px"]
+    assert cub_parts_main([str(cnn_dir), "--data-dir", str(data_dir)]) == 1
+    assert "not a CUB ST-CNN run" in capsys.readouterr().err
 
 
 def test_a_missing_set_names_the_make_target_and_an_mnist_set_is_refused(tmp_path):

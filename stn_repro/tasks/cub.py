@@ -24,10 +24,11 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import nn
+from PIL import Image
+from torch import Tensor, nn
 
 from stn_repro.data.cub import CubCrops, CubDataset, CubStream, eval_loader, load_cub_index
-from stn_repro.models.cub import build_cub_model, part_figure
+from stn_repro.models.cub import CubSTCNN, build_cub_model, part_boxes, part_figure, sample_parts
 from stn_repro.paper import cub_paper_accuracy, cub_paper_error
 from stn_repro.runs import PreparedRun, RunLock, RunLocked, read_finished_record, read_weights, run_single
 from stn_repro.tracking import Tracker
@@ -288,3 +289,98 @@ def load_trained_cub_model(path: Path | str, device: torch.device | str = "cpu")
     )
     model.load_state_dict(state["state_dict"])
     return model.to(device).eval()
+
+
+# --- where the parts go ------------------------------------------------------------------------------------------
+
+
+def object_boxes_in_crops(dataset: CubDataset) -> Tensor:
+    """The annotated object box of every image of ``dataset`` (``bounding_boxes.txt``) in the pixels of its
+    *test* view, ``[N, 4]`` as ``(x0, y0, x1, y1)``, clipped to the crop.
+
+    **Convention**: the test view resizes the shorter side to ``crops.resize`` (the longer to
+    ``int(resize * long / short)``, as torchvision) and takes the central ``crop x crop`` window
+    (:class:`~stn_repro.data.cub.CubDataset`); pixel ``j`` spans ``[j, j + 1)``.
+    """
+    crops = dataset.crops
+    boxes = []
+    for item in range(len(dataset)):
+        row = dataset.row(item)
+        with Image.open(dataset.index.image_path(row)) as image:
+            width, height = image.size
+        short, long = min(width, height), max(width, height)
+        scale = crops.resize / short
+        resized_long = int(crops.resize * long / short)
+        new_w, new_h = (crops.resize, resized_long) if width <= height else (resized_long, crops.resize)
+        left, top = (new_w - crops.crop) // 2, (new_h - crops.crop) // 2
+        x, y, w, h = dataset.index.boxes[row].tolist()
+        box = torch.tensor([x * scale - left, y * scale - top, (x + w) * scale - left, (y + h) * scale - top])
+        boxes.append(box.clamp(0, crops.crop))
+    return torch.stack(boxes)
+
+
+def box_coverage(objects: Tensor, parts: Tensor, size: int) -> tuple[Tensor, Tensor]:
+    """How much of each object box the part boxes cover, on the ``size x size`` pixel grid (a pixel counts
+    where its centre ``j + 0.5`` lies in a box): ``(each [N, K], union [N])`` as fractions of the object's
+    pixels (0 where an object has no pixel in the crop). ``objects [N, 4]``, ``parts [N, K, 4]``, both
+    ``(x0, y0, x1, y1)`` px."""
+    centres = torch.arange(size, dtype=torch.float32) + 0.5
+
+    def masks(boxes: Tensor) -> Tensor:  # [..., size, size]
+        inside_x = (centres >= boxes[..., 0:1]) & (centres < boxes[..., 2:3])
+        inside_y = (centres >= boxes[..., 1:2]) & (centres < boxes[..., 3:4])
+        return inside_y.unsqueeze(-1) & inside_x.unsqueeze(-2)
+
+    obj = masks(objects.float())
+    part = masks(parts.float())
+    area = obj.flatten(1).sum(1).clamp(min=1)
+    each = (part & obj.unsqueeze(1)).flatten(2).sum(2) / area.unsqueeze(1)
+    union = (part.any(1) & obj).flatten(1).sum(1) / area
+    return each, union
+
+
+@dataclass
+class PartPlacement:
+    """Where an ST-CNN's parts go on a test split, against the annotated object boxes (px of the input)."""
+
+    part_centres: Tensor  # [N, K, 2] (x, y) px
+    object_centres: Tensor  # [N, 2]
+    coverage: Tensor  # [N, K]: the fraction of the object box inside each part box
+    union_coverage: Tensor  # [N]
+    fixed_coverage: Tensor  # [N]: the union's, with every part at its mean centre for every image
+    tiling_coverage: Tensor  # [N]: the union's, with the parts at their initial tiling
+
+    def correlation(self, part: int, axis: int) -> float:
+        """Pearson's r over the images between a part's centre and the object's centre on ``axis`` (0: x)."""
+        a, b = self.part_centres[:, part, axis], self.object_centres[:, axis]
+        a, b = a - a.mean(), b - b.mean()
+        denominator = (a.norm() * b.norm()).item()
+        return float((a * b).sum() / denominator) if denominator > 0 else float("nan")
+
+
+@torch.no_grad()
+def part_placement(model: CubSTCNN, dataset: CubDataset, batch_size: int = 64) -> PartPlacement:
+    """Run ``model``'s localisation net over the test views of ``dataset`` (float, in ``[0, 1]``) and measure where its parts go:
+    their centres, their spread, and how much of each image's object box they cover, beside two fixed
+    layouts (the learned mean placement, the initial tiling) that do not look at the image."""
+    size = dataset.crops.crop
+    params = []
+    for start in range(0, len(dataset), batch_size):
+        images = torch.stack([dataset[k][0] for k in range(start, min(start + batch_size, len(dataset)))])
+        params.append(sample_parts(model, images)[1])
+    params = torch.cat(params).cpu()  # [N, K, 2]
+    scale = model.transformer.family.scale
+    objects = object_boxes_in_crops(dataset)
+    each, union = box_coverage(objects, part_boxes(params, size, scale), size)
+    mean = params.mean(0, keepdim=True).expand_as(params)
+    tiling = model.tiling.cpu().unsqueeze(0).expand_as(params)
+    _, fixed = box_coverage(objects, part_boxes(mean, size, scale), size)
+    _, tiled = box_coverage(objects, part_boxes(tiling, size, scale), size)
+    return PartPlacement(
+        part_centres=(params + 1) * size / 2,  # align_corners=False: normalised u is pixel (u + 1) S / 2
+        object_centres=(objects[:, :2] + objects[:, 2:]) / 2,
+        coverage=each,
+        union_coverage=union,
+        fixed_coverage=fixed,
+        tiling_coverage=tiled,
+    )
