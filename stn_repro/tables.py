@@ -526,9 +526,10 @@ def cub_markdown(rows: list[dict[str, Any]], profile: str, synthetic: bool) -> s
         ]
     if any(CUB_FROM_CNN in r.get("pretrained", []) for r in rows):
         lines += [
-            f"> **STARTED FROM THE CNN** — the ST-CNNs marked {CUB_FROM_CNN} started every backbone (the "
-            "localisation net's and each part's) from the CNN row's trained backbone of the same seed, where "
-            "the paper starts them from ImageNet weights, which these machines do not have.",
+            f'> **STARTED FROM THE CNN** — the ST-CNNs whose weights column says "{CUB_FROM_CNN}" started every '
+            "backbone (the localisation net's and each part's) from the CNN row's trained backbone of the "
+            "same seed, where the paper starts them from ImageNet weights, which these machines do not have: "
+            "their iterations come on top of the CNN's.",
             "",
         ]
     lines += [
