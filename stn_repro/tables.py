@@ -345,8 +345,8 @@ def _budget_banner(rows: list[dict[str, Any]], profile: str, against: str, digit
         ]
     if any(r["reduced_budget"] for r in rows):
         return [
-            f"> **REDUCED BUDGET** — {_budget(rows)} per run, against {against}. These numbers show that "
-            "the code trains, not what it reaches at the paper's budget.",
+            f"> **REDUCED BUDGET** — {_budget(rows)} per run, against {against}. These numbers show what "
+            "so small a budget gives, not what the models reach at the paper's budget.",
             "",
         ]
     return []
