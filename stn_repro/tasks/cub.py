@@ -360,9 +360,9 @@ class PartPlacement:
 
 @torch.no_grad()
 def part_placement(model: CubSTCNN, dataset: CubDataset, batch_size: int = 64) -> PartPlacement:
-    """Run ``model``'s localisation net over the test views of ``dataset`` (float, in ``[0, 1]``) and measure where its parts go:
-    their centres, their spread, and how much of each image's object box they cover, beside two fixed
-    layouts (the learned mean placement, the initial tiling) that do not look at the image."""
+    """Run ``model``'s localisation net over the test views of ``dataset`` (float, in ``[0, 1]``) and
+    measure where its parts go: their centres, their spread, and how much of each image's object box they
+    cover, beside two fixed layouts (the learned mean placement, the initial tiling) that ignore the image."""
     size = dataset.crops.crop
     params = []
     for start in range(0, len(dataset), batch_size):
