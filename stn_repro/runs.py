@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -406,6 +406,92 @@ def run_single(
             return record
         finally:
             tracker.finish()
+
+
+class SeedSpec(Protocol):
+    """What :func:`run_seed` reads from an experiment's spec of one seed (a dataclass; every task's has these)."""
+
+    device: str
+    profile: str
+    reduced_budget: bool
+
+
+def run_seed(
+    spec: SeedSpec,
+    prepare: Callable[[torch.device], PreparedRun],
+    settings: TrainSettings,
+    run_dir: Path,
+    *,
+    config: dict[str, Any] | None = None,
+    make_tracker: Callable[[], Tracker] | None = None,
+    log: Callable[[str], None] = print,
+    device: str | torch.device | None = None,
+    writer: bool = True,
+) -> dict[str, Any]:
+    """:func:`run_single` for one seed described by ``spec``: its device (unless ``device`` is given), profile
+    and reduced-budget flag; the record keeps ``config``, by default the spec and the settings."""
+    return run_single(
+        prepare,
+        settings,
+        run_dir,
+        device=spec.device if device is None else device,
+        profile=spec.profile,
+        reduced_budget=spec.reduced_budget,
+        config=config or {"spec": asdict(spec), "settings": asdict(settings)},
+        make_tracker=make_tracker,
+        log=log,
+        writer=writer,
+    )
+
+
+def load_trained(
+    path: Path | str, build: Callable[[dict[str, Any]], nn.Module], device: torch.device | str = "cpu"
+) -> nn.Module:
+    """The model a finished run saved (its ``model.pt`` or run folder), in eval mode on ``device``.
+
+    ``build(state)`` rebuilds the untrained model from what the run's :attr:`PreparedRun.weights` saved
+    (``state["kind"]``, ...) and may raise if the file holds another experiment's model; the trained
+    ``state_dict`` is then loaded into it.
+    """
+    state = read_weights(path)
+    model = build(state)
+    model.load_state_dict(state["state_dict"])
+    return model.to(device).eval()
+
+
+def classifier_weights(
+    kind: str,
+    transform: str | None,
+    input_shape: Sequence[int],
+    pool_after_transformer: bool,
+    model_options: dict[str, Any],
+) -> dict[str, Any]:
+    """:attr:`PreparedRun.weights` of a model built as ``build(kind, input_shape, transform=...,
+    pool_after_transformer=..., **model_options)`` (distorted MNIST, addition); :func:`rebuild_classifier`
+    reads it back."""
+    return {
+        "kind": kind,
+        "transform": transform,
+        "input_shape": list(input_shape),
+        "pool_after_transformer": pool_after_transformer,
+        "model_options": model_options,
+    }
+
+
+def rebuild_classifier(build: Callable[..., tuple[nn.Module, Any]]) -> Callable[[dict[str, Any]], nn.Module]:
+    """The ``build`` argument of :func:`load_trained` for weights saved by :func:`classifier_weights`."""
+
+    def rebuild(state: dict[str, Any]) -> nn.Module:
+        model, _ = build(
+            state["kind"],
+            tuple(state["input_shape"]),
+            transform=state["transform"],
+            pool_after_transformer=state["pool_after_transformer"],
+            **state["model_options"],
+        )
+        return model
+
+    return rebuild
 
 
 def _train_learner(

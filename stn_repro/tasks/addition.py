@@ -41,7 +41,7 @@ from stn_repro.models.addition import (
     transformers_of,
 )
 from stn_repro.paper import addition_paper_error, addition_secondary_error
-from stn_repro.runs import PreparedRun, read_weights, run_single
+from stn_repro.runs import PreparedRun, classifier_weights, load_trained, rebuild_classifier, run_seed
 from stn_repro.tracking import Tracker
 from stn_repro.training.loop import SpeedSettings, TrainSettings
 from stn_repro.viz import parallel_transformation_figure
@@ -202,13 +202,9 @@ def prepare_addition_seed(spec: AdditionSpec, data: AdditionData, device: torch.
                 "generator_version": GENERATOR_VERSION,
             },
         },
-        weights={
-            "kind": spec.model,
-            "transform": spec.transform,
-            "input_shape": list(ADDITION_INPUT_SHAPE),
-            "pool_after_transformer": spec.pool_after_transformer,
-            "model_options": spec.model_options,
-        },
+        weights=classifier_weights(
+            spec.model, spec.transform, ADDITION_INPUT_SHAPE, spec.pool_after_transformer, spec.model_options
+        ),
         speed=spec.speed,
         figure=(
             None
@@ -244,14 +240,12 @@ def run_addition_cell(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Train and evaluate one seed of an addition cell in ``run_dir`` (resuming); return its record."""
-    return run_single(
+    return run_seed(
+        spec,
         lambda device: prepare_addition_seed(spec, load_addition_data(spec, device), device),
         settings,
         run_dir,
-        device=spec.device,
-        profile=spec.profile,
-        reduced_budget=spec.reduced_budget,
-        config=config or {"spec": asdict(spec), "settings": asdict(settings)},
+        config=config,
         make_tracker=make_tracker,
         log=log,
     )
@@ -259,13 +253,4 @@ def run_addition_cell(
 
 def load_trained_addition_model(path: Path | str, device: torch.device | str = "cpu") -> nn.Module:
     """The model a finished addition run saved (its ``model.pt`` or run folder), rebuilt and in eval mode."""
-    state = read_weights(path)
-    model, _ = build_addition_model(
-        state["kind"],
-        tuple(state["input_shape"]),
-        transform=state["transform"],
-        pool_after_transformer=state["pool_after_transformer"],
-        **state["model_options"],
-    )
-    model.load_state_dict(state["state_dict"])
-    return model.to(device).eval()
+    return load_trained(path, rebuild_classifier(build_addition_model), device)

@@ -49,7 +49,7 @@ from stn_repro.models.coloc import (
 )
 from stn_repro.models.mnist import build_mnist_model, count_params
 from stn_repro.paper import coloc_paper_localised
-from stn_repro.runs import WEIGHTS_NAME, PreparedRun, RunLocked, run_single
+from stn_repro.runs import WEIGHTS_NAME, PreparedRun, RunLocked, classifier_weights, load_trained, run_seed
 from stn_repro.tasks.mnist import load_trained_model
 from stn_repro.tracking import Tracker
 from stn_repro.training.colocalisation import (
@@ -146,13 +146,7 @@ def prepare_embedding(spec: EmbeddingSpec, device: torch.device) -> PreparedRun:
             },
         },
         # What stn_repro.tasks.mnist.load_trained_model rebuilds the CNN from.
-        weights={
-            "kind": "cnn",
-            "transform": None,
-            "input_shape": [1, 28, 28],
-            "pool_after_transformer": False,
-            "model_options": {"param_budget": spec.param_budget},
-        },
+        weights=classifier_weights("cnn", None, (1, 28, 28), False, {"param_budget": spec.param_budget}),
         speed=spec.speed,
     )
 
@@ -173,14 +167,12 @@ def ensure_embedding(
     announced = False
     while True:
         try:
-            return run_single(
+            return run_seed(
+                spec,
                 lambda device: prepare_embedding(spec, device),
                 settings,
                 run_dir,
-                device=spec.device,
-                profile=spec.profile,
-                reduced_budget=spec.reduced_budget,
-                config=config or {"spec": asdict(spec), "settings": asdict(settings)},
+                config=config,
                 make_tracker=make_tracker,
                 log=log,
             )
@@ -461,14 +453,12 @@ def run_coloc(
             device,
         )
 
-    return run_single(
+    return run_seed(
+        spec,
         prepare,
         settings,
         run_dir,
-        device=spec.device,
-        profile=spec.profile,
-        reduced_budget=spec.reduced_budget,
-        config=config or {"spec": asdict(spec), "settings": asdict(settings)},
+        config=config,
         make_tracker=make_tracker,
         log=log,
     )
@@ -476,19 +466,18 @@ def run_coloc(
 
 def load_trained_transformer(path: Path | str, device: torch.device | str = "cpu") -> SpatialTransformer:
     """The attention transformer a finished co-localisation run saved (its folder or ``model.pt``)."""
-    from stn_repro.runs import read_weights
 
-    state = read_weights(path)
-    if state.get("kind") != "coloc_attention":
-        raise ValueError(f"{path} holds a {state.get('kind')!r} model, not a co-localisation transformer")
-    transformer = colocalisation_transformer(
-        state["init_scale"],
-        state["init_translation"],
-        scale_range=state["scale_range"],
-        inside=state["inside"],
-    )
-    transformer.load_state_dict(state["state_dict"])
-    return transformer.to(device).eval()
+    def rebuild(state: dict[str, Any]) -> SpatialTransformer:
+        if state.get("kind") != "coloc_attention":
+            raise ValueError(f"{path} holds a {state.get('kind')!r} model, not a co-localisation transformer")
+        return colocalisation_transformer(
+            state["init_scale"],
+            state["init_translation"],
+            scale_range=state["scale_range"],
+            inside=state["inside"],
+        )
+
+    return load_trained(path, rebuild, device)
 
 
 # --- pictures ---------------------------------------------------------------------------------------------------

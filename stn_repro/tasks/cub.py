@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from stn_repro.data.cub import CubCrops, CubDataset, CubStream, eval_loader, load_cub_index
 from stn_repro.models.cub import CubSTCNN, build_cub_model, part_boxes, part_figure, sample_parts
 from stn_repro.paper import cub_paper_accuracy, cub_paper_error
-from stn_repro.runs import PreparedRun, RunLock, RunLocked, read_finished_record, read_weights, run_single
+from stn_repro.runs import PreparedRun, RunLock, RunLocked, load_trained, read_finished_record, run_seed
 from stn_repro.tracking import Tracker
 from stn_repro.training.data_parallel import DistContext, LoaderLearner
 from stn_repro.training.loop import SpeedSettings, TrainSettings
@@ -251,14 +251,13 @@ def run_cub_cell(
     device = dist_context.device(spec.device) if dist_context is not None else spec.device
     if dist_context is not None:
         _agree_on_the_lock(Path(run_dir), dist_context, quiet)
-    return run_single(
+    return run_seed(
+        spec,
         lambda torch_device: prepare_cub_seed(spec, torch_device, dist_context, quiet),
         settings,
         run_dir,
         device=device,
-        profile=spec.profile,
-        reduced_budget=spec.reduced_budget,
-        config=config or {"spec": asdict(spec), "settings": asdict(settings)},
+        config=config,
         make_tracker=make_tracker if writer else None,
         log=quiet,
         writer=writer,
@@ -283,12 +282,13 @@ def _agree_on_the_lock(run_dir: Path, dist_context: DistContext, log: Callable[[
 
 def load_trained_cub_model(path: Path | str, device: torch.device | str = "cpu") -> nn.Module:
     """The model a finished CUB run saved (its ``model.pt`` or run folder), rebuilt and in eval mode."""
-    state = read_weights(path)
-    model, _ = build_cub_model(
-        state["kind"], num_classes=state["num_classes"], log=lambda line: None, **state["model_options"]
+    return load_trained(
+        path,
+        lambda state: build_cub_model(
+            state["kind"], num_classes=state["num_classes"], log=lambda line: None, **state["model_options"]
+        )[0],
+        device,
     )
-    model.load_state_dict(state["state_dict"])
-    return model.to(device).eval()
 
 
 # --- where the parts go ------------------------------------------------------------------------------------------

@@ -36,14 +36,16 @@ from stn_repro.runs import (
     PreparedRun,
     RunLock,
     check_seeds,
+    classifier_weights,
+    load_trained,
     log_already_finished,
     picture_saver,
     publish_record,
     read_finished_record,
-    read_weights,
+    rebuild_classifier,
     resolve_device,
     run_record,
-    run_single,
+    run_seed,
     save_weights,
 )
 from stn_repro.tracking import Tracker
@@ -198,13 +200,13 @@ def prepare_seed(spec: CellSpec, data: CellData, device: torch.device) -> Prepar
                 "generator_version": GENERATOR_VERSION,
             },
         },
-        weights={
-            "kind": spec.model,
-            "transform": spec.transform,
-            "input_shape": [1, data.image_size, data.image_size],
-            "pool_after_transformer": spec.pool_after_transformer,
-            "model_options": spec.model_options,
-        },
+        weights=classifier_weights(
+            spec.model,
+            spec.transform,
+            (1, data.image_size, data.image_size),
+            spec.pool_after_transformer,
+            spec.model_options,
+        ),
         speed=spec.speed,
         figure=lambda: transformation_picture(model, data.picture_inputs),
     )
@@ -225,16 +227,7 @@ def load_trained_model(path: Path | str, device: torch.device | str = "cpu") -> 
     ``path`` is the weights file or the run folder holding it (``runs/mnist/<profile>/<cell>/seed<k>``,
     single or stacked runs alike).
     """
-    state = read_weights(path)
-    model, _ = build_mnist_model(
-        state["kind"],
-        tuple(state["input_shape"]),
-        transform=state["transform"],
-        pool_after_transformer=state["pool_after_transformer"],
-        **state["model_options"],
-    )
-    model.load_state_dict(state["state_dict"])
-    return model.to(device).eval()
+    return load_trained(path, rebuild_classifier(build_mnist_model), device)
 
 
 def run_cell(
@@ -248,14 +241,12 @@ def run_cell(
 ) -> dict[str, Any]:
     """Train and evaluate one seed of a cell in ``run_dir`` with :func:`stn_repro.runs.run_single`
     (resume, lock, weights, record, tracker); return its record."""
-    return run_single(
+    return run_seed(
+        spec,
         lambda device: prepare_seed(spec, load_cell_data(spec, device), device),
         settings,
         run_dir,
-        device=spec.device,
-        profile=spec.profile,
-        reduced_budget=spec.reduced_budget,
-        config=config or {"spec": asdict(spec), "settings": asdict(settings)},
+        config=config,
         make_tracker=make_tracker,
         log=log,
     )

@@ -19,7 +19,7 @@ from stn_repro.data.sets import set_checksum
 from stn_repro.data.svhn import SVHN_VERSION, SvhnStream, center_crop, load_svhn_set
 from stn_repro.models.svhn import SVHN_MODEL_KINDS, build_svhn_model, transformer_outputs
 from stn_repro.paper import svhn_paper_error
-from stn_repro.runs import PreparedRun, read_weights, run_single
+from stn_repro.runs import PreparedRun, load_trained, run_seed
 from stn_repro.tracking import Tracker
 from stn_repro.training.loop import SpeedSettings, TrainSettings
 from stn_repro.training.objectives import SEQUENCE
@@ -181,14 +181,12 @@ def run_svhn_cell(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Train and evaluate one seed of an SVHN cell in ``run_dir`` (resuming); return its record."""
-    return run_single(
+    return run_seed(
+        spec,
         lambda device: prepare_svhn_seed(spec, load_svhn_data(spec, device), device),
         settings,
         run_dir,
-        device=spec.device,
-        profile=spec.profile,
-        reduced_budget=spec.reduced_budget,
-        config=config or {"spec": asdict(spec), "settings": asdict(settings)},
+        config=config,
         make_tracker=make_tracker,
         log=log,
     )
@@ -196,7 +194,10 @@ def run_svhn_cell(
 
 def load_trained_svhn_model(path: Path | str, device: torch.device | str = "cpu") -> nn.Module:
     """The model a finished SVHN run saved (its ``model.pt`` or run folder), rebuilt and in eval mode."""
-    state = read_weights(path)
-    model, _ = build_svhn_model(state["kind"], tuple(state["input_shape"]), **state["model_options"])
-    model.load_state_dict(state["state_dict"])
-    return model.to(device).eval()
+    return load_trained(
+        path,
+        lambda state: build_svhn_model(state["kind"], tuple(state["input_shape"]), **state["model_options"])[
+            0
+        ],
+        device,
+    )
