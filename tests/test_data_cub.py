@@ -8,6 +8,7 @@ import tarfile
 import numpy as np
 import pytest
 import torch
+import torchvision.transforms.functional as TF
 from PIL import Image
 
 from stn_repro.data import DataError
@@ -171,6 +172,18 @@ def test_crops_follow_the_recipe_and_images_are_unnormalised(tree):
     flips = {bool(np.random.default_rng(s).random(3)[2] < 0.5) for s in range(20)}
     assert flips == {True, False}
     assert CubCrops(256, 224).scaled(64 / 224) == CubCrops(73, 64)
+
+
+@pytest.mark.parametrize("size", [(48, 64), (64, 48), (333, 500), (500, 333), (101, 101), (257, 1000)])
+def test_resized_size_and_central_window_match_torchvision(size):
+    # object_boxes_in_crops maps the annotated boxes with these; the images go through torchvision.
+    crops = CubCrops(resize=73, crop=64)
+    resized = TF.resize(Image.new("RGB", size), [crops.resize], antialias=True)
+    assert crops.resized_size(*size) == resized.size
+    left, top = crops.central_window(*resized.size)
+    assert TF.crop(resized, top, left, 64, 64).size == (64, 64)
+    assert 0 <= left <= resized.size[0] - 64 and 0 <= top <= resized.size[1] - 64
+    assert abs((resized.size[0] - 64 - left) - left) <= 1 and abs((resized.size[1] - 64 - top) - top) <= 1
 
 
 def batches(stream, count):

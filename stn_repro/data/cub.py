@@ -444,6 +444,17 @@ class CubCrops:
         if not 1 <= self.crop <= self.resize:
             raise ValueError(f"crop {self.crop} must lie in [1, resize={self.resize}]")
 
+    def resized_size(self, width: int, height: int) -> tuple[int, int]:
+        """``(width, height)`` of a ``width x height`` image after the resize: the shorter side to ``resize``,
+        the longer to ``int(resize * long / short)`` (torchvision's ``resize(image, [resize])``)."""
+        short, long = min(width, height), max(width, height)
+        resized_long = int(self.resize * long / short)
+        return (self.resize, resized_long) if width <= height else (resized_long, self.resize)
+
+    def central_window(self, width: int, height: int) -> tuple[int, int]:
+        """``(left, top)`` of the test view's ``crop x crop`` window in a resized ``width x height`` image."""
+        return (width - self.crop) // 2, (height - self.crop) // 2
+
     def scaled(self, factor: float) -> CubCrops:
         crop = max(8, round(self.crop * factor))
         return CubCrops(resize=max(crop, round(self.resize * factor)), crop=crop)
@@ -491,7 +502,7 @@ class CubDataset(Dataset):
         width, height = image.size
         crop = self.crops.crop
         if seed is None:
-            top, left, flip = (height - crop) // 2, (width - crop) // 2, False
+            (left, top), flip = self.crops.central_window(width, height), False
         else:
             rng = np.random.default_rng(seed)
             top = int(rng.integers(0, height - crop + 1))

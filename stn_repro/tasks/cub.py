@@ -298,9 +298,8 @@ def object_boxes_in_crops(dataset: CubDataset) -> Tensor:
     """The annotated object box of every image of ``dataset`` (``bounding_boxes.txt``) in the pixels of its
     *test* view, ``[N, 4]`` as ``(x0, y0, x1, y1)``, clipped to the crop.
 
-    **Convention**: the test view resizes the shorter side to ``crops.resize`` (the longer to
-    ``int(resize * long / short)``, as torchvision) and takes the central ``crop x crop`` window
-    (:class:`~stn_repro.data.cub.CubDataset`); pixel ``j`` spans ``[j, j + 1)``.
+    **Convention**: the test view of :class:`~stn_repro.data.cub.CubDataset` (:meth:`CubCrops.resized_size`,
+    then :meth:`CubCrops.central_window`); pixel ``j`` spans ``[j, j + 1)``.
     """
     crops = dataset.crops
     boxes = []
@@ -308,11 +307,8 @@ def object_boxes_in_crops(dataset: CubDataset) -> Tensor:
         row = dataset.row(item)
         with Image.open(dataset.index.image_path(row)) as image:
             width, height = image.size
-        short, long = min(width, height), max(width, height)
-        scale = crops.resize / short
-        resized_long = int(crops.resize * long / short)
-        new_w, new_h = (crops.resize, resized_long) if width <= height else (resized_long, crops.resize)
-        left, top = (new_w - crops.crop) // 2, (new_h - crops.crop) // 2
+        scale = crops.resize / min(width, height)
+        left, top = crops.central_window(*crops.resized_size(width, height))
         x, y, w, h = dataset.index.boxes[row].tolist()
         box = torch.tensor([x * scale - left, y * scale - top, (x + w) * scale - left, (y + h) * scale - top])
         boxes.append(box.clamp(0, crops.crop))
