@@ -14,11 +14,11 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.common import (
-    check_seed,
     job,
-    make_tracker,
+    refuse_stacked_seeds,
     run_entry_point,
-    speed_settings,
+    seed_spec_fields,
+    seed_tracker,
     train_settings,
 )
 from stn_repro.tasks.addition import SET_NAME, AdditionSpec, run_addition_cell
@@ -40,12 +40,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         settings,
         run_dir,
         config=config,
-        make_tracker=lambda: make_tracker(
-            cfg,
-            name=f"{spec.cell}-seed{spec.seed}-{spec.profile}",
-            tags=["addition", spec.model, spec.transform or "none", spec.profile],
-            config=config,
-            run_dir=run_dir,
+        make_tracker=seed_tracker(
+            cfg, spec, ["addition", spec.model, spec.transform or "none", spec.profile], config, run_dir
         ),
     )
 
@@ -62,8 +58,7 @@ def spec_from_config(cfg: DictConfig) -> tuple[AdditionSpec, TrainSettings]:
             f"model={cfg.model.name} is not an MNIST addition model: use model=addition_fcn, addition_cnn, "
             "addition_st_fcn or addition_2x_st_fcn"
         )
-    if cfg.seeds is not None:
-        raise ValueError("seeds=[...] (stacked seeds) is for distorted MNIST only: give seed=<k>")
+    refuse_stacked_seeds(cfg)
     options = {
         key: (list(value) if OmegaConf.is_list(value) else value)
         for key, value in cfg.model.items()
@@ -72,17 +67,11 @@ def spec_from_config(cfg: DictConfig) -> tuple[AdditionSpec, TrainSettings]:
     spec = AdditionSpec(
         model=cfg.model.kind,
         transform=cfg.model.transform,
-        seed=check_seed(cfg.seed),
-        batch_size=cfg.trainer.batch_size,
-        profile=cfg.trainer.profile,
-        reduced_budget=cfg.trainer.reduced_budget,
-        device=cfg.trainer.device,
         data_source=cfg.data.source,
-        data_dir=None if cfg.paths.data_dir is None else Path(cfg.paths.data_dir),
         hold_out_validation=cfg.data.hold_out_validation,
         pool_after_transformer=cfg.data.pool_after_transformer,
         model_options=options,
-        speed=speed_settings(cfg),
+        **seed_spec_fields(cfg),
     )
     return spec, train_settings(cfg)
 

@@ -18,9 +18,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from experiments.common import (
     check_seed,
+    data_dir,
     job,
-    make_tracker,
+    refuse_stacked_seeds,
     run_entry_point,
+    seed_spec_fields,
+    seed_tracker,
     speed_settings,
     train_settings,
 )
@@ -62,15 +65,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         embedding_settings=embedding_settings,
         embedding_dir=embedding_dir,
         config=config,
-        make_tracker=lambda: make_tracker(
-            cfg, name=f"{spec.cell}-seed{spec.seed}-{spec.profile}", tags=tags, config=config, run_dir=run_dir
-        ),
-        make_embedding_tracker=lambda: make_tracker(
-            cfg,
-            name=f"{embedding_spec.cell}-seed{embedding_spec.seed}-{spec.profile}",
-            tags=["embedding", spec.profile],
-            config=config,
-            run_dir=embedding_dir,
+        make_tracker=seed_tracker(cfg, spec, tags, config, run_dir),
+        make_embedding_tracker=seed_tracker(
+            cfg, embedding_spec, ["embedding", spec.profile], config, embedding_dir
         ),
     )
 
@@ -85,16 +82,10 @@ def specs_from_config(
             f"data={cfg.data.name} is not a co-localisation set: use data=coloc_t or data=coloc_tc "
             "(the other sets run with python -m experiments.mnist / experiments.svhn)"
         )
-    if cfg.seeds is not None:
-        raise ValueError("seeds=[...] (stacked seeds) is for distorted MNIST only: give seed=<k>")
-    data_dir = None if cfg.paths.data_dir is None else Path(cfg.paths.data_dir)
+    refuse_stacked_seeds(cfg)
     spec = ColocSpec(
         data=cfg.data.name,
         digit=cfg.digit,
-        seed=check_seed(cfg.seed),
-        batch_size=cfg.trainer.batch_size,
-        profile=cfg.trainer.profile,
-        reduced_budget=cfg.trainer.reduced_budget,
         num_images=cfg.coloc.num_images,
         init_scale=float(cfg.coloc.init_scale),
         init_translation=tuple(float(t) for t in cfg.coloc.init_translation),
@@ -105,8 +96,7 @@ def specs_from_config(
         crop_size=cfg.coloc.crop_size,
         optimizer=cfg.optim.name,
         data_source=cfg.data.source,
-        data_dir=data_dir,
-        device=cfg.trainer.device,
+        **seed_spec_fields(cfg, speed=False),
     )
     settings = train_settings(cfg)
     trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
@@ -123,7 +113,7 @@ def specs_from_config(
         reduced_budget=cfg.trainer.reduced_budget,
         param_budget=cfg.embedding.param_budget,
         data_source=cfg.data.source,
-        data_dir=data_dir,
+        data_dir=data_dir(cfg),
         device=cfg.trainer.device,
         speed=speed_settings(cfg),
     )

@@ -163,6 +163,46 @@ def channels_last(cfg: DictConfig) -> bool:
     return value
 
 
+def seed_spec_fields(cfg: DictConfig, *, speed: bool = True) -> dict[str, Any]:
+    """The fields every experiment's spec of one seed takes from the same config keys: ``seed``,
+    ``batch_size``, ``profile``, ``reduced_budget``, ``device``, ``data_dir`` and (``speed=True``) ``speed``."""
+    fields = {
+        "seed": check_seed(cfg.seed),
+        "batch_size": positive_int(cfg.trainer.batch_size, "trainer.batch_size"),
+        "profile": cfg.trainer.profile,
+        "reduced_budget": cfg.trainer.reduced_budget,
+        "device": cfg.trainer.device,
+        "data_dir": data_dir(cfg),
+    }
+    if speed:
+        fields["speed"] = speed_settings(cfg)
+    return fields
+
+
+def data_dir(cfg: DictConfig) -> Path | None:
+    """``paths.data_dir`` as a path (``None``: the library's default, ``$STN_DATA`` or ``./data``)."""
+    return None if cfg.paths.data_dir is None else Path(cfg.paths.data_dir)
+
+
+def refuse_stacked_seeds(cfg: DictConfig) -> None:
+    """Stacked seeds (``seeds=[...]``) are distorted MNIST's alone; every other runner trains one seed."""
+    if cfg.seeds is not None:
+        raise ValueError("seeds=[...] (stacked seeds) is for distorted MNIST only: give seed=<k>")
+
+
+def seed_tracker(
+    cfg: DictConfig,
+    spec: Any,
+    tags: list[str],
+    config: dict[str, Any],
+    run_dir: Path,
+    reinit: str = "finish_previous",
+) -> Callable[[], Tracker]:
+    """The ``make_tracker`` of the run of ``spec`` (its ``cell``, ``seed`` and ``profile`` name the W&B run)."""
+    name = f"{spec.cell}-seed{spec.seed}-{spec.profile}"
+    return lambda: make_tracker(cfg, name=name, tags=tags, config=config, run_dir=run_dir, reinit=reinit)
+
+
 def make_tracker(
     cfg: DictConfig,
     *,

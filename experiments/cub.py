@@ -16,12 +16,12 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.common import (
-    check_seed,
     job,
-    make_tracker,
     positive_int,
+    refuse_stacked_seeds,
     run_entry_point,
-    speed_settings,
+    seed_spec_fields,
+    seed_tracker,
     train_settings,
 )
 from stn_repro.tasks.cub import CubSpec, run_cub_cell
@@ -47,13 +47,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         settings,
         run_dir,
         config=config,
-        make_tracker=lambda: make_tracker(
-            cfg,
-            name=f"{spec.cell}-seed{spec.seed}-{spec.profile}",
-            tags=tags,
-            config=config,
-            run_dir=run_dir,
-        ),
+        make_tracker=seed_tracker(cfg, spec, tags, config, run_dir),
         dist_context=context,
     )
 
@@ -65,8 +59,7 @@ def spec_from_config(cfg: DictConfig) -> tuple[CubSpec, TrainSettings]:
             f"data={cfg.data.name} is not a CUB set: use data=cub224, cub448, synthetic_cub224 or "
             "synthetic_cub448"
         )
-    if cfg.seeds is not None:
-        raise ValueError("seeds=[...] (stacked seeds) is for distorted MNIST only: give seed=<k>")
+    refuse_stacked_seeds(cfg)
     tiling = cfg.model.get("tiling")
     spec = CubSpec(
         data=cfg.data.name,
@@ -74,10 +67,6 @@ def spec_from_config(cfg: DictConfig) -> tuple[CubSpec, TrainSettings]:
         resize=cfg.data.resize,
         model=cfg.model.kind,
         num_parts=cfg.model.num_parts,
-        seed=check_seed(cfg.seed),
-        batch_size=positive_int(cfg.trainer.batch_size, "trainer.batch_size"),
-        profile=cfg.trainer.profile,
-        reduced_budget=cfg.trainer.reduced_budget,
         synthetic=cfg.data.synthetic,
         part_size=positive_int(cfg.trainer.part_size, "trainer.part_size"),
         backbone=cfg.model.backbone,
@@ -90,9 +79,7 @@ def spec_from_config(cfg: DictConfig) -> tuple[CubSpec, TrainSettings]:
         loc_hidden=cfg.model.get("loc_hidden", 128),
         workers=cfg.trainer.workers,
         eval_batch_size=positive_int(cfg.trainer.eval_batch_size, "trainer.eval_batch_size"),
-        device=cfg.trainer.device,
-        data_dir=None if cfg.paths.data_dir is None else Path(cfg.paths.data_dir),
-        speed=speed_settings(cfg),
+        **seed_spec_fields(cfg),
     )
     settings = train_settings(cfg)
     length = positive_int(cfg.optim.schedule_iterations, "optim.schedule_iterations")

@@ -15,14 +15,13 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.common import (
-    check_seed,
     job,
-    make_tracker,
     positive_int,
     run_entry_point,
     run_folder,
+    seed_spec_fields,
+    seed_tracker,
     seeds_from_config,
-    speed_settings,
     train_settings,
 )
 from stn_repro.tasks.mnist import CellSpec, run_cell, run_cells_stacked
@@ -84,14 +83,8 @@ def mnist_tracker(
     cfg: DictConfig, spec: CellSpec, config: dict[str, Any], run_dir: Path, reinit: str = "finish_previous"
 ):
     """The W&B run of one seed (one per seed, stacked or not)."""
-    return make_tracker(
-        cfg,
-        name=f"{spec.cell}-seed{spec.seed}-{spec.profile}",
-        tags=[spec.data, spec.model, spec.transform or "none", spec.profile],
-        config=config,
-        run_dir=run_dir,
-        reinit=reinit,
-    )
+    tags = [spec.data, spec.model, spec.transform or "none", spec.profile]
+    return seed_tracker(cfg, spec, tags, config, run_dir, reinit)()
 
 
 def cell_from_config(cfg: DictConfig) -> tuple[CellSpec, TrainSettings]:
@@ -108,19 +101,13 @@ def cell_from_config(cfg: DictConfig) -> tuple[CellSpec, TrainSettings]:
         data=cfg.data.name,
         model=cfg.model.kind,
         transform=transform,
-        seed=check_seed(cfg.seed),
-        batch_size=cfg.trainer.batch_size,
-        profile=cfg.trainer.profile,
-        reduced_budget=cfg.trainer.reduced_budget,
-        device=cfg.trainer.device,
         data_source=cfg.data.source,
-        data_dir=None if cfg.paths.data_dir is None else Path(cfg.paths.data_dir),
         train_mode=cfg.data.train_mode,
         hold_out_validation=cfg.data.hold_out_validation,
         pool_after_transformer=cfg.data.pool_after_transformer,
         model_options=model_options,
         budget_reading=OmegaConf.select(cfg, "budget.name", default="about_400k"),
-        speed=speed_settings(cfg),
+        **seed_spec_fields(cfg),
     )
     settings = train_settings(cfg)
     return spec, settings

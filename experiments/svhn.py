@@ -14,11 +14,11 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.common import (
-    check_seed,
     job,
-    make_tracker,
+    refuse_stacked_seeds,
     run_entry_point,
-    speed_settings,
+    seed_spec_fields,
+    seed_tracker,
     train_settings,
 )
 from stn_repro.tasks.svhn import SvhnSpec, run_svhn_cell
@@ -41,13 +41,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         settings,
         run_dir,
         config=config,
-        make_tracker=lambda: make_tracker(
-            cfg,
-            name=f"{spec.cell}-seed{spec.seed}-{spec.profile}",
-            tags=tracker_tags,
-            config=config,
-            run_dir=run_dir,
-        ),
+        make_tracker=seed_tracker(cfg, spec, tracker_tags, config, run_dir),
     )
 
 
@@ -59,26 +53,19 @@ def spec_from_config(cfg: DictConfig) -> tuple[SvhnSpec, TrainSettings]:
             f"data={cfg.data.name} is not an SVHN set: use data=svhn64, svhn128, synthetic_svhn64 or "
             "synthetic_svhn128 (the distorted-MNIST sets run with python -m experiments.mnist)"
         )
-    if cfg.seeds is not None:
-        raise ValueError("seeds=[...] (stacked seeds) is for distorted MNIST only: give seed=<k>")
+    refuse_stacked_seeds(cfg)
     options = {key: cfg.model[key] for key in ("width", "fc_layers", "dropout")}
     spec = SvhnSpec(
         data=cfg.data.name,
         set_name=cfg.data.set_name,
         size=cfg.data.size,
         model=cfg.model.kind,
-        seed=check_seed(cfg.seed),
-        batch_size=cfg.trainer.batch_size,
-        profile=cfg.trainer.profile,
-        reduced_budget=cfg.trainer.reduced_budget,
         synthetic=cfg.data.synthetic,
         crop=cfg.data.crop,
         train_splits=tuple(cfg.data.train_splits),
         evaluate_val=cfg.data.evaluate_val,
-        device=cfg.trainer.device,
-        data_dir=None if cfg.paths.data_dir is None else Path(cfg.paths.data_dir),
         model_options=options,
-        speed=speed_settings(cfg),
+        **seed_spec_fields(cfg),
     )
     return spec, train_settings(cfg)
 
