@@ -548,3 +548,27 @@ def test_rescore_scores_the_saved_weights_on_todays_test_set_and_says_whether_it
     assert "on a test set that differs from today's" in capsys.readouterr().out
     (run_dir / "model.pt").unlink()
     assert rescore_main(args) == 1 and "has no model.pt" in capsys.readouterr().err
+
+
+def test_error_by_distortion_rescores_a_run_and_bins_its_errors(tmp_path, capsys):
+    from experiments.error_by_distortion import main as breakdown_main
+    from stn_repro.data.sets import generate_set, set_path, write_set
+
+    cfg = compose_mnist(["experiment=p_fcn", "model.param_budget=50000", *SMOKE])
+    spec, settings = cell_from_config(cfg)
+    run_dir = tmp_path / "run"
+    run_cell(spec, settings, run_dir, log=lambda s: None)
+    raw = torch.randint(0, 256, (64, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    stored = generate_set("p", raw, torch.randint(0, 10, (64,)), seed=3)
+    path = set_path("p", "test", tmp_path / "data")
+    path.parent.mkdir(parents=True)
+    write_set(path, stored, {"set_name": "p", "seed": 3})
+    out_file = tmp_path / "out" / "p.md"
+    args = [str(run_dir), "--data-dir", str(tmp_path / "data"), "--edges", "0,4,6", "--out", str(out_file)]
+    assert breakdown_main(args) == 0
+    text = capsys.readouterr().out
+    assert "p-fcn-none seed 1" in text and "| [0, 4) |" in text and "| >= 6 |" in text
+    assert "differs from today's" in text  # scored on this stored set, not the run's own test set
+    assert out_file.read_text().strip() == text.strip()
+    assert breakdown_main([str(run_dir), "--data-dir", str(tmp_path / "nothing")]) == 1
+    assert "make data-mnist" in capsys.readouterr().err

@@ -105,6 +105,31 @@ def distort(
     return _RECIPES[set_name](digits, generator)
 
 
+
+# One number per image for how strongly its set's recipe distorted it (what error_by_distortion bins by).
+DISTORTION_SIZE = {
+    "r": "absolute rotation (deg)",
+    "rts": "absolute rotation (deg)",
+    "p": "rms corner offset (px)",
+    "e": "rms control-point offset (px)",
+}
+
+
+def distortion_size(set_name: str, params: dict[str, Tensor]) -> Tensor:
+    """How strongly each image was distorted, ``[N]``, from the true parameters :func:`distort` returned (or
+    a stored set holds): the absolute angle for ``r`` and ``rts``, the root mean square of the 8 corner
+    (``p``) or 32 control-point (``e``) offsets in output pixels (each offset is N(0, sigma): the rms is
+    about sigma, its spread chi with 8 or 32 degrees of freedom). ``tc`` only translates: no size."""
+    if set_name not in DISTORTION_SIZE:
+        raise ValueError(
+            f"set {set_name!r} has no distortion size (known: {', '.join(DISTORTION_SIZE)}); tc only "
+            "translates the digit"
+        )
+    if set_name in ("r", "rts"):
+        return params["angle_deg"].abs().float()
+    offsets = params["corner_offsets_px" if set_name == "p" else "control_offsets_px"].float()
+    return offsets.pow(2).mean(dim=(1, 2)).sqrt()
+
 def _rotated(digits: Tensor, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
     batch = digits.shape[0]
     angle_deg = _uniform(batch, -R_MAX_ANGLE_DEG, R_MAX_ANGLE_DEG, generator)

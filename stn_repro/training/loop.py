@@ -280,17 +280,28 @@ def evaluate(
 ) -> float:
     """% of ``images`` the model gets wrong (as ``objective`` counts it); ``images`` uint8 ``[N, C, H, W]``
     (or float in [0, 1]) on the model's device."""
+    wrong = wrong_answers(model, images, labels, batch_size, objective)
+    return 100.0 * wrong.sum().item() / images.shape[0]  # summed on the device: one sync
+
+
+def wrong_answers(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    batch_size: int = 1_000,
+    objective: Objective = CLASSIFICATION,
+) -> Tensor:
+    """Which of ``images`` the model gets wrong, ``[N]`` bool on the labels' device (see :func:`evaluate`)."""
     was_training = model.training
     model.eval()
-    wrong = torch.zeros(
-        (), dtype=torch.long, device=labels.device
-    )  # summed on the device: one sync at the end
-    for start in range(0, images.shape[0], batch_size):
-        batch = images[start : start + batch_size]
-        batch = batch.float() / 255.0 if batch.dtype == torch.uint8 else batch
-        wrong += objective.wrong(model(batch), labels[start : start + batch_size]).sum()
+    wrong = []
+    with torch.no_grad():
+        for start in range(0, images.shape[0], batch_size):
+            batch = images[start : start + batch_size]
+            batch = batch.float() / 255.0 if batch.dtype == torch.uint8 else batch
+            wrong.append(objective.wrong(model(batch), labels[start : start + batch_size]).bool())
     model.train(was_training)
-    return 100.0 * wrong.item() / images.shape[0]
+    return torch.cat(wrong)
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:

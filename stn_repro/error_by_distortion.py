@@ -1,0 +1,118 @@
+"""Where a trained distorted-MNIST model's test errors fall against how strongly each test image was distorted.
+
+The stored test sets keep every image's true parameters, so a cell whose error is far from the paper's can be
+asked whether its extra errors come from the strongest distortions (the data) or from everywhere (the model
+or its training). :func:`error_by_size` bins one run's wrong answers by
+:func:`~stn_repro.data.distortions.distortion_size`; :func:`markdown` writes the bins of several runs.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from stn_repro.data.distortions import DISTORTION_SIZE, distortion_size
+from stn_repro.data.sets import load_set_arrays, set_checksum
+from stn_repro.tasks.mnist import load_trained_model
+from stn_repro.training.loop import wrong_answers
+from stn_repro.training.records import RECORD_NAME, read_record
+
+# The lower edges of the bins; the last bin is open above.
+DEFAULT_EDGES = {
+    "r": (0, 15, 30, 45, 60, 75),
+    "rts": (0, 15, 30),
+    "p": (0, 3, 4, 5, 6, 7, 8),
+    "e": (0, 1, 1.25, 1.5, 1.75, 2),
+}
+
+
+def error_by_size(wrong: Tensor, size: Tensor, edges: Sequence[float]) -> list[dict[str, Any]]:
+    """One row per bin ``[edges[k], edges[k+1])`` of ``size``, the last ``[edges[-1], inf)``: ``images``,
+    ``share`` (% of the set), ``error`` (% of the bin's images wrong; ``None`` for an empty bin) and
+    ``share_of_errors`` (% of all wrong answers). ``wrong [N]`` bool, ``size [N]``."""
+    if wrong.shape != size.shape or wrong.dim() != 1:
+        raise ValueError(f"wrong {tuple(wrong.shape)} and size {tuple(size.shape)} must be the same [N]")
+    if len(edges) < 1 or any(b <= a for a, b in itertools.pairwise(edges)):
+        raise ValueError(f"bin edges {list(edges)} must be increasing numbers")
+    wrong, size = wrong.bool().cpu(), size.float().cpu()
+    total, total_wrong = wrong.numel(), max(int(wrong.sum()), 1)
+    rows = []
+    for k, low in enumerate(edges):
+        last = k == len(edges) - 1
+        high = None if last else edges[k + 1]
+        inside = (size >= low) & (size < high if high is not None else torch.ones_like(wrong))
+        count = int(inside.sum())
+        rows.append(
+            {
+                "low": low,
+                "high": high,
+                "images": count,
+                "share": 100.0 * count / total,
+                "error": 100.0 * float(wrong[inside].float().mean()) if count else None,
+                "share_of_errors": 100.0 * int((wrong & inside).sum()) / total_wrong,
+            }
+        )
+    return rows
+
+
+def run_breakdown(
+    run_dir: Path, edges: Sequence[float] | None = None, data_dir: Path | None = None
+) -> dict[str, Any]:
+    """A finished run's test errors binned by distortion size, scored again from its ``model.pt`` on the
+    stored test set built here (``same_test_set`` says whether that is the set its record was scored on)."""
+    run_dir = Path(run_dir)
+    record = read_record(run_dir / RECORD_NAME)
+    set_name = record["data"]
+    if set_name not in DISTORTION_SIZE:
+        raise ValueError(
+            f"{run_dir} ran on {set_name!r}, which has no distortion size (known: {', '.join(DISTORTION_SIZE)})"
+        )
+    arrays = load_set_arrays(set_name, "test", data_dir)
+    labels = arrays["labels"].long()
+    wrong = wrong_answers(load_trained_model(run_dir), arrays["images"], labels)
+    return {
+        "run": str(run_dir),
+        "cell": record["cell"],
+        "seed": record["seed"],
+        "profile": record["profile"],
+        "iterations": record["iterations"],
+        "commit": record.get("commit"),
+        "recorded_error": record["test_error"],
+        "error": 100.0 * float(wrong.float().mean()),
+        "same_test_set": record.get("test_set", {}).get("sha256") == set_checksum(arrays["images"], labels),
+        "set": set_name,
+        "size_name": DISTORTION_SIZE[set_name],
+        "bins": error_by_size(wrong, distortion_size(set_name, arrays), edges or DEFAULT_EDGES[set_name]),
+    }
+
+
+def markdown(breakdowns: list[dict[str, Any]], command: str) -> str:
+    """The breakdowns as Markdown: one table per run, with the run's provenance and ``command``."""
+    lines = ["# Test error by distortion size", ""]
+    for b in breakdowns:
+        check = (
+            "" if b["same_test_set"] else " (its record was scored on a test set that differs from today's)"
+        )
+        lines += [
+            f"## {b['cell']} seed {b['seed']}, profile `{b['profile']}`",
+            "",
+            f"{b['iterations']:,} iterations at commit `{(b['commit'] or '?')[:7]}`; test error {b['error']:.2f}% "
+            f"(recorded {b['recorded_error']:.2f}%{check}). Bins of the {b['size_name']}.",
+            "",
+            f"| {b['size_name']} | images | % of the set | % error | % of the errors |",
+            "|---|---|---|---|---|",
+        ]
+        for row in b["bins"]:
+            span = f"[{row['low']:g}, {row['high']:g})" if row["high"] is not None else f">= {row['low']:g}"
+            error = "-" if row["error"] is None else f"{row['error']:.2f}"
+            lines.append(
+                f"| {span} | {row['images']:,} | {row['share']:.1f} | {error} | {row['share_of_errors']:.1f} |"
+            )
+        lines.append("")
+    lines += [f"Made by `{command}` from the runs' `model.pt` and the stored test sets.", ""]
+    return "\n".join(lines)
