@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from stn_repro.data.distortions import DISTORTION_SIZE, distortion_size
@@ -34,7 +33,8 @@ DEFAULT_EDGES = {
 def error_by_size(wrong: Tensor, size: Tensor, edges: Sequence[float]) -> list[dict[str, Any]]:
     """One row per bin ``[edges[k], edges[k+1])`` of ``size``, the last ``[edges[-1], inf)``: ``images``,
     ``share`` (% of the set), ``error`` (% of the bin's images wrong; ``None`` for an empty bin) and
-    ``share_of_errors`` (% of all wrong answers). ``wrong [N]`` bool, ``size [N]``."""
+    ``share_of_errors`` (% of all wrong answers). ``wrong [N]`` bool, ``size [N]``; sizes below
+    ``edges[0]`` fall in no bin."""
     if wrong.shape != size.shape or wrong.dim() != 1:
         raise ValueError(f"wrong {tuple(wrong.shape)} and size {tuple(size.shape)} must be the same [N]")
     if len(edges) < 1 or any(b <= a for a, b in itertools.pairwise(edges)):
@@ -42,10 +42,8 @@ def error_by_size(wrong: Tensor, size: Tensor, edges: Sequence[float]) -> list[d
     wrong, size = wrong.bool().cpu(), size.float().cpu()
     total, total_wrong = wrong.numel(), max(int(wrong.sum()), 1)
     rows = []
-    for k, low in enumerate(edges):
-        last = k == len(edges) - 1
-        high = None if last else edges[k + 1]
-        inside = (size >= low) & (size < high if high is not None else torch.ones_like(wrong))
+    for low, high in itertools.zip_longest(edges, edges[1:]):
+        inside = (size >= low) & (size < high) if high is not None else size >= low
         count = int(inside.sum())
         rows.append(
             {
