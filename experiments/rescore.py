@@ -1,6 +1,8 @@
-"""Score a finished MNIST run's saved weights on the test set built here, beside the error in its record.
+"""Score a finished MNIST or addition run's saved weights on the test set built here, beside the error in
+its record.
 
 python -m experiments.rescore results/records/mnist_paper/r-st_fcn-affine/seed1 [more run folders ...]
+python -m experiments.rescore results/records/addition_paper/addition-fcn-none/seed1
 
 For records that `make table` flags (scored on a test set whose sha256 differs from today's build): the
 weights (`model.pt` beside `record.json`) are rebuilt and evaluated on today's stored test set, so the two
@@ -15,20 +17,30 @@ from pathlib import Path
 
 from stn_repro.data import DataError
 from stn_repro.data.sets import load_set, set_checksum
+from stn_repro.tasks.addition import load_trained_addition_model
 from stn_repro.tasks.mnist import load_trained_model
 from stn_repro.training.loop import evaluate
 from stn_repro.training.records import RECORD_NAME, read_record
+
+# The loader of each experiment whose test set `make data-mnist` stores
+LOADERS = {"mnist": load_trained_model, "addition": load_trained_addition_model}
 
 
 def rescore(run_dir: Path, data_dir: Path | None = None) -> dict:
     """The record's test error and test-set checksum against today's, for the weights in ``run_dir``."""
     record = read_record(run_dir / RECORD_NAME)
+    experiment = record.get("experiment", "mnist")  # records made before the field are MNIST's
+    if experiment not in LOADERS:
+        raise ValueError(
+            f"{run_dir} is a {experiment} run: only runs scored on a stored set "
+            f"({', '.join(LOADERS)}) can be rescored here"
+        )
     if not (run_dir / "model.pt").exists():
         raise FileNotFoundError(
             f"{run_dir} has no model.pt: only runs whose weights were kept can be rescored"
         )
     images, labels = load_set(record["data"], "test", data_dir)
-    model = load_trained_model(run_dir)
+    model = LOADERS[experiment](run_dir)
     return {
         "cell": record["cell"],
         "seed": record["seed"],

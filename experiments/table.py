@@ -18,6 +18,7 @@ from stn_repro.data.sets import stored_set_checksum
 from stn_repro.tables import (
     CSV_COLUMNS,
     EXPERIMENTS,
+    STORED_TEST_SET_EXPERIMENTS,
     aggregate,
     collect_records,
     mark_test_set_changes,
@@ -46,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         "--data-dir",
         type=Path,
         default=None,
-        help="where today's MNIST sets are, to flag records scored on other ones (default $STN_DATA or data/)",
+        help="where today's stored MNIST and addition sets are, to flag records scored on other ones "
+        "(default $STN_DATA or data/)",
     )
     parser.add_argument("--profile", help="only this trainer profile (paper, quick, smoke)")
     parser.add_argument("--wandb", action="store_true", help="also log each table as a wandb.Table")
@@ -57,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         return coloc_tables(runs, args)
 
     records = [r for r in collect_records(runs) if r.get("experiment", "mnist") == args.experiment]
-    if args.experiment == "mnist":  # flag records scored on a test set other than the one built here
+    if args.experiment in STORED_TEST_SET_EXPERIMENTS:  # flag records scored on another test set than today's
         names = {r["data"] for r in records}
         mark_test_set_changes(records, {n: stored_set_checksum(n, "test", args.data_dir) for n in names})
     if not records:

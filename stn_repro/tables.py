@@ -71,16 +71,25 @@ def collect_records(runs_dir: Path) -> list[dict[str, Any]]:
     return records
 
 
+# Experiments scored on a test set that `make data-mnist` stores (data set name = the record's "data")
+STORED_TEST_SET_EXPERIMENTS = ("mnist", "addition")
+
+
 def mark_test_set_changes(records: list[dict[str, Any]], checksums: dict[str, str | None]) -> None:
-    """Set each MNIST record's ``test_set_changed``: whether the test set it was scored on differs from the
-    one built here (``checksums``: data set name -> sha256 of today's stored test set, ``None`` where it is
-    not built). CPU kernels can move a few pixels of a distorted set by one grey level between machines or
-    versions; such records are flagged in the tables, not mixed in silently. ``None``: not checked (a
-    synthetic set, or no set built here)."""
+    """Set each MNIST or addition record's ``test_set_changed``: whether the test set it was scored on
+    differs from the one built here (``checksums``: data set name -> sha256 of today's stored test set,
+    ``None`` where it is not built). CPU kernels can move a few pixels of a distorted set by one grey level
+    between machines or versions; such records are flagged in the tables, not mixed in silently. ``None``:
+    not checked (a synthetic set, or no set built here)."""
     for record in records:
         test_set = record.get("test_set") or {}
         today = checksums.get(record.get("data"))
-        if record.get("experiment", "mnist") != "mnist" or test_set.get("source") != "mnist" or today is None:
+        experiment = record.get("experiment", "mnist")
+        if (
+            experiment not in STORED_TEST_SET_EXPERIMENTS
+            or test_set.get("source") != "mnist"
+            or today is None
+        ):
             record["test_set_changed"] = None
         else:
             record["test_set_changed"] = test_set.get("sha256") != today
@@ -306,15 +315,25 @@ def to_markdown(rows: list[dict[str, Any]], profile: str, reading: str = "about_
     lines += _reaching_lines(
         rows, lambda r: f"{r['data']} {r['label']}", "the paper trains on 38.4M images per cell"
     )
+    lines += _test_set_lines(rows, TEST_SET_CHANGED_MARK)
+    lines += _provenance_lines(rows, f"python -m experiments.table --profile {profile}")
+    return "\n".join(lines) + "\n"
+
+
+def _test_set_lines(rows: list[dict[str, Any]], mark: str) -> list[str]:
+    """The table's notes on cells scored on another test set (marked ``mark``) and on unchecked cells."""
+    lines = []
     changed = [r for r in rows if r["test_set_check"].startswith("differs")]
     if changed:
+        cells = ", ".join(
+            f"{r['data']}-{r['model']}-{r['transform'] or 'none'} {r['test_set_check']}" for r in changed
+        )
         lines += [
             "",
-            f"{TEST_SET_CHANGED_MARK} Scored on a test set whose sha256 differs from the one built here "
-            f"({', '.join(r['data'] + '-' + r['model'] + '-' + (r['transform'] or 'none') + ' ' + r['test_set_check'] for r in changed)}): "
-            "it was built by another version or on another machine (CPU kernels can put a pixel of a "
-            "distorted set one grey level apart). Rescore the weights on today's sets (`python -m "
-            "experiments.rescore`), or rerun, before comparing closely.",
+            f"{mark} Scored on a test set whose sha256 differs from the one built here ({cells}): it was "
+            "built by another version or on another machine (CPU kernels can put a pixel of a distorted set "
+            "one grey level apart). Rescore the weights on today's sets (`python -m experiments.rescore`), "
+            "or rerun, before comparing closely.",
         ]
     unchecked = sum(r["test_set_check"] == "not checked" for r in rows)
     if unchecked:
@@ -323,8 +342,7 @@ def to_markdown(rows: list[dict[str, Any]], profile: str, reading: str = "about_
             f"- Test-set checksums not checked for {unchecked} cell(s): no set built here to compare with "
             "(`make data-mnist`), or a synthetic set.",
         ]
-    lines += _provenance_lines(rows, f"python -m experiments.table --profile {profile}")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 PAPER_IMAGES_PER_CELL = 150_000 * 256
@@ -429,6 +447,9 @@ def svhn_markdown(rows: list[dict[str, Any]], profile: str, synthetic: bool) -> 
     return "\n".join(lines) + "\n"
 
 
+ADDITION_TEST_SET_CHANGED_MARK = "‡"  # † already marks the paper's unnamed ST-FCN number in Table 4
+
+
 def addition_markdown(rows: list[dict[str, Any]], profile: str) -> str:
     """Table 4 (MNIST addition): ours ± std over seeds beside the paper's number and, apart, the secondary
     sources' numbers, % error; one row per model and transform."""
@@ -462,7 +483,8 @@ def addition_markdown(rows: list[dict[str, Any]], profile: str) -> str:
         ours = "not run"
         if row is not None:
             spread = f" ± {row['error_std']:.2f}" if row["error_std"] is not None else ""
-            ours = f"{row['error_mean']:.2f}{spread}"
+            changed = ADDITION_TEST_SET_CHANGED_MARK if row["test_set_check"].startswith("differs") else ""
+            ours = f"{row['error_mean']:.2f}{spread}{changed}"
         paper_text = "-" if paper is None else f"{paper:.1f}"
         if (model, transform) == ("st_fcn", "affine"):
             paper_text += " †"
@@ -482,6 +504,7 @@ def addition_markdown(rows: list[dict[str, Any]], profile: str) -> str:
         "the paper's Table 1 schedule, which the `paper` profile runs, is 38.4M images per cell (the paper "
         "gives addition none); ST-FCN Aff is held to 18.5 (†)",
     )
+    lines += _test_set_lines(rows, ADDITION_TEST_SET_CHANGED_MARK)
     lines += _provenance_lines(rows, f"python -m experiments.table --experiment addition --profile {profile}")
     return "\n".join(lines) + "\n"
 

@@ -3,6 +3,7 @@ the training stream (seeded, resumable), every config and every cell end to end 
 resume, the trained model's reload, the table, the entry point, and the held-out validation set (stored,
 loaded, reported)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -283,6 +284,28 @@ def test_a_trained_model_reloads_and_scores_its_record(smoke_runs):
         )
         is None
     )
+
+
+def test_rescore_scores_an_addition_run_on_todays_stored_set(smoke_runs, tmp_path, capsys):
+    from experiments.rescore import main as rescore_main
+
+    spec, _ = spec_from_config(smoke("addition/st_fcn_affine"))
+    run_dir = smoke_runs / "addition" / "smoke" / spec.cell / "seed1"
+    record = run_addition_cell(spec, TrainSettings(), run_dir, **QUIET)
+    data = load_addition_data(spec, torch.device("cpu"))
+    path = set_path("addition", "test", tmp_path / "data")
+    path.parent.mkdir(parents=True)
+    write_set(
+        path, {"images": data.test_images, "labels": data.test_labels}, {"set_name": "addition", "seed": 1}
+    )
+    assert rescore_main([str(run_dir), "--data-dir", str(tmp_path / "data")]) == 0
+    error = f"{record['test_error']:.2f}%"
+    assert f"recorded {error} (on the same test set), today {error}" in capsys.readouterr().out
+    other = tmp_path / "svhn-run"
+    other.mkdir()
+    (other / "record.json").write_text(json.dumps(record | {"experiment": "svhn"}))
+    assert rescore_main([str(other), "--data-dir", str(tmp_path / "data")]) == 1
+    assert "is a svhn run: only runs scored on a stored set (mnist, addition)" in capsys.readouterr().err
 
 
 def test_an_interrupted_run_resumes_to_the_same_final_state(tmp_path):

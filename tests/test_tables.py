@@ -8,6 +8,7 @@ import torch
 
 from experiments.table import main as table_main
 from stn_repro.tables import (
+    addition_markdown,
     aggregate,
     collect_records,
     first_reaching,
@@ -170,6 +171,27 @@ def test_records_scored_on_another_test_set_are_flagged_not_mixed_in_silently(tm
         in text
     )
     assert "not checked for 1 cell(s)" in text
+
+
+def test_addition_records_scored_on_another_test_set_are_flagged_in_table4():
+    def addition(model, transform, seed, error, sha, source="mnist"):
+        return record("addition", model, transform, seed, error, profile="paper") | {
+            "experiment": "addition",
+            "test_set": {"source": source, "sha256": sha, "size": 10_000, "generator_version": 2},
+        }
+
+    records = [
+        addition("fcn", None, 1, 50.0, "today"),
+        addition("cnn", None, 1, 20.0, "old"),
+        addition("st_fcn", "affine", 1, 30.0, "any", source="synthetic"),
+        record("r", "fcn", None, 1, 2.0, profile="paper") | {"test_set": {"source": "mnist", "sha256": "x"}},
+    ]
+    mark_test_set_changes(records, {"addition": "today", "r": "x"})
+    assert [r["test_set_changed"] for r in records] == [False, True, None, False]
+    text = addition_markdown(aggregate(records), "paper")
+    assert "| FCN | 50.00 | 47.7 |" in text and "| CNN | 20.00‡ | 14.7 |" in text
+    assert "‡ Scored on a test set whose sha256 differs from the one built here (addition-cnn-none" in text
+    assert "not checked for 1 cell(s)" in text  # the synthetic one
 
 
 def test_the_table_command_compares_records_with_the_sets_built_here(tmp_path):
