@@ -270,7 +270,6 @@ def make_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.SGD
     )
 
 
-@torch.no_grad()
 def evaluate(
     model: nn.Module,
     images: Tensor,
