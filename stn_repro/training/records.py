@@ -44,8 +44,14 @@ def write_record(path: Path, record: dict[str, Any]) -> None:
 
 
 def read_record(path: Path) -> dict[str, Any]:
+    """A run's record (``<run folder>/record.json``); a missing or corrupt one is an error that says why."""
     try:
         return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"no run record at {path}: give a run's folder (runs/<experiment>/<profile>/<cell>/seed<k>, or "
+            "results/records/<table>/<cell>/seed<k>); a run writes its record.json when it finishes"
+        ) from None
     except json.JSONDecodeError as error:
         raise ValueError(
             f"run record {path} is not valid JSON ({error}); delete it and rerun the job"
