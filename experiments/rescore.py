@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from stn_repro.data import DataError
-from stn_repro.data.sets import load_set, set_checksum
+from stn_repro.data.sets import load_set, scored_on
 from stn_repro.tasks.addition import load_trained_addition_model
 from stn_repro.tasks.mnist import load_trained_model
 from stn_repro.training.loop import evaluate
@@ -46,7 +46,7 @@ def rescore(run_dir: Path, data_dir: Path | None = None) -> dict:
         "seed": record["seed"],
         "recorded_error": record["test_error"],
         "error_today": evaluate(model, images, labels),
-        "same_test_set": record.get("test_set", {}).get("sha256") == set_checksum(images, labels),
+        "same_test_set": scored_on(record, images, labels),
     }
 
 

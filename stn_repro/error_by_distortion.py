@@ -16,7 +16,7 @@ from typing import Any
 from torch import Tensor
 
 from stn_repro.data.distortions import DISTORTION_SIZE, distortion_size
-from stn_repro.data.sets import load_set_arrays, set_checksum
+from stn_repro.data.sets import load_set_arrays, scored_on
 from stn_repro.tasks.mnist import load_trained_model
 from stn_repro.training.loop import wrong_answers
 from stn_repro.training.records import RECORD_NAME, read_record
@@ -82,7 +82,7 @@ def run_breakdown(
         "commit": record.get("commit"),
         "recorded_error": record["test_error"],
         "error": 100.0 * float(wrong.float().mean()),
-        "same_test_set": record.get("test_set", {}).get("sha256") == set_checksum(arrays["images"], labels),
+        "same_test_set": scored_on(record, arrays["images"], labels),
         "set": set_name,
         "size_name": DISTORTION_SIZE[set_name],
         "bins": error_by_size(wrong, distortion_size(set_name, arrays), edges or DEFAULT_EDGES[set_name]),

@@ -26,7 +26,7 @@ from stn_repro.data import (
     validation_indices,
     write_set,
 )
-from stn_repro.data.sets import SeededBatchStream
+from stn_repro.data.sets import SeededBatchStream, scored_on, stored_set_checksum, summarise_test_set
 
 
 @pytest.fixture(scope="module")
@@ -267,3 +267,22 @@ def test_stream_on_gpu_keeps_everything_on_the_device(mnist):
         (x_cpu, y_cpu), (x_gpu, y_gpu) = cpu.next_batch(), gpu.next_batch()
         assert x_gpu.is_cuda and y_gpu.is_cuda and torch.equal(y_gpu.cpu(), y_cpu)
         assert (x_gpu.cpu() - x_cpu).abs().max() <= 1 / 255 + 1e-6
+
+
+def test_a_records_test_set_summary_matches_the_stored_sets_checksum_and_one_pixel_breaks_it(tmp_path):
+    images = torch.randint(
+        0, 256, (5, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
+    labels = torch.tensor([0, 1, 2, 3, 4])
+    write_set(
+        set_path("r", "test", tmp_path), {"images": images, "labels": labels}, {"set_name": "r", "seed": 1}
+    )
+    record = {"test_set": summarise_test_set("mnist", images, labels)}
+    assert record["test_set"]["size"] == 5 and record["test_set"]["source"] == "mnist"
+    assert record["test_set"]["sha256"] == stored_set_checksum(
+        "r", "test", tmp_path
+    )  # what make table compares
+    assert scored_on(record, images, labels)
+    changed = images.clone()
+    changed[4, 0, 27, 27] ^= 1  # one grey level on one pixel
+    assert not scored_on(record, changed, labels) and not scored_on({}, images, labels)

@@ -16,6 +16,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -200,6 +201,23 @@ def set_checksum(images: Tensor, labels: Tensor) -> str:
         digest.update(repr((array.dtype.str, array.shape)).encode())
         digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()
+
+
+def summarise_test_set(source: str, images: Tensor, labels: Tensor) -> dict[str, Any]:
+    """What a run record says of the test set it was scored on (its ``test_set``): the source (``mnist`` or
+    ``synthetic``), size, :func:`set_checksum` and generator version. ``make table`` compares the checksum
+    with today's stored set (:func:`stored_set_checksum`), as :func:`scored_on` does for given arrays."""
+    return {
+        "source": source,
+        "size": int(labels.numel()),
+        "sha256": set_checksum(images, labels),
+        "generator_version": GENERATOR_VERSION,
+    }
+
+
+def scored_on(record: dict[str, Any], images: Tensor, labels: Tensor) -> bool:
+    """Whether ``record`` was scored on exactly these test images and labels (by checksum)."""
+    return (record.get("test_set") or {}).get("sha256") == set_checksum(images, labels)
 
 
 def write_set(

@@ -21,13 +21,12 @@ import torch
 from torch import Tensor, nn
 
 from stn_repro.data import (
-    GENERATOR_VERSION,
     DataError,
     MnistArrays,
     generate_addition_set,
     load_mnist,
     load_set,
-    set_checksum,
+    summarise_test_set,
     synthetic_mnist,
     train_indices,
 )
@@ -195,12 +194,7 @@ def prepare_addition_seed(spec: AdditionSpec, data: AdditionData, device: torch.
             "hold_out_validation": spec.hold_out_validation,
             "train_digits": len(data.train_labels),
             "model_info": asdict(info),
-            "test_set": {
-                "source": spec.data_source,
-                "size": int(data.test_labels.numel()),
-                "sha256": set_checksum(data.test_images, data.test_labels),
-                "generator_version": GENERATOR_VERSION,
-            },
+            "test_set": summarise_test_set(spec.data_source, data.test_images, data.test_labels),
         },
         weights=classifier_weights(
             spec.model, spec.transform, ADDITION_INPUT_SHAPE, spec.pool_after_transformer, spec.model_options

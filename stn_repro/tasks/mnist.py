@@ -19,13 +19,12 @@ import torch
 from torch import Tensor, nn
 
 from stn_repro.data import (
-    GENERATOR_VERSION,
     DistortedStream,
     FixedTrainingSet,
     generate_set,
     load_mnist,
     load_set,
-    set_checksum,
+    summarise_test_set,
     synthetic_mnist,
     train_indices,
 )
@@ -193,12 +192,7 @@ def prepare_seed(spec: CellSpec, data: CellData, device: torch.device) -> Prepar
             "paper_error": paper_error(spec.data, spec.model, spec.transform),
             "model_info": asdict(info),
             "budget_reading": spec.budget_reading,
-            "test_set": {
-                "source": spec.data_source,
-                "size": int(data.test_labels.numel()),
-                "sha256": set_checksum(data.test_images, data.test_labels),
-                "generator_version": GENERATOR_VERSION,
-            },
+            "test_set": summarise_test_set(spec.data_source, data.test_images, data.test_labels),
         },
         weights=classifier_weights(
             spec.model,
