@@ -241,8 +241,12 @@ def _cell_text(row: dict[str, Any] | None, paper: float | None) -> str:
     if row is None:
         return f"not run ({paper_text})"
     spread = f" ± {row['error_std']:.2f}" if row["error_std"] is not None else ""
-    mark = TEST_SET_CHANGED_MARK if row.get("test_set_check", "").startswith("differs") else ""
-    return f"{row['error_mean']:.2f}{spread}{mark} ({paper_text})"
+    return f"{row['error_mean']:.2f}{spread}{_changed_mark(row, TEST_SET_CHANGED_MARK)} ({paper_text})"
+
+
+def _changed_mark(row: dict[str, Any], mark: str) -> str:
+    """``mark`` where some seed of the row was scored on another test set than today's, else ``""``."""
+    return mark if row.get("test_set_check", "").startswith("differs") else ""
 
 
 def _runs_of(
@@ -483,8 +487,7 @@ def addition_markdown(rows: list[dict[str, Any]], profile: str) -> str:
         ours = "not run"
         if row is not None:
             spread = f" ± {row['error_std']:.2f}" if row["error_std"] is not None else ""
-            changed = ADDITION_TEST_SET_CHANGED_MARK if row["test_set_check"].startswith("differs") else ""
-            ours = f"{row['error_mean']:.2f}{spread}{changed}"
+            ours = f"{row['error_mean']:.2f}{spread}{_changed_mark(row, ADDITION_TEST_SET_CHANGED_MARK)}"
         paper_text = "-" if paper is None else f"{paper:.1f}"
         if (model, transform) == ("st_fcn", "affine"):
             paper_text += " †"
