@@ -229,6 +229,13 @@ def make_tracker(
     )
 
 
+def say(line: str) -> None:
+    """Write one line to stderr in one call. ``print`` writes the text and its newline apart, so under
+    ``PYTHONUNBUFFERED=1`` the lines of data-parallel processes sharing one stderr can run together."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 def job(cfg: DictConfig, run: Callable[[DictConfig, Path], dict[str, Any] | list[dict[str, Any]]]) -> Any:
     """Run one Hydra job, ``run(cfg, run_dir) -> record(s)``, and end it the way a user can act on.
 
@@ -249,17 +256,14 @@ def job(cfg: DictConfig, run: Callable[[DictConfig, Path], dict[str, Any] | list
             outcome = run(cfg, Path(HydraConfig.get().runtime.output_dir))
     except RunLocked as error:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
-            print(f"skipped: {_one_line(str(error))}", file=sys.stderr)
+            say(f"skipped: {_one_line(str(error))}")
             return None
         _fail(error)
     except USER_ERRORS as error:
         _fail(error)
     except (KeyboardInterrupt, _Terminated) as stop:
         name = "SIGTERM" if isinstance(stop, _Terminated) else "SIGINT"
-        print(
-            f"stopped on {name}; relaunch to resume (from the last checkpoint, if one was saved)",
-            file=sys.stderr,
-        )
+        say(f"stopped on {name}; relaunch to resume (from the last checkpoint, if one was saved)")
         sys.exit(128 + signal.Signals[name].value)
     records = outcome if isinstance(outcome, list) else [outcome]
     stopped_by = next((r.get("stopped_by") for r in records if r.get("stopped_by")), None)
@@ -289,7 +293,7 @@ def run_entry_point(main: Callable[[], Any]) -> None:
         message = None if full_error == "1" or os.environ.get("STN_TRACEBACK") else _config_error(error)
         if message is None:
             raise
-        print(f"error: {message}", file=sys.stderr)
+        say(f"error: {message}")
         sys.exit(1)
     finally:
         if full_error is None:
@@ -396,7 +400,7 @@ def _fail(error: BaseException) -> None:
         message = str(cause) if cause is not None else _omegaconf_line(error)
     else:
         message = str(error)
-    print(f"error: {_one_line(message)}", file=sys.stderr)
+    say(f"error: {_one_line(message)}")
     sys.exit(1)
 
 

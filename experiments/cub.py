@@ -25,7 +25,7 @@ from experiments.common import (
     train_settings,
 )
 from stn_repro.tasks.cub import CubSpec, run_cub_cell
-from stn_repro.training.data_parallel import init_distributed
+from stn_repro.training.data_parallel import init_distributed, leave_distributed
 from stn_repro.training.loop import TrainSettings
 
 CUB_DATA_KEYS = ("size", "resize", "synthetic")
@@ -113,3 +113,4 @@ def initial_weights(cfg: DictConfig, spec: CubSpec, run_dir: Path) -> str | None
 
 if __name__ == "__main__":
     run_entry_point(main)
+    leave_distributed()  # after every job of a sweep; not reached when a job fails

@@ -39,6 +39,7 @@ from stn_repro.training.data_parallel import (
     LoaderLearner,
     distributed_environment,
     init_distributed,
+    leave_distributed,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -342,7 +343,8 @@ def _ddp_worker(rank: int, world: int, tree: str, folder: str) -> None:
         if rank == 0:
             torch.save({"grads": grads, "labels": torch.cat(every)}, f"{folder}/ddp.pt")
     finally:
-        dist.destroy_process_group()
+        leave_distributed()
+    assert not dist.is_initialized()
 
 
 def test_two_gloo_processes_give_one_processs_gradients_on_the_same_global_batch(data_dir, tmp_path):

@@ -674,6 +674,28 @@ def test_every_runner_ends_through_run_entry_point_and_job(runner):
     assert "job(" in ast.unparse(main), f"experiments/{runner.name}: main() must return job(cfg, run)"
 
 
+def test_a_status_line_reaches_stderr_in_one_write(monkeypatch):
+    """Data-parallel processes share one stderr, and under PYTHONUNBUFFERED=1 each write is its own system
+    call: a line written in two calls (text, then newline, as ``print`` does) can run into another
+    process's line."""
+    from experiments.common import say
+
+    class Recorder:
+        def __init__(self):
+            self.writes = []
+
+        def write(self, text):
+            self.writes.append(text)
+
+        def flush(self):
+            pass
+
+    stderr = Recorder()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    say("skipped: run folder in use by pid 7")
+    assert stderr.writes == ["skipped: run folder in use by pid 7\n"]
+
+
 BAD_COMMAND_LINES = [("seed=abc", ["seed='abc'", "seed=1"]), ("data=foo", ["data=foo", "use one of"])]
 
 

@@ -4,6 +4,7 @@ whose data come from a ``DataLoader`` (CUB-200-2011: too large to hold as tensor
 - :func:`init_distributed` starts the process group from ``torchrun``'s environment (``WORLD_SIZE``,
   ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT``) or from SLURM's (one task per GPU, e.g. the
   ``hydra/launcher=slurm`` submitit launcher), and returns a :class:`DistContext`; one process: ``None``.
+  :func:`leave_distributed` leaves it once the entry point's work is done.
 - :class:`LoaderLearner` is a :class:`~stn_repro.training.loop.Learner`: the model (wrapped in
   ``DistributedDataParallel`` when there are several processes), its SGD optimiser (the localisation lr
   group as every learner's) and a sharded stream (:class:`~stn_repro.data.cub.CubStream`); it evaluates
@@ -101,6 +102,16 @@ def init_distributed(device: str = "auto") -> DistContext | None:
     if not dist.is_initialized():
         dist.init_process_group(backend, rank=rank, world_size=world_size)
     return DistContext(rank, world_size, local_rank, dist.get_backend())
+
+
+def leave_distributed() -> None:
+    """Leave the process group, if this process joined one; call it once the work is done.
+
+    Left to interpreter shutdown, gloo's worker threads are destroyed while still joinable and a process can
+    abort (SIGABRT, "terminate called without an active exception") after finishing its work. Only on a
+    normal exit: a process that failed mid-collective would wait here for the others."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _rng_state(device: torch.device) -> dict[str, Tensor]:
