@@ -3,7 +3,10 @@
 The stored test sets keep every image's true parameters, so a cell whose error is far from the paper's can be
 asked whether its extra errors come from the strongest distortions (the data) or from everywhere (the model
 or its training). :func:`error_by_size` bins one run's wrong answers by
-:func:`~stn_repro.data.distortions.distortion_size`; :func:`markdown` writes the bins of several runs.
+:func:`~stn_repro.data.distortions.distortion_size` and, for the sets whose digit is warped by one global map
+(R, RTS, P), by the share of the digit's ink its image lost off the frame
+(:func:`~stn_repro.data.distortions.ink_in_frame`, from the MNIST test digits the set was made from);
+:func:`markdown` writes the bins of several runs.
 """
 
 from __future__ import annotations
@@ -13,9 +16,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 
-from stn_repro.data.distortions import DISTORTION_SIZE, distortion_size
+from stn_repro.data.distortions import DISTORTION_SIZE, FRAME_WARPS, distortion_size, ink_in_frame
+from stn_repro.data.mnist import load_mnist
 from stn_repro.data.sets import load_set_arrays, scored_on
 from stn_repro.tasks.mnist import load_trained_model
 from stn_repro.training.loop import wrong_answers
@@ -28,6 +33,7 @@ DEFAULT_EDGES = {
     "p": (0, 3, 4, 5, 6, 7, 8),
     "e": (0, 1, 1.25, 1.5, 1.75, 2),
 }
+INK_LOST_EDGES = (0, 2, 10, 25)  # % of the digit's ink off the frame
 
 
 def error_by_size(wrong: Tensor, size: Tensor, edges: Sequence[float]) -> list[dict[str, Any]]:
@@ -73,6 +79,10 @@ def run_breakdown(
     arrays = load_set_arrays(set_name, "test", data_dir)
     labels = arrays["labels"].long()
     wrong = wrong_answers(load_trained_model(run_dir), arrays["images"], labels)
+    ink_bins = None
+    if set_name in FRAME_WARPS:
+        lost = 100.0 * (1.0 - ink_in_frame(set_name, arrays, _test_digits(labels, data_dir)))
+        ink_bins = error_by_size(wrong, lost, INK_LOST_EDGES)
     return {
         "run": str(run_dir),
         "cell": record["cell"],
@@ -86,7 +96,19 @@ def run_breakdown(
         "set": set_name,
         "size_name": DISTORTION_SIZE[set_name],
         "bins": error_by_size(wrong, distortion_size(set_name, arrays), edges or DEFAULT_EDGES[set_name]),
+        "ink_bins": ink_bins,
     }
+
+
+def _test_digits(labels: Tensor, data_dir: Path | None) -> Tensor:
+    """The MNIST test digits ``[N, 1, 28, 28]`` in [0, 1] a stored test set was made from, image by image."""
+    mnist = load_mnist(data_dir)
+    if not torch.equal(mnist.test_labels.long(), labels):
+        raise ValueError(
+            "the stored test set's labels do not follow the MNIST test digits in order, so its images cannot be "
+            "matched to their digits; fix: run `make data-mnist` (it rebuilds outdated sets)"
+        )
+    return mnist.test_images.unsqueeze(1).float() / 255.0
 
 
 def markdown(breakdowns: list[dict[str, Any]], command: str) -> str:
@@ -105,12 +127,28 @@ def markdown(breakdowns: list[dict[str, Any]], command: str) -> str:
             f"| {b['size_name']} | images | % of the set | % error | % of the errors |",
             "|---|---|---|---|---|",
         ]
-        for row in b["bins"]:
-            span = f"[{row['low']:g}, {row['high']:g})" if row["high"] is not None else f">= {row['low']:g}"
-            error = "-" if row["error"] is None else f"{row['error']:.2f}"
-            lines.append(
-                f"| {span} | {row['images']:,} | {row['share']:.1f} | {error} | {row['share_of_errors']:.1f} |"
-            )
+        lines += _rows(b["bins"])
+        if b.get("ink_bins"):
+            lines += [
+                "",
+                "The same errors by the share of the digit's ink the image lost off the frame (from the MNIST "
+                "test digit it was made from).",
+                "",
+                "| % of the ink off the frame | images | % of the set | % error | % of the errors |",
+                "|---|---|---|---|---|",
+                *_rows(b["ink_bins"]),
+            ]
         lines.append("")
     lines += [f"Made by `{command}` from the runs' `model.pt` and the stored test sets.", ""]
     return "\n".join(lines)
+
+
+def _rows(bins: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for row in bins:
+        span = f"[{row['low']:g}, {row['high']:g})" if row["high"] is not None else f">= {row['low']:g}"
+        error = "-" if row["error"] is None else f"{row['error']:.2f}"
+        lines.append(
+            f"| {span} | {row['images']:,} | {row['share']:.1f} | {error} | {row['share_of_errors']:.1f} |"
+        )
+    return lines

@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from stn_repro.data import synthetic_mnist
-from stn_repro.data.distortions import DISTORTION_SIZE, distort, distortion_size
+from stn_repro.data.distortions import DISTORTION_SIZE, distort, distortion_size, ink_in_frame
 from stn_repro.error_by_distortion import error_by_size
 from stn_repro.training.loop import evaluate, wrong_answers
+from stn_repro.transformers import get_transform, pixel_centres, similarity_to_affine
 
 
 def test_distortion_size_is_the_absolute_angle_or_the_rms_offset():
@@ -58,3 +59,47 @@ def test_wrong_answers_are_the_ones_evaluate_counts():
     assert evaluate(model, images, labels, batch_size=7) == pytest.approx(100.0 * wrong.float().mean().item())
     predictions = model(images.float() / 255).argmax(1)
     assert torch.equal(wrong, predictions != labels)
+
+
+def test_ink_in_frame_matches_hand_counted_pixels():
+    """Every pixel inked (so the kept share is the share of pixel centres the frame's warp reaches)."""
+    full = torch.ones(1, 1, 28, 28)
+    identity = {"affine": get_transform("affine").identity().unsqueeze(0)}
+    assert ink_in_frame("r", identity, full).tolist() == [1.0]
+    # Source = target shifted right by half the frame: the frame reaches the source's right half, 14 columns.
+    shifted = {"affine": torch.tensor([[1.0, 0.0, 1.0, 0.0, 1.0, 0.0]])}
+    assert ink_in_frame("rts", shifted, full).tolist() == [0.5]
+    # A homography that halves: the frame reaches [-0.5, 0.5]^2 of the source, 14 x 14 of its 28 x 28 pixels.
+    halved = {"projective": torch.tensor([[0.5, 0.0, 0.0, 0.0, 0.5, 0.0, 0.0, 0.0]])}
+    assert ink_in_frame("p", halved, full).tolist() == [0.25]
+    # Turned by 45 degrees: the frame reaches the diamond |x| + |y| <= sqrt(2) of the source.
+    turned = {
+        "affine": similarity_to_affine(torch.tensor([0.7853981633974483]), torch.ones(1), torch.zeros(1, 2))
+    }
+    c = pixel_centres(28, dtype=torch.float64)
+    diamond = (c.abs().view(1, -1) + c.abs().view(-1, 1) <= 2**0.5).sum().item() / 784
+    assert ink_in_frame("r", turned, full).item() == pytest.approx(diamond, abs=1e-6)
+
+
+def test_ink_in_frame_weighs_by_ink_and_refuses_local_warps():
+    digits = torch.zeros(2, 1, 28, 28)
+    digits[0, 0, 10, 3] = 1.0  # one inked pixel in the left half, one in the right half at a third the ink
+    digits[0, 0, 10, 20] = 1.0 / 3
+    shifted = {
+        "affine": torch.tensor([[1.0, 0.0, 1.0, 0.0, 1.0, 0.0]] * 2)
+    }  # the frame reaches the right half
+    kept = ink_in_frame("r", shifted, digits)
+    assert kept[0].item() == pytest.approx(0.25) and kept[1].item() == 1.0  # an empty digit loses nothing
+    with pytest.raises(ValueError, match="no single frame warp"):
+        ink_in_frame("e", {}, digits)
+    with pytest.raises(ValueError, match="3 parameter rows for 2 digits"):
+        ink_in_frame("r", {"affine": shifted["affine"].repeat(2, 1)[:3]}, digits)
+
+
+def test_ink_in_frame_of_generated_p_images_is_a_share():
+    digits = synthetic_mnist(num_train=8, num_test=64, seed=0).test_images.float().unsqueeze(1) / 255
+    _, params = distort("p", digits, torch.Generator().manual_seed(4))
+    kept = ink_in_frame("p", params, digits)
+    assert kept.shape == (64,) and ((kept >= 0) & (kept <= 1)).all()
+    _, params = distort("r", digits, torch.Generator().manual_seed(4))
+    assert ink_in_frame("r", params, digits).min() > 0.9  # a turned digit keeps its ink near the centre

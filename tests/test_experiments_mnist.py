@@ -550,8 +550,10 @@ def test_rescore_scores_the_saved_weights_on_todays_test_set_and_says_whether_it
     assert rescore_main(args) == 1 and "has no model.pt" in capsys.readouterr().err
 
 
-def test_error_by_distortion_rescores_a_run_and_bins_its_errors(tmp_path, capsys):
+def test_error_by_distortion_rescores_a_run_and_bins_its_errors(tmp_path, capsys, monkeypatch):
+    import stn_repro.error_by_distortion as breakdown
     from experiments.error_by_distortion import main as breakdown_main
+    from stn_repro.data.mnist import MnistArrays
     from stn_repro.data.sets import generate_set, set_path, write_set
 
     cfg = compose_mnist(["experiment=p_fcn", "model.param_budget=50000", *SMOKE])
@@ -559,7 +561,10 @@ def test_error_by_distortion_rescores_a_run_and_bins_its_errors(tmp_path, capsys
     run_dir = tmp_path / "run"
     run_cell(spec, settings, run_dir, log=lambda s: None)
     raw = torch.randint(0, 256, (64, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    stored = generate_set("p", raw, torch.randint(0, 10, (64,)), seed=3)
+    labels = torch.randint(0, 10, (64,), generator=torch.Generator().manual_seed(1))
+    stored = generate_set("p", raw, labels, seed=3)
+    # The MNIST files hold the digits the stored set was made from (the real ones fail no md5 check here).
+    monkeypatch.setattr(breakdown, "load_mnist", lambda data_dir: MnistArrays(raw, labels, raw, labels))
     path = set_path("p", "test", tmp_path / "data")
     path.parent.mkdir(parents=True)
     write_set(path, stored, {"set_name": "p", "seed": 3})
@@ -568,7 +573,18 @@ def test_error_by_distortion_rescores_a_run_and_bins_its_errors(tmp_path, capsys
     assert breakdown_main(args) == 0
     text = capsys.readouterr().out
     assert "p-fcn-none seed 1" in text and "| [0, 4) |" in text and "| >= 6 |" in text
+    assert "| % of the ink off the frame |" in text and "| [0, 2) |" in text and "| >= 25 |" in text
+    ink_rows = [
+        line
+        for line in text.splitlines()
+        if line.startswith(("| [0, 2) |", "| [2, 10)", "| [10, 25)", "| >= 25"))
+    ]
+    assert sum(int(line.split("|")[2].replace(",", "")) for line in ink_rows) == 64  # every image in one bin
     assert "differs from today's" in text  # scored on this stored set, not the run's own test set
     assert out_file.read_text().strip() == text.strip()
+    monkeypatch.setattr(
+        breakdown, "load_mnist", lambda data_dir: MnistArrays(raw, labels, raw, labels.flip(0))
+    )
+    assert breakdown_main(args) == 1 and "do not follow the MNIST test digits" in capsys.readouterr().err
     assert breakdown_main([str(run_dir), "--data-dir", str(tmp_path / "nothing")]) == 1
     assert "make data-mnist" in capsys.readouterr().err

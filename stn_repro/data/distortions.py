@@ -28,6 +28,7 @@ from torch import Tensor
 
 from stn_repro.transformers import (
     get_transform,
+    pixel_centres,
     pixels_to_normalised,
     projective_from_points,
     sample,
@@ -105,7 +106,6 @@ def distort(
     return _RECIPES[set_name](digits, generator)
 
 
-
 # One number per image for how strongly its set's recipe distorted it (what error_by_distortion bins by).
 DISTORTION_SIZE = {
     "r": "absolute rotation (deg)",
@@ -129,6 +129,51 @@ def distortion_size(set_name: str, params: dict[str, Tensor]) -> Tensor:
         return params["angle_deg"].abs().float()
     offsets = params["corner_offsets_px" if set_name == "p" else "control_offsets_px"].float()
     return offsets.pow(2).mean(dim=(1, 2)).sqrt()
+
+
+# The sets whose images are their digit under one global target -> source map, and that map's family.
+FRAME_WARPS = {"r": "affine", "rts": "affine", "p": "projective"}
+
+
+def ink_in_frame(set_name: str, params: dict[str, Tensor], digits: Tensor) -> Tensor:
+    """The share of each digit's ink that its distorted image keeps inside the frame, ``[N]`` in [0, 1] (1
+    where the digit has no ink), for the sets of :data:`FRAME_WARPS`.
+
+    **Convention**: ``digits [N, 1, 28, 28]`` in [0, 1] are the digits the images were made from, in order;
+    ``params`` are the true parameters :func:`distort` returned (or a stored set holds). The output frame's
+    corners (+-1, ``align_corners=False``) map through the image's target -> source warp onto a convex
+    quadrilateral of the digit's frame (a parallelogram for ``r`` and ``rts``; ``p`` redraws folded corner
+    sets); the ink of a digit pixel whose centre lies inside it is kept, the rest is off the frame.
+    Bilinear sampling's half-pixel margin is ignored.
+    """
+    if set_name not in FRAME_WARPS:
+        raise ValueError(
+            f"set {set_name!r} has no single frame warp (known: {', '.join(FRAME_WARPS)}); e is a local "
+            "(TPS) warp and tc pastes the whole digit"
+        )
+    _check_digits(digits)
+    family = FRAME_WARPS[set_name]
+    warp = params[family].to(torch.float64)
+    if warp.shape[0] != digits.shape[0]:
+        raise ValueError(f"{warp.shape[0]} parameter rows for {digits.shape[0]} digits")
+    quad = get_transform(family).transform_points(warp, _CORNERS.to(torch.float64))  # [N, 4, 2]
+    size = digits.shape[-1]
+    centres = pixel_centres(size, dtype=torch.float64)
+    points = torch.stack(torch.meshgrid(centres, centres, indexing="xy"), -1).reshape(1, 1, -1, 2)
+    inside = torch.cat([_inside_convex(part, points) for part in quad.split(1024)])  # [N, P]
+    ink = digits.reshape(digits.shape[0], -1).to(torch.float64).cpu()
+    total = ink.sum(dim=1)
+    kept = (ink * inside).sum(dim=1)
+    return torch.where(total > 0, kept / total.clamp_min(1e-12), torch.ones_like(total)).float()
+
+
+def _inside_convex(quad: Tensor, points: Tensor) -> Tensor:
+    """Whether each of ``points [1, 1, P, 2]`` lies in each convex quadrilateral ``[B, 4, 2]``: ``[B, P]``."""
+    edges = (quad.roll(-1, dims=1) - quad).unsqueeze(2)  # [B, 4, 1, 2]
+    offsets = points - quad.unsqueeze(2)  # [B, 4, P, 2]
+    sides = edges[..., 0] * offsets[..., 1] - edges[..., 1] * offsets[..., 0]  # [B, 4, P]
+    return (sides >= 0).all(dim=1) | (sides <= 0).all(dim=1)  # either loop orientation
+
 
 def _rotated(digits: Tensor, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
     batch = digits.shape[0]
