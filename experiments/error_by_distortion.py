@@ -5,6 +5,8 @@ python -m experiments.error_by_distortion <runs> --edges 0,3,4,5,6,7,8 --out res
 
 R and RTS: the absolute rotation; P: the rms of the 4 corner offsets; E: the rms of the 16 control-point
 offsets (px). Each run's `model.pt` is scored again on the stored test set built here (`make data-mnist`).
+R, RTS and P runs are also binned by the share of the digit's ink lost off the frame; P and E runs get the
+error re-weighted to test sets drawn with other offset stds (--offset-stds).
 """
 
 from __future__ import annotations
@@ -25,6 +27,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("runs", nargs="+", type=Path, help="run folders holding record.json and model.pt")
     parser.add_argument("--edges", default=None, help="lower bin edges, comma-separated (default: per set)")
+    parser.add_argument(
+        "--offset-stds",
+        default=None,
+        help="P/E: offset stds (px) to re-weigh to, comma-separated (default: per set)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="also write the Markdown here")
     parser.add_argument("--data-dir", type=Path, default=None, help="MNIST sets (default $STN_DATA or data/)")
     args = parser.parse_args(argv)
@@ -33,7 +40,13 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         parser.error(f"--edges {args.edges!r}: give comma-separated numbers, e.g. --edges 0,3,4,5,6")
     try:
-        breakdowns = [run_breakdown(run, edges, args.data_dir) for run in args.runs]
+        stds = None if args.offset_stds is None else [float(e) for e in args.offset_stds.split(",")]
+    except ValueError:
+        parser.error(
+            f"--offset-stds {args.offset_stds!r}: give comma-separated numbers, e.g. --offset-stds 5,4,3"
+        )
+    try:
+        breakdowns = [run_breakdown(run, edges, args.data_dir, stds) for run in args.runs]
     except (FileNotFoundError, DataError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

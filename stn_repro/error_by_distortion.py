@@ -5,8 +5,10 @@ asked whether its extra errors come from the strongest distortions (the data) or
 or its training). :func:`error_by_size` bins one run's wrong answers by
 :func:`~stn_repro.data.distortions.distortion_size` and, for the sets whose digit is warped by one global map
 (R, RTS, P), by the share of the digit's ink its image lost off the frame
-(:func:`~stn_repro.data.distortions.ink_in_frame`, from the MNIST test digits the set was made from);
-:func:`markdown` writes the bins of several runs.
+(:func:`~stn_repro.data.distortions.ink_in_frame`, from the MNIST test digits the set was made from).
+For P and E, whose distortions are independent Gaussian pixel offsets, :func:`error_at_other_std` estimates
+the error the same model would make on a test set drawn with another offset std (the paper does not say
+how its P digits were drawn beyond the spec's recipe). :func:`markdown` writes the bins of several runs.
 """
 
 from __future__ import annotations
@@ -19,7 +21,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from stn_repro.data.distortions import DISTORTION_SIZE, FRAME_WARPS, distortion_size, ink_in_frame
+from stn_repro.data.distortions import (
+    DISTORTION_SIZE,
+    E_CONTROL_STD_PX,
+    FRAME_WARPS,
+    P_CORNER_STD_PX,
+    distortion_size,
+    ink_in_frame,
+)
 from stn_repro.data.mnist import load_mnist
 from stn_repro.data.sets import load_set_arrays, scored_on
 from stn_repro.tasks.mnist import load_trained_model
@@ -34,6 +43,12 @@ DEFAULT_EDGES = {
     "e": (0, 1, 1.25, 1.5, 1.75, 2),
 }
 INK_LOST_EDGES = (0, 2, 10, 25)  # % of the digit's ink off the frame
+# The sets whose distortion is independent N(0, std) offsets in output pixels: the offsets' key, the std drawn
+# and the stds to re-weigh the test set to by default.
+GAUSSIAN_OFFSETS = {
+    "p": ("corner_offsets_px", P_CORNER_STD_PX, (5.0, 4.5, 4.0, 3.5, 3.0)),
+    "e": ("control_offsets_px", E_CONTROL_STD_PX, (1.5, 1.25, 1.0)),
+}
 
 
 def error_by_size(wrong: Tensor, size: Tensor, edges: Sequence[float]) -> list[dict[str, Any]]:
@@ -64,8 +79,30 @@ def error_by_size(wrong: Tensor, size: Tensor, edges: Sequence[float]) -> list[d
     return rows
 
 
+def error_at_other_std(wrong: Tensor, offsets: Tensor, drawn_std: float, std: float) -> tuple[float, float]:
+    """The % error a model that got ``wrong [N]`` on a test set whose offsets ``[N, ...]`` were drawn i.i.d.
+    N(0, ``drawn_std``) would make on one drawn with ``std`` instead, and the estimate's effective number of
+    images. Importance weighting: each image counts by the ratio of its offsets' Gaussian densities under the
+    two stds, ``exp(S / 2 drawn_std^2 - S / 2 std^2)`` up to a constant, ``S`` the sum of its squared offsets.
+    Nothing else of the recipe changes (P's redraw of folded corners, 0.3% of draws, is ignored), and the model
+    is the one trained on ``drawn_std``: one trained on the milder draw would likely do a little better."""
+    if wrong.dim() != 1 or offsets.shape[0] != wrong.shape[0]:
+        raise ValueError(f"wrong {tuple(wrong.shape)} and offsets {tuple(offsets.shape)} must share [N]")
+    if drawn_std <= 0 or std <= 0:
+        raise ValueError(f"offset stds must be positive, got {drawn_std} and {std}")
+    squares = offsets.double().pow(2).flatten(1).sum(dim=1)
+    log_weights = squares / (2 * drawn_std**2) - squares / (2 * std**2)
+    weights = torch.exp(log_weights - log_weights.max())
+    error = 100.0 * float((weights * wrong.double()).sum() / weights.sum())
+    effective = float(weights.sum() ** 2 / weights.pow(2).sum())
+    return error, effective
+
+
 def run_breakdown(
-    run_dir: Path, edges: Sequence[float] | None = None, data_dir: Path | None = None
+    run_dir: Path,
+    edges: Sequence[float] | None = None,
+    data_dir: Path | None = None,
+    offset_stds: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """A finished run's test errors binned by distortion size, scored again from its ``model.pt`` on the
     stored test set built here (``same_test_set`` says whether that is the set its record was scored on)."""
@@ -83,6 +120,13 @@ def run_breakdown(
     if set_name in FRAME_WARPS:
         lost = 100.0 * (1.0 - ink_in_frame(set_name, arrays, _test_digits(labels, data_dir)))
         ink_bins = error_by_size(wrong, lost, INK_LOST_EDGES)
+    reweighted = None
+    if set_name in GAUSSIAN_OFFSETS:
+        key, drawn, default_stds = GAUSSIAN_OFFSETS[set_name]
+        reweighted = [
+            (std, *error_at_other_std(wrong, arrays[key], drawn, std))
+            for std in (offset_stds or default_stds)
+        ]
     return {
         "run": str(run_dir),
         "cell": record["cell"],
@@ -97,6 +141,8 @@ def run_breakdown(
         "size_name": DISTORTION_SIZE[set_name],
         "bins": error_by_size(wrong, distortion_size(set_name, arrays), edges or DEFAULT_EDGES[set_name]),
         "ink_bins": ink_bins,
+        "other_stds": reweighted,
+        "drawn_std": GAUSSIAN_OFFSETS[set_name][1] if set_name in GAUSSIAN_OFFSETS else None,
     }
 
 
@@ -137,6 +183,20 @@ def markdown(breakdowns: list[dict[str, Any]], command: str) -> str:
                 "| % of the ink off the frame | images | % of the set | % error | % of the errors |",
                 "|---|---|---|---|---|",
                 *_rows(b["ink_bins"]),
+            ]
+        if b.get("other_stds"):
+            lines += [
+                "",
+                f"The error this model would make on a test set whose offsets were drawn with another std than "
+                f"the {b['drawn_std']:g} px drawn here (the same images, weighted by the ratio of the two "
+                "Gaussian densities of their offsets; the model is the one trained on this draw).",
+                "",
+                "| offset std (px) | % error | effective images |",
+                "|---|---|---|",
+                *(
+                    f"| {std:g} | {error:.2f} | {effective:,.0f} |"
+                    for std, error, effective in b["other_stds"]
+                ),
             ]
         lines.append("")
     lines += [f"Made by `{command}` from the runs' `model.pt` and the stored test sets.", ""]

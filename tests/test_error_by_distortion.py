@@ -1,11 +1,13 @@
 """Binning a run's test errors by the size of each test image's distortion."""
 
+import math
+
 import pytest
 import torch
 
 from stn_repro.data import synthetic_mnist
 from stn_repro.data.distortions import DISTORTION_SIZE, distort, distortion_size, ink_in_frame
-from stn_repro.error_by_distortion import error_by_size
+from stn_repro.error_by_distortion import error_at_other_std, error_by_size
 from stn_repro.training.loop import evaluate, wrong_answers
 from stn_repro.transformers import get_transform, pixel_centres, similarity_to_affine
 
@@ -103,3 +105,31 @@ def test_ink_in_frame_of_generated_p_images_is_a_share():
     assert kept.shape == (64,) and ((kept >= 0) & (kept <= 1)).all()
     _, params = distort("r", digits, torch.Generator().manual_seed(4))
     assert ink_in_frame("r", params, digits).min() > 0.9  # a turned digit keeps its ink near the centre
+
+
+def test_error_at_other_std_weighs_each_image_by_the_ratio_of_its_offsets_densities():
+    offsets = torch.zeros(2, 1, 2)
+    offsets[1, 0, 0] = 2.0  # image 1: one offset of 2 px (S = 4); image 0: none (S = 0)
+    wrong = torch.tensor([True, False])
+    assert error_at_other_std(wrong, offsets, 2.0, 2.0) == pytest.approx((50.0, 2.0))  # same std: plain error
+    # Drawn with std 2, re-weighed to std 1: image 1 counts exp(4 / 8 - 4 / 2) = exp(-1.5) as much as image 0.
+    w = math.exp(-1.5)
+    error, effective = error_at_other_std(wrong, offsets, 2.0, 1.0)
+    assert error == pytest.approx(100.0 / (1 + w)) and effective == pytest.approx((1 + w) ** 2 / (1 + w**2))
+    with pytest.raises(ValueError, match="positive"):
+        error_at_other_std(wrong, offsets, 2.0, 0.0)
+    with pytest.raises(ValueError, match="share"):
+        error_at_other_std(wrong[:1], offsets, 2.0, 1.0)
+
+
+def test_error_at_other_std_recovers_a_known_error_rate_under_the_other_draw():
+    """A "model" wrong exactly when the 8 offsets' sum of squares exceeds 200: its error under N(0, s) is the
+    chi-square tail P(chi2_8 > 200 / s^2), known in closed form for every s."""
+    from scipy.stats import chi2
+
+    offsets = torch.randn(200_000, 4, 2, generator=torch.Generator().manual_seed(0)) * 5.0
+    wrong = offsets.pow(2).sum(dim=(1, 2)) > 200.0
+    for std in (5.0, 4.0, 3.5):
+        error, effective = error_at_other_std(wrong, offsets, 5.0, std)
+        assert error == pytest.approx(100.0 * chi2.sf(200.0 / std**2, df=8), rel=0.05), std
+        assert 0 < effective <= 200_000

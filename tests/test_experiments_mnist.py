@@ -580,6 +580,13 @@ def test_error_by_distortion_rescores_a_run_and_bins_its_errors(tmp_path, capsys
         if line.startswith(("| [0, 2) |", "| [2, 10)", "| [10, 25)", "| >= 25"))
     ]
     assert sum(int(line.split("|")[2].replace(",", "")) for line in ink_rows) == 64  # every image in one bin
+    assert "| offset std (px) | % error | effective images |" in text and "| 3.5 |" in text
+    assert breakdown_main([*args[:-2], "--offset-stds", "5,2"]) == 0  # without --out
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("| 5 |", "| 2 |"))]
+    assert len(rows) == 2 and rows[0].split("|")[3].strip() == "64"  # the drawn std: every image counts once
+    with pytest.raises(SystemExit):
+        breakdown_main([*args[:-2], "--offset-stds", "5,x"])
+    assert "--offset-stds '5,x': give comma-separated numbers" in capsys.readouterr().err
     assert "differs from today's" in text  # scored on this stored set, not the run's own test set
     assert out_file.read_text().strip() == text.strip()
     monkeypatch.setattr(
