@@ -80,7 +80,11 @@ def mark_test_set_changes(records: list[dict[str, Any]], checksums: dict[str, st
     differs from the one built here (``checksums``: data set name -> sha256 of today's stored test set,
     ``None`` where it is not built). CPU kernels can move a few pixels of a distorted set by one grey level
     between machines or versions; such records are flagged in the tables, not mixed in silently. ``None``:
-    not checked (a synthetic set, or no set built here)."""
+    not checked (a synthetic set, or no set built here).
+
+    A record that ``python -m experiments.rescore --write`` scored again on today's set (an entry of its
+    ``rescored`` list with today's checksum) is not flagged: its ``test_error`` becomes that score here (in
+    memory; the run's own stays in ``recorded_test_error``) and ``test_set_rescored`` is set."""
     for record in records:
         test_set = record.get("test_set") or {}
         today = checksums.get(record.get("data"))
@@ -91,8 +95,13 @@ def mark_test_set_changes(records: list[dict[str, Any]], checksums: dict[str, st
             or today is None
         ):
             record["test_set_changed"] = None
-        else:
-            record["test_set_changed"] = test_set.get("sha256") != today
+            continue
+        rescored = next((r for r in record.get("rescored") or [] if r["test_set"]["sha256"] == today), None)
+        if test_set.get("sha256") != today and rescored is not None:
+            record["recorded_test_error"] = record["test_error"]
+            record["test_error"] = rescored["test_error"]
+            record["test_set_rescored"] = True
+        record["test_set_changed"] = test_set.get("sha256") != today and rescored is None
 
 
 def first_reaching(history: list[dict[str, Any]], target: float, key: str = "val_error") -> dict | None:
@@ -181,11 +190,15 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _test_set_check(runs: list[dict[str, Any]]) -> str:
-    """``"same"``, ``"differs (k of n)"`` or ``"not checked"`` (see :func:`mark_test_set_changes`)."""
+    """``"same"``, ``"differs (k of n)"``, ``"rescored (k of n)"`` (the others the same) or ``"not checked"``
+    (see :func:`mark_test_set_changes`)."""
     changed = [r.get("test_set_changed") for r in runs]
     if any(c is None for c in changed):
         return "not checked"
-    return f"differs ({sum(changed)} of {len(changed)})" if any(changed) else "same"
+    if any(changed):
+        return f"differs ({sum(changed)} of {len(changed)})"
+    rescored = sum(bool(r.get("test_set_rescored")) for r in runs)
+    return f"rescored ({rescored} of {len(runs)})" if rescored else "same"
 
 
 def _reaching_paper(runs: list[dict[str, Any]], paper: float | None) -> dict[str, Any]:
@@ -338,6 +351,15 @@ def _test_set_lines(rows: list[dict[str, Any]], mark: str) -> list[str]:
             "built by another version or on another machine (CPU kernels can put a pixel of a distorted set "
             "one grey level apart). Rescore the weights on today's sets (`python -m experiments.rescore`), "
             "or rerun, before comparing closely.",
+        ]
+    rescored = [r for r in rows if r["test_set_check"].startswith("rescored")]
+    if rescored:
+        lines += [
+            "",
+            f"- Scored again on the test set built here from their saved weights, {len(rescored)} cell(s) "
+            "(their runs were scored on a set built elsewhere, a few pixels one grey level apart; "
+            "`python -m experiments.rescore --write`): the table shows that score, each run's own is in its "
+            "record.",
         ]
     unchecked = sum(r["test_set_check"] == "not checked" for r in rows)
     if unchecked:

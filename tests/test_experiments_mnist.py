@@ -522,8 +522,9 @@ def test_loading_weights_of_an_unfinished_run_names_the_fix(tmp_path):
 
 def test_rescore_scores_the_saved_weights_on_todays_test_set_and_says_whether_it_changed(tmp_path, capsys):
     from experiments.rescore import main as rescore_main
-    from stn_repro.data.sets import set_path, write_set
-    from stn_repro.tasks.mnist import load_cell_data
+    from stn_repro.data.sets import set_checksum, set_path, write_set
+    from stn_repro.tasks.mnist import load_cell_data, load_trained_model
+    from stn_repro.training.loop import evaluate
 
     cfg = compose_mnist(["experiment=r_st_fcn_affine", "model.param_budget=50000", *SMOKE])
     spec, settings = cell_from_config(cfg)
@@ -546,6 +547,18 @@ def test_rescore_scores_the_saved_weights_on_todays_test_set_and_says_whether_it
     write_set(path, {"images": changed, "labels": data.test_labels}, {"set_name": "r", "seed": 1})
     assert rescore_main(args) == 0
     assert "on a test set that differs from today's" in capsys.readouterr().out
+    assert "rescored" not in json.loads((run_dir / "record.json").read_text())  # nothing written
+    for _ in range(2):  # a second --write on the same set replaces the entry, it does not add one
+        assert rescore_main([*args, "--write"]) == 0
+        assert "(written to its record)" in capsys.readouterr().out
+    saved = json.loads((run_dir / "record.json").read_text())
+    (entry,) = saved["rescored"]
+    assert saved["test_error"] == record["test_error"]  # the run's own score is kept
+    assert entry["test_set"]["sha256"] == set_checksum(changed, data.test_labels)
+    assert entry["test_error"] == pytest.approx(
+        evaluate(load_trained_model(run_dir), changed, data.test_labels)
+    )
+    assert {"commit", "device", "date"} <= entry.keys()
     (run_dir / "model.pt").unlink()
     assert rescore_main(args) == 1 and "has no model.pt" in capsys.readouterr().err
 

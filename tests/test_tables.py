@@ -173,6 +173,30 @@ def test_records_scored_on_another_test_set_are_flagged_not_mixed_in_silently(tm
     assert "not checked for 1 cell(s)" in text
 
 
+def test_a_record_rescored_on_todays_test_set_shows_that_score_unflagged():
+    def scored_on(sha, rescored=()):
+        return {
+            "test_set": {"source": "mnist", "sha256": sha, "size": 10_000, "generator_version": 2},
+            "rescored": [{"test_error": e, "test_set": {"sha256": s}} for s, e in rescored],
+        }
+
+    records = [
+        record("r", "fcn", None, 1, 2.0, profile="paper")
+        | scored_on("old", [("elsewhere", 9.0), ("today", 2.1)]),
+        record("r", "fcn", None, 2, 2.4, profile="paper") | scored_on("today"),
+        record("p", "fcn", None, 1, 3.0, profile="paper") | scored_on("old", [("elsewhere", 3.1)]),
+    ]
+    mark_test_set_changes(records, {"r": "today", "p": "today"})
+    assert [r["test_set_changed"] for r in records] == [False, False, True]
+    assert records[0]["test_error"] == 2.1 and records[0]["recorded_test_error"] == 2.0
+    assert records[2]["test_error"] == 3.0  # no score on today's set: the run's own, flagged
+    rows = {r["data"]: r for r in aggregate(records)}
+    assert rows["r"]["test_set_check"] == "rescored (1 of 2)" and rows["r"]["error_mean"] == 2.25
+    text = to_markdown(list(rows.values()), "paper")
+    assert "| FCN | 2.25 ± 0.21 (2.1) | not run (5.2) | 3.00† (3.1) |" in text
+    assert "Scored again on the test set built here from their saved weights, 1 cell(s)" in text
+
+
 def test_addition_records_scored_on_another_test_set_are_flagged_in_table4():
     def addition(model, transform, seed, error, sha, source="mnist"):
         return record("addition", model, transform, seed, error, profile="paper") | {
