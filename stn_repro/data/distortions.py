@@ -27,8 +27,8 @@ import torch
 from torch import Tensor
 
 from stn_repro.transformers import (
+    base_grid,
     get_transform,
-    pixel_centres,
     pixels_to_normalised,
     projective_from_points,
     sample,
@@ -158,8 +158,7 @@ def ink_in_frame(set_name: str, params: dict[str, Tensor], digits: Tensor) -> Te
         raise ValueError(f"{warp.shape[0]} parameter rows for {digits.shape[0]} digits")
     quad = get_transform(family).transform_points(warp, _CORNERS.to(torch.float64))  # [N, 4, 2]
     size = digits.shape[-1]
-    centres = pixel_centres(size, dtype=torch.float64)
-    points = torch.stack(torch.meshgrid(centres, centres, indexing="xy"), -1).reshape(1, 1, -1, 2)
+    points = base_grid((size, size), dtype=torch.float64).reshape(1, 1, -1, 2)  # the digit's pixel centres
     inside = torch.cat([_inside_convex(part, points) for part in quad.split(1024)])  # [N, P]
     ink = digits.reshape(digits.shape[0], -1).to(torch.float64).cpu()
     total = ink.sum(dim=1)
