@@ -25,6 +25,7 @@ from stn_repro.data.distortions import (
     DISTORTION_SIZE,
     E_CONTROL_STD_PX,
     FRAME_WARPS,
+    P_4PX_CORNER_STD_PX,
     P_CORNER_STD_PX,
     distortion_size,
     ink_in_frame,
@@ -41,6 +42,7 @@ DEFAULT_EDGES = {
     "rts": (0, 15, 30),
     "p": (0, 3, 4, 5, 6, 7, 8),
     "e": (0, 1, 1.25, 1.5, 1.75, 2),
+    "p_4px": (0, 3, 4, 5, 6, 7, 8),
 }
 INK_LOST_EDGES = (0, 2, 10, 25)  # % of the digit's ink off the frame
 # The sets whose distortion is independent N(0, std) offsets in output pixels: the offsets' key, the std drawn
@@ -48,6 +50,7 @@ INK_LOST_EDGES = (0, 2, 10, 25)  # % of the digit's ink off the frame
 GAUSSIAN_OFFSETS = {
     "p": ("corner_offsets_px", P_CORNER_STD_PX, (5.0, 4.5, 4.0, 3.5, 3.0)),
     "e": ("control_offsets_px", E_CONTROL_STD_PX, (1.5, 1.25, 1.0)),
+    "p_4px": ("corner_offsets_px", P_4PX_CORNER_STD_PX, (4.0,)),
 }
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from stn_repro.data import (
+    DISTORTED_SET_NAMES,
     EXTRA_SETS,
     EXTRA_SPLITS,
     GENERATOR_VERSION,
@@ -105,7 +106,7 @@ def test_missing_corrupt_modified_and_outdated_sets_name_the_file_and_the_fix(tm
 
 
 def test_unknown_set_or_split_lists_the_known_ones(tmp_path):
-    with pytest.raises(ValueError, match="unknown stored set 'rotated'; known: r, rts, p, e, tc, addition"):
+    with pytest.raises(ValueError, match="unknown stored set 'rotated'; known: r, rts, p, e, tc, p_4px, addition"):
         load_set("rotated", "test", tmp_path)
     with pytest.raises(ValueError, match="has no split 'train'; it has: test, val"):
         load_set("r", "train", tmp_path)
@@ -120,7 +121,7 @@ def test_build_all_sets_builds_every_file_then_skips_them(tmp_path, mnist):
     logs = []
     paths = build_all_sets(tmp_path, seed=1, log=logs.append, mnist=mnist)
     extra = sum(len(EXTRA_SPLITS[name]) for name in EXTRA_SETS)
-    assert len(paths) == 2 * len(SET_NAMES) + extra == 14 and all(p.is_file() for p in paths)
+    assert len(paths) == 2 * len(DISTORTED_SET_NAMES) + extra == 16 and all(p.is_file() for p in paths)
     assert sum("wrote" in line for line in logs) == len(paths)
     images, _ = load_set("r", "val", tmp_path)
     assert images.shape == (25, 1, 28, 28)  # a twelfth of 300 synthetic training digits held out

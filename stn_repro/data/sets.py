@@ -25,8 +25,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from .distortions import (
+    DISTORTED_SET_NAMES,
     IMAGE_SIZE,
-    SET_NAMES,
     addition_pairs,
     colocalisation,
     distort,
@@ -99,8 +99,8 @@ def generate_set(
     Deterministic in ``(seed, batch_size)``: one CPU generator seeded with ``seed`` draws the parameters
     batch after batch. Works through ``batch_size`` digits at a time, so memory stays small.
     """
-    if set_name not in SET_NAMES:
-        raise ValueError(f"unknown distorted-MNIST set {set_name!r}; known: {', '.join(SET_NAMES)}")
+    if set_name not in DISTORTED_SET_NAMES:
+        raise ValueError(f"unknown distorted-MNIST set {set_name!r}; known: {', '.join(DISTORTED_SET_NAMES)}")
     _check_uint8_digits(images_uint8, labels)
     generator = torch.Generator().manual_seed(seed)
 
@@ -276,10 +276,10 @@ def write_set(
 
 def set_path(set_name: str, split: str = "test", data_dir: Path | None = None) -> Path:
     """Where a stored set lives: ``<data_dir>/mnist_sets/<set_name>_<split>.h5``."""
-    known = (*SET_NAMES, *EXTRA_SETS)
+    known = (*DISTORTED_SET_NAMES, *EXTRA_SETS)
     if set_name not in known:
         raise ValueError(f"unknown stored set {set_name!r}; known: {', '.join(known)}")
-    splits = SPLITS if set_name in SET_NAMES else EXTRA_SPLITS[set_name]
+    splits = SPLITS if set_name in DISTORTED_SET_NAMES else EXTRA_SPLITS[set_name]
     if split not in splits:
         raise ValueError(f"set {set_name!r} has no split {split!r}; it has: {', '.join(splits)}")
     return (
@@ -352,7 +352,8 @@ def build_all_sets(
     log: Callable[[str], None] = print,
     mnist: MnistArrays | None = None,
 ) -> list[Path]:
-    """Build every stored set from the fetched MNIST: test and val of each of :data:`SET_NAMES`, plus the
+    """Build every stored set from the fetched MNIST: test and val of each of :data:`DISTORTED_SET_NAMES`
+    (the paper's sets and the study sets), plus the
     splits of :data:`EXTRA_SETS` (:data:`EXTRA_SPLITS`; addition's val pairs the validation digits among
     themselves). Idempotent: a file that verifies and was made from the same seed is kept, so a set added
     to this list is built beside the existing files without touching them. Each set and split has its own
@@ -374,7 +375,7 @@ def build_all_sets(
         "val": (mnist.train_images[val_index], mnist.train_labels[val_index]),
     }
     jobs: list[tuple[str, str, Callable[[int], dict[str, Tensor]]]] = []
-    for set_name in SET_NAMES:
+    for set_name in DISTORTED_SET_NAMES:
         for split in SPLITS:
             images, labels = digits[split]
             jobs.append(
@@ -557,8 +558,10 @@ class _BatchSource(SeededBatchStream):
     checked_fields = ("kind", "set_name", "seed", "num_digits")
 
     def __init__(self, set_name: str, labels: Tensor, batch_size: int, seed: int, device):
-        if set_name not in SET_NAMES:
-            raise ValueError(f"unknown distorted-MNIST set {set_name!r}; known: {', '.join(SET_NAMES)}")
+        if set_name not in DISTORTED_SET_NAMES:
+            raise ValueError(
+                f"unknown distorted-MNIST set {set_name!r}; known: {', '.join(DISTORTED_SET_NAMES)}"
+            )
         super().__init__(labels, batch_size, seed, device)
         self.set_name = set_name
         self.image_size = IMAGE_SIZE[set_name]
@@ -650,8 +653,10 @@ class DistortedMNIST(Dataset):
         seed: int,
         clutter_source: Tensor | None = None,
     ):
-        if set_name not in SET_NAMES:
-            raise ValueError(f"unknown distorted-MNIST set {set_name!r}; known: {', '.join(SET_NAMES)}")
+        if set_name not in DISTORTED_SET_NAMES:
+            raise ValueError(
+                f"unknown distorted-MNIST set {set_name!r}; known: {', '.join(DISTORTED_SET_NAMES)}"
+            )
         _check_uint8_digits(images_uint8, labels)
         if set_name == "tc" and clutter_source is None:
             raise ValueError(
