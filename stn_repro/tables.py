@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from stn_repro.data.distortions import VARIANT_SETS
 from stn_repro.paper import (
     CUB_ROWS,
     SVHN_MODEL_LABELS,
@@ -57,6 +58,8 @@ CSV_COLUMNS = [
     "time_to_paper_s",
 ]
 SET_LABELS = {"r": "R", "rts": "RTS", "p": "P", "e": "E", "tc": "TC 60x60"}
+# The study sets (stn_repro.data.distortions.VARIANT_SETS): what each changes in the paper set it varies.
+VARIANT_LABELS = {"p_4px": "P with N(0, 4 px) corner offsets instead of the spec's 5 px"}
 EXPERIMENTS = ("mnist", "svhn", "addition", "cub")
 SVHN_ROWS = ("cnn", "st_cnn_single", "st_cnn_multi")
 
@@ -165,7 +168,7 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         )
         if experiment == "cub":
             rows[-1]["pretrained"] = sorted({_cub_initialisation(r.get("pretrained")) for r in runs})
-    order = {name: i for i, name in enumerate((*TABLE1_SETS, "tc"))}
+    order = {name: i for i, name in enumerate((*TABLE1_SETS, "tc", *VARIANT_SETS))}
     labels = {model_label(m, t): i for i, (m, t) in enumerate(TABLE1_ERROR)}
     svhn_models = {m: i for i, m in enumerate(SVHN_ROWS)}
     addition_rows = {row: i for i, row in enumerate(TABLE4_ROWS)}
@@ -329,12 +332,40 @@ def to_markdown(rows: list[dict[str, Any]], profile: str, reading: str = "about_
         tc_row = by_key.get(("tc", model, transform))
         cells.append(_cell_text(tc_row, tc_paper) if (tc_row or tc_paper is not None) else "")
         lines.append(f"| {model_label(model, transform)} | " + " | ".join(cells) + " |")
+    lines += _variant_lines(by_key)
     lines += _reaching_lines(
         rows, lambda r: f"{r['data']} {r['label']}", "the paper trains on 38.4M images per cell"
     )
     lines += _test_set_lines(rows, TEST_SET_CHANGED_MARK)
     lines += _provenance_lines(rows, f"python -m experiments.table --profile {profile}")
     return "\n".join(lines) + "\n"
+
+
+def _variant_lines(by_key: dict[tuple, dict[str, Any]]) -> list[str]:
+    """The cells trained on a study set (not a Table 1 cell), each beside ours and the paper's number on the
+    paper set it varies."""
+    lines = []
+    for variant, base in VARIANT_SETS.items():
+        cells = [(m, t) for m, t in TABLE1_ERROR if (variant, m, t) in by_key]
+        if not cells:
+            continue
+        lines += [
+            "",
+            f"Study set `{variant}`, NOT THE PAPER'S RECIPE: {VARIANT_LABELS[variant]} (configs/data/"
+            f"{variant}.yaml). Its runs fill no cell above; each is shown beside ours and the paper's on "
+            f"{SET_LABELS[base]}.",
+            "",
+            f"| model | {variant} (ours) | {SET_LABELS[base]} (ours) | {SET_LABELS[base]} (paper) |",
+            "|---|---|---|---|",
+        ]
+        for model, transform in cells:
+            ours = _cell_text(by_key[(variant, model, transform)], None).removesuffix(" (-)")
+            base_row = by_key.get((base, model, transform))
+            base_text = _cell_text(base_row, None).removesuffix(" (-)") if base_row else "not run"
+            paper = paper_error(base, model, transform)
+            paper_text = "-" if paper is None else f"{paper:.1f}"
+            lines.append(f"| {model_label(model, transform)} | {ours} | {base_text} | {paper_text} |")
+    return lines
 
 
 def _test_set_lines(rows: list[dict[str, Any]], mark: str) -> list[str]:

@@ -106,7 +106,9 @@ def test_missing_corrupt_modified_and_outdated_sets_name_the_file_and_the_fix(tm
 
 
 def test_unknown_set_or_split_lists_the_known_ones(tmp_path):
-    with pytest.raises(ValueError, match="unknown stored set 'rotated'; known: r, rts, p, e, tc, p_4px, addition"):
+    with pytest.raises(
+        ValueError, match="unknown stored set 'rotated'; known: r, rts, p, e, tc, p_4px, addition"
+    ):
         load_set("rotated", "test", tmp_path)
     with pytest.raises(ValueError, match="has no split 'train'; it has: test, val"):
         load_set("r", "train", tmp_path)

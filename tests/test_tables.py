@@ -93,6 +93,24 @@ def test_markdown_has_the_paper_layout_and_labels_reduced_budgets(runs):
         to_markdown(rows, "smoke")
 
 
+def test_study_set_runs_fill_no_table1_cell_and_sit_beside_the_set_they_vary():
+    records = [
+        record("p", "fcn", None, 1, 5.0),
+        record("p_4px", "fcn", None, 1, 3.0),
+        record("p_4px", "fcn", None, 2, 3.2),
+        record("p_4px", "st_cnn", "affine", 1, 0.9),
+    ]
+    rows = aggregate(records)
+    assert {r["data"]: r["paper_error"] for r in rows if r["model"] == "fcn"} == {"p": 3.1, "p_4px": None}
+    text = to_markdown(rows, "quick")
+    assert "| FCN | not run (2.1) | not run (5.2) | 5.00 (3.1) | not run (3.2) |" in text  # Table 1 row
+    assert "Study set `p_4px`, NOT THE PAPER'S RECIPE" in text
+    assert "| FCN | 3.10 ± 0.14 | 5.00 | 3.1 |" in text
+    assert "| ST-CNN Aff | 0.90 | not run | 0.8 |" in text
+    assert "| ST-FCN Aff |" not in text.split("Study set")[1].split("Images")[0]  # only cells that ran
+    assert "Study set" not in to_markdown(aggregate(records[:1]), "quick")
+
+
 def test_table_command_writes_csv_and_markdown(runs, tmp_path, capsys):
     assert table_main(["--runs", str(runs), "--out", str(tmp_path / "results"), "--profile", "quick"]) == 0
     assert (tmp_path / "results" / "mnist_table1_quick.csv").exists()
