@@ -289,3 +289,11 @@ def test_a_records_test_set_summary_matches_the_stored_sets_checksum_and_one_pix
     changed = images.clone()
     changed[4, 0, 27, 27] ^= 1  # one grey level on one pixel
     assert not scored_on(record, changed, labels) and not scored_on({}, images, labels)
+
+
+def test_sample_sheets_draw_every_set_including_the_study_sets(tmp_path):
+    from stn_repro.data.sheets import SHEET_NAMES, write_sample_sheets
+
+    paths = write_sample_sheets(synthetic_mnist(num_train=120, num_test=8, seed=0), tmp_path, rows=2, cols=2)
+    assert [p.stem for p in paths] == list(SHEET_NAMES) and "p_4px" in SHEET_NAMES
+    assert all(p.stat().st_size > 1000 and p.read_bytes()[:4] == b"\x89PNG" for p in paths)

@@ -16,7 +16,7 @@ import torch
 from matplotlib.patches import Rectangle
 from torch import Tensor
 
-from .distortions import SET_NAMES
+from .distortions import DISTORTED_SET_NAMES
 from .mnist import MnistArrays
 from .sets import (
     generate_addition_set,
@@ -25,7 +25,7 @@ from .sets import (
     train_indices,
 )
 
-SHEET_NAMES = (*SET_NAMES, "addition", "coloc", "coloc_tc")
+SHEET_NAMES = (*DISTORTED_SET_NAMES, "addition", "coloc", "coloc_tc")
 
 
 def write_sample_sheets(
@@ -47,7 +47,7 @@ def write_sample_sheets(
     ]
     paths = []
     for name in SHEET_NAMES:
-        if name in SET_NAMES:
+        if name in DISTORTED_SET_NAMES:
             data = generate_set(name, images, labels, seed, clutter_source=clutter)
         elif name == "addition":
             data = generate_addition_set(images, labels, seed)
@@ -91,6 +91,8 @@ _TITLES = {
     "r": "R: rotated U[-90, 90] deg, 28x28 | label | angle",
     "rts": "RTS: rotated U[-45, 45], scaled U[0.7, 1.2], placed in 42x42 | label | angle, scale, centre (px)",
     "p": "P: scaled U[0.75, 1], corners moved N(0, 5 px), projective, 28x28 | label | scale, rms corner offset (px)",
+    "p_4px": "P 4 px (study set, NOT the paper's): corners moved N(0, 4 px), else as P | label | scale, rms corner "
+    "offset (px)",
     "e": "E: scaled U[0.75, 1], 16 TPS control points moved N(0, 1.5 px), 28x28 | label | scale, rms offset (px)",
     "tc": "TC: translated in 60x60, six 6x6 clutter patches | label | digit centre (px)",
     "addition": "Addition: two RTS channels (42x42 each) | digits and their sum (19 classes)",
@@ -106,7 +108,7 @@ def _caption(name: str, data: dict[str, Tensor], i: int) -> str:
     if name == "rts":
         x, y = data["centre_px"][i].tolist()
         return f"{label} | {data['angle_deg'][i]:+.0f}° s{data['scale'][i]:.2f} ({x:.0f},{y:.0f})"
-    if name == "p":
+    if name in ("p", "p_4px"):
         rms = data["corner_offsets_px"][i].pow(2).mean().sqrt()
         return f"{label} | s{data['scale'][i]:.2f} off {rms:.1f}"
     if name == "e":
