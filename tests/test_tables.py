@@ -295,6 +295,13 @@ def test_the_fast_profile_is_labelled_and_reports_the_images_until_the_paper_was
     assert "FAST PROFILE, NOT THE PAPER'S PROTOCOL" in text and "REDUCED BUDGET" not in text
     assert "| r FCN | 1 of 2 | 256,000 | 0.67% | 2.0 min |" in text
     assert first_reaching(history, 1.0) is None
+    # A study set has no paper number of its own: its runs are timed to the one of the set it varies (P 3.1).
+    study = [record("p_4px", "fcn", None, 1, 2.0, **fast) | {"history": history, "batch_size": 128}]
+    (row,) = aggregate(study)
+    assert (
+        row["paper_error"] is None and row["seeds_reaching_paper"] == 1 and row["images_to_paper"] == 128_000
+    )
+    assert "| p_4px FCN (to the paper's P number) | 1 of 1 | 128,000 |" in to_markdown([row], "fast")
 
 
 def test_the_tuning_table_shows_the_varied_settings_and_validation_errors_only(tmp_path, capsys):
