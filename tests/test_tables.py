@@ -8,6 +8,7 @@ import torch
 
 from experiments.table import main as table_main
 from stn_repro.tables import (
+    STORED_TEST_SET_EXPERIMENTS,
     addition_markdown,
     aggregate,
     collect_records,
@@ -331,3 +332,9 @@ def test_the_tuning_table_shows_the_varied_settings_and_validation_errors_only(t
     empty = write_records(tmp_path / "none", [record("r", "fcn", None, 1, 2.0)])
     assert tuning_main(["--runs", str(empty), "--out", str(out)]) == 1
     assert "no finished runs with a validation history" in capsys.readouterr().err
+
+
+def test_every_experiment_the_tables_flag_by_test_set_can_be_rescored():
+    from experiments.rescore import LOADERS
+
+    assert set(LOADERS) == set(STORED_TEST_SET_EXPERIMENTS)
