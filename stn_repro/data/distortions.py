@@ -179,9 +179,8 @@ def ink_in_frame(set_name: str, params: dict[str, Tensor], digits: Tensor) -> Te
 
 def _inside_convex(quad: Tensor, points: Tensor) -> Tensor:
     """Whether each of ``points [1, 1, P, 2]`` lies in each convex quadrilateral ``[B, 4, 2]``: ``[B, P]``."""
-    edges = (quad.roll(-1, dims=1) - quad).unsqueeze(2)  # [B, 4, 1, 2]
-    offsets = points - quad.unsqueeze(2)  # [B, 4, P, 2]
-    sides = edges[..., 0] * offsets[..., 1] - edges[..., 1] * offsets[..., 0]  # [B, 4, P]
+    edges = _quad_edges(quad).unsqueeze(2)  # [B, 4, 1, 2]
+    sides = _cross(edges, points - quad.unsqueeze(2))  # [B, 4, P]: which side of each edge
     return (sides >= 0).all(dim=1) | (sides <= 0).all(dim=1)  # either loop orientation
 
 
@@ -252,9 +251,19 @@ def _sampled_corners(scale: Tensor, offsets_px: Tensor, size: int) -> Tensor:
 
 def _is_convex(quad: Tensor) -> Tensor:
     """Whether each quadrilateral ``[B, 4, 2]`` is convex with the corner loop's orientation, ``[B]`` bool."""
-    edges = quad.roll(-1, dims=1) - quad
-    turns = edges[..., 0] * edges.roll(-1, dims=1)[..., 1] - edges[..., 1] * edges.roll(-1, dims=1)[..., 0]
-    return (turns > 0).all(dim=1)
+    edges = _quad_edges(quad)
+    return (_cross(edges, edges.roll(-1, dims=1)) > 0).all(dim=1)  # every turn the same way
+
+
+def _quad_edges(quad: Tensor) -> Tensor:
+    """The edge vectors ``[B, 4, 2]`` of the corner loops ``[B, 4, 2]``, corner ``i`` to corner ``i + 1``."""
+    return quad.roll(-1, dims=1) - quad
+
+
+def _cross(a: Tensor, b: Tensor) -> Tensor:
+    """The z component of the 2-D cross product of ``[..., 2]`` vectors: > 0 where ``b`` turns left of ``a``
+    (counter-clockwise in x-right, y-up axes; clockwise on the image's y-down pixel grid)."""
+    return a[..., 0] * b[..., 1] - a[..., 1] * b[..., 0]
 
 
 def _elastic(digits: Tensor, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
