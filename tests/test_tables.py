@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+from experiments.rescore import LOADERS
 from experiments.table import main as table_main
 from stn_repro.tables import (
     STORED_TEST_SET_EXPERIMENTS,
@@ -335,6 +336,4 @@ def test_the_tuning_table_shows_the_varied_settings_and_validation_errors_only(t
 
 
 def test_every_experiment_the_tables_flag_by_test_set_can_be_rescored():
-    from experiments.rescore import LOADERS
-
     assert set(LOADERS) == set(STORED_TEST_SET_EXPERIMENTS)
