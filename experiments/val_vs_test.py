@@ -1,0 +1,52 @@
+"""Score finished distorted-MNIST runs on their validation and test digits undistorted, to tell whether the
+validation error sits above the test error because of the held-out digits or the distortions.
+
+python -m experiments.val_vs_test results/records/mnist_fast/*/seed* --out results/mnist_val_vs_test.md
+
+Needs runs that held validation digits out (the `fast` profile) and kept `model.pt`, and MNIST in the data
+folder (`make data-mnist`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+
+from stn_repro.data import DataError
+from stn_repro.training.records import atomic_write_text, device_name, git_commit
+from stn_repro.val_vs_test import markdown, plain_digit_errors
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("runs", nargs="+", type=Path, help="run folders holding record.json and model.pt")
+    parser.add_argument("--out", type=Path, default=None, help="also write the Markdown here")
+    parser.add_argument("--data-dir", type=Path, default=None, help="MNIST (default $STN_DATA or data/)")
+    args = parser.parse_args(argv)
+    rows = []
+    for run in args.runs:
+        try:
+            rows.append(plain_digit_errors(run, args.data_dir))
+        except (FileNotFoundError, DataError, ValueError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        print(f"{rows[-1]['cell']} seed {rows[-1]['seed']}: done", file=sys.stderr)
+    argv_text = " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    commit = git_commit()
+    short = commit[:12] + ("+dirty" if commit.endswith("+dirty") else "")
+    provenance = f"commit {short}, {device_name(torch.device('cpu'))}"
+    text = markdown(rows, f"python -m experiments.val_vs_test {argv_text}", provenance)
+    print(text)
+    if args.out is not None:
+        atomic_write_text(args.out, text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Scoring runs on their validation and test digits undistorted (stn_repro.val_vs_test)."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from stn_repro.data.mnist import MNIST_MD5, fetch_mnist
+from stn_repro.val_vs_test import centred, markdown, plain_digit_errors
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
+R_FCN_RUN = ROOT / "results" / "records" / "mnist_fast" / "r-fcn-none" / "seed1"
+
+
+def test_centred_puts_each_digit_in_the_middle_of_the_canvas():
+    digits = (
+        torch.arange(2 * 28 * 28, dtype=torch.int64).reshape(2, 28, 28).remainder(255).add(1).to(torch.uint8)
+    )
+    out = centred(digits, 42)
+    assert out.shape == (2, 1, 42, 42) and out.dtype == torch.uint8
+    assert torch.equal(out[:, 0, 7:35, 7:35], digits)
+    assert out.sum() == digits.sum()  # nothing but the digit: the margins are black
+    assert torch.equal(centred(digits, 28)[:, 0], digits)  # the digits' own size: unchanged
+    odd = centred(digits, 29)
+    assert torch.equal(odd[:, 0, :28, :28], digits) and odd[:, 0, 28].sum() == 0  # the extra row goes after
+
+
+def test_centred_rejects_what_it_cannot_place():
+    with pytest.raises(ValueError, match="cannot hold"):
+        centred(torch.zeros(1, 28, 28, dtype=torch.uint8), 20)
+    with pytest.raises(ValueError, match="uint8"):
+        centred(torch.zeros(1, 28, 28), 42)
+
+
+def test_markdown_gives_each_sets_mean_gaps():
+    rows = [
+        {"cell": "r-fcn-none", "set": "r", "seed": 1, "val_error": 2.0, "test_error": 1.5,
+         "plain_val_error": 1.2, "plain_test_error": 1.0},
+        {"cell": "r-fcn-none", "set": "r", "seed": 2, "val_error": 2.2, "test_error": 2.0,
+         "plain_val_error": 0.9, "plain_test_error": 1.0},
+        {"cell": "p-cnn-none", "set": "p", "seed": 1, "val_error": 3.0, "test_error": 3.0,
+         "plain_val_error": 0.5, "plain_test_error": 0.25},
+    ]  # fmt: skip
+    text = markdown(rows, "python -m experiments.val_vs_test x", "commit abc")
+    assert "| r | 2 | +0.35 | +0.05 | 1 of 2 |" in text
+    assert "| p | 1 | +0.00 | +0.25 | 1 of 1 |" in text
+    assert "| r-fcn-none seed 2 | 2.20 | 2.00 | 0.90 | 1.00 |" in text
+    assert "python -m experiments.val_vs_test x` (commit abc)" in text
+
+
+@pytest.mark.real_data
+def test_a_committed_run_is_scored_on_its_plain_digits(tmp_path):
+    if not all((SHARED_MNIST / f"{name}.gz").is_file() for name in MNIST_MD5):
+        pytest.skip(f"real MNIST not found at {SHARED_MNIST}")
+    if not (R_FCN_RUN / "model.pt").is_file():
+        pytest.skip(f"no committed weights at {R_FCN_RUN}")
+    fetch_mnist(tmp_path, SHARED_MNIST)
+    row = plain_digit_errors(R_FCN_RUN, tmp_path)
+    record = json.loads((R_FCN_RUN / "record.json").read_text())
+    assert (row["val_error"], row["test_error"]) == (record["val_error"], record["test_error"])
+    # An FCN trained on rotated digits reads upright ones about as well: a broken placement or scale would not.
+    assert 0 < row["plain_val_error"] < 5 and 0 < row["plain_test_error"] < 5
+    run = tmp_path / "no_val"
+    shutil.copytree(R_FCN_RUN, run)
+    record["val_error"] = None
+    (run / "record.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="held no validation digits out"):
+        plain_digit_errors(run, tmp_path)
