@@ -40,9 +40,10 @@ EMBEDDING_TRAINER_KEYS = (
 )
 
 
-def coloc_cell(data: str, source: str, digit: Any) -> str:
-    """The run's cell name, ``<data>[-synthetic]-digit<k>`` (the ``stn_coloc_cell`` resolver of configs/coloc.yaml)."""
-    return f"{data}{'-synthetic' if source == 'synthetic' else ''}-digit{digit}"
+def coloc_cell(data: str, source: str, digit: Any, negatives: str = "crop") -> str:
+    """The run's cell name, ``<data>[-synthetic][-<negatives>]-digit<k>`` (the ``stn_coloc_cell`` resolver of
+    configs/coloc.yaml): as :attr:`ColocSpec.cell`, so runs with other negatives get folders of their own."""
+    return ColocSpec.cell_name(data, source == "synthetic", digit, negatives)
 
 
 OmegaConf.register_new_resolver("stn_coloc_cell", coloc_cell, replace=True)
@@ -94,6 +95,7 @@ def specs_from_config(
         embedding_norm=cfg.coloc.embedding_norm,
         margin=float(cfg.coloc.margin),
         crop_size=cfg.coloc.crop_size,
+        negatives=cfg.coloc.negatives,
         optimizer=cfg.optim.name,
         data_source=cfg.data.source,
         **seed_spec_fields(cfg, speed=False),

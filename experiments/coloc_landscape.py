@@ -2,6 +2,7 @@
 
 python -m experiments.coloc_landscape --embedding runs/coloc/embedding/quick/mnist/seed1 --digit 5
 python -m experiments.coloc_landscape --embedding ... --data coloc_tc --digits 0,3,5 --norms unit,none
+python -m experiments.coloc_landscape --embedding ... --negatives window   # I_n^rand at each window's scale
 
 For each digit class, the 100 images a co-localisation run sees, and each way of scaling e(), it prints the
 hinge loss (configs/coloc.yaml's margin and crop size) with every image's window centred on its true box at
@@ -20,7 +21,7 @@ from torch import Tensor, nn
 
 from stn_repro.models.coloc import COLOC_IMAGE_SIZE, COLOC_OUTPUT_SIZE, EMBEDDING_NORMS
 from stn_repro.tasks.coloc import COLOC_SETS, ColocSpec, load_coloc_data, load_embedding
-from stn_repro.training.colocalisation import box_centred_windows, hinge_at_windows
+from stn_repro.training.colocalisation import NEGATIVES, box_centred_windows, hinge_at_windows
 
 SCALES = (0.25, 1 / 3, 0.4, 0.5, 0.6, 0.8, 0.95)
 SHIFT_PX = 10.0
@@ -46,8 +47,11 @@ def class_images(
     return images, loaded.boxes
 
 
-def landscape(embeddings: dict[str, nn.Module], images: Tensor, boxes: Tensor) -> dict[str, dict[str, float]]:
-    """The loss at each window (see the module docstring) under each embedding: ``{norm: {window: loss}}``."""
+def landscape(
+    embeddings: dict[str, nn.Module], images: Tensor, boxes: Tensor, negatives: str = "crop"
+) -> dict[str, dict[str, float]]:
+    """The loss at each window (see the module docstring) under each embedding: ``{norm: {window: loss}}``;
+    ``negatives`` as configs/coloc.yaml's ``coloc.negatives``."""
     true_scale = (boxes[:, 2] - boxes[:, 0]).mean().item() / COLOC_IMAGE_SIZE
     windows = {f"centred s={s:.2f}": box_centred_windows(boxes, s, COLOC_IMAGE_SIZE) for s in SCALES}
     windows[f"true size, {SHIFT_PX:g} px off"] = box_centred_windows(
@@ -56,7 +60,7 @@ def landscape(embeddings: dict[str, nn.Module], images: Tensor, boxes: Tensor) -
     image_centre = torch.full((len(boxes), 4), COLOC_IMAGE_SIZE / 2)  # a point box at the centre
     windows["true size, image centre"] = box_centred_windows(image_centre, true_scale, COLOC_IMAGE_SIZE)
     return {
-        norm: hinge_at_windows(embedding, images, windows, crop_size=COLOC_OUTPUT_SIZE)
+        norm: hinge_at_windows(embedding, images, windows, crop_size=COLOC_OUTPUT_SIZE, negatives=negatives)
         for norm, embedding in embeddings.items()
     }
 
@@ -73,6 +77,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--norms", default="unit,per_layer,none", help=f"of {', '.join(EMBEDDING_NORMS)}")
     parser.add_argument("--source", default="mnist", choices=("mnist", "synthetic"))
     parser.add_argument(
+        "--negatives", default="crop", choices=NEGATIVES, help="what I_n^rand is (configs/coloc.yaml)"
+    )
+    parser.add_argument(
         "--data-dir", type=Path, default=None, help="the data folder (default: STN_DATA or data/)"
     )
     args = parser.parse_args(argv)
@@ -85,9 +92,12 @@ def main(argv: list[str] | None = None) -> None:
     embeddings = {norm: load_embedding(args.embedding, normalise=norm) for norm in norms}
     for digit in digits:
         images, boxes = class_images(args.data, digit, args.source, args.data_dir)
-        rows = landscape(embeddings, images, boxes)
+        rows = landscape(embeddings, images, boxes, args.negatives)
         names = list(next(iter(rows.values())))
-        print(f"\n{args.data} digit {digit}: mean hinge loss over all ordered pairs (lower = preferred)")
+        print(
+            f"\n{args.data} digit {digit}: mean hinge loss over all ordered pairs (lower = preferred), "
+            f"negatives: {args.negatives}"
+        )
         print(f"| window | {' | '.join(norms)} |")
         print(f"|---|{'---|' * len(norms)}")
         for name in names:

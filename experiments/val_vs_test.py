@@ -18,7 +18,7 @@ import torch
 
 from stn_repro.data import DataError
 from stn_repro.training.records import atomic_write_text, device_name, git_commit
-from stn_repro.val_vs_test import markdown, plain_digit_errors
+from stn_repro.val_vs_test import distortion_draws, markdown, plain_digit_errors
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     commit = git_commit()
     short = commit[:12] + ("+dirty" if commit.endswith("+dirty") else "")
     provenance = f"commit {short}, {device_name(torch.device('cpu'))}"
-    text = markdown(rows, f"python -m experiments.val_vs_test {argv_text}", provenance)
+    draws = {name: distortion_draws(name, args.data_dir) for name in dict.fromkeys(r["set"] for r in rows)}
+    text = markdown(rows, f"python -m experiments.val_vs_test {argv_text}", provenance, draws)
     print(text)
     if args.out is not None:
         atomic_write_text(args.out, text)

@@ -6,7 +6,8 @@ MNIST digits (the 5k of :func:`~stn_repro.data.sets.validation_indices` and the 
 the gap comes from the digits, from the draw of distortions, or from chance. :func:`plain_digit_errors` scores
 a run's saved model on the same digits undistorted (centred in the model's canvas, which every set's
 distribution covers: angle 0, scale 1, no offset, no clutter): a gap that stays there is the digits'.
-:func:`markdown` sets the two gaps side by side per data set.
+:func:`distortion_draws` compares how strongly the two sets' images were distorted (the same distribution,
+two draws). :func:`markdown` sets the gaps side by side per data set.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from stn_repro.data.distortions import DISTORTION_SIZE, distortion_size
 from stn_repro.data.mnist import load_mnist
-from stn_repro.data.sets import validation_indices
+from stn_repro.data.sets import load_set_arrays, validation_indices
 from stn_repro.tasks.mnist import load_trained_model
 from stn_repro.training.loop import evaluate
 from stn_repro.training.records import RECORD_NAME, read_record
@@ -65,9 +67,34 @@ def plain_digit_errors(run_dir: Path, data_dir: Path | None = None) -> dict[str,
     }
 
 
-def markdown(rows: list[dict[str, Any]], command: str, provenance: str) -> str:
-    """Per data set: the mean validation-minus-test gap on the distorted sets and on the plain digits, then
-    every run's four errors."""
+def distortion_draws(set_name: str, data_dir: Path | None = None) -> dict[str, float] | None:
+    """The mean distortion size (:func:`~stn_repro.data.distortions.distortion_size`) of the stored
+    validation and test sets and their difference in standard errors (``z``); ``None`` for a set without a
+    distortion size (TC only translates)."""
+    if set_name not in DISTORTION_SIZE:
+        return None
+    sizes = {
+        split: distortion_size(set_name, load_set_arrays(set_name, split, data_dir)).double()
+        for split in ("val", "test")
+    }
+    val, test = sizes["val"], sizes["test"]
+    standard_error = (val.var() / len(val) + test.var() / len(test)).sqrt()
+    return {
+        "size_name": DISTORTION_SIZE[set_name],
+        "val": float(val.mean()),
+        "test": float(test.mean()),
+        "z": float((val.mean() - test.mean()) / standard_error),
+    }
+
+
+def markdown(
+    rows: list[dict[str, Any]],
+    command: str,
+    provenance: str,
+    draws: dict[str, dict[str, float] | None] | None = None,
+) -> str:
+    """Per data set: the mean validation-minus-test gap on the distorted sets and on the plain digits (and,
+    from ``draws``, :func:`distortion_draws` of the set), then every run's four errors."""
     by_set: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         by_set[row["set"]].append(row)
@@ -79,15 +106,23 @@ def markdown(rows: list[dict[str, Any]], command: str, provenance: str) -> str:
         "in its input canvas. A gap that stays on plain digits comes from which digits were held out, not from "
         "the distortions.",
         "",
-        "| set | runs | val − test, distorted | val − test, plain digits | runs with plain val > test |",
-        "|---|---|---|---|---|",
+        "| set | runs | val − test, distorted | val − test, plain digits | runs with plain val > test "
+        "| mean distortion, val / test (difference in standard errors) |",
+        "|---|---|---|---|---|---|",
     ]
+    draws = draws or {}
     for name, group in by_set.items():
         distorted = [r["val_error"] - r["test_error"] for r in group]
         plain = [r["plain_val_error"] - r["plain_test_error"] for r in group]
+        draw = draws.get(name)
+        sizes = (
+            "-"
+            if draw is None
+            else f"{draw['val']:.3g} / {draw['test']:.3g} ({draw['z']:+.1f}), {draw['size_name']}"
+        )
         lines.append(
             f"| {name} | {len(group)} | {statistics.mean(distorted):+.2f} | {statistics.mean(plain):+.2f} | "
-            f"{sum(p > 0 for p in plain)} of {len(group)} |"
+            f"{sum(p > 0 for p in plain)} of {len(group)} | {sizes} |"
         )
     lines += [
         "",

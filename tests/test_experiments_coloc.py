@@ -45,6 +45,7 @@ from stn_repro.training.colocalisation import (
     hinge_at_windows,
     localisation_error,
     random_crops,
+    random_windows,
 )
 from stn_repro.transformers import get_transform, sample
 
@@ -172,6 +173,27 @@ def test_random_crops_are_crops_at_the_drawn_offsets():
         assert torch.equal(crops[i], images[i, :, y0 : y0 + 28, x0 : x0 + 28])
     again, _ = random_crops(images, 28, torch.Generator().manual_seed(3))
     assert torch.equal(crops, again)
+
+
+def test_random_windows_are_windows_of_the_given_scale_inside_the_image():
+    images = torch.arange(3 * 84 * 84, dtype=torch.float32).view(3, 1, 84, 84)
+    scales = torch.tensor([1 / 3, 0.5, 1.0])
+    views = random_windows(images, scales, 28, torch.Generator().manual_seed(5))
+    assert views.shape == (3, 1, 28, 28)
+    # The same draw by hand: centres uniform in [-(1 - s), 1 - s], so every window lies inside the image.
+    generator = torch.Generator().manual_seed(5)
+    centres = (2 * torch.rand(3, 2, generator=generator) - 1) * (1 - scales)[:, None]
+    params = torch.cat([scales[:, None], centres], 1)
+    boxes = attention_boxes(params, 84)
+    assert (boxes >= -1e-4).all() and (boxes <= 84 + 1e-4).all()
+    torch.testing.assert_close(boxes[:, 2] - boxes[:, 0], 84 * scales, rtol=0, atol=1e-4)
+    family = get_transform("attention")
+    expected = sample(images, family.grid(params, (28, 28)), align_corners=family.align_corners)
+    assert torch.equal(views, expected)
+    # s = 1 leaves no room: the whole image, shrunk.
+    assert torch.equal(boxes[2], torch.tensor([0.0, 0.0, 84.0, 84.0]))
+    with pytest.raises(ValueError, match="one scale per image"):
+        random_windows(images, scales[:2], 28, torch.Generator())
 
 
 def test_the_embedding_is_the_cnns_hidden_layers_and_logits_and_is_frozen():
@@ -365,6 +387,25 @@ def test_an_interrupted_run_resumes_to_the_same_final_state(runs, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_window_negatives_get_their_own_cell_and_resume_exactly(runs, tmp_path):
+    cfg = compose_coloc([*SMOKE, "coloc.negatives=window", "digit=2"])
+    assert cfg.cell == "coloc_t-synthetic-window-digit2"  # not the crop run's folder
+    spec, *_ = smoke_specs(runs, "coloc.negatives=window")
+    assert spec.cell == cfg.cell.replace("digit2", "digit0")
+    straight = run_smoke(runs, tmp_path / "straight", "coloc.negatives=window", "trainer.iterations=8")
+    assert straight["choices"]["negatives"] == "window"
+    crop = run_smoke(runs, tmp_path / "crop", "trainer.iterations=8")
+    assert crop["history"] != straight["history"]  # the negatives are drawn, not ignored
+    run_smoke(
+        runs, tmp_path / "resumed", "coloc.negatives=window", "trainer.iterations=8",
+        settings_change={"stop_after": 3},
+    )  # fmt: skip
+    resumed = run_smoke(runs, tmp_path / "resumed", "coloc.negatives=window", "trainer.iterations=8")
+    assert resumed["history"] == straight["history"]
+    with pytest.raises(ValueError, match="negatives='elsewhere'"):
+        smoke_specs(runs, "coloc.negatives=elsewhere")
+
+
 def test_a_job_waits_for_the_embedding_another_process_trains(tmp_path):
     _, _, spec, settings, embedding_dir = smoke_specs(tmp_path)
     logs, result = [], {}
@@ -468,6 +509,12 @@ def test_hinge_at_windows_is_the_loss_of_a_transformer_that_chose_them():
     # A window somewhere else gives another loss: the windows are read, not ignored.
     other = hinge_at_windows(embedding, images, {"w": box_centred_windows(boxes, 0.9, 84)}, seed=3)["w"]
     assert other != got
+    # Window negatives: each window is scored against windows of its own scale at random places.
+    got = hinge_at_windows(embedding, images, {"w": params}, seed=3, negatives="window")["w"]
+    negatives = random_windows(images, params[:, 0], 28, torch.Generator().manual_seed(3))
+    assert got == colocalisation_hinge(embedding(views), embedding(negatives)).item()
+    with pytest.raises(ValueError, match="unknown negatives"):
+        hinge_at_windows(embedding, images, {"w": params}, negatives="elsewhere")
 
 
 def test_the_landscape_command_prints_every_window_for_every_norm(runs, capsys):
@@ -479,6 +526,11 @@ def test_the_landscape_command_prints_every_window_for_every_norm(runs, capsys):
     assert "coloc_t digit 3" in out and "| window | unit | none |" in out
     assert out.count("| centred s=") == len(LANDSCAPE_SCALES)
     assert "true size, 10 px off" in out and "true size, image centre" in out
+    assert "negatives: crop" in out
+    landscape_main(
+        ["--embedding", str(embedding_dir), "--source", "synthetic", "--digits", "3", "--negatives", "window"]
+    )
+    assert "negatives: window" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         landscape_main(["--embedding", str(embedding_dir), "--norms", "cosine"])
 

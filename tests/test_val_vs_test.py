@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from stn_repro.data.mnist import MNIST_MD5, fetch_mnist
-from stn_repro.val_vs_test import centred, markdown, plain_digit_errors
+from stn_repro.data.sets import write_set
+from stn_repro.val_vs_test import centred, distortion_draws, markdown, plain_digit_errors
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
@@ -44,9 +45,10 @@ def test_markdown_gives_each_sets_mean_gaps():
         {"cell": "p-cnn-none", "set": "p", "seed": 1, "val_error": 3.0, "test_error": 3.0,
          "plain_val_error": 0.5, "plain_test_error": 0.25},
     ]  # fmt: skip
-    text = markdown(rows, "python -m experiments.val_vs_test x", "commit abc")
-    assert "| r | 2 | +0.35 | +0.05 | 1 of 2 |" in text
-    assert "| p | 1 | +0.00 | +0.25 | 1 of 1 |" in text
+    draws = {"r": {"size_name": "|angle| (deg)", "val": 44.6, "test": 45.1, "z": -1.04}, "p": None}
+    text = markdown(rows, "python -m experiments.val_vs_test x", "commit abc", draws)
+    assert "| r | 2 | +0.35 | +0.05 | 1 of 2 | 44.6 / 45.1 (-1.0), |angle| (deg) |" in text
+    assert "| p | 1 | +0.00 | +0.25 | 1 of 1 | - |" in text
     assert "| r-fcn-none seed 2 | 2.20 | 2.00 | 0.90 | 1.00 |" in text
     assert "python -m experiments.val_vs_test x` (commit abc)" in text
 
@@ -69,3 +71,19 @@ def test_a_committed_run_is_scored_on_its_plain_digits(tmp_path):
     (run / "record.json").write_text(json.dumps(record))
     with pytest.raises(ValueError, match="held no validation digits out"):
         plain_digit_errors(run, tmp_path)
+
+
+def test_distortion_draws_compare_the_two_stored_sets(tmp_path):
+    for split, angles in (("val", [10.0, -20.0, 30.0, 40.0]), ("test", [10.0, -20.0])):
+        count = len(angles)
+        data = {
+            "images": torch.zeros(count, 1, 28, 28, dtype=torch.uint8),
+            "labels": torch.zeros(count, dtype=torch.int64),
+            "angle_deg": torch.tensor(angles),
+        }
+        write_set(tmp_path / "mnist_sets" / f"r_{split}.h5", data, {"set_name": "r", "seed": 0})
+    draw = distortion_draws("r", tmp_path)
+    # |angles|: val mean 25 (sample variance 500/3), test 15 (variance 50); se = sqrt(500/12 + 50/2).
+    assert (draw["val"], draw["test"]) == (25.0, 15.0)
+    assert draw["z"] == pytest.approx(10 / (500 / 12 + 25) ** 0.5)
+    assert distortion_draws("tc", tmp_path) is None  # tc only translates

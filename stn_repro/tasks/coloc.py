@@ -54,6 +54,7 @@ from stn_repro.tasks.mnist import load_trained_model
 from stn_repro.tracking import Tracker
 from stn_repro.training.colocalisation import (
     LOCALISATION,
+    NEGATIVES,
     OPTIMIZERS,
     ColocLearner,
     predicted_boxes,
@@ -212,7 +213,8 @@ class ColocSpec:
     inside: bool = True  # keep the window inside the image
     embedding_norm: str = "unit"  # how e(x) is scaled (stn_repro.models.coloc.EMBEDDING_NORMS)
     margin: float = 1.0  # the hinge's margin (the paper's 1)
-    crop_size: int = COLOC_OUTPUT_SIZE  # I_n^rand: a random crop of this side
+    crop_size: int = COLOC_OUTPUT_SIZE  # I_n^rand: a random crop of this side (negatives="crop")
+    negatives: str = "crop"  # what I_n^rand is (stn_repro.training.colocalisation.NEGATIVES)
     optimizer: str = "adam"
     data_source: str = "mnist"
     data_dir: Path | None = None
@@ -229,6 +231,8 @@ class ColocSpec:
             raise ValueError(
                 f"embedding_norm={self.embedding_norm!r}: use one of {', '.join(EMBEDDING_NORMS)}"
             )
+        if self.negatives not in NEGATIVES:
+            raise ValueError(f"negatives={self.negatives!r}: use one of {', '.join(NEGATIVES)}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer={self.optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
         if not 2 <= self.num_images or not 2 <= self.batch_size <= self.num_images:
@@ -253,7 +257,13 @@ class ColocSpec:
 
     @property
     def cell(self) -> str:
-        return f"{self.data}{'-synthetic' if self.synthetic else ''}-digit{self.digit}"
+        return self.cell_name(self.data, self.synthetic, self.digit, self.negatives)
+
+    @staticmethod
+    def cell_name(data: str, synthetic: bool, digit: object, negatives: str = "crop") -> str:
+        """``<data>[-synthetic][-<negatives>]-digit<k>``; the default negatives (crop) are not named."""
+        kind = "" if negatives == "crop" else f"-{negatives}"
+        return f"{data}{'-synthetic' if synthetic else ''}{kind}-digit{digit}"
 
 
 @dataclass
@@ -327,6 +337,7 @@ def prepare_coloc(
             margin=spec.margin,
             crop_size=spec.crop_size,
             optimizer=spec.optimizer,
+            negatives=spec.negatives,
         )
 
     param_count = count_params(transformer)
@@ -343,7 +354,7 @@ def prepare_coloc(
         description=(
             f"{spec.cell} seed {spec.seed} | {len(images)} images of digit {spec.digit} | attention "
             f"transformer, {param_count:,} parameters, starting at s={spec.init_scale:g} | e() "
-            f"({spec.embedding_norm}) from {embedding_dir} ({embedding_record['test_error']:.2f}% test "
+            f"({spec.embedding_norm}), negatives: {spec.negatives} | from {embedding_dir} ({embedding_record['test_error']:.2f}% test "
             f"error) | {device} | "
             f"profile {spec.profile}{synthetic}"
         ),
@@ -368,6 +379,7 @@ def prepare_coloc(
                 "pairs_per_step": spec.batch_size * (spec.batch_size - 1),
                 "margin": spec.margin,
                 "crop_size": spec.crop_size,
+                "negatives": spec.negatives,
                 "optimizer": spec.optimizer,
             },
             "embedding": {

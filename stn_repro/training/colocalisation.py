@@ -23,6 +23,10 @@ from .loop import TrainSettings
 
 IOU_THRESHOLD = 0.5  # a localisation is correct when its IoU with the true box exceeds this (the paper)
 OPTIMIZERS = ("adam", "sgd")
+# What I_n^rand is (the paper says only "a random crop of I_n"): ``crop``, a fixed-size pixel crop
+# (:func:`random_crops`), or ``window``, a window of the transformer's own scale at a random place inside the
+# image, resampled to its output size (:func:`random_windows`).
+NEGATIVES = ("crop", "window")
 
 
 def colocalisation_hinge(z: Tensor, r: Tensor, margin: float = 1.0) -> Tensor:
@@ -66,6 +70,27 @@ def random_crops(images: Tensor, size: int, generator: torch.Generator) -> tuple
     # Advanced indices on dims 0, 2, 3 around a slice: the result is [B, size, size, C].
     crops = images[which, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
     return crops.contiguous(), torch.stack([x0, y0], dim=1)
+
+
+def random_windows(images: Tensor, scales: Tensor, output_side: int, generator: torch.Generator) -> Tensor:
+    """One attention window of each image at its given scale and a uniformly random place inside the image,
+    resampled to ``output_side x output_side`` (``I_n^rand`` when :data:`NEGATIVES` is ``window``).
+
+    **Convention**: attention parameters ``(s, tx, ty)`` in normalised coordinates, ``align_corners=False``
+    (:func:`~stn_repro.models.coloc.attention_boxes`): the window spans ``[t - s, t + s]`` of the image's
+    ``[-1, 1]``, so ``t`` is drawn uniformly from ``[-(1 - s), 1 - s]`` per axis (0 where ``s >= 1``).
+    ``images [B, C, H, W]``, ``scales [B]``; returns ``[B, C, output_side, output_side]``. The offsets are drawn
+    from ``generator`` (a CPU generator: the same windows on every device).
+    """
+    batch = images.shape[0]
+    if scales.shape != (batch,):
+        raise ValueError(f"need one scale per image, [{batch}], got {tuple(scales.shape)}")
+    room = (1.0 - scales.detach().float().cpu()).clamp(min=0.0)
+    centres = (2.0 * torch.rand(batch, 2, generator=generator) - 1.0) * room[:, None]
+    params = torch.cat([scales.detach().float().cpu()[:, None], centres], dim=1).to(images.device)
+    family = get_transform("attention")
+    grid = family.grid(params, (output_side, output_side))
+    return sample(images, grid, align_corners=family.align_corners)
 
 
 @torch.no_grad()
@@ -117,24 +142,34 @@ def hinge_at_windows(
     crop_size: int = COLOC_OUTPUT_SIZE,
     seed: int = 0,
     margin: float = 1.0,
+    negatives: str = "crop",
 ) -> dict[str, float]:
     """The co-localisation loss if the transformer chose the given windows: a diagnostic of the loss itself.
 
     ``images [N, 1, S, S]`` (uint8 or float in [0, 1]); ``windows`` maps a name to attention parameters
     ``[N, 3]`` (one window per image, e.g. from :func:`box_centred_windows`). Every window is scored against
-    the same random crops (drawn from ``seed``), over all ordered pairs of the ``N`` images, as
+    random negatives drawn from ``seed`` (``crop``: the same crops for every window; ``window``: windows of
+    each window's own scale at the same random places), over all ordered pairs of the ``N`` images, as
     :class:`ColocLearner` scores a step. Where the true boxes do not have the lowest loss, no optimiser of
     this loss can be expected to find them.
     """
+    if negatives not in NEGATIVES:
+        raise ValueError(f"unknown negatives {negatives!r}; known: {', '.join(NEGATIVES)}")
     x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
     family = get_transform("attention")
     crops, _ = random_crops(x, crop_size, torch.Generator().manual_seed(seed))
-    negatives = embedding(crops)
+    crop_embeddings = embedding(crops)
     losses = {}
     for name, params in windows.items():
-        grid = family.grid(params.to(x.device, torch.float32), (crop_size, crop_size))
+        params = params.to(x.device, torch.float32)
+        grid = family.grid(params, (crop_size, crop_size))
         views = sample(x, grid, align_corners=family.align_corners)
-        losses[name] = colocalisation_hinge(embedding(views), negatives, margin).item()
+        if negatives == "window":
+            generator = torch.Generator().manual_seed(seed)
+            r = embedding(random_windows(x, params[:, 0], crop_size, generator))
+        else:
+            r = crop_embeddings
+        losses[name] = colocalisation_hinge(embedding(views), r, margin).item()
     return losses
 
 
@@ -159,8 +194,9 @@ class ColocLearner:
 
     ``images`` (``[N, 1, S, S]``, uint8 or float in [0, 1], on the training device) are the whole data. Each
     ``step()`` takes the next ``batch_size`` of them (seeded per-epoch permutations, so with ``batch_size
-    = N`` every step sees every image), a random ``crop_size`` crop of each (``I_n^rand``), and one optimiser
-    step on :func:`colocalisation_hinge` over all ordered pairs of the batch. ``embedding`` (e(), frozen)
+    = N`` every step sees every image), a random negative of each (``I_n^rand``: a ``crop_size`` crop, or
+    with ``negatives="window"`` a window of the transformer's current scale for that image, see
+    :data:`NEGATIVES`), and one optimiser step on :func:`colocalisation_hinge` over all ordered pairs of the batch. ``embedding`` (e(), frozen)
     is not trained and not saved here. ``evaluate`` returns, per evaluation set ``(images, true boxes)``,
     the % of images not localised (:func:`localisation_error`). Everything random comes from ``seed``
     (batch order and crop offsets; the loop saves the global RNG too), so a resumed run is exact.
@@ -180,8 +216,12 @@ class ColocLearner:
         margin: float = 1.0,
         crop_size: int = COLOC_OUTPUT_SIZE,
         optimizer: str = "adam",
+        negatives: str = "crop",
     ):
         count = images.shape[0]
+        if negatives not in NEGATIVES:
+            raise ValueError(f"unknown negatives {negatives!r}; known: {', '.join(NEGATIVES)}")
+        self.negatives = negatives
         if not 2 <= batch_size <= count:
             raise ValueError(f"batch_size={batch_size} must lie in [2, {count}] (the number of images)")
         self.transformer, self.embedding = transformer, embedding
@@ -197,10 +237,14 @@ class ColocLearner:
 
     def step(self) -> Tensor:
         x = self.images[self._order.take(self.batch_size)]
-        crops, _ = random_crops(x, self.crop_size, self._generator)
+        views = self.transformer(x)
         with torch.no_grad():
-            r = self.embedding(crops)
-        z = self.embedding(self.transformer(x))
+            if self.negatives == "window":  # at the scale each image's window has now
+                scales = self.transformer.last_params[:, 0]
+                r = self.embedding(random_windows(x, scales, views.shape[-1], self._generator))
+            else:
+                r = self.embedding(random_crops(x, self.crop_size, self._generator)[0])
+        z = self.embedding(views)
         loss = colocalisation_hinge(z, r, self.margin)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
