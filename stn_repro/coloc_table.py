@@ -15,12 +15,14 @@ from stn_repro.paper import COLOC_SET_LABELS, coloc_paper_localised, coloc_paper
 from stn_repro.training.records import atomic_write_text
 
 COLOC_DATA = ("coloc_t", "coloc_tc")
+DEFAULT_NEGATIVES = "crop"  # configs/coloc.yaml's coloc.negatives: the runs Table 5 is made of
 DIGITS = tuple(range(10))
 COLOC_CSV_COLUMNS = [
     "profile",
     "data",
     "digit",
     "synthetic",
+    "negatives",
     "seeds",
     "n_seeds",
     "localised_mean",
@@ -40,15 +42,23 @@ COLOC_CSV_COLUMNS = [
 
 
 def coloc_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (profile, synthetic, data, digit) of the finished co-localisation ``records``: % localised
-    (100 - the record's % not localised), mean and sample std over seeds, the paper's range, provenance."""
+    """One row per (profile, synthetic, data, digit, negatives) of the finished co-localisation ``records``:
+    % localised (100 - the record's % not localised), mean and sample std over seeds, the paper's range,
+    provenance. Records made before the ``negatives`` choice existed used crops."""
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for record in records:
         if record.get("experiment") == "coloc" and record.get("finished"):
-            key = (record["profile"], bool(record.get("synthetic")), record["data"], record["digit"])
+            negatives = record.get("choices", {}).get("negatives", DEFAULT_NEGATIVES)
+            key = (
+                record["profile"],
+                bool(record.get("synthetic")),
+                record["data"],
+                record["digit"],
+                negatives,
+            )
             groups[key].append(record)
     rows = []
-    for (profile, synthetic, data, digit), runs in sorted(groups.items()):
+    for (profile, synthetic, data, digit, negatives), runs in sorted(groups.items()):
         runs = sorted(runs, key=lambda r: r["seed"])
         localised = [100.0 - r["test_error"] for r in runs]
         paper = coloc_paper_localised(data)
@@ -58,6 +68,7 @@ def coloc_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "data": data,
                 "digit": digit,
                 "synthetic": synthetic,
+                "negatives": negatives,
                 "seeds": " ".join(str(r["seed"]) for r in runs),
                 "n_seeds": len(runs),
                 "localised_mean": round(statistics.fmean(localised), 3),
@@ -84,7 +95,8 @@ def coloc_markdown(rows: list[dict[str, Any]], profile: str, synthetic: bool = F
     if not rows:
         kind = "synthetic " if synthetic else ""
         raise ValueError(f"no finished {kind}co-localisation runs of profile {profile!r}")
-    by_key = {(r["data"], r["digit"]): r for r in rows}
+    studies = [r for r in rows if r["negatives"] != DEFAULT_NEGATIVES]
+    by_key = {(r["data"], r["digit"]): r for r in rows if r["negatives"] == DEFAULT_NEGATIVES}
     title = "on the SYNTHETIC stand-in" if synthetic else "on MNIST"
     lines = [
         f"# Co-localisation (Table 5) {title}: % of images localised (IoU > 0.5), profile `{profile}`",
@@ -124,6 +136,22 @@ def coloc_markdown(rows: list[dict[str, Any]], profile: str, synthetic: bool = F
             partial = "" if len(done) == len(DIGITS) else f", {len(done)} of 10 classes"
             means.append(f"**{statistics.fmean(done):.1f}**{partial} ({paper})")
     lines.append("| **mean** | " + " | ".join(means) + " |")
+    for negatives in sorted({r["negatives"] for r in studies}):
+        lines += [
+            "",
+            f"Study, NOT the default reading: `coloc.negatives={negatives}` (I_n^rand {NEGATIVES_TEXT.get(negatives, negatives)}). "
+            "These runs fill no cell above; each is shown beside the default's.",
+            "",
+            f"| set | digit | {negatives} | {DEFAULT_NEGATIVES} (above) | paper |",
+            "|---|---|---|---|---|",
+        ]
+        for r in (r for r in studies if r["negatives"] == negatives):
+            default = by_key.get((r["data"], r["digit"]))
+            default_text = "not run" if default is None else _cell(default, "").removesuffix(" ()")
+            lines.append(
+                f"| {COLOC_SET_LABELS[r['data']]} | {r['digit']} | {_cell(r, '').removesuffix(' ()')} | "
+                f"{default_text} | {coloc_paper_text(r['data'])} |"
+            )
     embedding = sorted({_percent(r["embedding_test_error"]) for r in rows})
     embedding_iterations = sorted(
         {_count(r["embedding_iterations"]) for r in rows if r.get("embedding_iterations") is not None}
@@ -144,6 +172,9 @@ def coloc_markdown(rows: list[dict[str, Any]], profile: str, synthetic: bool = F
         f"- Made by `python -m experiments.table --experiment coloc --profile {profile}` from the run records.",
     ]
     return "\n".join(lines) + "\n"
+
+
+NEGATIVES_TEXT = {"window": "a window of the transformer's own scale at a random place inside the image"}
 
 
 def _cell(row: dict[str, Any] | None, paper: str) -> str:

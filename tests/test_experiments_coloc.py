@@ -556,3 +556,22 @@ def test_the_fast_profile_trains_the_embedding_with_the_fast_optimiser():
     # The other profiles keep configs/coloc.yaml's embedding optimiser (the Sect. 2 protocol's SGD).
     _, _, _, paper_settings, _ = specs_from_config(compose_coloc(["trainer=coloc_paper"]))
     assert (paper_settings.lr, paper_settings.lr_schedule, paper_settings.nesterov) == (0.01, "step", False)
+
+
+def test_runs_with_other_negatives_are_a_study_beside_the_table_not_in_it(runs, tmp_path):
+    crop = run_smoke(runs, cell_dir(runs, "coloc_t-synthetic-digit2"), "digit=2")
+    window = {
+        **crop,
+        "cell": "coloc_t-synthetic-window-digit2",
+        "test_error": 40.0,
+        "choices": {**crop["choices"], "negatives": "window"},
+    }
+    older = {**crop, "choices": {k: v for k, v in crop["choices"].items() if k != "negatives"}}
+    rows = coloc_rows([older, window])  # a record from before the choice counts as crop
+    assert sorted(r["negatives"] for r in rows) == ["crop", "window"]
+    [(csv_path, md_path)] = write_coloc_tables([crop, window], tmp_path, "smoke")
+    text = md_path.read_text()
+    crop_text = f"{100 - crop['test_error']:.1f}"
+    assert f"| 2 | {crop_text} (100) |" in text  # the table holds the default's run only
+    assert "`coloc.negatives=window`" in text and f"| T | 2 | 60.0 | {crop_text} | 100 |" in text
+    assert "window" in csv_path.read_text().splitlines()[2]
