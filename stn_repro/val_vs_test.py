@@ -12,6 +12,7 @@ two draws). :func:`markdown` sets the gaps side by side per data set.
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -23,7 +24,7 @@ from torch.nn import functional as F
 
 from stn_repro.data.distortions import DISTORTION_SIZE, distortion_size
 from stn_repro.data.mnist import load_mnist
-from stn_repro.data.sets import load_set_arrays, validation_indices
+from stn_repro.data.sets import NUM_VALIDATION, load_set_arrays, validation_indices
 from stn_repro.tasks.mnist import load_trained_model
 from stn_repro.training.loop import evaluate
 from stn_repro.training.records import RECORD_NAME, read_record
@@ -60,11 +61,21 @@ def plain_digit_errors(run_dir: Path, data_dir: Path | None = None) -> dict[str,
         "seed": record["seed"],
         "val_error": record["val_error"],
         "test_error": record["test_error"],
+        "val_size": NUM_VALIDATION,
+        "test_size": record["test_set"]["size"],
         "plain_val_error": evaluate(
             model, centred(mnist.train_images[val_index], size), mnist.train_labels[val_index]
         ),
         "plain_test_error": evaluate(model, centred(mnist.test_images, size), mnist.test_labels),
     }
+
+
+def gap_standard_error(row: dict[str, Any]) -> float:
+    """The standard error (% points) of a run's validation-minus-test gap from the two sets' sizes alone:
+    ``sqrt(v (100 - v) / n_val + t (100 - t) / n_test)``, the spread two independent draws of the sets would
+    give the same model."""
+    val, test = row["val_error"], row["test_error"]
+    return math.sqrt(val * (100 - val) / row["val_size"] + test * (100 - test) / row["test_size"])
 
 
 def distortion_draws(set_name: str, data_dir: Path | None = None) -> dict[str, float] | None:
@@ -104,11 +115,13 @@ def markdown(
         "Each run's recorded errors on the stored distorted validation (5k held-out training digits) and test "
         "(10k official test digits) sets, and its saved model's errors on the same digits undistorted, centred "
         "in its input canvas. A gap that stays on plain digits comes from which digits were held out, not from "
-        "the distortions.",
+        "the distortions. Every run is scored on the same two fixed sets, so a chance difference between them "
+        "shows in every run alike: compare a set's mean gap with the standard error one run's gap has from "
+        "the sets' sizes alone.",
         "",
-        "| set | runs | val − test, distorted | val − test, plain digits | runs with plain val > test "
-        "| mean distortion, val / test (difference in standard errors) |",
-        "|---|---|---|---|---|---|",
+        "| set | runs | val − test, distorted | its standard error from the set sizes | val − test, plain digits "
+        "| runs with plain val > test | mean distortion, val / test (difference in standard errors) |",
+        "|---|---|---|---|---|---|---|",
     ]
     draws = draws or {}
     for name, group in by_set.items():
@@ -121,7 +134,8 @@ def markdown(
             else f"{draw['val']:.3g} / {draw['test']:.3g} ({draw['z']:+.1f}), {draw['size_name']}"
         )
         lines.append(
-            f"| {name} | {len(group)} | {statistics.mean(distorted):+.2f} | {statistics.mean(plain):+.2f} | "
+            f"| {name} | {len(group)} | {statistics.mean(distorted):+.2f} | "
+            f"{statistics.mean(gap_standard_error(r) for r in group):.2f} | {statistics.mean(plain):+.2f} | "
             f"{sum(p > 0 for p in plain)} of {len(group)} | {sizes} |"
         )
     lines += [
