@@ -9,7 +9,7 @@ PROFILE ?= paper
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all lint format clean data-mnist sample-sheets
+.PHONY: help install test test-all lint format clean data-mnist sample-sheets park unpark
 
 help:  ## list every target
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -79,6 +79,12 @@ reproduce-mnist:  ## run Table 1 + TC (PROFILE=paper|fast|quick, BUDGET=about_40
 EXPERIMENT ?= mnist
 table:  ## write results/ tables of EXPERIMENT=mnist|svhn|addition|coloc|cub for PROFILE from the run records under runs/<experiment>
 	$(PY) -m experiments.table --experiment $(EXPERIMENT) --profile $(PROFILE)
+
+park:  ## at the end of a session: copy every unfinished run's checkpoint from runs/ to parked/ (then commit parked/)
+	$(PY) -m experiments.park save
+
+unpark:  ## at the start of the next: put parked checkpoints back into runs/ and print each run's relaunch command
+	$(PY) -m experiments.park restore
 
 params-mnist:  ## print every Table 1 model's parameter count and widths (BUDGET=about_400k|width_ranges)
 	$(PY) -m experiments.params $(if $(filter width_ranges,$(BUDGET)),--budget width_ranges,)

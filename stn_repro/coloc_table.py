@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from stn_repro.paper import COLOC_SET_LABELS, coloc_paper_localised, coloc_paper_text
-from stn_repro.training.records import atomic_write_text
+from stn_repro.training.records import atomic_write_text, run_commits
 
 COLOC_DATA = ("coloc_t", "coloc_tc")
 DEFAULT_NEGATIVES = "crop"  # configs/coloc.yaml's coloc.negatives: the runs Table 5 is made of
@@ -82,7 +82,7 @@ def coloc_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "embedding_test_error": _single(r["embedding"]["test_error"] for r in runs),
                 "embedding_iterations": _single(r["embedding"].get("iterations") for r in runs),
                 "wall_time_s": round(sum(r["wall_time_s"] for r in runs), 1),
-                "commits": " ".join(sorted({r["commit"][:12] for r in runs})),
+                "commits": " ".join(sorted(set().union(*(run_commits(r) for r in runs)))),
                 "devices": "; ".join(sorted({r["device"] for r in runs})),
             }
         )

@@ -268,6 +268,7 @@ def run_record(
         "engine": engine,
         "weights": WEIGHTS_NAME,
         "history": result.history,
+        "launches": result.launches,
         **provenance(device),
         "config": config,
     }

@@ -28,7 +28,7 @@ from stn_repro.paper import (
     model_label,
     paper_error,
 )
-from stn_repro.training.records import RECORD_NAME, atomic_write_text, read_record
+from stn_repro.training.records import RECORD_NAME, atomic_write_text, read_record, run_commits
 
 CSV_COLUMNS = [
     "experiment",
@@ -159,7 +159,7 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "images_seen": _single(r["images_seen"] for r in runs),
                 "reduced_budget": any(r["reduced_budget"] for r in runs),
                 "wall_time_s": round(training_time(runs), 1),
-                "commits": " ".join(sorted({r["commit"][:12] for r in runs})),
+                "commits": " ".join(sorted(set().union(*(run_commits(r) for r in runs)))),
                 "devices": "; ".join(sorted({r["device"] for r in runs})),
                 "budget_reading": reading,
                 "test_set_check": _test_set_check(runs),

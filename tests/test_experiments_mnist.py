@@ -163,6 +163,10 @@ def test_the_runner_resumes_an_interrupted_run_to_the_same_final_state(tmp_path)
     )
     resumed = run_cell(spec, settings, tmp_path / "resumed", **quiet)
     assert resumed["test_error"] == straight["test_error"]
+    # The record names every launch that trained the run: a resume (in another session, say) shows.
+    assert [launch["iteration"] for launch in straight["launches"]] == [0]
+    assert [launch["iteration"] for launch in resumed["launches"]] == [0, 5]
+    assert all(launch["commit"] and launch["device"] for launch in resumed["launches"])
     a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)["learner"]["model"]
     b = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)["learner"]["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)

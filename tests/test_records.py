@@ -35,3 +35,18 @@ def test_records_and_checkpoints_get_the_umasks_permissions_not_mkstemps_0600(tm
         os.umask(umask)
     for name in ("record.json", "checkpoint.pt"):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o644
+
+
+def test_run_commits_names_every_launch_that_trained_a_run():
+    from stn_repro.training.records import run_commits
+
+    record = {
+        "commit": "b" * 40,
+        "launches": [
+            {"iteration": 0, "commit": "not recorded"},
+            {"iteration": 5000, "commit": "a" * 40 + "+dirty"},
+            {"iteration": 9000, "commit": "b" * 40},
+        ],
+    }
+    assert run_commits(record) == {"a" * 12, "b" * 12}
+    assert run_commits({"commit": "c" * 40}) == {"c" * 12}

@@ -18,12 +18,14 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import platform
 import signal
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -31,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from .objectives import CLASSIFICATION, Classification, SequenceClassification
-from .records import publish_atomically
+from .records import device_name, git_commit, publish_atomically
 
 Objective = Classification | SequenceClassification
 
@@ -206,6 +208,10 @@ class TrainResult:
     wall_time_s: float  # training time summed over every process that worked on this run
     history: list[dict[str, Any]] = field(default_factory=list)
     stopped_by: str | None = None  # "SIGINT" or "SIGTERM" when a signal ended the run early
+    # One entry per launch that trained this run (the first and every resume): the iteration it started
+    # at, the commit, device and host it ran on and when. A run resumed in another session or on another
+    # machine says so in its record.
+    launches: list[dict[str, Any]] = field(default_factory=list)
 
 
 class StopSignals:
@@ -447,6 +453,7 @@ def run_training(
         raise ValueError(f"{len(trackers)} trackers for {num_models} models: give one per model (or none)")
     start, wall_before = 0, 0.0
     histories: list[list[dict[str, Any]]] = [[] for _ in range(num_models)]
+    launches: list[dict[str, Any]] = []
     train_losses = TrainLossMeans(num_models)
     if checkpoint_path.exists():
         state = read_checkpoint(checkpoint_path, learner.device)
@@ -456,9 +463,12 @@ def run_training(
         torch.set_rng_state(state["torch_rng"])
         start, wall_before, histories = state["iteration"], state["wall_time_s"], state["histories"]
         train_losses.load_state_dict(state.get("train_losses"))
+        # Checkpoints written before launches were kept: their earlier launches are unknown.
+        launches = state.get("launches") or [{"iteration": 0, "commit": "not recorded"}]
         models = f"{num_models} stacked models " if num_models > 1 else ""
         log(f"resuming {models}from {checkpoint_path} at iteration {start:,}")
 
+    launches = [*launches, _this_launch(start, learner.device)]
     losses = LossWindow(max(1, settings.log_every), num_models, learner.device)
 
     def check_losses() -> list[float] | None:
@@ -480,6 +490,7 @@ def run_training(
             "wall_time_s": wall,
             "histories": histories,
             "train_losses": train_losses.state_dict(),
+            "launches": launches,
             "settings": asdict(settings),
             **(extra_state or {}),
         }
@@ -614,9 +625,21 @@ def run_training(
             wall_time_s=wall,
             history=histories[i],
             stopped_by=stop.received if not finished else None,
+            launches=launches,
         )
         for i in range(num_models)
     ]
+
+
+def _this_launch(start: int, device: torch.device) -> dict[str, Any]:
+    """Who trains the run from iteration ``start`` on: commit, device, host and time."""
+    return {
+        "iteration": start,
+        "commit": git_commit(),
+        "device": device_name(torch.device(device)),
+        "host": platform.node(),
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
 
 
 class TrainLossMeans:

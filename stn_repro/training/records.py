@@ -78,6 +78,16 @@ def git_commit(repo: Path | None = None) -> str:
     return commit + ("+dirty" if dirty else "")
 
 
+def run_commits(record: dict[str, Any]) -> set[str]:
+    """The commits (12 characters) of the code that trained a run: the one that finished it and, for a run
+    resumed across sessions, those of its earlier launches (``launches`` in the record)."""
+    commits = {record["commit"][:12]}
+    for launch in record.get("launches") or []:
+        if launch.get("commit") not in (None, "not recorded"):
+            commits.add(launch["commit"][:12])
+    return commits
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)

@@ -1,0 +1,198 @@
+"""Parking unfinished runs in the repository, so that a run longer than one working session finishes in
+the next one on another machine.
+
+Run folders (``runs/``) are not tracked by git: on a machine that is handed out for a session at a time,
+an unfinished run's checkpoint would be lost with the machine. :func:`park` copies the checkpoint of every
+unfinished run under ``runs_dir`` to ``parked_dir`` (tracked), with ``parked.json`` saying where it stopped
+and the command that launched it; :func:`unpark` puts them back into a fresh ``runs_dir`` and gives each
+run's relaunch command, which resumes it exactly (the checkpoint holds the weights, optimiser, data stream
+and random state). Each launch is named in the finished run's record (``launches``), so a run trained over
+several sessions says so.
+
+A run is unfinished when its folder holds ``checkpoint.pt`` and no finished ``record.json``. A parked copy
+whose run has finished is dropped by the next :func:`park`. Nothing here knows Hydra; the launch command is
+read from the ``.hydra/overrides.yaml`` Hydra leaves in the run folder, where there is one.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from stn_repro.runs import LOCK_NAME, read_finished_record
+from stn_repro.training.loop import CHECKPOINT_NAME
+from stn_repro.training.records import atomic_write_text, git_commit, publish_atomically
+
+PARKED_NAME = "parked.json"
+
+
+@dataclass
+class Parked:
+    """One parked run: its folder relative to the runs folder and what ``parked.json`` says of it."""
+
+    relative: Path
+    info: dict[str, Any]
+
+    @property
+    def command(self) -> str:
+        return self.info.get("command") or "(unknown: relaunch the command that started it)"
+
+
+def unfinished_runs(runs_dir: Path) -> list[Path]:
+    """Every run folder under ``runs_dir`` with a checkpoint and no finished record, sorted."""
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        return []
+    return sorted(
+        path.parent
+        for path in runs_dir.rglob(CHECKPOINT_NAME)
+        if path.is_file() and read_finished_record(path.parent) is None
+    )
+
+
+def checkpoint_progress(path: Path) -> dict[str, Any]:
+    """Iteration, planned iterations and training time of a checkpoint (loaded on the CPU)."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(state, dict) or "iteration" not in state:
+        raise ValueError(f"{path} is not a training checkpoint (no iteration in it)")
+    settings = state.get("settings") or {}
+    return {
+        "iteration": state["iteration"],
+        "iterations": settings.get("iterations"),
+        "wall_time_s": round(float(state.get("wall_time_s", 0.0)), 1),
+    }
+
+
+def launch_command(run_dir: Path, runs_dir: Path) -> str | None:
+    """``python -m experiments.<task> <overrides>`` from the run folder's Hydra overrides, if it has them.
+
+    The task is the first folder under ``runs_dir`` (``runs/mnist/...`` -> ``experiments.mnist``).
+    """
+    overrides = Path(run_dir) / ".hydra" / "overrides.yaml"
+    if not overrides.is_file():
+        return None
+    lines = [line[2:].strip() for line in overrides.read_text().splitlines() if line.startswith("- ")]
+    task = Path(run_dir).relative_to(runs_dir).parts[0]
+    return " ".join([f"python -m experiments.{task}", *lines])
+
+
+def _copy_atomically(source: Path, destination: Path) -> None:
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.", suffix=".tmp")
+    try:
+        with open(handle, "wb") as out, open(source, "rb") as src:
+            shutil.copyfileobj(src, out)
+        publish_atomically(tmp, destination)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _is_owned(run_dir: Path) -> bool:
+    """Whether a live process holds the run folder's lock (see :class:`stn_repro.runs.RunLock`)."""
+    import fcntl
+
+    lock = Path(run_dir) / LOCK_NAME
+    if not lock.exists():
+        return False
+    with open(lock, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
+
+
+def parked_runs(parked_dir: Path) -> list[Parked]:
+    """Every parked run under ``parked_dir``, sorted by folder."""
+    parked_dir = Path(parked_dir)
+    if not parked_dir.is_dir():
+        return []
+    found = []
+    for info_path in sorted(parked_dir.rglob(PARKED_NAME)):
+        relative = info_path.parent.relative_to(parked_dir)
+        if not (info_path.parent / CHECKPOINT_NAME).is_file():
+            raise FileNotFoundError(
+                f"{info_path.parent} has {PARKED_NAME} but no {CHECKPOINT_NAME}: the parked copy is incomplete; "
+                "delete that folder (the run starts afresh) or restore its checkpoint from git"
+            )
+        try:
+            info = json.loads(info_path.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{info_path} is not valid JSON ({error}); restore it from git") from None
+        found.append(Parked(relative, info))
+    return found
+
+
+def park(runs_dir: Path, parked_dir: Path, log: Callable[[str], None] = print) -> list[Parked]:
+    """Copy every unfinished run's checkpoint from ``runs_dir`` to ``parked_dir``; drop parked copies whose
+    run has finished. Return what is parked now.
+
+    A run still in training is parked at its last checkpoint, with a warning: stop it first (SIGTERM
+    checkpoints the step it is at) to park its latest state. A parked copy at a later iteration than the
+    run folder's checkpoint (the folder was restarted) is kept, with a warning, not overwritten.
+    """
+    runs_dir, parked_dir = Path(runs_dir), Path(parked_dir)
+    for entry in parked_runs(parked_dir):
+        if read_finished_record(runs_dir / entry.relative) is not None:
+            shutil.rmtree(parked_dir / entry.relative)
+            log(f"{entry.relative}: finished; its parked copy is removed")
+    for run_dir in unfinished_runs(runs_dir):
+        relative = run_dir.relative_to(runs_dir)
+        progress = checkpoint_progress(run_dir / CHECKPOINT_NAME)
+        target = parked_dir / relative
+        if (target / PARKED_NAME).is_file():
+            before = json.loads((target / PARKED_NAME).read_text())
+            if before.get("iteration", 0) > progress["iteration"]:
+                log(
+                    f"{relative}: the parked copy (iteration {before['iteration']:,}) is further on than the "
+                    f"run folder's ({progress['iteration']:,}); kept. `unpark` restores it"
+                )
+                continue
+        if _is_owned(run_dir):
+            log(
+                f"{relative}: still training; parking its last checkpoint (iteration {progress['iteration']:,}). "
+                "Stop it first (kill -TERM <pid> checkpoints the current step) to park the latest"
+            )
+        _copy_atomically(run_dir / CHECKPOINT_NAME, target / CHECKPOINT_NAME)
+        info = {
+            **progress,
+            "command": launch_command(run_dir, runs_dir),
+            "parked_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "parked_by_commit": git_commit(),
+        }
+        atomic_write_text(target / PARKED_NAME, json.dumps(info, indent=2) + "\n")
+        planned = f" of {progress['iterations']:,}" if progress["iterations"] else ""
+        log(f"{relative}: parked at iteration {progress['iteration']:,}{planned}")
+    return parked_runs(parked_dir)
+
+
+def unpark(runs_dir: Path, parked_dir: Path, log: Callable[[str], None] = print) -> list[Parked]:
+    """Put every parked checkpoint back into its run folder under ``runs_dir``; return the runs to relaunch.
+
+    A run folder that has finished, or holds a checkpoint at the same or a later iteration, is left alone.
+    """
+    runs_dir, parked_dir = Path(runs_dir), Path(parked_dir)
+    to_relaunch = []
+    for entry in parked_runs(parked_dir):
+        run_dir = runs_dir / entry.relative
+        if read_finished_record(run_dir) is not None:
+            log(f"{entry.relative}: already finished here; `park` removes its parked copy")
+            continue
+        local = run_dir / CHECKPOINT_NAME
+        if local.is_file() and checkpoint_progress(local)["iteration"] >= entry.info["iteration"]:
+            log(f"{entry.relative}: the run folder's checkpoint is as far on; kept")
+        else:
+            _copy_atomically(parked_dir / entry.relative / CHECKPOINT_NAME, local)
+            log(f"{entry.relative}: restored at iteration {entry.info['iteration']:,}")
+        to_relaunch.append(entry)
+    return to_relaunch
