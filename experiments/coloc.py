@@ -28,6 +28,7 @@ from experiments.common import (
     train_settings,
 )
 from stn_repro.tasks.coloc import ColocSpec, EmbeddingSpec, run_coloc
+from stn_repro.training.colocalisation import NEGATIVES, negatives_label
 from stn_repro.training.loop import TrainSettings
 
 EMBEDDING_TRAINER_KEYS = (
@@ -40,10 +41,12 @@ EMBEDDING_TRAINER_KEYS = (
 )
 
 
-def coloc_cell(data: str, source: str, digit: Any, negatives: str = "crop") -> str:
+def coloc_cell(data: str, source: str, digit: Any, negatives: str = "crop", window_from: Any = None) -> str:
     """The run's cell name, ``<data>[-synthetic][-<negatives>]-digit<k>`` (the ``stn_coloc_cell`` resolver of
-    configs/coloc.yaml): as :attr:`ColocSpec.cell`, so runs with other negatives get folders of their own."""
-    return ColocSpec.cell_name(data, source == "synthetic", digit, negatives)
+    configs/coloc.yaml): as :attr:`ColocSpec.cell`, so runs with other negatives (and, for
+    ``crop_then_window``, another switch step) get folders of their own."""
+    label = negatives_label(negatives, window_from) if negatives in NEGATIVES else negatives
+    return ColocSpec.cell_name(data, source == "synthetic", digit, label)
 
 
 OmegaConf.register_new_resolver("stn_coloc_cell", coloc_cell, replace=True)
@@ -96,6 +99,7 @@ def specs_from_config(
         margin=float(cfg.coloc.margin),
         crop_size=cfg.coloc.crop_size,
         negatives=cfg.coloc.negatives,
+        window_from=cfg.coloc.window_from,
         optimizer=cfg.optim.name,
         data_source=cfg.data.source,
         **seed_spec_fields(cfg, speed=False),

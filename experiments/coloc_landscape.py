@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from stn_repro.models.coloc import COLOC_IMAGE_SIZE, COLOC_OUTPUT_SIZE, EMBEDDING_NORMS
 from stn_repro.tasks.coloc import COLOC_SETS, ColocSpec, load_coloc_data, load_embedding
-from stn_repro.training.colocalisation import NEGATIVES, box_centred_windows, hinge_at_windows
+from stn_repro.training.colocalisation import box_centred_windows, hinge_at_windows
 
 SCALES = (0.25, 1 / 3, 0.4, 0.5, 0.6, 0.8, 0.95)
 SHIFT_PX = 10.0
@@ -77,7 +77,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--norms", default="unit,per_layer,none", help=f"of {', '.join(EMBEDDING_NORMS)}")
     parser.add_argument("--source", default="mnist", choices=("mnist", "synthetic"))
     parser.add_argument(
-        "--negatives", default="crop", choices=NEGATIVES, help="what I_n^rand is (configs/coloc.yaml)"
+        "--negatives",
+        default="crop",
+        choices=("crop", "window"),
+        help="what I_n^rand is (configs/coloc.yaml)",
     )
     parser.add_argument(
         "--data-dir", type=Path, default=None, help="the data folder (default: STN_DATA or data/)"

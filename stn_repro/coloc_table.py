@@ -139,7 +139,7 @@ def coloc_markdown(rows: list[dict[str, Any]], profile: str, synthetic: bool = F
     for negatives in sorted({r["negatives"] for r in studies}):
         lines += [
             "",
-            f"Study, NOT the default reading: `coloc.negatives={negatives}` (I_n^rand {NEGATIVES_TEXT.get(negatives, negatives)}). "
+            f"Study, NOT the default reading: {_negatives_text(negatives)}. "
             "These runs fill no cell above; each is shown beside the default's.",
             "",
             f"| set | digit | {negatives} | {DEFAULT_NEGATIVES} (above) | paper |",
@@ -174,7 +174,20 @@ def coloc_markdown(rows: list[dict[str, Any]], profile: str, synthetic: bool = F
     return "\n".join(lines) + "\n"
 
 
-NEGATIVES_TEXT = {"window": "a window of the transformer's own scale at a random place inside the image"}
+WINDOW_TEXT = "a window of the transformer's own scale at a random place inside the image"
+
+
+def _negatives_text(label: str) -> str:
+    """What a study's negatives were, from their label (``window``, ``crop_then_window1000``, ...)."""
+    if label == "window":
+        return f"`coloc.negatives=window` (I_n^rand {WINDOW_TEXT})"
+    if label.startswith("crop_then_window"):
+        step = label.removeprefix("crop_then_window")
+        return (
+            f"`coloc.negatives=crop_then_window coloc.window_from={step}` (I_n^rand a 28 px crop for the "
+            f"first {step} steps, then {WINDOW_TEXT})"
+        )
+    return f"`coloc.negatives={label}`"
 
 
 def _cell(row: dict[str, Any] | None, paper: str) -> str:

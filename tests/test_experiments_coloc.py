@@ -406,6 +406,30 @@ def test_window_negatives_get_their_own_cell_and_resume_exactly(runs, tmp_path):
         smoke_specs(runs, "coloc.negatives=elsewhere")
 
 
+def test_crop_then_window_is_crops_before_its_switch_and_windows_after(runs, tmp_path):
+    switch = ("coloc.negatives=crop_then_window", "trainer.iterations=8", "trainer.eval_every=1")
+    cfg = compose_coloc([*SMOKE, *switch[:1], "coloc.window_from=4", "digit=2"])
+    assert cfg.cell == "coloc_t-synthetic-crop_then_window4-digit2"  # the switch step names the folder
+    # A switch at the last step is the crop run, at step 0 the window run: exactly.
+    crop = run_smoke(runs, tmp_path / "crop", *switch[1:])
+    window = run_smoke(runs, tmp_path / "window", "coloc.negatives=window", *switch[1:])
+    late = run_smoke(runs, tmp_path / "late", *switch, "coloc.window_from=8")
+    early = run_smoke(runs, tmp_path / "early", *switch, "coloc.window_from=0")
+    assert late["history"] == crop["history"] and early["history"] == window["history"]
+    assert late["choices"]["negatives"] == "crop_then_window8" and late["choices"]["window_from"] == 8
+    # Switched at step 4: the first four steps are the crop run's, the rest differ from it.
+    middle = run_smoke(runs, tmp_path / "middle", *switch, "coloc.window_from=4")
+    before = [e for e in middle["history"] if e["iteration"] <= 4]
+    assert before == [e for e in crop["history"] if e["iteration"] <= 4]
+    assert middle["history"] != crop["history"]
+    # Stopped before the switch and resumed: the same run.
+    run_smoke(runs, tmp_path / "resumed", *switch, "coloc.window_from=4", settings_change={"stop_after": 3})
+    resumed = run_smoke(runs, tmp_path / "resumed", *switch, "coloc.window_from=4")
+    assert resumed["history"] == middle["history"]
+    with pytest.raises(ValueError, match="window_from"):
+        smoke_specs(runs, "coloc.negatives=crop_then_window")  # no switch step given
+
+
 def test_a_job_waits_for_the_embedding_another_process_trains(tmp_path):
     _, _, spec, settings, embedding_dir = smoke_specs(tmp_path)
     logs, result = [], {}

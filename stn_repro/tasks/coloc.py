@@ -57,6 +57,7 @@ from stn_repro.training.colocalisation import (
     NEGATIVES,
     OPTIMIZERS,
     ColocLearner,
+    negatives_label,
     predicted_boxes,
 )
 from stn_repro.training.loop import SpeedSettings, TrainSettings
@@ -215,6 +216,7 @@ class ColocSpec:
     margin: float = 1.0  # the hinge's margin (the paper's 1)
     crop_size: int = COLOC_OUTPUT_SIZE  # I_n^rand: a random crop of this side (negatives="crop")
     negatives: str = "crop"  # what I_n^rand is (stn_repro.training.colocalisation.NEGATIVES)
+    window_from: int | None = None  # negatives="crop_then_window": the step from which windows are used
     optimizer: str = "adam"
     data_source: str = "mnist"
     data_dir: Path | None = None
@@ -233,6 +235,7 @@ class ColocSpec:
             )
         if self.negatives not in NEGATIVES:
             raise ValueError(f"negatives={self.negatives!r}: use one of {', '.join(NEGATIVES)}")
+        negatives_label(self.negatives, self.window_from)  # crop_then_window needs its switch step
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer={self.optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
         if not 2 <= self.num_images or not 2 <= self.batch_size <= self.num_images:
@@ -257,11 +260,16 @@ class ColocSpec:
 
     @property
     def cell(self) -> str:
-        return self.cell_name(self.data, self.synthetic, self.digit, self.negatives)
+        return self.cell_name(self.data, self.synthetic, self.digit, self.negatives_label)
+
+    @property
+    def negatives_label(self) -> str:
+        return negatives_label(self.negatives, self.window_from)
 
     @staticmethod
     def cell_name(data: str, synthetic: bool, digit: object, negatives: str = "crop") -> str:
-        """``<data>[-synthetic][-<negatives>]-digit<k>``; the default negatives (crop) are not named."""
+        """``<data>[-synthetic][-<negatives>]-digit<k>``, ``negatives`` as :func:`negatives_label` names it;
+        the default negatives (crop) are not named."""
         kind = "" if negatives == "crop" else f"-{negatives}"
         return f"{data}{'-synthetic' if synthetic else ''}{kind}-digit{digit}"
 
@@ -338,6 +346,7 @@ def prepare_coloc(
             crop_size=spec.crop_size,
             optimizer=spec.optimizer,
             negatives=spec.negatives,
+            window_from=spec.window_from,
         )
 
     param_count = count_params(transformer)
@@ -354,7 +363,7 @@ def prepare_coloc(
         description=(
             f"{spec.cell} seed {spec.seed} | {len(images)} images of digit {spec.digit} | attention "
             f"transformer, {param_count:,} parameters, starting at s={spec.init_scale:g} | e() "
-            f"({spec.embedding_norm}), negatives: {spec.negatives} | from {embedding_dir} ({embedding_record['test_error']:.2f}% test "
+            f"({spec.embedding_norm}), negatives: {spec.negatives_label} | from {embedding_dir} ({embedding_record['test_error']:.2f}% test "
             f"error) | {device} | "
             f"profile {spec.profile}{synthetic}"
         ),
@@ -379,7 +388,8 @@ def prepare_coloc(
                 "pairs_per_step": spec.batch_size * (spec.batch_size - 1),
                 "margin": spec.margin,
                 "crop_size": spec.crop_size,
-                "negatives": spec.negatives,
+                "negatives": spec.negatives_label,
+                "window_from": spec.window_from,
                 "optimizer": spec.optimizer,
             },
             "embedding": {

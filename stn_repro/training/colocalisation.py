@@ -25,8 +25,25 @@ IOU_THRESHOLD = 0.5  # a localisation is correct when its IoU with the true box 
 OPTIMIZERS = ("adam", "sgd")
 # What I_n^rand is (the paper says only "a random crop of I_n"): ``crop``, a fixed-size pixel crop
 # (:func:`random_crops`), or ``window``, a window of the transformer's own scale at a random place inside the
-# image, resampled to its output size (:func:`random_windows`).
-NEGATIVES = ("crop", "window")
+# image, resampled to its output size (:func:`random_windows`); ``crop_then_window``, crops for the first
+# ``window_from`` steps and windows after: crops draw the windows onto the digits (too wide), windows then
+# shrink them to the digit's size (the loss with window negatives is lowest near the true box, but from a
+# whole-image start it slides to an empty corner first).
+NEGATIVES = ("crop", "window", "crop_then_window")
+
+
+def negatives_label(negatives: str, window_from: int | None = None) -> str:
+    """The name of a negatives choice in cell names and tables: ``negatives``, with the switch step for
+    ``crop_then_window`` (``crop_then_window1000``)."""
+    if negatives not in NEGATIVES:
+        raise ValueError(f"unknown negatives {negatives!r}; known: {', '.join(NEGATIVES)}")
+    if negatives != "crop_then_window":
+        return negatives
+    if isinstance(window_from, bool) or not isinstance(window_from, int) or window_from < 0:
+        raise ValueError(
+            f"negatives=crop_then_window needs the step of the switch, window_from >= 0, got {window_from!r}"
+        )
+    return f"crop_then_window{window_from}"
 
 
 def colocalisation_hinge(z: Tensor, r: Tensor, margin: float = 1.0) -> Tensor:
@@ -153,8 +170,8 @@ def hinge_at_windows(
     :class:`ColocLearner` scores a step. Where the true boxes do not have the lowest loss, no optimiser of
     this loss can be expected to find them.
     """
-    if negatives not in NEGATIVES:
-        raise ValueError(f"unknown negatives {negatives!r}; known: {', '.join(NEGATIVES)}")
+    if negatives not in ("crop", "window"):
+        raise ValueError(f"unknown negatives {negatives!r}; known here: crop, window")
     x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
     family = get_transform("attention")
     crops, _ = random_crops(x, crop_size, torch.Generator().manual_seed(seed))
@@ -195,8 +212,8 @@ class ColocLearner:
     ``images`` (``[N, 1, S, S]``, uint8 or float in [0, 1], on the training device) are the whole data. Each
     ``step()`` takes the next ``batch_size`` of them (seeded per-epoch permutations, so with ``batch_size
     = N`` every step sees every image), a random negative of each (``I_n^rand``: a ``crop_size`` crop, or
-    with ``negatives="window"`` a window of the transformer's current scale for that image, see
-    :data:`NEGATIVES`), and one optimiser step on :func:`colocalisation_hinge` over all ordered pairs of the batch. ``embedding`` (e(), frozen)
+    with ``negatives="window"`` a window of the transformer's current scale for that image, and with
+    ``"crop_then_window"`` crops before step ``window_from`` and windows from it on, see :data:`NEGATIVES`), and one optimiser step on :func:`colocalisation_hinge` over all ordered pairs of the batch. ``embedding`` (e(), frozen)
     is not trained and not saved here. ``evaluate`` returns, per evaluation set ``(images, true boxes)``,
     the % of images not localised (:func:`localisation_error`). Everything random comes from ``seed``
     (batch order and crop offsets; the loop saves the global RNG too), so a resumed run is exact.
@@ -217,11 +234,12 @@ class ColocLearner:
         crop_size: int = COLOC_OUTPUT_SIZE,
         optimizer: str = "adam",
         negatives: str = "crop",
+        window_from: int | None = None,
     ):
         count = images.shape[0]
-        if negatives not in NEGATIVES:
-            raise ValueError(f"unknown negatives {negatives!r}; known: {', '.join(NEGATIVES)}")
-        self.negatives = negatives
+        negatives_label(negatives, window_from)  # checks both
+        self.negatives, self.window_from = negatives, window_from
+        self.steps = 0  # steps taken (crop_then_window switches on it; checkpointed)
         if not 2 <= batch_size <= count:
             raise ValueError(f"batch_size={batch_size} must lie in [2, {count}] (the number of images)")
         self.transformer, self.embedding = transformer, embedding
@@ -238,8 +256,11 @@ class ColocLearner:
     def step(self) -> Tensor:
         x = self.images[self._order.take(self.batch_size)]
         views = self.transformer(x)
+        windows = self.negatives == "window" or (
+            self.negatives == "crop_then_window" and self.steps >= self.window_from
+        )
         with torch.no_grad():
-            if self.negatives == "window":  # at the scale each image's window has now
+            if windows:  # at the scale each image's window has now
                 scales = self.transformer.last_params[:, 0]
                 r = self.embedding(random_windows(x, scales, views.shape[-1], self._generator))
             else:
@@ -249,6 +270,7 @@ class ColocLearner:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
+        self.steps += 1
         return loss.detach().reshape(1)
 
     def export(self) -> None:
@@ -272,6 +294,7 @@ class ColocLearner:
             "generator": self._generator.get_state(),
             "seed": self.seed,
             "num_images": self.images.shape[0],
+            "steps": self.steps,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -285,6 +308,7 @@ class ColocLearner:
         self.optimizer.load_state_dict(state["optimizer"])
         self._order.load(state["order"]["epoch"], state["order"]["position"])
         self._generator.set_state(state["generator"].cpu())
+        self.steps = state.get("steps", 0)
 
 
 def _output_side(transformer: SpatialTransformer) -> int:
