@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -40,6 +41,7 @@ from stn_repro.tasks.coloc import (
     run_coloc,
 )
 from stn_repro.training.colocalisation import (
+    ColocLearner,
     box_centred_windows,
     colocalisation_hinge,
     hinge_at_windows,
@@ -47,6 +49,7 @@ from stn_repro.training.colocalisation import (
     random_crops,
     random_windows,
 )
+from stn_repro.training.loop import TrainSettings
 from stn_repro.transformers import get_transform, sample
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -428,6 +431,29 @@ def test_crop_then_window_is_crops_before_its_switch_and_windows_after(runs, tmp
     assert resumed["history"] == middle["history"]
     with pytest.raises(ValueError, match="window_from"):
         smoke_specs(runs, "coloc.negatives=crop_then_window")  # no switch step given
+
+
+def test_crop_then_window_restarts_the_optimiser_at_its_switch():
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (4, 1, 84, 84), dtype=torch.uint8)
+    embedding = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 8)).requires_grad_(False)
+
+    def learner(negatives, window_from=None):
+        torch.manual_seed(1)
+        transformer = colocalisation_transformer(0.95, scale_range=(0.25, 1.0), inside=True)
+        return ColocLearner(
+            transformer, embedding, images, TrainSettings(iterations=6, lr=1e-3), batch_size=4, seed=1,
+            negatives=negatives, window_from=window_from,
+        )
+
+    switched, crop = learner("crop_then_window", 3), learner("crop")
+    adam_steps = []
+    for _ in range(5):
+        switched.step(), crop.step()
+        adam_steps.append(int(next(iter(switched.optimizer.state.values()))["step"]))
+    # Adam counts its steps afresh from the switch: 1, 2, 3 on crops, then 1, 2 on windows.
+    assert adam_steps == [1, 2, 3, 1, 2]
+    assert int(next(iter(crop.optimizer.state.values()))["step"]) == 5
 
 
 def test_a_job_waits_for_the_embedding_another_process_trains(tmp_path):

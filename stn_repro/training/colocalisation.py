@@ -28,7 +28,9 @@ OPTIMIZERS = ("adam", "sgd")
 # image, resampled to its output size (:func:`random_windows`); ``crop_then_window``, crops for the first
 # ``window_from`` steps and windows after: crops draw the windows onto the digits (too wide), windows then
 # shrink them to the digit's size (the loss with window negatives is lowest near the true box, but from a
-# whole-image start it slides to an empty corner first).
+# whole-image start it slides to an empty corner first). The optimiser starts afresh at the switch: Adam's
+# second moments from the converged crop phase are small, so the new loss's first gradients would take
+# steps many times the learning rate (measured: without the restart, digit 8 of T slid to an empty corner).
 NEGATIVES = ("crop", "window", "crop_then_window")
 
 
@@ -213,8 +215,10 @@ class ColocLearner:
     ``step()`` takes the next ``batch_size`` of them (seeded per-epoch permutations, so with ``batch_size
     = N`` every step sees every image), a random negative of each (``I_n^rand``: a ``crop_size`` crop, or
     with ``negatives="window"`` a window of the transformer's current scale for that image, and with
-    ``"crop_then_window"`` crops before step ``window_from`` and windows from it on, see :data:`NEGATIVES`), and one optimiser step on :func:`colocalisation_hinge` over all ordered pairs of the batch. ``embedding`` (e(), frozen)
-    is not trained and not saved here. ``evaluate`` returns, per evaluation set ``(images, true boxes)``,
+    ``"crop_then_window"`` crops before step ``window_from`` and windows from it on, with the optimiser's
+    state cleared at the switch, see :data:`NEGATIVES`), and one optimiser step on
+    :func:`colocalisation_hinge` over all ordered pairs of the batch. ``embedding`` (e(), frozen) is not
+    trained and not saved here. ``evaluate`` returns, per evaluation set ``(images, true boxes)``,
     the % of images not localised (:func:`localisation_error`). Everything random comes from ``seed``
     (batch order and crop offsets; the loop saves the global RNG too), so a resumed run is exact.
     """
@@ -267,6 +271,8 @@ class ColocLearner:
                 r = self.embedding(random_crops(x, self.crop_size, self._generator)[0])
         z = self.embedding(views)
         loss = colocalisation_hinge(z, r, self.margin)
+        if self.negatives == "crop_then_window" and self.steps == self.window_from:
+            self.optimizer.state.clear()  # a new loss, a fresh optimiser (see NEGATIVES); a no-op at step 0
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
