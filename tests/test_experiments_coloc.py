@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from torch import nn
 
 from experiments.coloc import specs_from_config
 from experiments.coloc_landscape import SCALES as LANDSCAPE_SCALES
@@ -442,8 +442,14 @@ def test_crop_then_window_restarts_the_optimiser_at_its_switch():
         torch.manual_seed(1)
         transformer = colocalisation_transformer(0.95, scale_range=(0.25, 1.0), inside=True)
         return ColocLearner(
-            transformer, embedding, images, TrainSettings(iterations=6, lr=1e-3), batch_size=4, seed=1,
-            negatives=negatives, window_from=window_from,
+            transformer,
+            embedding,
+            images,
+            TrainSettings(iterations=6, lr=1e-3),
+            batch_size=4,
+            seed=1,
+            negatives=negatives,
+            window_from=window_from,
         )
 
     switched, crop = learner("crop_then_window", 3), learner("crop")
