@@ -30,7 +30,8 @@ OPTIMIZERS = ("adam", "sgd")
 # shrink them to the digit's size (the loss with window negatives is lowest near the true box, but from a
 # whole-image start it slides to an empty corner first). The optimiser starts afresh at the switch: Adam's
 # second moments from the converged crop phase are small, so the new loss's first gradients would take
-# steps many times the learning rate (measured: without the restart, digit 8 of T slid to an empty corner).
+# steps many times the learning rate (measured on digit 5 of T, window_from=1000 of 2000: 41% localised
+# without the restart, 56% with it).
 NEGATIVES = ("crop", "window", "crop_then_window")
 
 
