@@ -2,15 +2,25 @@
 
 import os
 import re
+from pathlib import Path
 
 import torch
 
+from stn_repro.training import records
 from stn_repro.training.loop import save_checkpoint
 from stn_repro.training.records import git_commit, provenance, write_record
 
 
 def test_the_commit_of_this_checkout_is_a_hash():
     assert re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", git_commit())
+
+
+def test_the_code_commit_is_the_one_found_when_the_process_first_asked(monkeypatch):
+    first = git_commit()
+    # The work tree moved on while a run trained: the run still names the code it imported.
+    monkeypatch.setattr(records, "_commit_of", lambda repo: "f" * 40)
+    assert git_commit() == first != "f" * 40
+    assert git_commit(Path(".")) == "f" * 40  # an explicit repo is asked afresh
 
 
 def test_a_tree_without_git_names_the_given_commit_or_says_unknown(tmp_path, monkeypatch):

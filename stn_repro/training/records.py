@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -61,10 +62,20 @@ def read_record(path: Path) -> dict[str, Any]:
 def git_commit(repo: Path | None = None) -> str:
     """The commit of the code that ran, with ``+dirty`` when the work tree had uncommitted changes.
 
-    Where the code runs from a copy without ``.git`` (e.g. a tree sent to a GPU machine), ``$STN_COMMIT``
-    names it instead, marked as given; else ``"unknown"``.
+    Without ``repo``: the suite's own checkout, as the first call in this process found it (a run launches
+    with this call), so a work tree moved to another commit while a run trains does not rename the code
+    the run imported. Where the code runs from a copy without ``.git`` (e.g. a tree sent to a GPU machine),
+    ``$STN_COMMIT`` names it instead, marked as given; else ``"unknown"``.
     """
-    repo = repo or Path(__file__).resolve().parents[2]
+    return _commit_of(repo) if repo is not None else _code_commit()
+
+
+@functools.cache
+def _code_commit() -> str:
+    return _commit_of(Path(__file__).resolve().parents[2])
+
+
+def _commit_of(repo: Path) -> str:
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
