@@ -136,22 +136,38 @@ def coloc_markdown(rows: list[dict[str, Any]], profile: str, synthetic: bool = F
             partial = "" if len(done) == len(DIGITS) else f", {len(done)} of 10 classes"
             means.append(f"**{statistics.fmean(done):.1f}**{partial} ({paper})")
     lines.append("| **mean** | " + " | ".join(means) + " |")
+    table_iterations = {r["iterations"] for r in by_key.values()}
     for negatives in sorted({r["negatives"] for r in studies}):
+        study = [r for r in studies if r["negatives"] == negatives]
+        iterations = sorted({r["iterations"] for r in study})
+        length = (
+            f" Each ran {', '.join(map(_count, iterations))} iterations."
+            if set(iterations) != table_iterations
+            else ""
+        )
         lines += [
             "",
-            f"Study, NOT the default reading: {_negatives_text(negatives)}. "
+            f"Study, NOT the default reading: {_negatives_text(negatives)}.{length} "
             "These runs fill no cell above; each is shown beside the default's.",
             "",
             f"| set | digit | {negatives} | {DEFAULT_NEGATIVES} (above) | paper |",
             "|---|---|---|---|---|",
         ]
-        for r in (r for r in studies if r["negatives"] == negatives):
+        for r in study:
             default = by_key.get((r["data"], r["digit"]))
             default_text = "not run" if default is None else _cell(default, "").removesuffix(" ()")
             lines.append(
                 f"| {COLOC_SET_LABELS[r['data']]} | {r['digit']} | {_cell(r, '').removesuffix(' ()')} | "
                 f"{default_text} | {coloc_paper_text(r['data'])} |"
             )
+        for data in COLOC_DATA:  # a study of every class of a set: its mean beside the default's
+            done = {r["digit"]: r["localised_mean"] for r in study if r["data"] == data}
+            if len(done) == len(DIGITS) and all((data, d) in by_key for d in DIGITS):
+                default_mean = statistics.fmean(by_key[(data, d)]["localised_mean"] for d in DIGITS)
+                lines.append(
+                    f"| {COLOC_SET_LABELS[data]} | **mean** | **{statistics.fmean(done.values()):.1f}** | "
+                    f"**{default_mean:.1f}** | {coloc_paper_text(data)} |"
+                )
     embedding = sorted({_percent(r["embedding_test_error"]) for r in rows})
     embedding_iterations = sorted(
         {_count(r["embedding_iterations"]) for r in rows if r.get("embedding_iterations") is not None}

@@ -631,3 +631,18 @@ def test_runs_with_other_negatives_are_a_study_beside_the_table_not_in_it(runs, 
     assert f"| 2 | {crop_text} (100) |" in text  # the table holds the default's run only
     assert "`coloc.negatives=window`" in text and f"| T | 2 | 60.0 | {crop_text} | 100 |" in text
     assert "window" in csv_path.read_text().splitlines()[2]
+    # A study of all ten classes of a set gets its mean beside the default's; a study of another length
+    # says so.
+    every = [{**crop, "digit": d, "test_error": 100.0 - d} for d in range(10)]
+    longer = [
+        {
+            **r,
+            "test_error": 100.0 - 2 * r["digit"],
+            "iterations": 7,
+            "choices": {**crop["choices"], "negatives": "window"},
+        }
+        for r in every
+    ]
+    [(_, md_path)] = write_coloc_tables(every + longer, tmp_path / "all", "smoke")
+    text = md_path.read_text()
+    assert "| T | **mean** | **9.0** | **4.5** | 100 |" in text and "Each ran 7 iterations." in text
