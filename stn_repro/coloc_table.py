@@ -126,7 +126,7 @@ def coloc_markdown(rows: list[dict[str, Any]], profile: str, synthetic: bool = F
     for digit in DIGITS:
         cells = [_cell(by_key.get((data, digit)), coloc_paper_text(data)) for data in COLOC_DATA]
         lines.append(f"| {digit} | " + " | ".join(cells) + " |")
-    means = []
+    means, complete_means = [], {}  # complete_means: the sets with every class run
     for data in COLOC_DATA:
         done = [by_key[(data, d)]["localised_mean"] for d in DIGITS if (data, d) in by_key]
         paper = coloc_paper_text(data)
@@ -135,6 +135,8 @@ def coloc_markdown(rows: list[dict[str, Any]], profile: str, synthetic: bool = F
         else:
             partial = "" if len(done) == len(DIGITS) else f", {len(done)} of 10 classes"
             means.append(f"**{statistics.fmean(done):.1f}**{partial} ({paper})")
+            if not partial:
+                complete_means[data] = statistics.fmean(done)
     lines.append("| **mean** | " + " | ".join(means) + " |")
     table_iterations = {r["iterations"] for r in by_key.values()}
     for negatives in sorted({r["negatives"] for r in studies}):
@@ -161,12 +163,11 @@ def coloc_markdown(rows: list[dict[str, Any]], profile: str, synthetic: bool = F
                 f"{default_text} | {coloc_paper_text(r['data'])} |"
             )
         for data in COLOC_DATA:  # a study of every class of a set: its mean beside the default's
-            done = {r["digit"]: r["localised_mean"] for r in study if r["data"] == data}
-            if len(done) == len(DIGITS) and all((data, d) in by_key for d in DIGITS):
-                default_mean = statistics.fmean(by_key[(data, d)]["localised_mean"] for d in DIGITS)
+            done = [r["localised_mean"] for r in study if r["data"] == data]
+            if len(done) == len(DIGITS) and data in complete_means:
                 lines.append(
-                    f"| {COLOC_SET_LABELS[data]} | **mean** | **{statistics.fmean(done.values()):.1f}** | "
-                    f"**{default_mean:.1f}** | {coloc_paper_text(data)} |"
+                    f"| {COLOC_SET_LABELS[data]} | **mean** | **{statistics.fmean(done):.1f}** | "
+                    f"**{complete_means[data]:.1f}** | {coloc_paper_text(data)} |"
                 )
     embedding = sorted({_percent(r["embedding_test_error"]) for r in rows})
     embedding_iterations = sorted(
