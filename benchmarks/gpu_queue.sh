@@ -7,9 +7,11 @@
 # QUEUE_FILE holds one run per line: the runner module, then its overrides, e.g.
 #   mnist experiment=rts_st_cnn_tps trainer=fast seed=2
 #   coloc data=coloc_t digit=3 trainer=coloc_paper
-# Every run gets logger=none trainer.device=$DEVICE trainer.num_threads=1. JOBS processes (default 14) take
-# lines in order as they free up; a GPU is shared between them (small models leave it mostly idle in one
-# process: the host's per-operator work bounds a step, see README "Without a GPU: bounds on the GPU time").
+# Every run gets logger=none trainer.device=$DEVICE trainer.num_threads=1. JOBS processes (default 4) take
+# lines in order as they free up. On one H200 (2026-12-04, results/bench/gpu_h200_2026-12-04_*) processes
+# side by side shared the GPU rather than adding to it: 14 at once trained about 100k images/s together
+# (7k each), 4 at once 90-110k, one alone 73-78k (a CNN or ST-CNN step at batch 256); so more jobs only
+# stretch every run, and a deadline then leaves more of them unfinished.
 # SECONDS after the script starts, every unfinished run gets SIGINT (it checkpoints) and the results are packed.
 #
 # Needs .gpu_kit/ (make gpu-kit) next to the code; first, in order, before the queue starts:
@@ -19,10 +21,9 @@
 # Into OUT_DIR, as it goes (a call cut short keeps what was written):
 #   session.txt      environment, MNIST sets, bench, tests, and one line per run started and ended
 #   runs.tar.gz      every run's record.json, log, pictures, and the runners' own logs (runs/queue/)
-#   weights.tar.NN   model.pt of finished runs (and checkpoint.pt of unfinished co-localisation
-#                    embeddings, which a CPU can resume) in queue order, split in parts of 15 MiB, as many
-#                    as WEIGHT_MIB (default 56) allows: the device tool returns 8 files, 64 MiB in all.
-#                    Unpack: cat weights.tar.* | tar -x
+#   weights.tar.NN   model.pt of finished runs, then checkpoint.pt of unfinished ones (a CPU resumes them:
+#                    relaunch the same command there), as many as WEIGHT_MIB (default 56) allows, in parts
+#                    of 15 MiB: the device tool returns 8 files, 64 MiB in all. Unpack: cat weights.tar.* | tar -x
 # Records name the commit in $STN_COMMIT when the tree has no .git.
 #
 # To check this script on a CPU: DEVICE=cpu JOBS=2 with a queue of trainer=smoke runs.
@@ -34,7 +35,7 @@ SECONDS_LEFT=${3:?usage: gpu_queue.sh OUT_DIR QUEUE_FILE SECONDS}
 DEVICE=${DEVICE:-cuda}
 PY=${PY:-python3}
 KIT=${KIT:-.gpu_kit}
-JOBS=${JOBS:-14}
+JOBS=${JOBS:-4}
 WEIGHT_MIB=${WEIGHT_MIB:-56}
 mkdir -p "$OUT" runs/queue
 OUT=$(cd "$OUT" && pwd)
@@ -70,9 +71,10 @@ if [[ -n ${BENCH:-} ]]; then
 fi
 
 if [[ -n ${TEST_MARK:-} ]]; then
-    # Beside the queue: the tests check results, not times.
-    ( timeout "${TEST_SECONDS:-300}" "$PY" -m pytest -q -m "$TEST_MARK" -p no:cacheprovider 2>&1 | tail -25 \
-        > runs/queue/tests.txt ) &
+    # Beside the queue: the tests check results, not times. Their whole output goes into runs.tar.gz (a
+    # failure's message is the point of running them there).
+    ( timeout "${TEST_SECONDS:-300}" "$PY" -m pytest -q -rfE --tb=short -W ignore::UserWarning \
+        -m "$TEST_MARK" -p no:cacheprovider > runs/queue/tests.txt 2>&1 ) &
     tests_pid=$!
 fi
 
@@ -95,29 +97,31 @@ export deadline DEVICE PY
 
 say "queue"
 grep -v '^\s*\(#\|$\)' "$QUEUE" | xargs -P "$JOBS" -L 1 bash -c 'run_one "$@"' _ 2>&1 | tee -a "$LOG"
-[[ -n ${tests_pid:-} ]] && { wait "$tests_pid"; say tests; cat runs/queue/tests.txt | tee -a "$LOG"; }
+[[ -n ${tests_pid:-} ]] && { wait "$tests_pid"; say tests; { grep -E "^(FAILED|ERROR)" runs/queue/tests.txt; tail -1 runs/queue/tests.txt; } | tee -a "$LOG"; }
 say "finished runs: $(find runs -name record.json | wc -l)"
 find runs -name record.json | sort | tee -a "$LOG"
 
 # Records, logs and pictures of every run: small, all of them.
 find runs \( -name record.json -o -name '*.log' -o -name '*.png' -o -name '*.txt' -o -name '*.yaml' \) -type f \
     | tar -czf "$OUT/runs.tar.gz" -T -
-# Weights up to the cap, most wanted first: the co-localisation embedding (a finished one, or the checkpoint
-# of an unfinished one, which a CPU can resume), full-budget runs, then by seed (seed 1 of every cell first).
+# Weights up to the cap, most wanted first: finished runs' model.pt (the co-localisation embedding, full-budget
+# runs, then by seed: seed 1 of every cell first), then unfinished runs' checkpoint.pt in the same order.
 budget=$(( WEIGHT_MIB * 1024 * 1024 ))
 : > "$OUT/.weights"
 rank() {  # path -> "rank path"
+    local kind=0
+    [[ $1 == */checkpoint.pt ]] && kind=1
     case $1 in
-        */embedding/*) echo "0 $1" ;;
-        */paper/*) echo "1 $1" ;;
-        */seed1/*) echo "2 $1" ;;
-        */seed2/*) echo "3 $1" ;;
-        *) echo "4 $1" ;;
+        */embedding/*) echo "${kind}0 $1" ;;
+        */paper/*) echo "${kind}1 $1" ;;
+        */seed1/*) echo "${kind}2 $1" ;;
+        */seed2/*) echo "${kind}3 $1" ;;
+        *) echo "${kind}4 $1" ;;
     esac
 }
 while read -r _ file; do
     folder=$(dirname "$file")
-    [[ $file == */checkpoint.pt && ( -f $folder/model.pt || $folder != */embedding/* ) ]] && continue
+    [[ $file == */checkpoint.pt && -f $folder/model.pt ]] && continue  # finished: its model.pt is what counts
     size=$(stat -c %s "$file")
     if (( size > budget )); then echo "weights left behind (over WEIGHT_MIB): $file" | tee -a "$LOG"; continue; fi
     budget=$(( budget - size ))

@@ -60,3 +60,5 @@ def test_run_commits_names_every_launch_that_trained_a_run():
     }
     assert run_commits(record) == {"a" * 12, "b" * 12}
     assert run_commits({"commit": "c" * 40}) == {"c" * 12}
+    # A tree sent without .git (a GPU machine) names its commit through $STN_COMMIT, with a note.
+    assert run_commits({"commit": "f7d00ea (given by STN_COMMIT; no git checkout)"}) == {"f7d00ea"}

@@ -92,11 +92,17 @@ def _commit_of(repo: Path) -> str:
 def run_commits(record: dict[str, Any]) -> set[str]:
     """The commits (12 characters) of the code that trained a run: the one that finished it and, for a run
     resumed across sessions, those of its earlier launches (``launches`` in the record)."""
-    commits = {record["commit"][:12]}
+    commits = {short_commit(record["commit"])}
     for launch in record.get("launches") or []:
         if launch.get("commit") not in (None, "not recorded"):
-            commits.add(launch["commit"][:12])
+            commits.add(short_commit(launch["commit"]))
     return commits
+
+
+def short_commit(commit: str) -> str:
+    """The first 12 characters of a commit's hash, also where the hash came with a note (a commit given by
+    ``$STN_COMMIT`` reads ``<hash> (given by STN_COMMIT; no git checkout)``)."""
+    return commit.split()[0][:12] if commit.strip() else commit
 
 
 def device_name(device: torch.device) -> str:
