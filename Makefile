@@ -92,9 +92,10 @@ params-mnist:  ## print every Table 1 model's parameter count and widths (BUDGET
 # --- Speed (issue 5) ------------------------------------------------------------------------------------------
 BENCH_ARGS ?=
 GPU_OUT ?= gpu_session
-TRAIN_MINUTES ?= 10
+QUEUE ?= gpu_queue.txt
+QUEUE_SECONDS ?= 540
 PROJECTION_ARGS ?=
-.PHONY: bench gpu-projection gpu-kit gpu-session
+.PHONY: bench gpu-projection gpu-kit gpu-session gpu-queue
 
 PEAK_ARGS ?= --profile
 bench:  ## time the tutorial-style loop vs the engine, then each cell's GFLOP/s against this CPU's measured peak (a few minutes; BENCH_ARGS="--device cuda ...", PEAK_ARGS="--cells all --out results/bench")
@@ -107,8 +108,11 @@ gpu-projection:  ## bounds on the Table 1 protocol's time on one GPU from counts
 gpu-kit:  ## gather into .gpu_kit/ what a bare offline GPU machine lacks (Hydra wheels, MNIST); needs PyPI
 	PY=$(PY) bash benchmarks/gpu_kit.sh
 
-gpu-session:  ## on a GPU machine with .gpu_kit/: tests, bench, speed settings, TRAIN_MINUTES of full-budget cells -> GPU_OUT/
-	bash benchmarks/gpu_session.sh $(GPU_OUT) $(TRAIN_MINUTES)
+gpu-session:  ## on a GPU machine with .gpu_kit/: tests, bench, projection, speed settings -> GPU_OUT/
+	bash benchmarks/gpu_session.sh $(GPU_OUT)
+
+gpu-queue:  ## on a GPU machine with .gpu_kit/: train the runs listed in QUEUE (one per line) for QUEUE_SECONDS -> GPU_OUT/
+	bash benchmarks/gpu_queue.sh $(GPU_OUT) $(QUEUE) $(QUEUE_SECONDS)
 
 # --- SVHN multi-digit (Table 2) -------------------------------------------------------------------------------
 # SVHN_SETS: svhn64,svhn128 (real SVHN, make data-svhn) or synthetic_svhn64,synthetic_svhn128 (the stand-in).

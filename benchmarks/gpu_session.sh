@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything one GPU session measures for the fast engine, in one command, on a bare machine.
 #
-#   bash benchmarks/gpu_session.sh OUT_DIR [TRAIN_MINUTES]
+#   bash benchmarks/gpu_session.sh OUT_DIR
 #
 # Needs .gpu_kit/ (make gpu-kit, on a machine with PyPI) next to the code. In order, each step's output
 # going to OUT_DIR as it runs (so a step cut short by a time limit keeps what it printed):
@@ -12,36 +12,25 @@
 #   speed.txt    the speed settings head to head (channels_last, bf16, compile, CUDA graphs) on 4 models
 #   projection.txt  the counted floors of every cell (benchmarks/gpu_projection.py) on this machine's host,
 #                to hold against bench.txt's measured step times
-#   train.txt    full-budget (paper profile) Table 1 cells with their 3 seeds stacked, TRAIN_JOBS (default 4)
-#                cells at once, for TRAIN_MINUTES (default 10); runs.tar.gz holds their run records, logs,
-#                pictures and the tables made from them (finished runs only in the tables)
-# Seven files in all: the device tool brings back at most 8.
+# Five files in all: the device tool brings back at most 8. To train runs there, benchmarks/gpu_queue.sh
+# (one seed per process: 3 seeds stacked measured 0.57-0.96x one seed's images/s on an H200).
 #
 # Environment: DEVICE (default cuda), QUICK=1 (tiny sizes: to check this script itself on a CPU),
-# CELLS (the experiment files to train, in order), TRAIN_JOBS, GPU_SPEC (gpu_projection's --gpu, default
-# h100), PY (default python3), KIT (default .gpu_kit), STEPS (the steps to run, default "tests bench
-# projection speed train"; a device call is limited to 10 minutes, so a session splits them over calls:
+# GPU_SPEC (gpu_projection's --gpu, default h100), PY (default python3), KIT (default .gpu_kit), STEPS (the
+# steps to run, default "tests bench projection speed"; a device call is limited to 10 minutes, so a session splits them over calls:
 # env.txt is written by every call), TEST_MARK (pytest -m, default
 # "gpu or not slow"), SPEED_MODELS, SPEED_VARIANTS (';'-separated flag sets), TEST_SECONDS and BENCH_SECONDS
 # (time limits of those steps, so that one hung step leaves the rest of a call its time).
-#
-# Training longer than one call: start it detached, and let later calls on the still-warm machine wait:
-#   STEPS=train setsid bash benchmarks/gpu_session.sh /tmp/gpu_train 15 &   # returns at once; trains 15 min
-#   (later calls) while pgrep -f gpu_session.sh >/dev/null; do sleep 10; done; cp /tmp/gpu_train/* $OUT
 set -uo pipefail
 
-OUT=${1:?usage: gpu_session.sh OUT_DIR [TRAIN_MINUTES]}
-TRAIN_MINUTES=${2:-10}
+OUT=${1:?usage: gpu_session.sh OUT_DIR}
 DEVICE=${DEVICE:-cuda}
 PY=${PY:-python3}
 KIT=${KIT:-.gpu_kit}
 QUICK=${QUICK:-0}
-TRAIN_JOBS=${TRAIN_JOBS:-4}
-STEPS=${STEPS:-tests bench projection speed train}
+STEPS=${STEPS:-tests bench projection speed}
 TEST_MARK=${TEST_MARK:-gpu or not slow}
 wanted() { [[ " $STEPS " == *" $1 "* ]]; }
-# The cells first trained in full: the RTS row (the paper's headline comparison), then R, P, E.
-CELLS=${CELLS:-rts_st_cnn_affine rts_cnn rts_st_cnn_tps rts_st_fcn_affine rts_fcn r_st_cnn_affine r_cnn p_st_cnn_affine p_cnn e_st_cnn_affine e_cnn}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 step() { echo; echo "== $* ($(date -u +%H:%M:%S))"; }
@@ -77,12 +66,10 @@ if [[ $QUICK == 1 ]]; then
     BENCH=(--device "$DEVICE" --batch-size 16 --steps 1 --warmup 1 --workers 0 --stack 2 --project-steps 1
            --project-cells r/fcn --models fcn)
     SPEED_MODELS=fcn; SPEED_STEPS=(--steps 1 --warmup 1 --workers 0 --batch-size 16)
-    TRAIN=(trainer=smoke); SEEDS="[1,2]"
 else
     TEST_ARGS=(-q -m "$TEST_MARK" -p no:cacheprovider)
     BENCH=(--device "$DEVICE" --steps 50 --warmup 10 --workers 8 --stack 3 --project-steps 20)
     SPEED_MODELS=${SPEED_MODELS:-fcn,cnn,st_cnn:affine,st_cnn:tps}; SPEED_STEPS=(--steps 50 --warmup 20 --workers 8)
-    TRAIN=(trainer=paper); SEEDS="[1,2,3]"
 fi
 
 if wanted tests; then
@@ -113,30 +100,4 @@ for variant in "${variants[@]}"; do
         "${SPEED_STEPS[@]}" $variant 2>&1 | grep -E "^==|\(b\)|error" | tee -a "$OUT/speed.txt"
 done
 fi
-wanted train || exit 0
-
-step "full-budget training for $TRAIN_MINUTES min: ${TRAIN[*]}, seeds $SEEDS stacked, $TRAIN_JOBS cells at once" \
-    | tee "$OUT/train.txt"
-deadline=$(( $(date +%s) + 60 * TRAIN_MINUTES ))
-mkdir -p runs
-train_worker() {  # worker $1 trains cells $1, $1 + TRAIN_JOBS, ... of CELLS, one after the other, until the deadline
-    local index=0 cell left
-    for cell in $CELLS; do
-        (( index++ % TRAIN_JOBS == $1 )) || continue
-        left=$(( deadline - $(date +%s) ))
-        (( left > 30 )) || break
-        echo "-- $cell (worker $1, $left s left)"
-        # SIGINT first: the loop checkpoints on Ctrl-C, so a relaunch (next session) resumes the cell.
-        timeout --signal=INT --kill-after=60 "$left" "$PY" -m experiments.mnist "experiment=$cell" "${TRAIN[@]}" \
-            "seeds=$SEEDS" logger=none trainer.device="$DEVICE" 2>&1 | grep -vE "^\s*$"
-    done > "runs/gpu_session_worker$1.log" 2>&1
-}
-for worker in $(seq 0 $(( TRAIN_JOBS - 1 ))); do train_worker "$worker" & done
-wait
-grep -hE "^-- |test error|stopped at|interrupted|Error" runs/gpu_session_worker*.log | tee -a "$OUT/train.txt"
-"$PY" -m experiments.table --runs runs/mnist --out runs/tables --profile "${TRAIN[0]#trainer=}" 2>&1 \
-    | tee -a "$OUT/train.txt"
-# Records, logs, pictures and tables of every run (checkpoints stay behind: too large to bring back).
-find runs \( -name record.json -o -name '*.log' -o -name '*.png' -o -path 'runs/tables/*' \) -type f \
-    | tar -czf "$OUT/runs.tar.gz" -T -
 ls -la "$OUT"
