@@ -24,7 +24,7 @@
 #   weights.tar.NN   model.pt of finished runs, then checkpoint.pt of unfinished ones (a CPU resumes them:
 #                    relaunch the same command there), as many as WEIGHT_MIB (default 56) allows, in parts
 #                    of 15 MiB: the device tool returns 8 files, 64 MiB in all. Unpack: cat weights.tar.* | tar -x
-# Records name the commit in $STN_COMMIT when the tree has no .git.
+# Records name the commit in $STN_COMMIT when the tree has no .git (else the kit's, see gpu_kit_env.sh).
 #
 # To check this script on a CPU: DEVICE=cpu JOBS=2 with a queue of trainer=smoke runs.
 set -uo pipefail
@@ -44,14 +44,8 @@ LOG=$OUT/session.txt
 deadline=$(( $(date +%s) + SECONDS_LEFT ))  # from the script's start: setup and bench count
 say() { echo "== $* ($(date -u +%H:%M:%S))" | tee -a "$LOG"; }
 
-if [[ ! -d "$KIT/wheels" || ! -d "$KIT/mnist" ]]; then
-    echo "error: $KIT/ is missing; run 'make gpu-kit' where PyPI is reachable and carry .gpu_kit along" >&2
-    exit 1
-fi
-SITE=$(mktemp -d)
-"$PY" -m pip install -q --no-index --no-deps --no-compile --target "$SITE" "$KIT"/wheels/*.whl || exit 1
-export PYTHONPATH="$PWD:$SITE${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 WANDB_MODE=disabled
-export STN_DATA=${STN_DATA:-$PWD/data} STN_MNIST_SOURCE="$KIT/mnist"
+# shellcheck source=benchmarks/gpu_kit_env.sh
+source "$(dirname "${BASH_SOURCE[0]}")/gpu_kit_env.sh"
 
 say environment
 {
