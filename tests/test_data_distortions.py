@@ -346,11 +346,17 @@ def test_gpu_draws_the_same_params_and_nearly_the_same_images(mnist):
         gpu, gpu_params = distort(
             set_name, digits.cuda(), torch.Generator().manual_seed(0), mnist.train_images.cuda()
         )
-        assert gpu.device.type == "cuda"
-        assert all(torch.equal(cpu_params[key], gpu_params[key]) for key in cpu_params)
+        assert gpu.device.type == "cuda", set_name
+        for key in cpu_params:
+            assert gpu_params[key].device.type == "cpu", f"{set_name}: params[{key!r}] is not on the CPU"
+            assert torch.equal(cpu_params[key], gpu_params[key]), f"{set_name}: params[{key!r}] differ"
         # Float rounding may move a pixel across a quantisation boundary: at most one level, rarely.
         difference = (gpu.cpu() - cpu).abs()
-        assert difference.max() <= 1 / 255 + 1e-6 and (difference > 0).float().mean() < 0.01
+        changed = (difference > 0).float().mean().item()
+        largest = difference.max().item() * 255
+        assert largest <= 1 + 1e-4 and changed < 0.01, (
+            f"{set_name}: {changed:.3%} of pixels differ, by up to {largest:.2f} grey levels"
+        )
 
 
 def test_angles_are_degrees_not_radians(many):
