@@ -70,7 +70,7 @@ LAUNCH_ARG = $(if $(filter-out 1,$(JOBS)),hydra/launcher=parallel hydra.launcher
 
 # BUDGET: the parameter budget's reading, about_400k (default) or width_ranges (configs/budget/).
 BUDGET ?= about_400k
-reproduce-mnist:  ## run Table 1 + TC (PROFILE=paper|fast|quick, BUDGET=about_400k|width_ranges, SEEDS=1,2,3, STACK=1: seeds stacked in one process, JOBS=4: 4 jobs at once; both for GPUs), then write results/ tables
+reproduce-mnist:  ## run Table 1 + TC (PROFILE=paper|fast|quick|smoke, BUDGET=about_400k|width_ranges, SEEDS=1,2,3, STACK=1: seeds stacked in one process, JOBS=4: 4 jobs at once; both for GPUs), then write results/ tables
 	$(PY) -m experiments.mnist -m $(LAUNCH_ARG) trainer=$(PROFILE) budget=$(BUDGET) $(SEED_ARG) data=$(MNIST_SETS),tc model=fcn,cnn transformer=none
 	$(PY) -m experiments.mnist -m $(LAUNCH_ARG) trainer=$(PROFILE) budget=$(BUDGET) $(SEED_ARG) data=$(MNIST_SETS) model=st_fcn,st_cnn transformer=affine,projective,tps
 	$(PY) -m experiments.mnist -m $(LAUNCH_ARG) trainer=$(PROFILE) budget=$(BUDGET) $(SEED_ARG) data=tc model=st_fcn,st_cnn transformer=affine
