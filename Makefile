@@ -66,7 +66,7 @@ SEED_ARG = $(if $(filter 1,$(STACK)),'seeds=[$(SEEDS)]',seed=$(SEEDS))
 # models share one GPU). 1: one after the other.
 JOBS ?= 1
 LAUNCH_ARG = $(if $(filter-out 1,$(JOBS)),hydra/launcher=parallel hydra.launcher.n_jobs=$(JOBS),)
-.PHONY: reproduce-mnist table params-mnist
+.PHONY: reproduce-mnist table params-mnist missing
 
 # BUDGET: the parameter budget's reading, about_400k (default) or width_ranges (configs/budget/).
 BUDGET ?= about_400k
@@ -79,6 +79,9 @@ reproduce-mnist:  ## run Table 1 + TC (PROFILE=paper|fast|quick|smoke, BUDGET=ab
 EXPERIMENT ?= mnist
 table:  ## write results/ tables of EXPERIMENT=mnist|svhn|addition|coloc|cub for PROFILE from the run records under runs/<experiment>
 	$(PY) -m experiments.table --experiment $(EXPERIMENT) --profile $(PROFILE)
+
+missing:  ## list the runs of Table 1 (EXPERIMENT=mnist) or 4 (addition) for PROFILE and SEEDS that have no finished record, as commands
+	$(PY) -m experiments.missing --experiment $(EXPERIMENT) --profile $(PROFILE) --seeds $(SEEDS)
 
 park:  ## at the end of a session: copy every unfinished run's checkpoint from runs/ to parked/ (then commit parked/)
 	$(PY) -m experiments.park save

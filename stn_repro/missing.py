@@ -1,0 +1,88 @@
+"""The runs a table still lacks: every (cell, seed) of Table 1 (with TC) or Table 4 that has no finished run
+record, as the runner overrides that train it.
+
+A run counts as done when ``<cell>/seed<k>/record.json`` says ``finished`` in any of the folders searched
+(committed records, ``results/records/<experiment>_<profile>/``, and live run folders,
+``runs/<experiment>/<profile>/``, share that layout). A run with a checkpoint but no finished record is
+listed with the iteration it resumes from: the same overrides resume it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from stn_repro.paper import CLUTTERED_ERROR, TABLE1_ERROR, TABLE1_SETS, TABLE4_ROWS
+from stn_repro.park import checkpoint_progress
+from stn_repro.runs import read_finished_record
+from stn_repro.training.loop import CHECKPOINT_NAME
+
+EXPERIMENTS = ("mnist", "addition")
+
+
+@dataclass(frozen=True)
+class MissingRun:
+    """One (cell, seed) without a finished record. ``overrides`` name the cell for the experiment's runner;
+    ``resumes_at`` is the iteration of a checkpoint found for it (``None``: starts from scratch)."""
+
+    experiment: str
+    cell: str
+    seed: int
+    overrides: tuple[str, ...]
+    resumes_at: int | None = None
+
+    def queue_line(self, profile: str) -> str:
+        """The line ``benchmarks/gpu_queue.sh`` reads: the runner's name, then its overrides."""
+        return " ".join((self.experiment, *self.overrides, f"trainer={profile}", f"seed={self.seed}"))
+
+    def command(self, profile: str) -> str:
+        """The command that trains (or resumes) this run."""
+        return f"python -m experiments.{self.queue_line(profile)}"
+
+
+def table_cells(experiment: str) -> list[tuple[str, tuple[str, ...]]]:
+    """Every cell of the experiment's table in the table's order: ``(cell name, runner overrides)``.
+
+    **Convention**: cell names are the run records' (``<data>-<model>-<transform or none>``, ``addition-...``).
+    """
+    if experiment == "mnist":
+        cells = [(data, model, transform) for (model, transform) in TABLE1_ERROR for data in TABLE1_SETS] + [
+            ("tc", model, transform) for (model, transform) in CLUTTERED_ERROR
+        ]
+        return [
+            (
+                f"{data}-{model}-{transform or 'none'}",
+                (f"data={data}", f"model={model}", f"transformer={transform or 'none'}"),
+            )
+            for data, model, transform in cells
+        ]
+    if experiment == "addition":
+        return [
+            (
+                f"addition-{model}-{transform or 'none'}",
+                (f"model=addition_{model}", f"transformer={transform or 'none'}"),
+            )
+            for model, transform in TABLE4_ROWS
+        ]
+    raise ValueError(
+        f"unknown experiment {experiment!r}: missing runs are listed for {', '.join(EXPERIMENTS)}"
+    )
+
+
+def missing_runs(experiment: str, seeds: Sequence[int], folders: Iterable[Path | str]) -> list[MissingRun]:
+    """The (cell, seed) pairs of ``experiment``'s table, cell by cell, that no folder holds a finished record
+    of. Folders that do not exist are skipped (no runs there yet)."""
+    if not seeds or any(int(s) < 1 for s in seeds):
+        raise ValueError(f"seeds must be positive integers, got {list(seeds)!r}")
+    folders = [Path(f) for f in folders]
+    missing = []
+    for cell, overrides in table_cells(experiment):
+        for seed in seeds:
+            seed_dirs = [folder / cell / f"seed{seed}" for folder in folders]
+            if any(read_finished_record(d) is not None for d in seed_dirs):
+                continue
+            checkpoints = [d / CHECKPOINT_NAME for d in seed_dirs if (d / CHECKPOINT_NAME).is_file()]
+            resumes_at = max((checkpoint_progress(c)["iteration"] for c in checkpoints), default=None)
+            missing.append(MissingRun(experiment, cell, int(seed), overrides, resumes_at))
+    return missing

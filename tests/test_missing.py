@@ -1,0 +1,98 @@
+"""The runs a table lacks: every (cell, seed) without a finished record, named by overrides that compose
+to that very cell; checkpoints are reported as where the run resumes; bad input is refused."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from experiments.addition import spec_from_config
+from experiments.missing import main
+from experiments.mnist import cell_from_config
+from stn_repro.missing import missing_runs, table_cells
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def write_record(folder: Path, cell: str, seed: int, finished: bool) -> None:
+    seed_dir = folder / cell / f"seed{seed}"
+    seed_dir.mkdir(parents=True)
+    (seed_dir / "record.json").write_text(json.dumps({"cell": cell, "seed": seed, "finished": finished}))
+
+
+def test_table_cells_are_table_1_with_tc_and_table_4():
+    mnist = [cell for cell, _ in table_cells("mnist")]
+    assert len(mnist) == 36 and len(set(mnist)) == 36
+    assert mnist[0] == "r-fcn-none" and "tc-st_cnn-affine" in mnist and "tc-st_fcn-tps" not in mnist
+    addition = [cell for cell, _ in table_cells("addition")]
+    assert addition == [
+        "addition-fcn-none",
+        "addition-cnn-none",
+        "addition-st_fcn-affine",
+        "addition-st_fcn-projective",
+        "addition-st_fcn-tps",
+        "addition-2x_st_fcn-affine",
+        "addition-2x_st_fcn-projective",
+        "addition-2x_st_fcn-tps",
+    ]
+
+
+@pytest.mark.parametrize("experiment", ["mnist", "addition"])
+def test_each_cells_overrides_compose_to_that_cell(experiment):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        for cell, overrides in table_cells(experiment):
+            cfg = compose(experiment, overrides=[*overrides, "trainer=fast", "seed=2", "trainer.device=cpu"])
+            spec = (cell_from_config if experiment == "mnist" else spec_from_config)(cfg)[0]
+            assert (spec.cell, spec.seed, spec.profile) == (cell, 2, "fast")
+
+
+def test_finished_records_in_any_folder_count_and_unfinished_ones_do_not(tmp_path):
+    committed, runs = tmp_path / "records", tmp_path / "runs"
+    write_record(committed, "r-fcn-none", 1, finished=True)
+    write_record(runs, "r-fcn-none", 2, finished=True)
+    write_record(runs, "rts-fcn-none", 1, finished=False)
+    torch.save(
+        {"iteration": 1234, "settings": {"iterations": 15000}}, runs / "rts-fcn-none/seed1/checkpoint.pt"
+    )
+    missing = missing_runs("mnist", [1, 2], [committed, runs, tmp_path / "absent"])
+    assert len(missing) == 36 * 2 - 2
+    assert [(m.cell, m.seed) for m in missing[:3]] == [
+        ("rts-fcn-none", 1),
+        ("rts-fcn-none", 2),
+        ("p-fcn-none", 1),
+    ]
+    assert missing[0].resumes_at == 1234 and missing[1].resumes_at is None
+    assert missing[0].queue_line("fast") == "mnist data=rts model=fcn transformer=none trainer=fast seed=1"
+    assert missing[0].command("fast") == f"python -m experiments.{missing[0].queue_line('fast')}"
+
+
+def test_the_command_line_prints_queue_lines_and_refuses_bad_input(tmp_path, capsys):
+    write_record(tmp_path, "addition-fcn-none", 1, finished=True)
+    assert (
+        main(
+            [
+                "--experiment",
+                "addition",
+                "--profile",
+                "paper",
+                "--seeds",
+                "1",
+                "--records",
+                str(tmp_path),
+                "--queue",
+            ]
+        )
+        == 0
+    )
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 7 and lines[0] == "addition model=addition_cnn transformer=none trainer=paper seed=1"
+    assert main(["--seeds", "1,x", "--records", str(tmp_path)]) == 1
+    assert "not a comma-separated list of integers" in capsys.readouterr().err
+    assert main(["--seeds", "0", "--records", str(tmp_path)]) == 1
+    assert "positive integers" in capsys.readouterr().err
+    write_record(tmp_path, "r-fcn-none", 1, finished=True)
+    (tmp_path / "r-fcn-none/seed1/record.json").write_text("{broken")
+    assert main(["--seeds", "1", "--records", str(tmp_path)]) == 1
+    assert "r-fcn-none/seed1/record.json" in capsys.readouterr().err
