@@ -30,6 +30,7 @@ from experiments.common import (
 from stn_repro.tasks.coloc import ColocSpec, EmbeddingSpec, run_coloc
 from stn_repro.training.colocalisation import NEGATIVES, negatives_label
 from stn_repro.training.loop import TrainSettings
+from stn_repro.training.records import atomic_write_text
 
 EMBEDDING_TRAINER_KEYS = (
     "iterations",
@@ -61,6 +62,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     spec, settings, embedding_spec, embedding_settings, embedding_dir = specs_from_config(cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
     tags = [spec.data, f"digit{spec.digit}", spec.profile, *(["synthetic"] if spec.synthetic else [])]
+    leave_launch_overrides(run_dir, embedding_dir)
     return run_coloc(
         spec,
         settings,
@@ -74,6 +76,20 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             cfg, embedding_spec, ["embedding", spec.profile], config, embedding_dir
         ),
     )
+
+
+def leave_launch_overrides(run_dir: Path, embedding_dir: Path) -> None:
+    """Copy this job's Hydra overrides into the embedding's folder, unless it has some already.
+
+    The embedding run has no Hydra job of its own: a co-localisation job trains it first. With the
+    overrides beside its checkpoint, ``make park`` can give the command that resumes an unfinished one
+    (relaunching that job trains the rest of the embedding, then the co-localisation run).
+    """
+    source = Path(run_dir) / ".hydra" / "overrides.yaml"
+    target = Path(embedding_dir) / ".hydra" / "overrides.yaml"
+    if source.is_file() and not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(target, source.read_text())
 
 
 def specs_from_config(

@@ -150,6 +150,7 @@ def park(runs_dir: Path, parked_dir: Path, log: Callable[[str], None] = print) -
         relative = run_dir.relative_to(runs_dir)
         progress = checkpoint_progress(run_dir / CHECKPOINT_NAME)
         target = parked_dir / relative
+        before = {}
         if (target / PARKED_NAME).is_file():
             before = json.loads((target / PARKED_NAME).read_text())
             if before.get("iteration", 0) > progress["iteration"]:
@@ -166,7 +167,8 @@ def park(runs_dir: Path, parked_dir: Path, log: Callable[[str], None] = print) -
         _copy_atomically(run_dir / CHECKPOINT_NAME, target / CHECKPOINT_NAME)
         info = {
             **progress,
-            "command": launch_command(run_dir, runs_dir),
+            # A folder restored by `unpark` and not relaunched has no Hydra overrides: keep the known command.
+            "command": launch_command(run_dir, runs_dir) or before.get("command"),
             "parked_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "parked_by_commit": git_commit(),
         }

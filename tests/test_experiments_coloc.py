@@ -31,6 +31,7 @@ from stn_repro.models.coloc import (
 )
 from stn_repro.models.mnist import build_mnist_model
 from stn_repro.paper import TABLE5_LOCALISED, coloc_paper_localised, coloc_paper_text
+from stn_repro.park import launch_command
 from stn_repro.runs import RunLock
 from stn_repro.tables import collect_records
 from stn_repro.tasks.coloc import (
@@ -534,6 +535,10 @@ def test_the_sweep_runs_from_the_command_line(tmp_path):
         tmp_path / "runs" / "coloc" / "embedding" / "smoke" / "synthetic" / "seed1" / "record.json"
     ).exists()
     assert "already finished" in done.stdout  # the second job reused the first one's embedding
+    # The job that trained the embedding left its overrides there: `make park` can name its relaunch.
+    embedding_dir = tmp_path / "runs" / "coloc" / "embedding" / "smoke" / "synthetic" / "seed1"
+    command = launch_command(embedding_dir, tmp_path / "runs")
+    assert command.startswith("python -m experiments.coloc digit=0 ") and "data.source=synthetic" in command
 
 
 # --- the loss landscape diagnostic ------------------------------------------------------------------------------

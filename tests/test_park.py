@@ -69,6 +69,8 @@ def test_a_parked_run_restored_into_an_empty_runs_folder_resumes_to_the_uninterr
     shutil.rmtree(runs)  # the next session: a fresh machine without the runs folder
     restored = unpark(runs, parked, log=lambda s: None)
     assert [e.relative for e in restored] == [entries[0].relative]
+    # Parked again before a relaunch (the restored folder has no Hydra overrides): the command is kept.
+    assert park(runs, parked, log=lambda s: None)[0].command == entries[0].command
     resumed, result = run(run_dir, model_seed=123)
     assert result.finished and result.history == straight_result.history
     assert [launch["iteration"] for launch in result.launches] == [0, 7]
