@@ -80,7 +80,7 @@ EXPERIMENT ?= mnist
 table:  ## write results/ tables of EXPERIMENT=mnist|svhn|addition|coloc|cub for PROFILE from the run records under runs/<experiment>
 	$(PY) -m experiments.table --experiment $(EXPERIMENT) --profile $(PROFILE)
 
-missing:  ## list the runs of Table 1 (EXPERIMENT=mnist) or 4 (addition) for PROFILE and SEEDS that have no finished record, as commands
+missing:  ## list the runs of Table 1 (EXPERIMENT=mnist), 4 (addition) or 5 (coloc) for PROFILE and SEEDS that have no finished record, as commands
 	$(PY) -m experiments.missing --experiment $(EXPERIMENT) --profile $(PROFILE) --seeds $(SEEDS)
 
 park:  ## at the end of a session: copy every unfinished run's checkpoint from runs/ to parked/ (then commit parked/)

@@ -2,6 +2,7 @@
 
 python -m experiments.missing --profile fast                        # Table 1 + TC, seeds 1-3: commands
 python -m experiments.missing --experiment addition --profile paper --seeds 1
+python -m experiments.missing --experiment coloc --profile paper --seeds 1   # Table 5: trainer=coloc_paper
 python -m experiments.missing --profile fast --queue > queue.txt    # lines for benchmarks/gpu_queue.sh
 
 `make missing` runs the first. A run counts as done when its record says finished in the committed records
@@ -16,7 +17,7 @@ import os
 import sys
 from pathlib import Path
 
-from stn_repro.missing import EXPERIMENTS, missing_runs
+from stn_repro.missing import EXPERIMENTS, missing_runs, run_state
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.experiment}, profile {args.profile}, seeds {args.seeds}: {len(missing)} run(s) without a "
         f"finished record in {', '.join(map(str, folders))}"
     )
+    if args.experiment == "coloc":
+        # configs/coloc.yaml's embedding.run_dir, for real MNIST and the default embedding seed.
+        embedding = runs / "coloc" / "embedding" / args.profile / "mnist" / "seed1"
+        print(f"  embedding e(), trained by the first job that needs it: {embedding} {run_state(embedding)}")
     for run in missing:
         resumes = "" if run.resumes_at is None else f"  # resumes at iteration {run.resumes_at:,}"
         print(f"  {run.command(args.profile)}{resumes}")

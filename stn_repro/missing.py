@@ -1,5 +1,5 @@
-"""The runs a table still lacks: every (cell, seed) of Table 1 (with TC) or Table 4 that has no finished run
-record, as the runner overrides that train it.
+"""The runs a table still lacks: every (cell, seed) of Table 1 (with TC), Table 4 or Table 5 that has no
+finished run record, as the runner overrides that train it.
 
 A run counts as done when ``<cell>/seed<k>/record.json`` says ``finished`` in any of the folders searched
 (committed records, ``results/records/<experiment>_<profile>/``, and live run folders,
@@ -13,12 +13,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from stn_repro.paper import CLUTTERED_ERROR, TABLE1_ERROR, TABLE1_SETS, TABLE4_ROWS
+from stn_repro.paper import CLUTTERED_ERROR, TABLE1_ERROR, TABLE1_SETS, TABLE4_ROWS, TABLE5_LOCALISED
 from stn_repro.park import checkpoint_progress
 from stn_repro.runs import read_finished_record
 from stn_repro.training.loop import CHECKPOINT_NAME
 
-EXPERIMENTS = ("mnist", "addition")
+EXPERIMENTS = ("mnist", "addition", "coloc")
+# The co-localisation runner's trainer configs carry the task's name (configs/trainer/coloc_<profile>.yaml).
+TRAINER_PREFIX = {"coloc": "coloc_"}
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,8 @@ class MissingRun:
 
     def queue_line(self, profile: str) -> str:
         """The line ``benchmarks/gpu_queue.sh`` reads: the runner's name, then its overrides."""
-        return " ".join((self.experiment, *self.overrides, f"trainer={profile}", f"seed={self.seed}"))
+        trainer = f"trainer={TRAINER_PREFIX.get(self.experiment, '')}{profile}"
+        return " ".join((self.experiment, *self.overrides, trainer, f"seed={self.seed}"))
 
     def command(self, profile: str) -> str:
         """The command that trains (or resumes) this run."""
@@ -44,7 +47,8 @@ class MissingRun:
 def table_cells(experiment: str) -> list[tuple[str, tuple[str, ...]]]:
     """Every cell of the experiment's table in the table's order: ``(cell name, runner overrides)``.
 
-    **Convention**: cell names are the run records' (``<data>-<model>-<transform or none>``, ``addition-...``).
+    **Convention**: cell names are the run records' (``<data>-<model>-<transform or none>``, ``addition-...``,
+    ``coloc_t-digit<k>``: co-localisation with the default crop negatives).
     """
     if experiment == "mnist":
         cells = [(data, model, transform) for (model, transform) in TABLE1_ERROR for data in TABLE1_SETS] + [
@@ -64,6 +68,12 @@ def table_cells(experiment: str) -> list[tuple[str, tuple[str, ...]]]:
                 (f"model=addition_{model}", f"transformer={transform or 'none'}"),
             )
             for model, transform in TABLE4_ROWS
+        ]
+    if experiment == "coloc":
+        return [
+            (f"{data}-digit{digit}", (f"data={data}", f"digit={digit}"))
+            for data in TABLE5_LOCALISED
+            for digit in range(10)
         ]
     raise ValueError(
         f"unknown experiment {experiment!r}: missing runs are listed for {', '.join(EXPERIMENTS)}"
@@ -86,3 +96,18 @@ def missing_runs(experiment: str, seeds: Sequence[int], folders: Iterable[Path |
             resumes_at = max((checkpoint_progress(c)["iteration"] for c in checkpoints), default=None)
             missing.append(MissingRun(experiment, cell, int(seed), overrides, resumes_at))
     return missing
+
+
+def run_state(run_dir: Path | str) -> str:
+    """What a run folder holds, in words: ``finished``, ``resumes at iteration N of M`` or ``not started``.
+
+    For the co-localisation embedding e(), which no table cell names: the first job of a profile trains it.
+    """
+    run_dir = Path(run_dir)
+    if read_finished_record(run_dir) is not None:
+        return "finished"
+    if (run_dir / CHECKPOINT_NAME).is_file():
+        progress = checkpoint_progress(run_dir / CHECKPOINT_NAME)
+        planned = f" of {progress['iterations']:,}" if progress["iterations"] else ""
+        return f"resumes at iteration {progress['iteration']:,}{planned}"
+    return "not started"

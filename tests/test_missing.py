@@ -9,9 +9,10 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from experiments.addition import spec_from_config
+from experiments.coloc import specs_from_config
 from experiments.missing import main
 from experiments.mnist import cell_from_config
-from stn_repro.missing import missing_runs, table_cells
+from stn_repro.missing import MissingRun, missing_runs, table_cells
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -22,7 +23,7 @@ def write_record(folder: Path, cell: str, seed: int, finished: bool) -> None:
     (seed_dir / "record.json").write_text(json.dumps({"cell": cell, "seed": seed, "finished": finished}))
 
 
-def test_table_cells_are_table_1_with_tc_and_table_4():
+def test_table_cells_are_table_1_with_tc_and_tables_4_and_5():
     mnist = [cell for cell, _ in table_cells("mnist")]
     assert len(mnist) == 36 and len(set(mnist)) == 36
     assert mnist[0] == "r-fcn-none" and "tc-st_cnn-affine" in mnist and "tc-st_fcn-tps" not in mnist
@@ -37,14 +38,24 @@ def test_table_cells_are_table_1_with_tc_and_table_4():
         "addition-2x_st_fcn-projective",
         "addition-2x_st_fcn-tps",
     ]
+    coloc = [cell for cell, _ in table_cells("coloc")]
+    assert len(coloc) == 20 and coloc[0] == "coloc_t-digit0" and coloc[-1] == "coloc_tc-digit9"
 
 
-@pytest.mark.parametrize("experiment", ["mnist", "addition"])
-def test_each_cells_overrides_compose_to_that_cell(experiment):
+SPEC_FROM_CONFIG = {
+    "mnist": lambda cfg: cell_from_config(cfg)[0],
+    "addition": lambda cfg: spec_from_config(cfg)[0],
+    "coloc": lambda cfg: specs_from_config(cfg)[0],
+}
+
+
+@pytest.mark.parametrize("experiment", ["mnist", "addition", "coloc"])
+def test_each_cells_queue_line_composes_to_that_cell(experiment):
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         for cell, overrides in table_cells(experiment):
-            cfg = compose(experiment, overrides=[*overrides, "trainer=fast", "seed=2", "trainer.device=cpu"])
-            spec = (cell_from_config if experiment == "mnist" else spec_from_config)(cfg)[0]
+            runner, *line = MissingRun(experiment, cell, 2, overrides).queue_line("fast").split()
+            cfg = compose(runner, overrides=[*line, "trainer.device=cpu"])
+            spec = SPEC_FROM_CONFIG[experiment](cfg)
             assert (spec.cell, spec.seed, spec.profile) == (cell, 2, "fast")
 
 
@@ -96,3 +107,18 @@ def test_the_command_line_prints_queue_lines_and_refuses_bad_input(tmp_path, cap
     (tmp_path / "r-fcn-none/seed1/record.json").write_text("{broken")
     assert main(["--seeds", "1", "--records", str(tmp_path)]) == 1
     assert "r-fcn-none/seed1/record.json" in capsys.readouterr().err
+
+
+def test_coloc_runs_and_the_state_of_their_embedding(tmp_path, capsys, monkeypatch):
+    runs = tmp_path / "runs"
+    monkeypatch.setenv("STN_RUNS", str(runs))
+    embedding = runs / "coloc" / "embedding" / "paper" / "mnist" / "seed1"
+    embedding.mkdir(parents=True)
+    torch.save({"iteration": 26335, "settings": {"iterations": 150000}}, embedding / "checkpoint.pt")
+    write_record(runs / "coloc" / "paper", "coloc_t-digit3", 1, finished=True)
+    assert main(["--experiment", "coloc", "--seeds", "1", "--records", str(runs / "coloc" / "paper")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("coloc, profile paper, seeds 1: 19 run(s)")
+    assert out[1].endswith("seed1 resumes at iteration 26,335 of 150,000")
+    assert out[2] == "  python -m experiments.coloc data=coloc_t digit=0 trainer=coloc_paper seed=1"
+    assert "data=coloc_t digit=3 " not in "\n".join(out) and "data=coloc_tc digit=3 " in "\n".join(out)
