@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stn_repro.paper import CLUTTERED_ERROR, TABLE1_ERROR, TABLE1_SETS, TABLE4_ROWS, TABLE5_LOCALISED
-from stn_repro.park import checkpoint_progress
+from stn_repro.park import checkpoint_progress, progress_text
 from stn_repro.runs import read_finished_record
 from stn_repro.training.loop import CHECKPOINT_NAME
 
@@ -107,7 +107,5 @@ def run_state(run_dir: Path | str) -> str:
     if read_finished_record(run_dir) is not None:
         return "finished"
     if (run_dir / CHECKPOINT_NAME).is_file():
-        progress = checkpoint_progress(run_dir / CHECKPOINT_NAME)
-        planned = f" of {progress['iterations']:,}" if progress["iterations"] else ""
-        return f"resumes at iteration {progress['iteration']:,}{planned}"
+        return f"resumes at {progress_text(checkpoint_progress(run_dir / CHECKPOINT_NAME))}"
     return "not started"

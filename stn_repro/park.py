@@ -71,6 +71,12 @@ def checkpoint_progress(path: Path) -> dict[str, Any]:
     }
 
 
+def progress_text(progress: dict[str, Any]) -> str:
+    """``iteration N of M`` (``iteration N`` where the plan is unknown) for :func:`checkpoint_progress`'s dict."""
+    planned = f" of {progress['iterations']:,}" if progress["iterations"] else ""
+    return f"iteration {progress['iteration']:,}{planned}"
+
+
 def launch_command(run_dir: Path, runs_dir: Path) -> str | None:
     """``python -m experiments.<task> <overrides>`` from the run folder's Hydra overrides, if it has them.
 
@@ -173,8 +179,7 @@ def park(runs_dir: Path, parked_dir: Path, log: Callable[[str], None] = print) -
             "parked_by_commit": git_commit(),
         }
         atomic_write_text(target / PARKED_NAME, json.dumps(info, indent=2) + "\n")
-        planned = f" of {progress['iterations']:,}" if progress["iterations"] else ""
-        log(f"{relative}: parked at iteration {progress['iteration']:,}{planned}")
+        log(f"{relative}: parked at {progress_text(progress)}")
     return parked_runs(parked_dir)
 
 
