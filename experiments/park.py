@@ -17,7 +17,7 @@ import os
 import sys
 from pathlib import Path
 
-from stn_repro.park import park, parked_runs, unpark
+from stn_repro.park import park, parked_runs, progress_text, unpark
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,9 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     heading = {"save": "parked now", "restore": "relaunch to resume", "list": "parked"}[args.action]
     print(f"\n{heading}:")
     for entry in entries:
-        info = entry.info
-        planned = f"/{info['iterations']:,}" if info.get("iterations") else ""
-        print(f"  {entry.relative} (iteration {info['iteration']:,}{planned}): {entry.command}")
+        print(f"  {entry.relative} ({progress_text(entry.info)}): {entry.command}")
     if args.action == "save":
         print(f"\ncommit {args.parked}/ to keep them: git add {args.parked} && git commit")
     return 0

@@ -73,7 +73,7 @@ def checkpoint_progress(path: Path) -> dict[str, Any]:
 
 def progress_text(progress: dict[str, Any]) -> str:
     """``iteration N of M`` (``iteration N`` where the plan is unknown) for :func:`checkpoint_progress`'s dict."""
-    planned = f" of {progress['iterations']:,}" if progress["iterations"] else ""
+    planned = f" of {progress['iterations']:,}" if progress.get("iterations") else ""
     return f"iteration {progress['iteration']:,}{planned}"
 
 

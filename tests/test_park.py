@@ -49,7 +49,7 @@ def run(run_dir, **extra):
     return net, result
 
 
-def test_a_parked_run_restored_into_an_empty_runs_folder_resumes_to_the_uninterrupted_state(tmp_path):
+def test_a_parked_run_restored_into_an_empty_runs_folder_resumes_to_the_uninterrupted_state(tmp_path, capsys):
     straight, straight_result = run(tmp_path / "straight")
 
     runs, parked = tmp_path / "runs", tmp_path / "parked"
@@ -65,6 +65,11 @@ def test_a_parked_run_restored_into_an_empty_runs_folder_resumes_to_the_uninterr
     assert entries[0].info["iteration"] == 7 and entries[0].info["iterations"] == 10
     assert entries[0].command == "python -m experiments.mnist experiment=r_fcn seed=1"
     assert "parked at iteration 7 of 10" in lines[0]
+    assert park_main(["list", "--parked", str(parked)]) == 0
+    assert (
+        "mnist/fast/r-fcn-none/seed1 (iteration 7 of 10): python -m experiments.mnist"
+        in capsys.readouterr().out
+    )
 
     shutil.rmtree(runs)  # the next session: a fresh machine without the runs folder
     restored = unpark(runs, parked, log=lambda s: None)
