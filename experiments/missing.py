@@ -19,6 +19,26 @@ from pathlib import Path
 
 from stn_repro.missing import EXPERIMENTS, missing_runs, run_state
 
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def coloc_embedding_dir(profile: str) -> Path:
+    """Where ``trainer=coloc_<profile>`` keeps the embedding e(): configs/coloc.yaml's ``embedding.run_dir``,
+    composed as ``python -m experiments.coloc`` would (real MNIST, the default embedding seed, $STN_RUNS)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import MissingConfigException
+
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        try:
+            cfg = compose("coloc", overrides=[f"trainer=coloc_{profile}"])
+        except MissingConfigException:
+            known = sorted(p.stem.removeprefix("coloc_") for p in (CONFIGS / "trainer").glob("coloc_*.yaml"))
+            raise ValueError(
+                f"no co-localisation profile {profile!r} (configs/trainer/coloc_{profile}.yaml); "
+                f"known: {', '.join(known)}"
+            ) from None
+    return Path(cfg.embedding.run_dir)
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
@@ -59,8 +79,11 @@ def main(argv: list[str] | None = None) -> int:
         f"finished record in {', '.join(map(str, folders))}"
     )
     if args.experiment == "coloc":
-        # configs/coloc.yaml's embedding.run_dir, for real MNIST and the default embedding seed.
-        embedding = runs / "coloc" / "embedding" / args.profile / "mnist" / "seed1"
+        try:
+            embedding = coloc_embedding_dir(args.profile)
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
         print(f"  embedding e(), trained by the first job that needs it: {embedding} {run_state(embedding)}")
     for run in missing:
         resumes = "" if run.resumes_at is None else f"  # resumes at iteration {run.resumes_at:,}"

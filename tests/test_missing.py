@@ -122,3 +122,9 @@ def test_coloc_runs_and_the_state_of_their_embedding(tmp_path, capsys, monkeypat
     assert out[1].endswith("seed1 resumes at iteration 26,335 of 150,000")
     assert out[2] == "  python -m experiments.coloc data=coloc_t digit=0 trainer=coloc_paper seed=1"
     assert "data=coloc_t digit=3 " not in "\n".join(out) and "data=coloc_tc digit=3 " in "\n".join(out)
+    assert (
+        main(["--experiment", "coloc", "--profile", "fastest", "--records", str(runs / "coloc" / "paper")])
+        == 1
+    )
+    err = capsys.readouterr().err
+    assert "no co-localisation profile 'fastest'" in err and "fast, paper, quick, smoke" in err
