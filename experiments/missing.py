@@ -17,7 +17,7 @@ import os
 import sys
 from pathlib import Path
 
-from stn_repro.missing import EXPERIMENTS, missing_runs, run_state
+from stn_repro.missing import EXPERIMENTS, TRAINER_PREFIX, missing_runs, run_state
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -26,18 +26,25 @@ def coloc_embedding_dir(profile: str) -> Path:
     """Where ``trainer=coloc_<profile>`` keeps the embedding e(): configs/coloc.yaml's ``embedding.run_dir``,
     composed as ``python -m experiments.coloc`` would (real MNIST, the default embedding seed, $STN_RUNS)."""
     from hydra import compose, initialize_config_dir
-    from hydra.errors import MissingConfigException
 
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        try:
-            cfg = compose("coloc", overrides=[f"trainer=coloc_{profile}"])
-        except MissingConfigException:
-            known = sorted(p.stem.removeprefix("coloc_") for p in (CONFIGS / "trainer").glob("coloc_*.yaml"))
-            raise ValueError(
-                f"no co-localisation profile {profile!r} (configs/trainer/coloc_{profile}.yaml); "
-                f"known: {', '.join(known)}"
-            ) from None
+        cfg = compose("coloc", overrides=[f"trainer=coloc_{profile}"])
     return Path(cfg.embedding.run_dir)
+
+
+def check_profile(experiment: str, profile: str) -> None:
+    """Raise ValueError naming the known profiles where ``configs/trainer/`` has none called ``profile``."""
+    prefix = TRAINER_PREFIX.get(experiment, "")
+    # The shared profiles have plain names (paper.yaml); a task's own carry its prefix (coloc_paper.yaml).
+    stems = [p.stem for p in (CONFIGS / "trainer").glob("*.yaml")]
+    known = sorted(
+        s.removeprefix(prefix) for s in stems if (s.startswith(prefix) if prefix else "_" not in s)
+    )
+    if profile in known:
+        return
+    raise ValueError(
+        f"no {experiment} profile {profile!r} (configs/trainer/{prefix}{profile}.yaml); known: {', '.join(known)}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         runs / args.experiment / args.profile,
     ]
     try:
+        check_profile(args.experiment, args.profile)
         missing = missing_runs(args.experiment, seeds, folders)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -79,11 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         f"finished record in {', '.join(map(str, folders))}"
     )
     if args.experiment == "coloc":
-        try:
-            embedding = coloc_embedding_dir(args.profile)
-        except ValueError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 1
+        embedding = coloc_embedding_dir(args.profile)
         print(f"  embedding e(), trained by the first job that needs it: {embedding} {run_state(embedding)}")
     for run in missing:
         resumes = "" if run.resumes_at is None else f"  # resumes at iteration {run.resumes_at:,}"

@@ -127,4 +127,6 @@ def test_coloc_runs_and_the_state_of_their_embedding(tmp_path, capsys, monkeypat
         == 1
     )
     err = capsys.readouterr().err
-    assert "no co-localisation profile 'fastest'" in err and "fast, paper, quick, smoke" in err
+    assert "no coloc profile 'fastest'" in err and "known: fast, paper, quick, smoke" in err
+    assert main(["--profile", "cub_paper", "--queue", "--records", str(tmp_path)]) == 1
+    assert "no mnist profile 'cub_paper'" in capsys.readouterr().err
