@@ -81,8 +81,8 @@ STORED_TEST_SET_EXPERIMENTS = ("mnist", "addition")
 def mark_test_set_changes(records: list[dict[str, Any]], checksums: dict[str, str | None]) -> None:
     """Set each MNIST or addition record's ``test_set_changed``: whether the test set it was scored on
     differs from the one built here (``checksums``: data set name -> sha256 of today's stored test set,
-    ``None`` where it is not built). CPU kernels can move a few pixels of a distorted set by one grey level
-    between machines or versions; such records are flagged in the tables, not mixed in silently. ``None``:
+    ``None`` where it is not built). Sets of generator version 2 and earlier (float32 warps) were a few
+    pixels one grey level apart between CPUs, and a new version changes a set; such records are flagged in the tables, not mixed in silently. ``None``:
     not checked (a synthetic set, or no set built here).
 
     A record that ``python -m experiments.rescore --write`` scored again on today's set (an entry of its
@@ -382,8 +382,8 @@ def _test_set_lines(rows: list[dict[str, Any]], mark: str) -> list[str]:
         lines += [
             "",
             f"{mark} Scored on a test set whose sha256 differs from the one built here ({cells}): it was "
-            "built by another version or on another machine (CPU kernels can put a pixel of a distorted set "
-            "one grey level apart). Rescore the weights on today's sets (`python -m experiments.rescore`), "
+            "built by another generator version, or by version 2 or earlier on another CPU (its float32 warps "
+            "put a few pixels one grey level apart). Rescore the weights on today's sets (`python -m experiments.rescore`), "
             "or rerun, before comparing closely.",
         ]
     rescored = [r for r in rows if r["test_set_check"].startswith("rescored")]
@@ -391,7 +391,7 @@ def _test_set_lines(rows: list[dict[str, Any]], mark: str) -> list[str]:
         lines += [
             "",
             f"- Scored again on the test set built here from their saved weights, {len(rescored)} cell(s) "
-            "(their runs were scored on a set built elsewhere, a few pixels one grey level apart; "
+            "(their runs were scored on a set of another generator version or built on another CPU; "
             "`python -m experiments.rescore --write`): the table shows that score, each run's own is in its "
             "record.",
         ]

@@ -1,6 +1,10 @@
 """Stored sets and training data: HDF5 round trips and errors, checksums, byte-identical files, splits,
 and the streams (epoch permutations, fresh distortions, exact resume)."""
 
+import os
+import subprocess
+import sys
+
 import h5py
 import pytest
 import torch
@@ -65,6 +69,37 @@ def test_addition_and_colocalisation_sets(mnist):
     coloc = generate_colocalisation_set(mnist.test_images, mnist.test_labels, 0, mnist.train_images)
     assert coloc["images"].shape == (64, 1, 84, 84) and coloc["boxes"].shape == (64, 4)
     assert "clutter_xy_px" in coloc and coloc["clutter_xy_px"].shape == (64, 16, 2)
+
+
+STORED_SET_CHECKSUMS = """
+from stn_repro.data import generate_addition_set, generate_set, set_checksum, synthetic_mnist
+
+mnist = synthetic_mnist(num_train=300, num_test=256, seed=0)
+for name in ("r", "rts", "p", "e", "tc"):
+    data = generate_set(name, mnist.test_images, mnist.test_labels, 7, mnist.train_images)
+    print(name, set_checksum(data["images"], data["labels"]))
+data = generate_addition_set(mnist.test_images, mnist.test_labels, 7)
+print("addition", set_checksum(data["images"], data["labels"]))
+"""
+
+
+def test_stored_sets_are_the_same_bytes_whatever_kernels_the_cpu_runs():
+    # Records are compared with today's test set by checksum, on whatever machine builds it. Forcing
+    # torch's plain (non-vectorised) kernels and MKL's SSE4.2 ones stands in for another CPU: with float32
+    # warps the RTS, P and addition sets of these 256 digits came out a few pixels apart that way.
+    def checksums(**env):
+        done = subprocess.run(
+            [sys.executable, "-c", STORED_SET_CHECKSUMS],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return dict(line.split() for line in done.stdout.splitlines())
+
+    here = checksums()
+    assert set(here) == {"r", "rts", "p", "e", "tc", "addition"}
+    assert checksums(ATEN_CPU_CAPABILITY="default", MKL_ENABLE_INSTRUCTIONS="SSE4_2") == here
 
 
 def test_write_set_round_trips_and_is_byte_identical(tmp_path, mnist):
