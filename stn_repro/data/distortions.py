@@ -16,9 +16,9 @@
 - Angles are in degrees, positive = counter-clockwise as displayed.
 - Images are quantised to 8-bit levels, ``round(x * 255) / 255``, so that stored (uint8) sets and
   on-the-fly training batches come from exactly the same distribution.
-- The warp runs in the digits' dtype. The parameters do not depend on it (float32, drawn and computed the
-  same way on every CPU); the stored sets pass float64 digits so that their pixels do not depend on the
-  CPU either (see :func:`stn_repro.data.sets.generate_set`).
+- The warp runs in the digits' dtype; the parameters (float32) do not depend on it. The stored sets pass
+  float64 digits so that their pixels do not depend on the CPU's matrix kernels (see
+  :data:`stn_repro.data.sets.STORED_SET_DTYPE`).
 """
 
 from __future__ import annotations
@@ -231,14 +231,14 @@ def _projective(
     # positions (rather than pushing the digit's own corners outwards) keeps the digit in the frame: the
     # other way round, 12% of real digits lose more than half of their ink off the frame or to extreme
     # foreshortening (0.5% this way).
-    offsets_px = _normal((batch, 4, 2), corner_std_px, generator)
+    offsets_px = torch.randn(batch, 4, 2, generator=generator) * corner_std_px
     # A large draw can fold the quadrilateral (non-convex or self-crossing); no homography maps the square
     # onto it without sending part of the output through the horizon, which paints a mirrored ghost of the
     # digit. Such draws are redrawn, corners only, until every quadrilateral is convex: a slightly truncated
     # Gaussian: 0.3% of draws are redrawn, and the kept offsets' std is 4.99 px instead of 5.
     folded = ~_is_convex(_sampled_corners(scale, offsets_px, size))
     while folded.any():
-        offsets_px[folded] = _normal((int(folded.sum()), 4, 2), corner_std_px, generator)
+        offsets_px[folded] = torch.randn(int(folded.sum()), 4, 2, generator=generator) * corner_std_px
         folded = ~_is_convex(_sampled_corners(scale, offsets_px, size))
     homography = projective_from_points(
         _CORNERS.expand(batch, 4, 2), _sampled_corners(scale, offsets_px, size)
@@ -274,7 +274,7 @@ def _elastic(digits: Tensor, generator: torch.Generator) -> tuple[Tensor, dict[s
     scale = _uniform(batch, *E_SCALE_RANGE, generator)
     # Scale first, then perturb: each of the 16 target control points samples the shrunk digit 1.5 px
     # (output pixels) away from where it would, so the TPS source positions are (c + delta) / scale.
-    offsets_px = _normal((batch, 16, 2), E_CONTROL_STD_PX, generator)
+    offsets_px = torch.randn(batch, 16, 2, generator=generator) * E_CONTROL_STD_PX
     control = tps_control_points(4)
     params = ((control + pixels_to_normalised(offsets_px, size)) / scale.view(-1, 1, 1)).reshape(batch, -1)
     images = _warp(digits, _TPS, params, size)
@@ -421,12 +421,6 @@ def _check_digits(digits: Tensor) -> None:
 
 def _uniform(batch: int, low: float, high: float, generator: torch.Generator) -> Tensor:
     return low + (high - low) * torch.rand(batch, generator=generator)
-
-
-def _normal(shape: tuple[int, ...], std: float, generator: torch.Generator) -> Tensor:
-    """float32 draws from N(0, std^2). Drawn in float64 and rounded: float32 ``randn`` takes a vectorised
-    path whose values depend on the CPU's instruction set, float64 ``randn`` is the same on every CPU."""
-    return (torch.randn(shape, generator=generator, dtype=torch.float64) * std).float()
 
 
 def _radians(angle_deg: Tensor) -> Tensor:

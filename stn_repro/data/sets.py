@@ -182,11 +182,15 @@ def _as_float(images_uint8: Tensor, dtype: torch.dtype = torch.float32) -> Tenso
     return images_uint8.unsqueeze(1).to(dtype).div(255.0)
 
 
-# Stored sets are warped in float64, so that their bytes are the same on every CPU. In float32 the sampling
+# Stored sets are warped in float64, so that their bytes do not depend on the CPU. In float32 the sampling
 # grid comes from matrix kernels (MKL, oneDNN) whose rounding differs between CPUs, and a pixel within a
-# float32 rounding error of a half grey level rounds the other way on another machine: a few pixels of every
-# distorted set did (the records' test-set checksums, generator version 2). In float64 a pixel would have to
-# lie within about 1e-12 of a half level.
+# float32 rounding error of a half grey level rounds the other way on another machine: a few pixels of the
+# R, RTS, P, E and addition sets did (the records' test-set checksums, generator version 2). In float64 a
+# pixel would have to lie within about 1e-12 of a half level. One CPU dependence is left, on purpose: the P
+# and E offsets are float32 ``randn`` draws, whose vectorised path gives the same numbers under AVX2 and
+# AVX-512 but not on a CPU without AVX2 (torch's plain kernels), where a P or E set can come out a few
+# pixels apart and the tables flag it. Drawing them in float64 would make the sets other samples
+# altogether, and every P and E number so far would move by its sampling error (up to 0.2 points).
 STORED_SET_DTYPE = torch.float64
 
 
