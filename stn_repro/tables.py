@@ -81,9 +81,9 @@ STORED_TEST_SET_EXPERIMENTS = ("mnist", "addition")
 def mark_test_set_changes(records: list[dict[str, Any]], checksums: dict[str, str | None]) -> None:
     """Set each MNIST or addition record's ``test_set_changed``: whether the test set it was scored on
     differs from the one built here (``checksums``: data set name -> sha256 of today's stored test set,
-    ``None`` where it is not built). Sets of generator version 2 and earlier (float32 warps) were a few
-    pixels one grey level apart between CPUs, and a new version changes a set; such records are flagged in the tables, not mixed in silently. ``None``:
-    not checked (a synthetic set, or no set built here).
+    ``None`` where it is not built). A new generator version changes a set, and so can another CPU (a few
+    pixels one grey level apart: see :data:`stn_repro.data.sets.STORED_SET_DTYPE`); such records are flagged
+    in the tables, not mixed in silently. ``None``: not checked (a synthetic set, or no set built here).
 
     A record that ``python -m experiments.rescore --write`` scored again on today's set (an entry of its
     ``rescored`` list with today's checksum) is not flagged: its ``test_error`` becomes that score here (in
@@ -382,8 +382,8 @@ def _test_set_lines(rows: list[dict[str, Any]], mark: str) -> list[str]:
         lines += [
             "",
             f"{mark} Scored on a test set whose sha256 differs from the one built here ({cells}): it was "
-            "built by another generator version, or by version 2 or earlier on another CPU (its float32 warps "
-            "put a few pixels one grey level apart). Rescore the weights on today's sets (`python -m experiments.rescore`), "
+            "built by another generator version or on another CPU (a few pixels one grey level apart; see "
+            "stn_repro.data.sets.STORED_SET_DTYPE). Rescore the weights on today's sets (`python -m experiments.rescore`), "
             "or rerun, before comparing closely.",
         ]
     rescored = [r for r in rows if r["test_set_check"].startswith("rescored")]
