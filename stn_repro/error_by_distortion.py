@@ -31,7 +31,7 @@ from stn_repro.data.distortions import (
     ink_in_frame,
 )
 from stn_repro.data.mnist import load_mnist
-from stn_repro.data.sets import load_set_arrays, scored_on
+from stn_repro.data.sets import error_on_set, load_set_arrays, set_checksum
 from stn_repro.tasks.mnist import load_trained_model
 from stn_repro.training.loop import wrong_answers
 from stn_repro.training.records import RECORD_NAME, read_record
@@ -108,7 +108,9 @@ def run_breakdown(
     offset_stds: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """A finished run's test errors binned by distortion size, scored again from its ``model.pt`` on the
-    stored test set built here (``same_test_set`` says whether that is the set its record was scored on)."""
+    stored test set built here. ``recorded_error`` is the record's score on that set and ``recorded_how``
+    says whose (``"recorded"``: the run's own; ``"rescored"``: a later score from the same weights), or
+    ``None`` with the run's own score when neither was made on this set (see :func:`error_on_set`)."""
     run_dir = Path(run_dir)
     record = read_record(run_dir / RECORD_NAME)
     set_name = record["data"]
@@ -119,6 +121,7 @@ def run_breakdown(
     arrays = load_set_arrays(set_name, "test", data_dir)
     labels = arrays["labels"].long()
     wrong = wrong_answers(load_trained_model(run_dir), arrays["images"], labels)
+    scored = error_on_set(record, set_checksum(arrays["images"], labels))
     ink_bins = None
     if set_name in FRAME_WARPS:
         lost = 100.0 * (1.0 - ink_in_frame(set_name, arrays, _test_digits(labels, data_dir)))
@@ -137,9 +140,9 @@ def run_breakdown(
         "profile": record["profile"],
         "iterations": record["iterations"],
         "commit": record.get("commit"),
-        "recorded_error": record["test_error"],
+        "recorded_error": scored[0] if scored else record["test_error"],
+        "recorded_how": scored[1] if scored else None,
         "error": 100.0 * float(wrong.float().mean()),
-        "same_test_set": scored_on(record, arrays["images"], labels),
         "set": set_name,
         "size_name": DISTORTION_SIZE[set_name],
         "bins": error_by_size(wrong, distortion_size(set_name, arrays), edges or DEFAULT_EDGES[set_name]),
@@ -164,9 +167,11 @@ def markdown(breakdowns: list[dict[str, Any]], command: str) -> str:
     """The breakdowns as Markdown: one table per run, with the run's provenance and ``command``."""
     lines = ["# Test error by distortion size", ""]
     for b in breakdowns:
-        check = (
-            "" if b["same_test_set"] else " (its record was scored on a test set that differs from today's)"
-        )
+        check = {
+            "recorded": "",
+            "rescored": ", rescored from its weights on this set by `experiments.rescore`",
+            None: " (its record was scored on a test set that differs from today's)",
+        }[b["recorded_how"]]
         lines += [
             f"## {b['cell']} seed {b['seed']}, profile `{b['profile']}`",
             "",

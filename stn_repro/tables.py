@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from stn_repro.data.distortions import VARIANT_SETS
+from stn_repro.data.sets import error_on_set
 from stn_repro.paper import (
     CUB_ROWS,
     SVHN_MODEL_LABELS,
@@ -99,12 +100,12 @@ def mark_test_set_changes(records: list[dict[str, Any]], checksums: dict[str, st
         ):
             record["test_set_changed"] = None
             continue
-        rescored = next((r for r in record.get("rescored") or [] if r["test_set"]["sha256"] == today), None)
-        if test_set.get("sha256") != today and rescored is not None:
+        scored = error_on_set(record, today)
+        if scored is not None and scored[1] == "rescored":
             record["recorded_test_error"] = record["test_error"]
-            record["test_error"] = rescored["test_error"]
+            record["test_error"] = scored[0]
             record["test_set_rescored"] = True
-        record["test_set_changed"] = test_set.get("sha256") != today and rescored is None
+        record["test_set_changed"] = scored is None
 
 
 def first_reaching(history: list[dict[str, Any]], target: float, key: str = "val_error") -> dict | None:

@@ -571,7 +571,7 @@ def test_error_by_distortion_rescores_a_run_and_bins_its_errors(tmp_path, capsys
     import stn_repro.error_by_distortion as breakdown
     from experiments.error_by_distortion import main as breakdown_main
     from stn_repro.data.mnist import MnistArrays
-    from stn_repro.data.sets import generate_set, set_path, write_set
+    from stn_repro.data.sets import generate_set, set_checksum, set_path, write_set
 
     cfg = compose_mnist(["experiment=p_fcn", "model.param_budget=50000", *SMOKE])
     spec, settings = cell_from_config(cfg)
@@ -606,6 +606,16 @@ def test_error_by_distortion_rescores_a_run_and_bins_its_errors(tmp_path, capsys
     assert "--offset-stds '5,x': give comma-separated numbers" in capsys.readouterr().err
     assert "differs from today's" in text  # scored on this stored set, not the run's own test set
     assert out_file.read_text().strip() == text.strip()
+    # A score that experiments.rescore added for this very set counts as the record's, and says so.
+    record_path = run_dir / "record.json"
+    record = json.loads(record_path.read_text())
+    stored_sha = set_checksum(stored["images"], stored["labels"].long())
+    record["rescored"] = [{"test_error": 12.5, "test_set": {"sha256": stored_sha}}]
+    record_path.write_text(json.dumps(record))
+    assert breakdown_main(args) == 0
+    rescored_text = capsys.readouterr().out
+    assert "(recorded 12.50%, rescored from its weights on this set" in rescored_text
+    assert "differs from today's" not in rescored_text
     monkeypatch.setattr(
         breakdown, "load_mnist", lambda data_dir: MnistArrays(raw, labels, raw, labels.flip(0))
     )
