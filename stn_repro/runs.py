@@ -42,7 +42,8 @@ from stn_repro.training.loop import (
     train,
 )
 from stn_repro.training.objectives import CLASSIFICATION
-from stn_repro.training.records import RECORD_NAME, provenance, read_record, write_record
+from stn_repro.training.records import RECORD_NAME, collapsed, provenance, read_record, write_record
+from stn_repro.transformers import localisation_spread
 from stn_repro.viz import save_figure
 
 WEIGHTS_NAME = "model.pt"  # a finished seed's trained model, beside its record
@@ -238,6 +239,20 @@ def picture_saver(
     return on_picture
 
 
+# How many of a run's test images measure its transformers' spread (:func:`test_set_spread`).
+SPREAD_IMAGES = 256
+
+
+def test_set_spread(model: nn.Module, eval_sets: dict[str, tuple[Tensor, Tensor]]) -> list[float] | None:
+    """:func:`~stn_repro.transformers.localisation_spread` of ``model`` over the first
+    :data:`SPREAD_IMAGES` images of its test set; ``None`` for a model without spatial transformers, and
+    for a run whose learner reads its own test images (CUB's loader: no ``test`` in ``eval_sets``)."""
+    if "test" not in eval_sets:
+        return None
+    spread = localisation_spread(model, eval_sets["test"][0][:SPREAD_IMAGES])
+    return spread or None
+
+
 def run_record(
     run: PreparedRun,
     settings: TrainSettings,
@@ -268,6 +283,9 @@ def run_record(
         "engine": engine,
         "weights": WEIGHTS_NAME,
         "history": result.history,
+        # Per transformer, how much its predicted parameters vary over test images: 0 is a dead
+        # localisation net (a fixed warp), which the tables mark.
+        "localisation_spread": test_set_spread(run.model, run.eval_sets),
         "launches": result.launches,
         **provenance(device),
         "config": config,
@@ -291,6 +309,13 @@ def publish_record(
         f"{record['cell']} seed {record['seed']}: {record.get('metric', '% test error')} "
         f"{record['test_error']:.2f}%{paper_text} -> {record_path}"
     )
+    if collapsed(record):
+        log(
+            f"WARNING {record['cell']} seed {record['seed']}: a localisation net predicts the same transform "
+            f"for every test image (spread {record['localisation_spread']}): that transformer is a fixed warp "
+            "(its hidden units are likely dead) and the tables mark this run. Try another seed, or a lower "
+            "localisation learning rate (optim.localisation_lr_multiplier)."
+        )
 
 
 def save_weights(path: Path, run: PreparedRun) -> None:

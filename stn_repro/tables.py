@@ -29,7 +29,7 @@ from stn_repro.paper import (
     model_label,
     paper_error,
 )
-from stn_repro.training.records import RECORD_NAME, atomic_write_text, read_record, run_commits
+from stn_repro.training.records import RECORD_NAME, atomic_write_text, collapsed, read_record, run_commits
 
 CSV_COLUMNS = [
     "experiment",
@@ -54,6 +54,7 @@ CSV_COLUMNS = [
     "devices",
     "budget_reading",
     "test_set_check",
+    "collapsed_seeds",
     "seeds_reaching_paper",
     "images_to_paper",
     "time_to_paper_s",
@@ -164,6 +165,7 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "devices": "; ".join(sorted({r["device"] for r in runs})),
                 "budget_reading": reading,
                 "test_set_check": _test_set_check(runs),
+                "collapsed_seeds": sum(collapsed(r) for r in runs),
                 # A study set's runs are timed to the paper's number on the set it varies (its lines say so).
                 **_reaching_paper(
                     runs, paper_error(VARIANT_SETS[data], model, transform) if data in VARIANT_SETS else paper
@@ -265,8 +267,27 @@ def _cell_text(row: dict[str, Any] | None, paper: float | None) -> str:
 
 
 def _changed_mark(row: dict[str, Any], mark: str) -> str:
-    """``mark`` where some seed of the row was scored on another test set than today's, else ``""``."""
-    return mark if row.get("test_set_check", "").startswith("differs") else ""
+    """``mark`` where some seed of the row was scored on another test set than today's, then
+    :data:`COLLAPSED_MARK` where some seed's localisation net collapsed; ``""`` for neither."""
+    changed = mark if row.get("test_set_check", "").startswith("differs") else ""
+    return changed + (COLLAPSED_MARK if row.get("collapsed_seeds") else "")
+
+
+COLLAPSED_MARK = "§"
+
+
+def _collapse_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The table's note on cells with a run whose transformer collapsed to one fixed warp (marked §)."""
+    hit = [r for r in rows if r.get("collapsed_seeds")]
+    if not hit:
+        return []
+    cells = ", ".join(f"{r['data']} {r['label']} ({r['collapsed_seeds']} of {r['n_seeds']})" for r in hit)
+    return [
+        "",
+        f"{COLLAPSED_MARK} A run of the cell ({cells}) ended with a localisation net that predicts the same "
+        "transform for every test image (`localisation_spread` 0 in its record: dead hidden units), so its "
+        "transformer is a fixed warp and the number is not a spatial transformer's.",
+    ]
 
 
 def _runs_of(
@@ -341,6 +362,7 @@ def to_markdown(rows: list[dict[str, Any]], profile: str, reading: str = "about_
         rows, lambda r: f"{r['data']} {r['label']}", "the paper trains on 38.4M images per cell"
     )
     lines += _test_set_lines(rows, TEST_SET_CHANGED_MARK)
+    lines += _collapse_lines(rows)
     lines += _provenance_lines(rows, f"python -m experiments.table --profile {profile}")
     return "\n".join(lines) + "\n"
 
@@ -506,6 +528,7 @@ def svhn_markdown(rows: list[dict[str, Any]], profile: str, synthetic: bool) -> 
         cells = [_cell_text(by_key.get((key, s)), TABLE2_ERROR.get((key, s))) for s in sizes]
         counts = sorted({f"{by_key[(key, s)]['param_count']:,}" for s in sizes if (key, s) in by_key})
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {', '.join(counts)} |")
+    lines += _collapse_lines(rows)
     lines += _provenance_lines(rows, f"python -m experiments.table --experiment svhn --profile {profile}")
     return "\n".join(lines) + "\n"
 
@@ -567,6 +590,7 @@ def addition_markdown(rows: list[dict[str, Any]], profile: str) -> str:
         "gives addition none); ST-FCN Aff is held to 18.5 (†)",
     )
     lines += _test_set_lines(rows, ADDITION_TEST_SET_CHANGED_MARK)
+    lines += _collapse_lines(rows)
     lines += _provenance_lines(rows, f"python -m experiments.table --experiment addition --profile {profile}")
     return "\n".join(lines) + "\n"
 

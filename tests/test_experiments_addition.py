@@ -38,6 +38,7 @@ from stn_repro.data.addition import AdditionStream
 from stn_repro.models.addition import (
     ADDITION_INPUT_SHAPE,
     ADDITION_MODEL_KINDS,
+    NUM_PARALLEL,
     SPATIAL_KINDS,
     build_addition_model,
     transformers_of,
@@ -250,6 +251,8 @@ def test_every_experiment_runs_the_smoke_profile_with_a_record(experiment, smoke
     assert record["model_info"]["param_budget"] == 400_000
     assert record["test_set"]["source"] == "synthetic" and record["test_set"]["size"] == 256
     assert (run_dir / "model.pt").exists()
+    transformers = {"st_fcn": 1, "2x_st_fcn": NUM_PARALLEL}.get(spec.model, 0)
+    assert len(record["localisation_spread"] or []) == transformers
     pictures = list((run_dir / "pictures").glob("*.png"))
     assert len(pictures) == (1 if spec.model in SPATIAL_KINDS else 0)
 

@@ -567,6 +567,47 @@ def test_rescore_scores_the_saved_weights_on_todays_test_set_and_says_whether_it
     assert rescore_main(args) == 1 and "has no model.pt" in capsys.readouterr().err
 
 
+def test_a_run_records_its_transformers_spread_and_the_check_finds_a_dead_localisation_net(tmp_path, capsys):
+    from experiments.localisation_spread import main as spread_main
+    from stn_repro.data.sets import set_path, write_set
+
+    cfg = compose_mnist(["experiment=r_st_fcn_affine", "model.param_budget=50000", *SMOKE])
+    spec, settings = cell_from_config(cfg)
+    run_dir = tmp_path / "records" / "r-st_fcn-affine" / "seed1"
+    record = run_cell(spec, settings, run_dir, log=lambda s: None)
+    assert len(record["localisation_spread"]) == 1  # one transformer
+    data = load_cell_data(spec, torch.device("cpu"))
+    path = set_path("r", "test", tmp_path / "data")
+    path.parent.mkdir(parents=True)
+    write_set(path, {"images": data.test_images, "labels": data.test_labels}, {"set_name": "r", "seed": 1})
+    # The check on today's set gives what the run recorded; a record without the field gets it with --write.
+    args = ["--records", str(tmp_path / "records"), "--data-dir", str(tmp_path / "data")]
+    saved = json.loads((run_dir / "record.json").read_text())
+    del saved["localisation_spread"]
+    (run_dir / "record.json").write_text(json.dumps(saved))
+    assert spread_main(args) == 0
+    assert "written" not in capsys.readouterr().out
+    out_file = tmp_path / "spread.md"
+    assert spread_main([*args, "--write", "--out", str(out_file)]) == 0
+    assert "(written to its record)" in capsys.readouterr().out
+    rewritten = json.loads((run_dir / "record.json").read_text())
+    assert rewritten["localisation_spread"] == pytest.approx(record["localisation_spread"])
+    assert {"commit", "date", "images", "test_set_sha256"} <= rewritten["localisation_spread_from"].keys()
+    assert "0 of 1 runs collapsed" in out_file.read_text()
+    # Every ReLU of the first hidden layer dead: one transform for every image.
+    weights = torch.load(run_dir / "model.pt", weights_only=False)
+    weights["state_dict"]["transformer.localisation.1.bias"].fill_(-1e3)
+    torch.save(weights, run_dir / "model.pt")
+    assert spread_main([str(run_dir), "--data-dir", str(tmp_path / "data"), "--out", str(out_file)]) == 0
+    assert "spread 0: COLLAPSED (a fixed warp)" in capsys.readouterr().out
+    assert "| r-st_fcn-affine seed 1 | smoke |" in out_file.read_text() and "**yes**" in out_file.read_text()
+    with pytest.raises(SystemExit):
+        spread_main([])
+    (run_dir / "model.pt").unlink()
+    assert spread_main([str(run_dir), "--data-dir", str(tmp_path / "data")]) == 1
+    assert "has no model.pt" in capsys.readouterr().err
+
+
 def test_error_by_distortion_rescores_a_run_and_bins_its_errors(tmp_path, capsys, monkeypatch):
     import stn_repro.error_by_distortion as breakdown
     from experiments.error_by_distortion import main as breakdown_main

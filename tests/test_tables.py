@@ -217,6 +217,23 @@ def test_a_record_rescored_on_todays_test_set_shows_that_score_unflagged():
     assert "Scored again on the test set built here from their saved weights, 1 cell(s)" in text
 
 
+def test_a_cell_with_a_collapsed_localisation_net_is_marked():
+    records = [
+        record("tc", "st_cnn", "affine", 1, 3.0, profile="fast") | {"localisation_spread": [0.0]},
+        record("tc", "st_cnn", "affine", 2, 1.0, profile="fast") | {"localisation_spread": [0.21]},
+        record("r", "st_fcn", "affine", 1, 1.2, profile="fast") | {"localisation_spread": [0.3]},
+        record("r", "fcn", None, 1, 2.0, profile="fast"),  # no transformer: no spread
+    ]
+    rows = {(r["data"], r["model"]): r for r in aggregate(records)}
+    assert rows[("tc", "st_cnn")]["collapsed_seeds"] == 1 and rows[("r", "st_fcn")]["collapsed_seeds"] == 0
+    text = to_markdown(list(rows.values()), "fast")
+    assert "| 2.00 ± 1.41§ (1.7) |" in text and "| 1.20 (1.2) |" in text
+    assert "§ A run of the cell (tc ST-CNN Aff (1 of 2)) ended with a localisation net" in text
+    assert "collapsed_seeds" in to_csv(list(rows.values())).splitlines()[0]
+    healthy = to_markdown(aggregate(records[1:]), "fast")
+    assert "§" not in healthy
+
+
 def test_addition_records_scored_on_another_test_set_are_flagged_in_table4():
     def addition(model, transform, seed, error, sha, source="mnist"):
         return record("addition", model, transform, seed, error, profile="paper") | {

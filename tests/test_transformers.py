@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from stn_repro.transformers import (
+    COLLAPSED_SPREAD,
     FAMILIES,
     ParallelTransformers,
     SpatialTransformer,
@@ -14,6 +15,7 @@ from stn_repro.transformers import (
     base_grid,
     cnn_localisation,
     get_transform,
+    localisation_spread,
     mlp_localisation,
     projective_from_points,
     projective_inverse,
@@ -365,3 +367,36 @@ def test_a_grid_first_built_under_inference_mode_still_trains():
     params = family.identity().unsqueeze(0).requires_grad_()
     family.grid(params, (13, 11)).sum().backward()  # fails if the shared grid were an inference tensor
     assert params.grad is not None
+
+
+def test_localisation_spread_is_zero_exactly_when_the_localisation_net_ignores_its_input():
+    torch.manual_seed(0)
+    family = get_transform("affine")
+    loc = mlp_localisation((1, 6, 6), family.identity(), hidden=(5,))
+    model = nn.Sequential(SpatialTransformer(loc, family), nn.Flatten(), nn.Linear(36, 3))
+    images = torch.randint(0, 256, (16, 1, 6, 6), dtype=torch.uint8)
+    # A fresh regression head has zero weights: every image gets the identity.
+    assert localisation_spread(model, images) == [0.0]
+    nn.init.normal_(loc[-1].weight, std=0.1)
+    spread = localisation_spread(model, images)
+    assert len(spread) == 1 and spread[0] > 1e-3
+    # Every hidden ReLU dead (a large negative bias): the head sees zeros, one transform for all images.
+    with torch.no_grad():
+        loc[1].bias.fill_(-1e3)
+    assert (
+        localisation_spread(model, images) == [0.0]
+        and localisation_spread(model, images)[0] < COLLAPSED_SPREAD
+    )
+    model.train()
+    localisation_spread(model, images)
+    assert model.training  # the mode is restored
+    parallel = ParallelTransformers(
+        [
+            SpatialTransformer(mlp_localisation((1, 6, 6), family.identity(), hidden=(4,)), family)
+            for _ in range(2)
+        ]
+    )
+    assert len(localisation_spread(parallel, images)) == 2
+    assert localisation_spread(nn.Sequential(nn.Flatten(), nn.Linear(36, 3)), images) == []
+    with pytest.raises(ValueError, match="at least 2 images"):
+        localisation_spread(model, images[:1])

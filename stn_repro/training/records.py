@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from stn_repro.transformers.module import COLLAPSED_SPREAD
+
 RECORD_NAME = "record.json"
 
 
@@ -123,3 +125,9 @@ def provenance(device: torch.device) -> dict[str, Any]:
         "host": platform.node(),
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+
+
+def collapsed(record: dict[str, Any]) -> bool:
+    """Whether a record's ``localisation_spread`` shows a transformer that predicts one transform for every
+    image (below :data:`~stn_repro.transformers.COLLAPSED_SPREAD`); ``False`` for a record without it."""
+    return any(value < COLLAPSED_SPREAD for value in record.get("localisation_spread") or [])

@@ -19,11 +19,12 @@ from .families import (
 )
 from .grids import ALIGN_CORNERS, base_grid, pixel_centres, pixels_to_normalised
 from .localisation import RegressionHead, cnn_localisation, mlp_localisation
-from .module import ParallelTransformers, SpatialTransformer
+from .module import COLLAPSED_SPREAD, ParallelTransformers, SpatialTransformer, localisation_spread
 from .sampler import MODES, PADDING_MODES, sample
 
 __all__ = [
     "ALIGN_CORNERS",
+    "COLLAPSED_SPREAD",
     "FAMILIES",
     "MODES",
     "PADDING_MODES",
@@ -39,6 +40,7 @@ __all__ = [
     "base_grid",
     "cnn_localisation",
     "get_transform",
+    "localisation_spread",
     "mlp_localisation",
     "pixel_centres",
     "pixels_to_normalised",

@@ -88,3 +88,41 @@ class ParallelTransformers(nn.ModuleList):
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.cat([transformer(x) for transformer in self], dim=1)
+
+
+# Below this, a localisation net's largest per-parameter spread over images counts as none: a net whose
+# last hidden layer is dead outputs its bias for every image, equal to the last bit (spread exactly 0),
+# while any transformer that follows its input varies by orders of magnitude more.
+COLLAPSED_SPREAD = 1e-6
+
+
+@torch.no_grad()
+def localisation_spread(model: nn.Module, images: Tensor) -> list[float]:
+    """How much each spatial transformer's predicted parameters vary over ``images``.
+
+    For every :class:`SpatialTransformer` in ``model`` (module order): the largest standard deviation, over
+    the images, of one of its predicted parameters (each of ``num_transforms`` parameter sets counted).
+    A value below :data:`COLLAPSED_SPREAD` says the localisation net predicts one transform for every image
+    (e.g. every ReLU of a hidden layer dead): the transformer has become a fixed warp, and the model is a
+    plain classifier behind it. ``[]`` for a model without transformers.
+
+    **Convention**: ``images`` ``[B, C, H, W]`` with ``B >= 2``, as the model takes them (uint8 is scaled
+    by 1/255); ``model`` runs once in eval mode (its mode restored after) and every transformer's
+    ``last_params`` is read.
+    """
+    transformers = [m for m in model.modules() if isinstance(m, SpatialTransformer)]
+    if not transformers:
+        return []
+    if images.shape[0] < 2:
+        raise ValueError(f"the spread of predicted parameters needs at least 2 images, got {images.shape[0]}")
+    was_training = model.training
+    model.eval()
+    try:
+        model(images.float() / 255.0 if images.dtype == torch.uint8 else images)
+    finally:
+        model.train(was_training)
+    spreads = []
+    for transformer in transformers:
+        params = transformer.last_params
+        spreads.append(float(params.reshape(params.shape[0], -1).double().std(0).max()))
+    return spreads

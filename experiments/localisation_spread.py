@@ -1,0 +1,150 @@
+"""Did a finished run's localisation net collapse? How much each spatial transformer's predicted parameters
+vary over the test set built here, from the run's saved weights.
+
+python -m experiments.localisation_spread results/records/mnist_fast/tc-st_cnn-affine/seed1 [more run folders ...]
+python -m experiments.localisation_spread --write --records results/records/mnist_fast --out results/localisation_spread.md
+
+Each transformer's spread is the largest standard deviation of one of its predicted parameters over the
+first 256 test images (stn_repro.transformers.localisation_spread); 0 means the localisation net gives
+every image the same transform (dead hidden units): the transformer is a fixed warp, and the run's error is
+a plain classifier's behind it. Runs finished since this check record the spread themselves. With --write,
+a record without it gets it (with the commit and date of this check) and `make table` marks cells with a
+collapsed run (§); without --write nothing is written. Runs without transformers are skipped; --records
+DIR checks every DIR/<cell>/seed<k> that kept its weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from experiments.rescore import LOADERS
+from stn_repro.data import DataError
+from stn_repro.data.sets import load_set, set_checksum
+from stn_repro.runs import SPREAD_IMAGES, test_set_spread
+from stn_repro.training.records import (
+    RECORD_NAME,
+    atomic_write_text,
+    collapsed,
+    git_commit,
+    read_record,
+    write_record,
+)
+
+
+def check_run(run_dir: Path, data_dir: Path | None = None, *, write: bool = False) -> dict[str, Any] | None:
+    """The spread of the transformers of the weights in ``run_dir`` on today's test set (``None`` for a
+    model without transformers); with ``write``, stored in a record that has none."""
+    record = read_record(run_dir / RECORD_NAME)
+    experiment = record.get("experiment", "mnist")  # records made before the field are MNIST's
+    if experiment not in LOADERS:
+        raise ValueError(f"{run_dir} is a {experiment} run: only {', '.join(LOADERS)} runs are checked here")
+    if not (run_dir / "model.pt").exists():
+        raise FileNotFoundError(
+            f"{run_dir} has no model.pt: only runs whose weights were kept can be checked"
+        )
+    images, labels = load_set(record["data"], "test", data_dir)
+    spread = test_set_spread(LOADERS[experiment](run_dir), {"test": (images, labels)})
+    if spread is None:
+        return None
+    result = {
+        "cell": record["cell"],
+        "seed": record["seed"],
+        "profile": record["profile"],
+        "test_error": record["test_error"],
+        "spread": spread,
+        "recorded": record.get("localisation_spread"),
+        "written": False,
+    }
+    if write and record.get("localisation_spread") is None:
+        record["localisation_spread"] = spread
+        record["localisation_spread_from"] = {
+            "commit": git_commit(),
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "images": min(SPREAD_IMAGES, len(labels)),
+            "test_set_sha256": set_checksum(images, labels),
+        }
+        write_record(run_dir / RECORD_NAME, record)
+        result["written"] = True
+    return result
+
+
+def markdown(results: list[dict[str, Any]], command: str) -> str:
+    """Every checked run's spread, collapsed runs first."""
+    results = sorted(results, key=lambda r: (not collapsed({"localisation_spread": r["spread"]}), r["cell"]))
+    hit = sum(collapsed({"localisation_spread": r["spread"]}) for r in results)
+    lines = [
+        "# Localisation nets that collapsed",
+        "",
+        f"Each run's spread: per spatial transformer, the largest standard deviation of one predicted parameter "
+        f"over the first {SPREAD_IMAGES} images of the test set built here, from the run's saved weights. 0 is "
+        "a localisation net that gives every image the same transform (a fixed warp). "
+        f"{hit} of {len(results)} runs collapsed.",
+        "",
+        "| run | profile | % test error | spread | collapsed |",
+        "|---|---|---|---|---|",
+    ]
+    for r in results:
+        spread = ", ".join(f"{value:.3g}" for value in r["spread"])
+        mark = "**yes**" if collapsed({"localisation_spread": r["spread"]}) else "no"
+        lines.append(
+            f"| {r['cell']} seed {r['seed']} | {r['profile']} | {r['test_error']:.2f} | {spread} | {mark} |"
+        )
+    lines += ["", f"Made by `{command}` from the runs' `model.pt` and the stored test sets."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("runs", nargs="*", type=Path, help="run folders holding record.json and model.pt")
+    parser.add_argument(
+        "--records",
+        type=Path,
+        action="append",
+        default=[],
+        help="check every <cell>/seed<k> here (repeatable)",
+    )
+    parser.add_argument("--data-dir", type=Path, default=None, help="MNIST sets (default $STN_DATA or data/)")
+    parser.add_argument("--write", action="store_true", help="store the spread in records that lack it")
+    parser.add_argument("--out", type=Path, default=None, help="also write the list as Markdown here")
+    args = parser.parse_args(argv)
+    runs = list(args.runs)
+    for root in args.records:
+        runs += sorted(path.parent for path in root.glob("*/seed*/model.pt"))
+    if not runs:
+        parser.error("give run folders or --records DIR (a folder of <cell>/seed<k> runs with model.pt)")
+    failed, results = 0, []
+    for run_dir in runs:
+        try:
+            result = check_run(run_dir, args.data_dir, write=args.write)
+        except (FileNotFoundError, DataError, ValueError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            failed += 1
+            continue
+        if result is None:
+            continue
+        results.append(result)
+        state = (
+            "COLLAPSED (a fixed warp)" if collapsed({"localisation_spread": result["spread"]}) else "varies"
+        )
+        print(
+            f"{result['cell']} seed {result['seed']} ({result['profile']}): spread "
+            f"{', '.join(f'{v:.3g}' for v in result['spread'])}: {state}"
+            + (" (written to its record)" if result["written"] else "")
+        )
+    if args.out is not None and results:
+        command = "python -m experiments.localisation_spread " + " ".join(
+            a for a in (argv if argv is not None else sys.argv[1:])
+        )
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(args.out, markdown(results, command))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
