@@ -24,7 +24,7 @@ from typing import Any
 from experiments.rescore import LOADERS
 from stn_repro.data import DataError
 from stn_repro.data.sets import load_set, set_checksum
-from stn_repro.runs import SPREAD_IMAGES, test_set_spread
+from stn_repro.training.loop import SPREAD_IMAGES, spread_on_test_set
 from stn_repro.training.records import (
     RECORD_NAME,
     atomic_write_text,
@@ -47,7 +47,7 @@ def check_run(run_dir: Path, data_dir: Path | None = None, *, write: bool = Fals
             f"{run_dir} has no model.pt: only runs whose weights were kept can be checked"
         )
     images, labels = load_set(record["data"], "test", data_dir)
-    spread = test_set_spread(LOADERS[experiment](run_dir), {"test": (images, labels)})
+    spread = spread_on_test_set(LOADERS[experiment](run_dir), {"test": (images, labels)})
     if spread is None:
         return None
     result = {

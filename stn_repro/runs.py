@@ -39,11 +39,11 @@ from stn_repro.training.loop import (
     TrainSettings,
     run_training,
     save_checkpoint,
+    spread_on_test_set,
     train,
 )
 from stn_repro.training.objectives import CLASSIFICATION
 from stn_repro.training.records import RECORD_NAME, collapsed, provenance, read_record, write_record
-from stn_repro.transformers import localisation_spread
 from stn_repro.viz import save_figure
 
 WEIGHTS_NAME = "model.pt"  # a finished seed's trained model, beside its record
@@ -239,20 +239,6 @@ def picture_saver(
     return on_picture
 
 
-# How many of a run's test images measure its transformers' spread (:func:`test_set_spread`).
-SPREAD_IMAGES = 256
-
-
-def test_set_spread(model: nn.Module, eval_sets: dict[str, tuple[Tensor, Tensor]]) -> list[float] | None:
-    """:func:`~stn_repro.transformers.localisation_spread` of ``model`` over the first
-    :data:`SPREAD_IMAGES` images of its test set; ``None`` for a model without spatial transformers, and
-    for a run whose learner reads its own test images (CUB's loader: no ``test`` in ``eval_sets``)."""
-    if "test" not in eval_sets:
-        return None
-    spread = localisation_spread(model, eval_sets["test"][0][:SPREAD_IMAGES])
-    return spread or None
-
-
 def run_record(
     run: PreparedRun,
     settings: TrainSettings,
@@ -285,7 +271,7 @@ def run_record(
         "history": result.history,
         # Per transformer, how much its predicted parameters vary over test images: 0 is a dead
         # localisation net (a fixed warp), which the tables mark.
-        "localisation_spread": test_set_spread(run.model, run.eval_sets),
+        "localisation_spread": spread_on_test_set(run.model, run.eval_sets),
         "launches": result.launches,
         **provenance(device),
         "config": config,

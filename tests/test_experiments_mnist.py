@@ -574,8 +574,21 @@ def test_a_run_records_its_transformers_spread_and_the_check_finds_a_dead_locali
     cfg = compose_mnist(["experiment=r_st_fcn_affine", "model.param_budget=50000", *SMOKE])
     spec, settings = cell_from_config(cfg)
     run_dir = tmp_path / "records" / "r-st_fcn-affine" / "seed1"
-    record = run_cell(spec, settings, run_dir, log=lambda s: None)
+    lines = []
+    record = run_cell(spec, settings, run_dir, log=lines.append)
     assert len(record["localisation_spread"]) == 1  # one transformer
+    # Every evaluation measured it too (the history, the log), the last on the final weights.
+    evaluations = [e for e in record["history"] if "test_error" in e]
+    assert evaluations and all(len(e["localisation_spread"]) == 1 for e in evaluations)
+    assert evaluations[-1]["localisation_spread"][0] == pytest.approx(
+        record["localisation_spread"][0], abs=1e-6
+    )
+    assert any(line.startswith("eval ") and "| spread " in line for line in lines)
+    fcn_spec, fcn_settings = cell_from_config(
+        compose_mnist(["experiment=r_fcn", "model.param_budget=50000", *SMOKE])
+    )
+    fcn = run_cell(fcn_spec, fcn_settings, tmp_path / "fcn", log=lambda s: None)
+    assert fcn["localisation_spread"] is None and not any("localisation_spread" in e for e in fcn["history"])
     data = load_cell_data(spec, torch.device("cpu"))
     path = set_path("r", "test", tmp_path / "data")
     path.parent.mkdir(parents=True)

@@ -32,8 +32,10 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
+from stn_repro.transformers.module import localisation_spread
+
 from .objectives import CLASSIFICATION, Classification, SequenceClassification
-from .records import device_name, git_commit, publish_atomically
+from .records import collapsed, device_name, git_commit, publish_atomically
 
 Objective = Classification | SequenceClassification
 
@@ -309,6 +311,20 @@ def wrong_answers(
     return torch.cat(wrong)
 
 
+# How many of a run's test images measure its transformers' spread (:func:`spread_on_test_set`).
+SPREAD_IMAGES = 256
+
+
+def spread_on_test_set(model: nn.Module, eval_sets: dict[str, tuple[Tensor, Tensor]]) -> list[float] | None:
+    """:func:`~stn_repro.transformers.localisation_spread` of ``model`` over the first
+    :data:`SPREAD_IMAGES` images of its test set; ``None`` for a model without spatial transformers, and
+    for a run whose learner reads its own test images (CUB's loader: no ``test`` in ``eval_sets``)."""
+    if "test" not in eval_sets:
+        return None
+    spread = localisation_spread(model, eval_sets["test"][0][:SPREAD_IMAGES])
+    return spread or None
+
+
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """``torch.save`` to a temporary file, then ``os.replace``: a crash never leaves half a checkpoint."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -343,6 +359,8 @@ class Learner(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
+    # Optional: ``models``, the learner's models as ``nn.Module`` objects (after ``export``), one per model;
+    # where given, every evaluation also measures each one's localisation spread (spread_on_test_set).
     # Optional, for learners spread over several processes (data parallel): ``agree_to_stop(received)``
     # is called before every step with this process's pending signal name (or ``None``) and returns the
     # one every process stops on (or ``None``), so all of them stop after the same step.
@@ -361,6 +379,7 @@ class SingleModel:
         objective: Objective = CLASSIFICATION,
     ):
         self.model, self.stream, self.objective = model, stream, objective
+        self.models = [model]  # what run_training inspects at each evaluation (see Learner)
         self.num_models, self.images_per_step = 1, batch_size
         self.device = _device_of(model)
         self.optimizer = make_optimizer(model, settings)
@@ -500,17 +519,31 @@ def run_training(
     def run_evaluation(iteration: int) -> list[dict[str, float]]:
         learner.export()
         all_errors = learner.evaluate(eval_sets, settings.eval_batch_size)
-        for index, errors in enumerate(all_errors):
+        models = getattr(learner, "models", None)
+        spreads = [spread_on_test_set(m, eval_sets) for m in models] if models else [None] * num_models
+        for index, (errors, spread) in enumerate(zip(all_errors, spreads, strict=True)):
+            values: dict[str, Any] = {f"{k}_error": v for k, v in errors.items()}
+            if spread is not None:
+                values["localisation_spread"] = [round(v, 6) for v in spread]
             # A relaunch from the final checkpoint (the process was killed before its record was written)
             # evaluates the same weights again: still one entry per evaluation point.
-            _add_to_history(histories[index], iteration, {f"{k}_error": v for k, v in errors.items()})
+            _add_to_history(histories[index], iteration, values)
             if trackers[index] is not None:
-                trackers[index].log({f"{k}/error": v for k, v in errors.items()}, step=iteration)
+                tracked = {f"{k}/error": v for k, v in errors.items()}
+                tracked.update({f"localisation/spread_{i}": v for i, v in enumerate(spread or [])})
+                trackers[index].log(tracked, step=iteration)
             who = f" | model {index}" if num_models > 1 else ""
+            spread_text = "" if spread is None else " | spread " + ", ".join(f"{v:.3g}" for v in spread)
             log(
                 f"eval  iter {iteration:>7,}{who} | "
                 + " | ".join(f"{k} error {v:.2f}%" for k, v in errors.items())
+                + spread_text
             )
+            if spread is not None and collapsed({"localisation_spread": spread}):
+                log(
+                    f"WARNING{who}: a localisation net predicts the same transform for every test image: "
+                    "its transformer is a fixed warp (dead hidden units?)"
+                )
         return all_errors
 
     def picture(iteration: int) -> None:
