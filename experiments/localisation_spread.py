@@ -21,33 +21,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from experiments.rescore import LOADERS
+from experiments.rescore import load_kept_run
 from stn_repro.data import DataError
-from stn_repro.data.sets import load_set, set_checksum
+from stn_repro.data.sets import set_checksum
 from stn_repro.training.loop import SPREAD_IMAGES, spread_on_test_set
-from stn_repro.training.records import (
-    RECORD_NAME,
-    atomic_write_text,
-    collapsed,
-    git_commit,
-    read_record,
-    write_record,
-)
+from stn_repro.training.records import RECORD_NAME, atomic_write_text, git_commit, write_record
+from stn_repro.transformers import spread_collapsed
 
 
 def check_run(run_dir: Path, data_dir: Path | None = None, *, write: bool = False) -> dict[str, Any] | None:
     """The spread of the transformers of the weights in ``run_dir`` on today's test set (``None`` for a
     model without transformers); with ``write``, stored in a record that has none."""
-    record = read_record(run_dir / RECORD_NAME)
-    experiment = record.get("experiment", "mnist")  # records made before the field are MNIST's
-    if experiment not in LOADERS:
-        raise ValueError(f"{run_dir} is a {experiment} run: only {', '.join(LOADERS)} runs are checked here")
-    if not (run_dir / "model.pt").exists():
-        raise FileNotFoundError(
-            f"{run_dir} has no model.pt: only runs whose weights were kept can be checked"
-        )
-    images, labels = load_set(record["data"], "test", data_dir)
-    spread = spread_on_test_set(LOADERS[experiment](run_dir), {"test": (images, labels)})
+    record, model, images, labels = load_kept_run(run_dir, data_dir, "checked")
+    spread = spread_on_test_set(model, {"test": (images, labels)})
     if spread is None:
         return None
     result = {
@@ -56,7 +42,6 @@ def check_run(run_dir: Path, data_dir: Path | None = None, *, write: bool = Fals
         "profile": record["profile"],
         "test_error": record["test_error"],
         "spread": spread,
-        "recorded": record.get("localisation_spread"),
         "written": False,
     }
     if write and record.get("localisation_spread") is None:
@@ -74,8 +59,8 @@ def check_run(run_dir: Path, data_dir: Path | None = None, *, write: bool = Fals
 
 def markdown(results: list[dict[str, Any]], command: str) -> str:
     """Every checked run's spread, collapsed runs first."""
-    results = sorted(results, key=lambda r: (not collapsed({"localisation_spread": r["spread"]}), r["cell"]))
-    hit = sum(collapsed({"localisation_spread": r["spread"]}) for r in results)
+    results = sorted(results, key=lambda r: (not spread_collapsed(r["spread"]), r["cell"]))
+    hit = sum(spread_collapsed(r["spread"]) for r in results)
     lines = [
         "# Localisation nets that collapsed",
         "",
@@ -89,7 +74,7 @@ def markdown(results: list[dict[str, Any]], command: str) -> str:
     ]
     for r in results:
         spread = ", ".join(f"{value:.3g}" for value in r["spread"])
-        mark = "**yes**" if collapsed({"localisation_spread": r["spread"]}) else "no"
+        mark = "**yes**" if spread_collapsed(r["spread"]) else "no"
         lines.append(
             f"| {r['cell']} seed {r['seed']} | {r['profile']} | {r['test_error']:.2f} | {spread} | {mark} |"
         )
@@ -129,9 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         if result is None:
             continue
         results.append(result)
-        state = (
-            "COLLAPSED (a fixed warp)" if collapsed({"localisation_spread": result["spread"]}) else "varies"
-        )
+        state = "COLLAPSED (a fixed warp)" if spread_collapsed(result["spread"]) else "varies"
         print(
             f"{result['cell']} seed {result['seed']} ({result['profile']}): spread "
             f"{', '.join(f'{v:.3g}' for v in result['spread'])}: {state}"
@@ -139,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.out is not None and results:
         command = "python -m experiments.localisation_spread " + " ".join(
-            a for a in (argv if argv is not None else sys.argv[1:])
+            argv if argv is not None else sys.argv[1:]
         )
         args.out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(args.out, markdown(results, command))

@@ -33,22 +33,31 @@ from stn_repro.training.records import RECORD_NAME, device_name, git_commit, rea
 LOADERS = {"mnist": load_trained_model, "addition": load_trained_addition_model}
 
 
-def rescore(run_dir: Path, data_dir: Path | None = None, *, write: bool = False) -> dict:
-    """The record's test error and test-set checksum against today's, for the weights in ``run_dir``; with
-    ``write``, a record scored on another test set gets today's score added to its ``rescored`` list."""
+def load_kept_run(
+    run_dir: Path, data_dir: Path | None = None, action: str = "rescored"
+) -> tuple[dict, torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """``(record, model, test images, test labels)`` of a finished MNIST or addition run that kept its
+    weights, the model rebuilt from ``model.pt`` and the test set today's stored one; an error naming
+    ``action`` for a run of another experiment or without weights."""
     record = read_record(run_dir / RECORD_NAME)
     experiment = record.get("experiment", "mnist")  # records made before the field are MNIST's
     if experiment not in LOADERS:
         raise ValueError(
             f"{run_dir} is a {experiment} run: only runs scored on a stored set "
-            f"({', '.join(LOADERS)}) can be rescored here"
+            f"({', '.join(LOADERS)}) can be {action} here"
         )
     if not (run_dir / "model.pt").exists():
         raise FileNotFoundError(
-            f"{run_dir} has no model.pt: only runs whose weights were kept can be rescored"
+            f"{run_dir} has no model.pt: only runs whose weights were kept can be {action}"
         )
     images, labels = load_set(record["data"], "test", data_dir)
-    model = LOADERS[experiment](run_dir)
+    return record, LOADERS[experiment](run_dir), images, labels
+
+
+def rescore(run_dir: Path, data_dir: Path | None = None, *, write: bool = False) -> dict:
+    """The record's test error and test-set checksum against today's, for the weights in ``run_dir``; with
+    ``write``, a record scored on another test set gets today's score added to its ``rescored`` list."""
+    record, model, images, labels = load_kept_run(run_dir, data_dir)
     result = {
         "cell": record["cell"],
         "seed": record["seed"],

@@ -32,10 +32,10 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from stn_repro.transformers.module import localisation_spread
+from stn_repro.transformers.module import localisation_spread, spread_collapsed
 
 from .objectives import CLASSIFICATION, Classification, SequenceClassification
-from .records import collapsed, device_name, git_commit, publish_atomically
+from .records import device_name, git_commit, publish_atomically
 
 Objective = Classification | SequenceClassification
 
@@ -539,7 +539,7 @@ def run_training(
                 + " | ".join(f"{k} error {v:.2f}%" for k, v in errors.items())
                 + spread_text
             )
-            if spread is not None and collapsed({"localisation_spread": spread}):
+            if spread_collapsed(spread):
                 log(
                     f"WARNING{who}: a localisation net predicts the same transform for every test image: "
                     "its transformer is a fixed warp (dead hidden units?)"

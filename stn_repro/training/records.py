@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from stn_repro.transformers.module import COLLAPSED_SPREAD
+from stn_repro.transformers.module import spread_collapsed
 
 RECORD_NAME = "record.json"
 
@@ -129,5 +129,5 @@ def provenance(device: torch.device) -> dict[str, Any]:
 
 def collapsed(record: dict[str, Any]) -> bool:
     """Whether a record's ``localisation_spread`` shows a transformer that predicts one transform for every
-    image (below :data:`~stn_repro.transformers.COLLAPSED_SPREAD`); ``False`` for a record without it."""
-    return any(value < COLLAPSED_SPREAD for value in record.get("localisation_spread") or [])
+    image (:func:`~stn_repro.transformers.spread_collapsed`); ``False`` for a record without it."""
+    return spread_collapsed(record.get("localisation_spread"))

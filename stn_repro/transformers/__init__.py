@@ -19,7 +19,13 @@ from .families import (
 )
 from .grids import ALIGN_CORNERS, base_grid, pixel_centres, pixels_to_normalised
 from .localisation import RegressionHead, cnn_localisation, mlp_localisation
-from .module import COLLAPSED_SPREAD, ParallelTransformers, SpatialTransformer, localisation_spread
+from .module import (
+    COLLAPSED_SPREAD,
+    ParallelTransformers,
+    SpatialTransformer,
+    localisation_spread,
+    spread_collapsed,
+)
 from .sampler import MODES, PADDING_MODES, sample
 
 __all__ = [
@@ -48,5 +54,6 @@ __all__ = [
     "projective_inverse",
     "sample",
     "similarity_to_affine",
+    "spread_collapsed",
     "tps_control_points",
 ]

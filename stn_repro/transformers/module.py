@@ -96,6 +96,12 @@ class ParallelTransformers(nn.ModuleList):
 COLLAPSED_SPREAD = 1e-6
 
 
+def spread_collapsed(spread: Sequence[float] | None) -> bool:
+    """Whether a :func:`localisation_spread` result shows a transformer that predicts one transform for
+    every image (a value below :data:`COLLAPSED_SPREAD`); ``False`` for ``None`` or ``[]``."""
+    return any(value < COLLAPSED_SPREAD for value in spread or [])
+
+
 @torch.no_grad()
 def localisation_spread(model: nn.Module, images: Tensor) -> list[float]:
     """How much each spatial transformer's predicted parameters vary over ``images``.
