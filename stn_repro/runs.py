@@ -39,7 +39,6 @@ from stn_repro.training.loop import (
     TrainSettings,
     run_training,
     save_checkpoint,
-    spread_on_test_set,
     train,
 )
 from stn_repro.training.objectives import CLASSIFICATION
@@ -271,7 +270,7 @@ def run_record(
         "history": result.history,
         # Per transformer, how much its predicted parameters vary over test images: 0 is a dead
         # localisation net (a fixed warp), which the tables mark.
-        "localisation_spread": spread_on_test_set(run.model, run.eval_sets),
+        "localisation_spread": result.localisation_spread,
         "launches": result.launches,
         **provenance(device),
         "config": config,

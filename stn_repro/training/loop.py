@@ -209,6 +209,9 @@ class TrainResult:
     errors: dict[str, float]  # % error per evaluation set, at the last evaluation
     wall_time_s: float  # training time summed over every process that worked on this run
     history: list[dict[str, Any]] = field(default_factory=list)
+    # Per spatial transformer, the spread of its predicted parameters at the last evaluation
+    # (spread_on_test_set); None for a model without one.
+    localisation_spread: list[float] | None = None
     stopped_by: str | None = None  # "SIGINT" or "SIGTERM" when a signal ended the run early
     # One entry per launch that trained this run (the first and every resume): the iteration it started
     # at, the commit, device and host it ran on and when. A run resumed in another session or on another
@@ -516,7 +519,8 @@ def run_training(
         if write:
             save_checkpoint(checkpoint_path, state)
 
-    def run_evaluation(iteration: int) -> list[dict[str, float]]:
+    def run_evaluation(iteration: int) -> tuple[list[dict[str, float]], list[list[float] | None]]:
+        """Each model's errors on ``eval_sets`` and its localisation spread, logged and kept in its history."""
         learner.export()
         all_errors = learner.evaluate(eval_sets, settings.eval_batch_size)
         models = getattr(learner, "models", None)
@@ -544,7 +548,7 @@ def run_training(
                     f"WARNING{who}: a localisation net predicts the same transform for every test image: "
                     "its transformer is a fixed warp (dead hidden units?)"
                 )
-        return all_errors
+        return all_errors, spreads
 
     def picture(iteration: int) -> None:
         if on_picture is not None:
@@ -559,6 +563,7 @@ def run_training(
     t0 = time.perf_counter()
     window_start, window_images, window_paused = t0, 0, 0.0
     errors: list[dict[str, float]] = [{} for _ in range(num_models)]
+    spreads: list[list[float] | None] = [None] * num_models
     iteration = start
     stop = StopSignals()
     agree_to_stop = getattr(learner, "agree_to_stop", None)
@@ -618,7 +623,7 @@ def run_training(
                     check_losses()  # never evaluate, draw or checkpoint a diverged state
                     paused_from = time.perf_counter()
                     if eval_due:
-                        errors = run_evaluation(iteration)
+                        errors, spreads = run_evaluation(iteration)
                     if picture_due:
                         picture(iteration)
                     if checkpoint_due:
@@ -635,7 +640,7 @@ def run_training(
         check_losses()
         finished = iteration >= settings.iterations
         if finished:
-            errors = run_evaluation(iteration)
+            errors, spreads = run_evaluation(iteration)
             pictured = settings.picture_every and iteration % settings.picture_every == 0
             if not pictured:
                 picture(iteration)
@@ -657,6 +662,7 @@ def run_training(
             errors=errors[i],
             wall_time_s=wall,
             history=histories[i],
+            localisation_spread=spreads[i],
             stopped_by=stop.received if not finished else None,
             launches=launches,
         )
