@@ -25,6 +25,29 @@ from stn_repro.tables import (
     write_tables,
 )
 
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+# Whose tables set runs of other optimiser settings than their profile's apart (stn_repro.tables.aggregate):
+# the experiments whose profiles are configs/trainer/<profile>.yaml.
+OWN_RECIPE_CHECKED = ("mnist", "addition")
+
+
+def profile_optims(experiment: str, profiles: set[str]) -> dict[tuple[str, str], dict]:
+    """(experiment, profile) -> the ``optim`` settings ``trainer=<profile>`` composes for ``experiment``
+    (configs/<experiment>.yaml), for each profile with a trainer config; empty for other experiments."""
+    if experiment not in OWN_RECIPE_CHECKED:
+        return {}
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    optims = {}
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        for profile in sorted(profiles):
+            if (CONFIGS / "trainer" / f"{profile}.yaml").exists():
+                cfg = compose(experiment, overrides=[f"trainer={profile}"])
+                optims[(experiment, profile)] = OmegaConf.to_container(cfg.optim, resolve=True)
+    return optims
+
+
 # Co-localisation (Table 5) has a layout of its own (stn_repro.coloc_table), not stn_repro.tables' rows.
 ALL_EXPERIMENTS = (*EXPERIMENTS, *(() if "coloc" in EXPERIMENTS else ("coloc",)))
 
@@ -69,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    rows = aggregate(records)
+    rows = aggregate(records, profile_optims(args.experiment, {r["profile"] for r in records}))
     profiles = [args.profile] if args.profile else sorted({r["profile"] for r in rows})
     for profile in profiles:
         if not any(r["profile"] == profile for r in rows):

@@ -58,6 +58,7 @@ CSV_COLUMNS = [
     "seeds_reaching_paper",
     "images_to_paper",
     "time_to_paper_s",
+    "recipe",
 ]
 SET_LABELS = {"r": "R", "rts": "RTS", "p": "P", "e": "E", "tc": "TC 60x60"}
 # The study sets (stn_repro.data.distortions.VARIANT_SETS): what each changes in the paper set it varies.
@@ -117,17 +118,38 @@ def first_reaching(history: list[dict[str, Any]], target: float, key: str = "val
     return None
 
 
-def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (experiment, profile, budget reading, data, model, transform): mean and sample std over
-    seeds, the paper's number and provenance."""
+def recipe_deviation(record: dict[str, Any], profile_optim: dict[str, Any] | None) -> str:
+    """The optimiser settings in which ``record`` departs from its profile's own (``profile_optim``, the
+    ``optim`` the profile composes), as ``"key=value"`` pairs joined by ``", "``; ``""`` where it follows the
+    profile or no ``profile_optim`` is given. A key the record lacks (written before the setting existed)
+    counts as the profile's."""
+    if not profile_optim:
+        return ""
+    optim = (record.get("config") or {}).get("optim") or {}
+    return ", ".join(
+        f"{key}={optim[key]}"
+        for key in sorted(optim)
+        if key in profile_optim and optim[key] != profile_optim[key]
+    )
+
+
+def aggregate(
+    records: list[dict[str, Any]], profile_optims: dict[tuple[str, str], dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """One row per (experiment, profile, budget reading, data, model, transform, recipe): mean and sample std
+    over seeds, the paper's number and provenance. ``profile_optims`` maps (experiment, profile) to the
+    optimiser settings that profile composes: runs trained with other settings (a per-cell override such as
+    ``optim.localisation_lr_multiplier=0.03``) form rows of their own, whose ``recipe`` names the difference
+    (:func:`recipe_deviation`), and the tables show them apart, never averaged with the profile's runs."""
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for record in records:
         experiment = record.get("experiment", "mnist")  # records made before the field are MNIST's
         reading = record.get("budget_reading", "about_400k") if experiment == "mnist" else ""
+        recipe = recipe_deviation(record, (profile_optims or {}).get((experiment, record["profile"])))
         key = (experiment, record["profile"], reading, record["data"], record["model"], record["transform"])
-        groups[key].append(record)
+        groups[(*key, recipe)].append(record)
     rows = []
-    for (experiment, profile, reading, data, model, transform), runs in groups.items():
+    for (experiment, profile, reading, data, model, transform, recipe), runs in groups.items():
         runs = sorted(runs, key=lambda r: r["seed"])
         errors = [r["test_error"] for r in runs]
         mean = statistics.fmean(errors)
@@ -166,6 +188,7 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "budget_reading": reading,
                 "test_set_check": _test_set_check(runs),
                 "collapsed_seeds": sum(collapsed(r) for r in runs),
+                "recipe": recipe,
                 # A study set's runs are timed to the paper's number on the set it varies (its lines say so).
                 **_reaching_paper(
                     runs, paper_error(VARIANT_SETS[data], model, transform) if data in VARIANT_SETS else paper
@@ -194,6 +217,7 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             r["profile"],
             order.get(r["data"], r["size"] or 99),
             row_order(r),
+            r["recipe"],
         ),
     )
 
@@ -281,7 +305,7 @@ def _collapse_lines(rows: list[dict[str, Any]]) -> list[str]:
     hit = [r for r in rows if r.get("collapsed_seeds")]
     if not hit:
         return []
-    cells = ", ".join(f"{r['data']} {r['label']} ({r['collapsed_seeds']} of {r['n_seeds']})" for r in hit)
+    cells = ", ".join(f"{_cell_name(r)} ({r['collapsed_seeds']} of {r['n_seeds']})" for r in hit)
     return [
         "",
         f"{COLLAPSED_MARK} A run of the cell ({cells}) ended with a localisation net that predicts the same "
@@ -297,9 +321,11 @@ def _runs_of(
     name: str,
     synthetic: bool | None = None,
     reading: str | None = None,
+    recipe: str | None = "",
 ) -> list[dict[str, Any]]:
-    """The rows of one experiment and profile (and, unless ``None``, of the synthetic stand-in or not, and of
-    one budget reading); a ``ValueError`` naming ``name`` when there are none."""
+    """The rows of one experiment and profile (and, unless ``None``, of the synthetic stand-in or not, of
+    one budget reading, and of one recipe: by default the profile's own); a ``ValueError`` naming ``name``
+    when there are none."""
     chosen = [
         r
         for r in rows
@@ -307,6 +333,7 @@ def _runs_of(
         and r["profile"] == profile
         and (synthetic is None or r["synthetic"] == synthetic)
         and (reading is None or r.get("budget_reading") == reading)
+        and (recipe is None or r.get("recipe", "") == recipe)
     ]
     if not chosen:
         kind = "synthetic " if synthetic else ""
@@ -335,8 +362,10 @@ def mnist_table_stem(profile: str, reading: str) -> str:
 
 
 def to_markdown(rows: list[dict[str, Any]], profile: str, reading: str = "about_400k") -> str:
-    """Table 1 and the TC column in the paper's layout: ours ± std over seeds (paper), % test error."""
-    rows = _runs_of(rows, "mnist", profile, "", reading=reading)
+    """Table 1 and the TC column in the paper's layout: ours ± std over seeds (paper), % test error. Runs
+    trained with other optimiser settings than the profile's (rows with a ``recipe``) get a section of their
+    own below it."""
+    rows_all, rows = rows, _runs_of(rows, "mnist", profile, "", reading=reading)
     by_key = {(r["data"], r["model"], r["transform"] or None): r for r in rows}
     lines = [f"# Distorted MNIST: % test error, profile `{profile}`", ""]
     lines += _budget_banner(rows, profile, "the paper's 150,000 of 256", "55k training digits")
@@ -358,13 +387,45 @@ def to_markdown(rows: list[dict[str, Any]], profile: str, reading: str = "about_
         cells.append(_cell_text(tc_row, tc_paper) if (tc_row or tc_paper is not None) else "")
         lines.append(f"| {model_label(model, transform)} | " + " | ".join(cells) + " |")
     lines += _variant_lines(by_key)
-    lines += _reaching_lines(
-        rows, lambda r: f"{r['data']} {r['label']}", "the paper trains on 38.4M images per cell"
-    )
-    lines += _test_set_lines(rows, TEST_SET_CHANGED_MARK)
-    lines += _collapse_lines(rows)
-    lines += _provenance_lines(rows, f"python -m experiments.table --profile {profile}")
+    other_recipes = [
+        r for r in _runs_of(rows_all, "mnist", profile, "", reading=reading, recipe=None) if r["recipe"]
+    ]
+    lines += _recipe_lines(other_recipes, by_key)
+    lines += _reaching_lines(rows + other_recipes, _cell_name, "the paper trains on 38.4M images per cell")
+    lines += _test_set_lines(rows + other_recipes, TEST_SET_CHANGED_MARK)
+    lines += _collapse_lines(rows + other_recipes)
+    lines += _provenance_lines(rows + other_recipes, f"python -m experiments.table --profile {profile}")
     return "\n".join(lines) + "\n"
+
+
+def _cell_name(row: dict[str, Any]) -> str:
+    """``"tc ST-CNN Aff"``, with `` (<recipe>)`` for a run of other optimiser settings than its profile's."""
+    return f"{row['data']} {row['label']}" + (f" ({row['recipe']})" if row.get("recipe") else "")
+
+
+def _recipe_lines(other: list[dict[str, Any]], by_key: dict[tuple, dict[str, Any]]) -> list[str]:
+    """The cells also trained with optimiser settings other than the profile's (``other``), each beside ours
+    with the profile's settings and the paper's number."""
+    if not other:
+        return []
+    lines = [
+        "",
+        "Other optimiser settings, NOT THIS PROFILE'S RECIPE: cells also trained with the settings named per "
+        "row (the rest as the profile). They fill no cell above; each is shown beside ours with the profile's "
+        "settings and the paper's number.",
+        "",
+        "| set | model | settings | ours | ours (profile's settings) | paper |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in other:
+        key = (r["data"], r["model"], r["transform"] or None)
+        ours = _cell_text(r, None).removesuffix(" (-)")
+        base = _cell_text(by_key[key], None).removesuffix(" (-)") if key in by_key else "not run"
+        paper = paper_error(r["data"], r["model"], r["transform"] or None)
+        paper_text = "-" if paper is None else f"{paper:.1f}"
+        label = SET_LABELS.get(r["data"], r["data"])
+        lines.append(f"| {label} | {r['label']} | `{r['recipe']}` | {ours} | {base} | {paper_text} |")
+    return lines
 
 
 def _variant_lines(by_key: dict[tuple, dict[str, Any]]) -> list[str]:

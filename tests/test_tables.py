@@ -234,6 +234,36 @@ def test_a_cell_with_a_collapsed_localisation_net_is_marked():
     assert "§" not in healthy
 
 
+def test_runs_with_other_optimiser_settings_than_their_profile_are_set_apart():
+    fast = {"lr": 0.1, "localisation_lr_multiplier": 0.1, "momentum": 0.9}
+
+    def run(seed, error, **optim):
+        # an older record lacks momentum: a missing key counts as the profile's
+        settings = {"lr": 0.1, "localisation_lr_multiplier": 0.1} | optim
+        return record("tc", "st_cnn", "affine", seed, error, profile="fast") | {
+            "config": {"optim": settings},
+            "localisation_spread": [0.0 if error > 2.5 else 0.2],
+        }
+
+    records = [
+        run(1, 2.99),
+        run(1, 1.1, localisation_lr_multiplier=0.03),
+        run(2, 1.3, localisation_lr_multiplier=0.03),
+    ]
+    rows = aggregate(records, {("mnist", "fast"): fast})
+    by_recipe = {r["recipe"]: r for r in rows}
+    assert set(by_recipe) == {"", "localisation_lr_multiplier=0.03"}
+    assert by_recipe[""]["n_seeds"] == 1 and by_recipe["localisation_lr_multiplier=0.03"]["error_mean"] == 1.2
+    text = to_markdown(rows, "fast")
+    assert "| 2.99§ (1.7) |" in text  # the profile's own run keeps the table cell
+    assert "| TC 60x60 | ST-CNN Aff | `localisation_lr_multiplier=0.03` | 1.20 ± 0.14 | 2.99§ | 1.7 |" in text
+    assert "Runs: 3 " in text
+    # without the profile's settings nothing is set apart (and the two seed-1 runs are averaged)
+    (mixed,) = aggregate(records)
+    assert mixed["recipe"] == "" and mixed["n_seeds"] == 3
+    assert "recipe" in to_csv(rows).splitlines()[0]
+
+
 def test_addition_records_scored_on_another_test_set_are_flagged_in_table4():
     def addition(model, transform, seed, error, sha, source="mnist"):
         return record("addition", model, transform, seed, error, profile="paper") | {
@@ -354,3 +384,13 @@ def test_the_tuning_table_shows_the_varied_settings_and_validation_errors_only(t
 
 def test_every_experiment_the_tables_flag_by_test_set_can_be_rescored():
     assert set(LOADERS) == set(STORED_TEST_SET_EXPERIMENTS)
+
+
+def test_each_profile_optimiser_settings_come_from_its_trainer_config():
+    from experiments.table import profile_optims
+
+    optims = profile_optims("mnist", {"fast", "paper", "no_such_profile"})
+    assert set(optims) == {("mnist", "fast"), ("mnist", "paper")}
+    assert optims[("mnist", "fast")]["localisation_lr_multiplier"] == 0.1
+    assert optims[("mnist", "paper")]["lr"] == 0.01 and optims[("mnist", "paper")]["nesterov"] is False
+    assert profile_optims("svhn", {"quick"}) == {}
