@@ -13,6 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from experiments.missing import CONFIGS
 from stn_repro.coloc_table import COLOC_CSV_COLUMNS, coloc_rows, write_coloc_tables
 from stn_repro.data.sets import stored_set_checksum
 from stn_repro.tables import (
@@ -25,7 +26,6 @@ from stn_repro.tables import (
     write_tables,
 )
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # Whose tables set runs of other optimiser settings than their profile's apart (stn_repro.tables.aggregate):
 # the experiments whose profiles are configs/trainer/<profile>.yaml.
 OWN_RECIPE_CHECKED = ("mnist", "addition")

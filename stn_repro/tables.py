@@ -366,6 +366,10 @@ def to_markdown(rows: list[dict[str, Any]], profile: str, reading: str = "about_
     trained with other optimiser settings than the profile's (rows with a ``recipe``) get a section of their
     own below it."""
     rows_all, rows = rows, _runs_of(rows, "mnist", profile, "", reading=reading)
+    other_recipes = [
+        r for r in _runs_of(rows_all, "mnist", profile, "", reading=reading, recipe=None) if r["recipe"]
+    ]
+    shown = rows + other_recipes
     by_key = {(r["data"], r["model"], r["transform"] or None): r for r in rows}
     lines = [f"# Distorted MNIST: % test error, profile `{profile}`", ""]
     lines += _budget_banner(rows, profile, "the paper's 150,000 of 256", "55k training digits")
@@ -387,15 +391,17 @@ def to_markdown(rows: list[dict[str, Any]], profile: str, reading: str = "about_
         cells.append(_cell_text(tc_row, tc_paper) if (tc_row or tc_paper is not None) else "")
         lines.append(f"| {model_label(model, transform)} | " + " | ".join(cells) + " |")
     lines += _variant_lines(by_key)
-    other_recipes = [
-        r for r in _runs_of(rows_all, "mnist", profile, "", reading=reading, recipe=None) if r["recipe"]
-    ]
     lines += _recipe_lines(other_recipes, by_key)
-    lines += _reaching_lines(rows + other_recipes, _cell_name, "the paper trains on 38.4M images per cell")
-    lines += _test_set_lines(rows + other_recipes, TEST_SET_CHANGED_MARK)
-    lines += _collapse_lines(rows + other_recipes)
-    lines += _provenance_lines(rows + other_recipes, f"python -m experiments.table --profile {profile}")
+    lines += _reaching_lines(shown, _cell_name, "the paper trains on 38.4M images per cell")
+    lines += _test_set_lines(shown, TEST_SET_CHANGED_MARK)
+    lines += _collapse_lines(shown)
+    lines += _provenance_lines(shown, f"python -m experiments.table --profile {profile}")
     return "\n".join(lines) + "\n"
+
+
+def _ours_text(row: dict[str, Any] | None) -> str:
+    """A row's ``mean ± std`` with its marks and no paper number (``"not run"`` for ``None``)."""
+    return _cell_text(row, None).removesuffix(" (-)") if row else "not run"
 
 
 def _cell_name(row: dict[str, Any]) -> str:
@@ -419,8 +425,7 @@ def _recipe_lines(other: list[dict[str, Any]], by_key: dict[tuple, dict[str, Any
     ]
     for r in other:
         key = (r["data"], r["model"], r["transform"] or None)
-        ours = _cell_text(r, None).removesuffix(" (-)")
-        base = _cell_text(by_key[key], None).removesuffix(" (-)") if key in by_key else "not run"
+        ours, base = _ours_text(r), _ours_text(by_key.get(key))
         paper = paper_error(r["data"], r["model"], r["transform"] or None)
         paper_text = "-" if paper is None else f"{paper:.1f}"
         label = SET_LABELS.get(r["data"], r["data"])
@@ -446,9 +451,9 @@ def _variant_lines(by_key: dict[tuple, dict[str, Any]]) -> list[str]:
             "|---|---|---|---|",
         ]
         for model, transform in cells:
-            ours = _cell_text(by_key[(variant, model, transform)], None).removesuffix(" (-)")
+            ours = _ours_text(by_key[(variant, model, transform)])
             base_row = by_key.get((base, model, transform))
-            base_text = _cell_text(base_row, None).removesuffix(" (-)") if base_row else "not run"
+            base_text = _ours_text(base_row)
             paper = paper_error(base, model, transform)
             paper_text = "-" if paper is None else f"{paper:.1f}"
             lines.append(f"| {model_label(model, transform)} | {ours} | {base_text} | {paper_text} |")
