@@ -77,17 +77,38 @@ def progress_text(progress: dict[str, Any]) -> str:
     return f"iteration {progress['iteration']:,}{planned}"
 
 
+def _hydra_job_name(run_dir: Path) -> str | None:
+    """``hydra.job.name`` from the run folder's ``.hydra/hydra.yaml`` (the entry point's module name)."""
+    hydra_yaml = Path(run_dir) / ".hydra" / "hydra.yaml"
+    if not hydra_yaml.is_file():
+        return None
+    from omegaconf import OmegaConf  # only to read the file Hydra wrote; this module takes no config
+
+    try:
+        return OmegaConf.select(OmegaConf.load(hydra_yaml), "hydra.job.name")
+    except Exception:  # an unreadable hydra.yaml falls back to the folder name
+        return None
+
+
 def launch_command(run_dir: Path, runs_dir: Path) -> str | None:
     """``python -m experiments.<task> <overrides>`` from the run folder's Hydra overrides, if it has them.
 
-    The task is the first folder under ``runs_dir`` (``runs/mnist/...`` -> ``experiments.mnist``).
+    The task is Hydra's job name (``.hydra/hydra.yaml``), else the first folder under ``runs_dir``
+    (``runs/mnist/...`` -> ``experiments.mnist``). A run in a runs folder of its own below ``runs_dir``
+    (``runs/study/mnist/...``, launched with ``STN_RUNS=runs/study``) gets that ``STN_RUNS`` in front.
     """
-    overrides = Path(run_dir) / ".hydra" / "overrides.yaml"
+    run_dir, runs_dir = Path(run_dir), Path(runs_dir)
+    overrides = run_dir / ".hydra" / "overrides.yaml"
     if not overrides.is_file():
         return None
     lines = [line[2:].strip() for line in overrides.read_text().splitlines() if line.startswith("- ")]
-    task = Path(run_dir).relative_to(runs_dir).parts[0]
-    return " ".join([f"python -m experiments.{task}", *lines])
+    parts = run_dir.relative_to(runs_dir).parts
+    task = _hydra_job_name(run_dir)
+    if task is None or task not in parts:
+        task = parts[0]
+    nested = parts[: parts.index(task)]
+    prefix = [f"STN_RUNS={runs_dir.joinpath(*nested)}"] if nested else []
+    return " ".join([*prefix, f"python -m experiments.{task}", *lines])
 
 
 def _copy_atomically(source: Path, destination: Path) -> None:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from experiments.park import main as park_main
-from stn_repro.park import PARKED_NAME, park, parked_runs, unfinished_runs, unpark
+from stn_repro.park import PARKED_NAME, launch_command, park, parked_runs, unfinished_runs, unpark
 from stn_repro.runs import LOCK_NAME, RunLock
 from stn_repro.training.loop import CHECKPOINT_NAME, TrainSettings, train
 from stn_repro.training.records import write_record
@@ -123,3 +123,20 @@ def test_an_incomplete_parked_copy_is_a_clear_error(tmp_path, capsys):
     assert "no checkpoint.pt" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="incomplete"):
         parked_runs(tmp_path / "parked")
+
+
+def test_the_launch_command_of_a_run_in_a_nested_runs_folder_sets_stn_runs(tmp_path):
+    runs = tmp_path / "runs"
+    run_dir = runs / "study" / "mnist" / "fast" / "tc-st_cnn-affine" / "seed1"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "overrides.yaml").write_text("- experiment=tc_st_cnn_affine\n- seed=1\n")
+    (run_dir / ".hydra" / "hydra.yaml").write_text("hydra:\n  job:\n    name: mnist\n")
+    assert launch_command(run_dir, runs) == (
+        f"STN_RUNS={runs / 'study'} python -m experiments.mnist experiment=tc_st_cnn_affine seed=1"
+    )
+    # Without hydra.yaml the first folder names the task, as for a run launched before this was kept.
+    (run_dir / ".hydra" / "hydra.yaml").unlink()
+    assert launch_command(run_dir, runs).startswith("python -m experiments.study ")
+    assert launch_command(run_dir, runs / "study") == (
+        "python -m experiments.mnist experiment=tc_st_cnn_affine seed=1"
+    )
