@@ -26,15 +26,16 @@ from stn_repro.tables import (
     write_tables,
 )
 
-# Whose tables set runs of other optimiser settings than their profile's apart (stn_repro.tables.aggregate):
-# the experiments whose profiles are configs/trainer/<profile>.yaml.
-OWN_RECIPE_CHECKED = ("mnist", "addition")
+# The trainer config each experiment's profile names: configs/trainer/<prefix><profile>.yaml. Co-localisation
+# has no optimiser settings of a run's own to compare (its table is stn_repro.coloc_table's).
+TRAINER_PREFIX = {"mnist": "", "addition": "", "svhn": "svhn_", "cub": "cub_"}
 
 
 def profile_optims(experiment: str, profiles: set[str]) -> dict[tuple[str, str], dict]:
-    """(experiment, profile) -> the ``optim`` settings ``trainer=<profile>`` composes for ``experiment``
-    (configs/<experiment>.yaml), for each profile with a trainer config; empty for other experiments."""
-    if experiment not in OWN_RECIPE_CHECKED:
+    """(experiment, profile) -> the ``optim`` settings the profile's trainer config composes for
+    ``experiment`` (configs/<experiment>.yaml), for each profile that has one; empty for other experiments.
+    The tables set runs of other settings apart (stn_repro.tables.aggregate)."""
+    if experiment not in TRAINER_PREFIX:
         return {}
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
@@ -42,8 +43,9 @@ def profile_optims(experiment: str, profiles: set[str]) -> dict[tuple[str, str],
     optims = {}
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         for profile in sorted(profiles):
-            if (CONFIGS / "trainer" / f"{profile}.yaml").exists():
-                cfg = compose(experiment, overrides=[f"trainer={profile}"])
+            trainer = f"{TRAINER_PREFIX[experiment]}{profile}"
+            if (CONFIGS / "trainer" / f"{trainer}.yaml").exists():
+                cfg = compose(experiment, overrides=[f"trainer={trainer}"])
                 optims[(experiment, profile)] = OmegaConf.to_container(cfg.optim, resolve=True)
     return optims
 

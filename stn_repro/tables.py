@@ -118,18 +118,24 @@ def first_reaching(history: list[dict[str, Any]], target: float, key: str = "val
     return None
 
 
+# Optimiser settings that only reach a localisation net.
+LOCALISATION_OPTIM_KEYS = ("localisation_lr_multiplier",)
+
+
 def recipe_deviation(record: dict[str, Any], profile_optim: dict[str, Any] | None) -> str:
     """The optimiser settings in which ``record`` departs from its profile's own (``profile_optim``, the
     ``optim`` the profile composes), as ``"key=value"`` pairs joined by ``", "``; ``""`` where it follows the
     profile or no ``profile_optim`` is given. A key the record lacks (written before the setting existed)
-    counts as the profile's."""
+    counts as the profile's; a model without a transformer ignores the localisation net's settings."""
     if not profile_optim:
         return ""
     optim = (record.get("config") or {}).get("optim") or {}
+    # A model without a transformer has no localisation net: its settings for one change nothing.
+    unused = () if record.get("transform") else LOCALISATION_OPTIM_KEYS
     return ", ".join(
         f"{key}={optim[key]}"
         for key in sorted(optim)
-        if key in profile_optim and optim[key] != profile_optim[key]
+        if key in profile_optim and key not in unused and optim[key] != profile_optim[key]
     )
 
 

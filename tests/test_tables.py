@@ -15,6 +15,7 @@ from stn_repro.tables import (
     collect_records,
     first_reaching,
     mark_test_set_changes,
+    recipe_deviation,
     to_csv,
     to_markdown,
 )
@@ -262,6 +263,12 @@ def test_runs_with_other_optimiser_settings_than_their_profile_are_set_apart():
     (mixed,) = aggregate(records)
     assert mixed["recipe"] == "" and mixed["n_seeds"] == 3
     assert "recipe" in to_csv(rows).splitlines()[0]
+    # a CNN has no localisation net: a run trained under another localisation setting is the profile's own
+    cnn = record("tc", "cnn", None, 1, 1.0, profile="fast") | {
+        "config": {"optim": {"lr": 0.1, "localisation_lr_multiplier": 0.03}}
+    }
+    assert recipe_deviation(cnn, fast) == ""
+    assert recipe_deviation(cnn | {"config": {"optim": {"lr": 0.05}}}, fast) == "lr=0.05"
 
 
 def test_addition_records_scored_on_another_test_set_are_flagged_in_table4():
@@ -393,4 +400,8 @@ def test_each_profile_optimiser_settings_come_from_its_trainer_config():
     assert set(optims) == {("mnist", "fast"), ("mnist", "paper")}
     assert optims[("mnist", "fast")]["localisation_lr_multiplier"] == 0.1
     assert optims[("mnist", "paper")]["lr"] == 0.01 and optims[("mnist", "paper")]["nesterov"] is False
-    assert profile_optims("svhn", {"quick"}) == {}
+    cub = profile_optims("cub", {"quick", "paper"})
+    assert set(cub) == {("cub", "quick"), ("cub", "paper")}
+    assert cub[("cub", "quick")] != cub[("cub", "paper")]  # cub_quick composes optim/cub_sgd_quick
+    assert set(profile_optims("svhn", {"quick"})) == {("svhn", "quick")}
+    assert profile_optims("coloc", {"paper"}) == {}
