@@ -23,6 +23,7 @@ from stn_repro.tables import (
     aggregate,
     collect_records,
     mark_test_set_changes,
+    record_cell,
     write_tables,
 )
 
@@ -31,10 +32,12 @@ from stn_repro.tables import (
 TRAINER_PREFIX = {"mnist": "", "addition": "", "svhn": "svhn_", "cub": "cub_"}
 
 
-def profile_optims(experiment: str, profiles: set[str]) -> dict[tuple[str, str], dict]:
-    """(experiment, profile) -> the ``optim`` settings the profile's trainer config composes for
-    ``experiment`` (configs/<experiment>.yaml), for each profile that has one; empty for other experiments.
-    The tables set runs of other settings apart (stn_repro.tables.aggregate)."""
+def profile_optims(experiment: str, records: list[dict]) -> dict[tuple[str, str, str], dict]:
+    """(experiment, profile, cell) -> the ``optim`` settings the profile's trainer config composes for that
+    cell of ``experiment`` (configs/<experiment>.yaml with ``cell=<cell>``: a profile may set a value per
+    cell, as `fast` does the localisation lr of the TC cells), for each record's profile that has a trainer
+    config; empty for other experiments. The tables set runs of other settings apart
+    (stn_repro.tables.aggregate)."""
     if experiment not in TRAINER_PREFIX:
         return {}
     from hydra import compose, initialize_config_dir
@@ -42,11 +45,11 @@ def profile_optims(experiment: str, profiles: set[str]) -> dict[tuple[str, str],
 
     optims = {}
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        for profile in sorted(profiles):
+        for profile, cell in sorted({(r["profile"], record_cell(r)) for r in records if record_cell(r)}):
             trainer = f"{TRAINER_PREFIX[experiment]}{profile}"
             if (CONFIGS / "trainer" / f"{trainer}.yaml").exists():
-                cfg = compose(experiment, overrides=[f"trainer={trainer}"])
-                optims[(experiment, profile)] = OmegaConf.to_container(cfg.optim, resolve=True)
+                cfg = compose(experiment, overrides=[f"trainer={trainer}", f"cell={cell}"])
+                optims[(experiment, profile, cell)] = OmegaConf.to_container(cfg.optim, resolve=True)
     return optims
 
 
@@ -94,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    rows = aggregate(records, profile_optims(args.experiment, {r["profile"] for r in records}))
+    rows = aggregate(records, profile_optims(args.experiment, records))
     profiles = [args.profile] if args.profile else sorted({r["profile"] for r in rows})
     for profile in profiles:
         if not any(r["profile"] == profile for r in rows):

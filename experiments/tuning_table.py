@@ -1,6 +1,9 @@
 """The validation runs that chose a profile's optimisation, as one Markdown table (validation error only).
 
 python -m experiments.tuning_table --runs runs_tuning --out results/mnist_fast_tuning.md
+python -m experiments.tuning_table --runs results/records/mnist_fast/tc-st_fcn-affine \
+    results/records/mnist_fast/tc-st_cnn-affine results/records/mnist_fast_other_settings \
+    --out results/mnist_fast_tuning_tc.md   # the TC cells' localisation lr (trainer/fast.yaml)
 
 Each row is one run record under ``--runs`` (trained with ``data.hold_out_validation=true``): its cell, the
 config values in which the runs differ (``optim.lr``, ...), the validation error at the end, its best, and
@@ -31,7 +34,17 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-IGNORED = ("paths.", "seed", "trainer.num_threads", "logger.")
+# Keys that do not change the training (where it runs, how often it is scored), or that hold the per-cell
+# choices themselves (trainer.localisation_lr_multiplier_by_cell resolves into optim.*).
+IGNORED = (
+    "paths.",
+    "seed",
+    "trainer.num_threads",
+    "trainer.device",
+    "trainer.eval_every",
+    "trainer.localisation_lr_multiplier_by_cell",
+    "logger.",
+)
 
 
 def varying_keys(records: list[dict[str, Any]]) -> list[str]:
@@ -49,6 +62,9 @@ def varying_keys(records: list[dict[str, Any]]) -> list[str]:
     ]
 
 
+SCORE_COLUMNS = ("images", "final val", "best val", "paper", "reached at (images, % of paper's)")
+
+
 def tuning_markdown(records: list[dict[str, Any]], title: str) -> str:
     records = [r for r in records if any("val_error" in e for e in r.get("history") or [])]
     if not records:
@@ -56,6 +72,7 @@ def tuning_markdown(records: list[dict[str, Any]], title: str) -> str:
             "no finished runs with a validation history (train with data.hold_out_validation=true)"
         )
     keys = varying_keys(records)
+    seeded = len({r["seed"] for r in records}) > 1  # a seed column where the runs have several
     lines = [
         f"# {title}",
         "",
@@ -63,13 +80,12 @@ def tuning_markdown(records: list[dict[str, Any]], title: str) -> str:
         "errors are not shown: the choice is made on these numbers only. `reached` is the first evaluation "
         "where the validation error was at or below the paper's test error.",
         "",
-        "| cell | "
-        + " | ".join(keys)
-        + " | images | final val | best val | paper | reached at (images, % of paper's) |",
-        "|---" * (len(keys) + 6) + "|",
+        "| " + " | ".join(["cell", *(["seed"] if seeded else []), *keys, *SCORE_COLUMNS]) + " |",
+        "|---" * (len(keys) + 6 + seeded) + "|",
     ]
     for record in sorted(
-        records, key=lambda r: (r["cell"], repr([flatten(r["config"]).get(k) for k in keys]))
+        records,
+        key=lambda r: (r["cell"], repr([flatten(r["config"]).get(k) for k in keys]), r["seed"]),
     ):
         flat = flatten(record["config"])
         vals = [e for e in record["history"] if "val_error" in e]
@@ -81,12 +97,18 @@ def tuning_markdown(records: list[dict[str, Any]], title: str) -> str:
             else "not reached"
         )
         lines.append(
-            f"| {record['cell']} | "
-            + " | ".join(str(flat.get(k)) for k in keys)
+            "| "
+            + " | ".join(
+                [
+                    record["cell"],
+                    *([str(record["seed"])] if seeded else []),
+                    *(str(flat.get(k)) for k in keys),
+                ]
+            )
             + f" | {record['images_seen']:,} | {vals[-1]['val_error']:.2f} | {min(e['val_error'] for e in vals):.2f} | "
             f"{paper} | {reached} |"
         )
-    commits = sorted({r["commit"][:12] for r in records})
+    commits = sorted({r["commit"].split()[0][:12] for r in records})  # "<sha> (given by STN_COMMIT...)"
     devices = sorted({r["device"] for r in records})
     lines += [
         "",
@@ -101,14 +123,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--runs", type=Path, required=True, help="folder searched for record.json")
+    parser.add_argument(
+        "--runs", type=Path, nargs="+", required=True, help="folder(s) searched for record.json"
+    )
     parser.add_argument("--out", type=Path, required=True, help="the Markdown file to write")
     parser.add_argument("--title", default="Tuning the `fast` profile on validation digits")
     args = parser.parse_args(argv)
     try:
-        text = tuning_markdown(collect_records(args.runs), args.title)
+        text = tuning_markdown([r for runs in args.runs for r in collect_records(runs)], args.title)
     except ValueError as error:
-        print(f"error: {error} (under {args.runs})", file=sys.stderr)
+        print(f"error: {error} (under {', '.join(map(str, args.runs))})", file=sys.stderr)
         return 1
     atomic_write_text(args.out, text)
     print(text)

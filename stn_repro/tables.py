@@ -139,19 +139,29 @@ def recipe_deviation(record: dict[str, Any], profile_optim: dict[str, Any] | Non
     )
 
 
+def record_cell(record: dict[str, Any]) -> str | None:
+    """The cell a record was trained as (its config's ``cell``: ``tc-st_cnn-affine``), where it says."""
+    return record.get("cell") or (record.get("config") or {}).get("cell")
+
+
 def aggregate(
-    records: list[dict[str, Any]], profile_optims: dict[tuple[str, str], dict[str, Any]] | None = None
+    records: list[dict[str, Any]], profile_optims: dict[tuple, dict[str, Any]] | None = None
 ) -> list[dict[str, Any]]:
     """One row per (experiment, profile, budget reading, data, model, transform, recipe): mean and sample std
-    over seeds, the paper's number and provenance. ``profile_optims`` maps (experiment, profile) to the
-    optimiser settings that profile composes: runs trained with other settings (a per-cell override such as
-    ``optim.localisation_lr_multiplier=0.03``) form rows of their own, whose ``recipe`` names the difference
-    (:func:`recipe_deviation`), and the tables show them apart, never averaged with the profile's runs."""
+    over seeds, the paper's number and provenance. ``profile_optims`` maps (experiment, profile, cell), or
+    (experiment, profile) for every cell, to the optimiser settings that profile composes for the cell: runs
+    trained with other settings (a per-cell override such as ``optim.localisation_lr_multiplier=0.03``) form
+    rows of their own, whose ``recipe`` names the difference (:func:`recipe_deviation`), and the tables show
+    them apart, never averaged with the profile's runs."""
+    profile_optims = profile_optims or {}
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for record in records:
         experiment = record.get("experiment", "mnist")  # records made before the field are MNIST's
         reading = record.get("budget_reading", "about_400k") if experiment == "mnist" else ""
-        recipe = recipe_deviation(record, (profile_optims or {}).get((experiment, record["profile"])))
+        expected = profile_optims.get((experiment, record["profile"], record_cell(record)))
+        if expected is None:
+            expected = profile_optims.get((experiment, record["profile"]))
+        recipe = recipe_deviation(record, expected)
         key = (experiment, record["profile"], reading, record["data"], record["model"], record["transform"])
         groups[(*key, recipe)].append(record)
     rows = []
@@ -512,7 +522,8 @@ def _budget_banner(rows: list[dict[str, Any]], profile: str, against: str, digit
     if profile == "fast":
         return [
             f"> **FAST PROFILE, NOT THE PAPER'S PROTOCOL** — the paper's data, models and budgets trained with "
-            f"another optimisation (configs/optim/sgd_fast.yaml) for {_budget(rows)} per run, against {against}, "
+            f"another optimisation (configs/optim/sgd_fast.yaml; configs/trainer/fast.yaml gives some cells' "
+            f"localisation nets a lower lr) for {_budget(rows)} per run, against {against}, "
             f"on {digits} (5k held out for validation).",
             "",
         ]

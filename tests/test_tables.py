@@ -384,6 +384,15 @@ def test_the_tuning_table_shows_the_varied_settings_and_validation_errors_only(t
     assert "| r-fcn-none | 0.05 | 256,000 | 2.50 | 2.50 | 2.1 | not reached |" in text
     assert "| r-fcn-none | 0.1 | 256,000 | 2.00 | 2.00 | 2.1 | 256,000 (0.7%) |" in text
     assert "0.50" not in text  # test errors are left out
+    # with several seeds each row names its seed; where the runs are scored and how often are no choice
+    seeded = [tuning_run(0.05, [3.0, 2.5]), tuning_run(0.05, [2.9, 2.6], seed=2)]
+    seeded[1]["config"]["trainer"] |= {"eval_every": 250, "device": "cuda"}
+    runs = write_records(tmp_path / "seeded", seeded)
+    assert tuning_main(["--runs", str(runs), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "| cell | seed | optim.lr | images |" not in text  # lr is the same in both: no column
+    assert "| cell | seed | images |" in text and "eval_every" not in text
+    assert "| r-fcn-none | 2 | 256,000 | 2.60 | 2.60 |" in text
     empty = write_records(tmp_path / "none", [record("r", "fcn", None, 1, 2.0)])
     assert tuning_main(["--runs", str(empty), "--out", str(out)]) == 1
     assert "no finished runs with a validation history" in capsys.readouterr().err
@@ -396,12 +405,41 @@ def test_every_experiment_the_tables_flag_by_test_set_can_be_rescored():
 def test_each_profile_optimiser_settings_come_from_its_trainer_config():
     from experiments.table import profile_optims
 
-    optims = profile_optims("mnist", {"fast", "paper", "no_such_profile"})
-    assert set(optims) == {("mnist", "fast"), ("mnist", "paper")}
-    assert optims[("mnist", "fast")]["localisation_lr_multiplier"] == 0.1
-    assert optims[("mnist", "paper")]["lr"] == 0.01 and optims[("mnist", "paper")]["nesterov"] is False
-    cub = profile_optims("cub", {"quick", "paper"})
-    assert set(cub) == {("cub", "quick"), ("cub", "paper")}
-    assert cub[("cub", "quick")] != cub[("cub", "paper")]  # cub_quick composes optim/cub_sgd_quick
-    assert set(profile_optims("svhn", {"quick"})) == {("svhn", "quick")}
-    assert profile_optims("coloc", {"paper"}) == {}
+    def run(profile, cell, experiment="mnist"):
+        return {"profile": profile, "experiment": experiment, "config": {"cell": cell}}
+
+    records = [
+        run("fast", "r-st_cnn-affine"),
+        run("fast", "tc-st_cnn-affine"),
+        run("paper", "tc-st_cnn-affine"),
+    ]
+    optims = profile_optims("mnist", [*records, run("no_such_profile", "r-fcn-none")])
+    assert set(optims) == {
+        ("mnist", "fast", "r-st_cnn-affine"),
+        ("mnist", "fast", "tc-st_cnn-affine"),
+        ("mnist", "paper", "tc-st_cnn-affine"),
+    }
+    assert optims[("mnist", "fast", "r-st_cnn-affine")]["localisation_lr_multiplier"] == 0.1
+    # fast gives the TC cells' localisation nets a lower lr of their own (trainer.localisation_lr_multiplier_by_cell)
+    assert optims[("mnist", "fast", "tc-st_cnn-affine")]["localisation_lr_multiplier"] == 0.01
+    assert optims[("mnist", "paper", "tc-st_cnn-affine")]["lr"] == 0.01
+    assert optims[("mnist", "paper", "tc-st_cnn-affine")]["nesterov"] is False
+    cub = profile_optims("cub", [run("quick", "cub224-cnn", "cub"), run("paper", "cub224-cnn", "cub")])
+    assert cub[("cub", "quick", "cub224-cnn")] != cub[("cub", "paper", "cub224-cnn")]  # optim/cub_sgd_quick
+    assert set(profile_optims("svhn", [run("quick", "svhn64-svhn_cnn", "svhn")])) == {
+        ("svhn", "quick", "svhn64-svhn_cnn")
+    }
+    assert profile_optims("coloc", [run("paper", "coloc_t-digit3", "coloc")]) == {}
+    # a record of the cell trained at the profile's TC value is the profile's own; at 0.1 it is set apart
+    tc = record("tc", "st_cnn", "affine", 1, 1.5, profile="fast")
+    own = tc | {
+        "config": {"cell": "tc-st_cnn-affine", "optim": dict(optims[("mnist", "fast", "tc-st_cnn-affine")])}
+    }
+    other = own | {
+        "config": {
+            "cell": "tc-st_cnn-affine",
+            "optim": own["config"]["optim"] | {"localisation_lr_multiplier": 0.1},
+        }
+    }
+    rows = aggregate([own, other], optims)
+    assert sorted(r["recipe"] for r in rows) == ["", "localisation_lr_multiplier=0.1"]
