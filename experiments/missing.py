@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from stn_repro.missing import EXPERIMENTS, TRAINER_PREFIX, missing_runs, run_state
+from stn_repro.tables import recipe_deviation, record_cell
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -30,6 +31,43 @@ def coloc_embedding_dir(profile: str) -> Path:
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         cfg = compose("coloc", overrides=[f"trainer=coloc_{profile}"])
     return Path(cfg.embedding.run_dir)
+
+
+def profile_optims(experiment: str, records: list[dict]) -> dict[tuple[str, str, str], dict]:
+    """(experiment, profile, cell) -> the ``optim`` settings the profile's trainer config composes for that
+    cell of ``experiment`` (configs/<experiment>.yaml with ``cell=<cell>``: a profile may set a value per
+    cell, as `fast` does the localisation lr of the TC cells), for each record's profile that has a trainer
+    config; empty for other experiments. The tables set runs of other settings apart
+    (stn_repro.tables.aggregate)."""
+    if experiment == "coloc":  # no optimiser settings of a run's own to compare; its table is its own
+        return {}
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    optims = {}
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        for profile, cell in sorted({(r["profile"], record_cell(r)) for r in records if record_cell(r)}):
+            trainer = f"{TRAINER_PREFIX.get(experiment, '')}{profile}"
+            if (CONFIGS / "trainer" / f"{trainer}.yaml").exists():
+                cfg = compose(experiment, overrides=[f"trainer={trainer}", f"cell={cell}"])
+                optims[(experiment, profile, cell)] = OmegaConf.to_container(cfg.optim, resolve=True)
+    return optims
+
+
+def other_settings(experiment: str, profile: str):
+    """A function of a finished record: the optimiser settings in which it departs from what ``profile``
+    composes for its cell (``"key=value, ..."``; ``""`` where it follows them). It is not the profile's run
+    (the tables show it apart), so it does not count as done."""
+    cache: dict[str, dict | None] = {}
+
+    def deviation(record: dict) -> str:
+        cell = record_cell(record)
+        if cell not in cache:
+            found = profile_optims(experiment, [{"profile": profile, "cell": cell}]) if cell else {}
+            cache[cell] = found.get((experiment, profile, cell))
+        return recipe_deviation(record, cache[cell])
+
+    return deviation
 
 
 def check_profile(experiment: str, profile: str) -> None:
@@ -75,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     try:
         check_profile(args.experiment, args.profile)
-        missing = missing_runs(args.experiment, seeds, folders)
+        missing = missing_runs(args.experiment, seeds, folders, other_settings(args.experiment, args.profile))
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -91,7 +129,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  embedding e(), trained by the first job that needs it: {embedding} {run_state(embedding)}")
     for run in missing:
         resumes = "" if run.resumes_at is None else f"  # resumes at iteration {run.resumes_at:,}"
-        print(f"  {run.command(args.profile)}{resumes}")
+        if run.other_settings:
+            print(
+                f"  {run.command(args.profile)}  # {run.finished_dir} finished with other settings "
+                f"({run.other_settings}): move it aside to train the profile's run"
+            )
+        else:
+            print(f"  {run.command(args.profile)}{resumes}")
     return 0
 
 

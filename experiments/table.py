@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from experiments.missing import CONFIGS
+from experiments.missing import profile_optims
 from stn_repro.coloc_table import COLOC_CSV_COLUMNS, coloc_rows, write_coloc_tables
 from stn_repro.data.sets import stored_set_checksum
 from stn_repro.tables import (
@@ -23,35 +23,8 @@ from stn_repro.tables import (
     aggregate,
     collect_records,
     mark_test_set_changes,
-    record_cell,
     write_tables,
 )
-
-# The trainer config each experiment's profile names: configs/trainer/<prefix><profile>.yaml. Co-localisation
-# has no optimiser settings of a run's own to compare (its table is stn_repro.coloc_table's).
-TRAINER_PREFIX = {"mnist": "", "addition": "", "svhn": "svhn_", "cub": "cub_"}
-
-
-def profile_optims(experiment: str, records: list[dict]) -> dict[tuple[str, str, str], dict]:
-    """(experiment, profile, cell) -> the ``optim`` settings the profile's trainer config composes for that
-    cell of ``experiment`` (configs/<experiment>.yaml with ``cell=<cell>``: a profile may set a value per
-    cell, as `fast` does the localisation lr of the TC cells), for each record's profile that has a trainer
-    config; empty for other experiments. The tables set runs of other settings apart
-    (stn_repro.tables.aggregate)."""
-    if experiment not in TRAINER_PREFIX:
-        return {}
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    optims = {}
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        for profile, cell in sorted({(r["profile"], record_cell(r)) for r in records if record_cell(r)}):
-            trainer = f"{TRAINER_PREFIX[experiment]}{profile}"
-            if (CONFIGS / "trainer" / f"{trainer}.yaml").exists():
-                cfg = compose(experiment, overrides=[f"trainer={trainer}", f"cell={cell}"])
-                optims[(experiment, profile, cell)] = OmegaConf.to_container(cfg.optim, resolve=True)
-    return optims
-
 
 # Co-localisation (Table 5) has a layout of its own (stn_repro.coloc_table), not stn_repro.tables' rows.
 ALL_EXPERIMENTS = (*EXPERIMENTS, *(() if "coloc" in EXPERIMENTS else ("coloc",)))

@@ -9,7 +9,7 @@ listed with the iteration it resumes from: the same overrides resume it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,20 +19,24 @@ from stn_repro.runs import read_finished_record
 from stn_repro.training.loop import CHECKPOINT_NAME
 
 EXPERIMENTS = ("mnist", "addition", "coloc")
-# The co-localisation runner's trainer configs carry the task's name (configs/trainer/coloc_<profile>.yaml).
-TRAINER_PREFIX = {"coloc": "coloc_"}
+# The trainer config of an experiment's profile: configs/trainer/<prefix><profile>.yaml. MNIST and addition
+# share the plain ones (fast.yaml); the other runners' carry the task's name (coloc_paper.yaml).
+TRAINER_PREFIX = {"coloc": "coloc_", "svhn": "svhn_", "cub": "cub_"}
 
 
 @dataclass(frozen=True)
 class MissingRun:
     """One (cell, seed) without a finished record. ``overrides`` name the cell for the experiment's runner;
-    ``resumes_at`` is the iteration of a checkpoint found for it (``None``: starts from scratch)."""
+    ``resumes_at`` is the iteration of a checkpoint found for it (``None``: starts from scratch);
+    ``other_settings`` names how a finished run of it in ``finished_dir`` departs from the profile."""
 
     experiment: str
     cell: str
     seed: int
     overrides: tuple[str, ...]
     resumes_at: int | None = None
+    other_settings: str = ""
+    finished_dir: Path | None = None
 
     def queue_line(self, profile: str) -> str:
         """The line ``benchmarks/gpu_queue.sh`` reads: the runner's name, then its overrides."""
@@ -80,9 +84,16 @@ def table_cells(experiment: str) -> list[tuple[str, tuple[str, ...]]]:
     )
 
 
-def missing_runs(experiment: str, seeds: Sequence[int], folders: Iterable[Path | str]) -> list[MissingRun]:
+def missing_runs(
+    experiment: str,
+    seeds: Sequence[int],
+    folders: Iterable[Path | str],
+    other_settings: Callable[[dict], str] | None = None,
+) -> list[MissingRun]:
     """The (cell, seed) pairs of ``experiment``'s table, cell by cell, that no folder holds a finished record
-    of. Folders that do not exist are skipped (no runs there yet)."""
+    of. Folders that do not exist are skipped (no runs there yet). ``other_settings(record)`` names how a
+    finished record departs from the profile's settings (``""``: it does not); such a run is not the
+    profile's and stays listed, with that text and its folder."""
     if not seeds or any(int(s) < 1 for s in seeds):
         raise ValueError(f"seeds must be positive integers, got {list(seeds)!r}")
     folders = [Path(f) for f in folders]
@@ -90,11 +101,14 @@ def missing_runs(experiment: str, seeds: Sequence[int], folders: Iterable[Path |
     for cell, overrides in table_cells(experiment):
         for seed in seeds:
             seed_dirs = [folder / cell / f"seed{seed}" for folder in folders]
-            if any(read_finished_record(d) is not None for d in seed_dirs):
+            finished = [(d, r) for d in seed_dirs if (r := read_finished_record(d)) is not None]
+            deviations = [(d, other_settings(r) if other_settings else "") for d, r in finished]
+            if any(not text for _, text in deviations):
                 continue
             checkpoints = [d / CHECKPOINT_NAME for d in seed_dirs if (d / CHECKPOINT_NAME).is_file()]
             resumes_at = max((checkpoint_progress(c)["iteration"] for c in checkpoints), default=None)
-            missing.append(MissingRun(experiment, cell, int(seed), overrides, resumes_at))
+            finished_dir, text = deviations[0] if deviations else (None, "")
+            missing.append(MissingRun(experiment, cell, int(seed), overrides, resumes_at, text, finished_dir))
     return missing
 
 

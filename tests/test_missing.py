@@ -130,3 +130,26 @@ def test_coloc_runs_and_the_state_of_their_embedding(tmp_path, capsys, monkeypat
     assert "no coloc profile 'fastest'" in err and "known: fast, paper, quick, smoke" in err
     assert main(["--profile", "cub_paper", "--queue", "--records", str(tmp_path)]) == 1
     assert "no mnist profile 'cub_paper'" in capsys.readouterr().err
+
+
+def test_a_run_finished_with_other_optimiser_settings_is_not_the_profiles(tmp_path, capsys):
+    from experiments.missing import profile_optims
+
+    cell = "tc-st_cnn-affine"
+    fast = profile_optims("mnist", [{"profile": "fast", "cell": cell}])[("mnist", "fast", cell)]
+    for seed, multiplier in [(1, fast["localisation_lr_multiplier"]), (2, 0.1)]:
+        seed_dir = tmp_path / cell / f"seed{seed}"
+        seed_dir.mkdir(parents=True)
+        optim = fast | {"localisation_lr_multiplier": multiplier}
+        record = {
+            "cell": cell,
+            "seed": seed,
+            "finished": True,
+            "transform": "affine",
+            "config": {"optim": optim},
+        }
+        (seed_dir / "record.json").write_text(json.dumps(record))
+    assert main(["--profile", "fast", "--seeds", "1,2", "--records", str(tmp_path)]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "data=tc model=st_cnn" in line]
+    assert len(lines) == 1 and "seed=2" in lines[0]
+    assert "finished with other settings (localisation_lr_multiplier=0.1): move it aside" in lines[0]
