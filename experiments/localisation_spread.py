@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from experiments.missing import other_settings
 from experiments.rescore import load_kept_run
 from stn_repro.data import DataError
 from stn_repro.data.sets import set_checksum
@@ -43,6 +44,8 @@ def check_run(run_dir: Path, data_dir: Path | None = None, *, write: bool = Fals
         "test_error": record["test_error"],
         "spread": spread,
         "written": False,
+        # a run trained with other optimiser settings than its profile gives the cell says which
+        "settings": other_settings(record.get("experiment", "mnist"), record["profile"])(record),
     }
     if write and record.get("localisation_spread") is None:
         record["localisation_spread"] = spread
@@ -75,8 +78,9 @@ def markdown(results: list[dict[str, Any]], command: str) -> str:
     for r in results:
         spread = ", ".join(f"{value:.3g}" for value in r["spread"])
         mark = "**yes**" if spread_collapsed(r["spread"]) else "no"
+        settings = f" ({r['settings']})" if r.get("settings") else ""
         lines.append(
-            f"| {r['cell']} seed {r['seed']} | {r['profile']} | {r['test_error']:.2f} | {spread} | {mark} |"
+            f"| {r['cell']} seed {r['seed']}{settings} | {r['profile']} | {r['test_error']:.2f} | {spread} | {mark} |"
         )
     lines += ["", f"Made by `{command}` from the runs' `model.pt` and the stored test sets."]
     return "\n".join(lines) + "\n"

@@ -614,6 +614,12 @@ def test_a_run_records_its_transformers_spread_and_the_check_finds_a_dead_locali
     assert spread_main([str(run_dir), "--data-dir", str(tmp_path / "data"), "--out", str(out_file)]) == 0
     assert "spread 0: COLLAPSED (a fixed warp)" in capsys.readouterr().out
     assert "| r-st_fcn-affine seed 1 | smoke |" in out_file.read_text() and "**yes**" in out_file.read_text()
+    # a run trained with another optimiser setting than its profile gives the cell is named with it
+    saved = json.loads((run_dir / "record.json").read_text())
+    saved["config"] = {"optim": {"lr": 0.5}}
+    (run_dir / "record.json").write_text(json.dumps(saved))
+    assert spread_main([str(run_dir), "--data-dir", str(tmp_path / "data"), "--out", str(out_file)]) == 0
+    assert "| r-st_fcn-affine seed 1 (lr=0.5) | smoke |" in out_file.read_text()
     with pytest.raises(SystemExit):
         spread_main([])
     (run_dir / "model.pt").unlink()
