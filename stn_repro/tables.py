@@ -388,7 +388,13 @@ def to_markdown(rows: list[dict[str, Any]], profile: str, reading: str = "about_
     shown = rows + other_recipes
     by_key = {(r["data"], r["model"], r["transform"] or None): r for r in rows}
     lines = [f"# Distorted MNIST: % test error, profile `{profile}`", ""]
-    lines += _budget_banner(rows, profile, "the paper's 150,000 of 256", "55k training digits")
+    lines += _budget_banner(
+        rows,
+        profile,
+        "the paper's 150,000 of 256",
+        "55k training digits",
+        "; configs/trainer/fast.yaml gives the TC cells' localisation nets a lower lr",
+    )
     lines += [
         "Each cell: our mean ± sample std over seeds (the paper's number). Every model of a column has the "
         f"same parameter budget (reading `{reading}`: {BUDGET_READINGS.get(reading, reading)}); counts, seeds "
@@ -515,15 +521,17 @@ PAPER_IMAGES_PER_CELL = 150_000 * 256
 profile's images until the paper's error was reached."""
 
 
-def _budget_banner(rows: list[dict[str, Any]], profile: str, against: str, digits: str) -> list[str]:
+def _budget_banner(
+    rows: list[dict[str, Any]], profile: str, against: str, digits: str, optim_note: str = ""
+) -> list[str]:
     """The banner above a table whose runs are not the paper's protocol: the ``fast`` profile's (on
     ``digits`` of training, 5k held out for validation), else a reduced budget's; ``against`` names the
-    paper's budget. Empty for the paper's."""
+    paper's budget, ``optim_note`` what the profile sets beyond its optimiser file. Empty for the paper's."""
     if profile == "fast":
         return [
             f"> **FAST PROFILE, NOT THE PAPER'S PROTOCOL** — the paper's data, models and budgets trained with "
-            f"another optimisation (configs/optim/sgd_fast.yaml; configs/trainer/fast.yaml gives some cells' "
-            f"localisation nets a lower lr) for {_budget(rows)} per run, against {against}, "
+            f"another optimisation (configs/optim/sgd_fast.yaml{optim_note}) for {_budget(rows)} per run, "
+            f"against {against}, "
             f"on {digits} (5k held out for validation).",
             "",
         ]
@@ -752,10 +760,23 @@ def cub_markdown(rows: list[dict[str, Any]], profile: str, synthetic: bool) -> s
 
 def _provenance_lines(rows: list[dict[str, Any]], command: str) -> list[str]:
     seeds = sorted({r["n_seeds"] for r in rows})
+    # The profile's own cells (not the other-settings rows) that have fewer seeds than the most-run ones.
+    own = [r for r in rows if not r.get("recipe")]
+    most = max((r["n_seeds"] for r in own), default=0)
+    fewer = [r for r in own if r["n_seeds"] < most]
     return [
         "",
         f"- Runs: {sum(r['n_seeds'] for r in rows)} ({', '.join(map(str, seeds))} seed(s) per cell); "
         f"wall time {sum(r['wall_time_s'] for r in rows) / 3600:.2f} h in total.",
+        *(
+            [
+                f"- Cells with fewer than {most} seeds: "
+                + ", ".join(f"{_cell_name(r)} ({r['n_seeds']})" for r in fewer)
+                + "."
+            ]
+            if fewer
+            else []
+        ),
         f"- Commits: {', '.join(sorted({c for r in rows for c in r['commits'].split()}))}.",
         f"- Devices: {'; '.join(sorted({d for r in rows for d in r['devices'].split('; ')}))}.",
         f"- Made by `{command}` from the run records.",

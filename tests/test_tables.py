@@ -443,3 +443,11 @@ def test_each_profile_optimiser_settings_come_from_its_trainer_config():
     }
     rows = aggregate([own, other], optims)
     assert sorted(r["recipe"] for r in rows) == ["", "localisation_lr_multiplier=0.1"]
+
+
+def test_the_table_names_the_cells_with_fewer_seeds_than_the_rest():
+    records = [record("r", "fcn", None, seed, 2.0, profile="fast") for seed in (1, 2, 3)]
+    records += [record("tc", "cnn", None, 1, 1.0, profile="fast")]
+    text = to_markdown(aggregate(records), "fast")
+    assert "- Cells with fewer than 3 seeds: tc CNN (1)." in text
+    assert "fewer than" not in to_markdown(aggregate(records[:3]), "fast")
