@@ -54,18 +54,22 @@ def profile_optims(experiment: str, records: list[dict]) -> dict[tuple[str, str,
     return optims
 
 
+# (experiment, profile, cell) -> what profile_optims composed for it (None: nothing to compare with), so
+# that each cell is composed once per process however many records ask.
+_COMPOSED_OPTIMS: dict[tuple[str, str, str | None], dict | None] = {}
+
+
 def other_settings(experiment: str, profile: str):
     """A function of a finished record: the optimiser settings in which it departs from what ``profile``
     composes for its cell (``"key=value, ..."``; ``""`` where it follows them). It is not the profile's run
     (the tables show it apart), so it does not count as done."""
-    cache: dict[str, dict | None] = {}
 
     def deviation(record: dict) -> str:
-        cell = record_cell(record)
-        if cell not in cache:
-            found = profile_optims(experiment, [{"profile": profile, "cell": cell}]) if cell else {}
-            cache[cell] = found.get((experiment, profile, cell))
-        return recipe_deviation(record, cache[cell])
+        key = (experiment, profile, record_cell(record))
+        if key not in _COMPOSED_OPTIMS:
+            found = profile_optims(experiment, [{"profile": profile, "cell": key[2]}]) if key[2] else {}
+            _COMPOSED_OPTIMS[key] = found.get(key)
+        return recipe_deviation(record, _COMPOSED_OPTIMS[key])
 
     return deviation
 

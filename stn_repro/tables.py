@@ -760,23 +760,19 @@ def cub_markdown(rows: list[dict[str, Any]], profile: str, synthetic: bool) -> s
 
 def _provenance_lines(rows: list[dict[str, Any]], command: str) -> list[str]:
     seeds = sorted({r["n_seeds"] for r in rows})
-    # The profile's own cells (not the other-settings rows) that have fewer seeds than the most-run ones.
-    own = [r for r in rows if not r.get("recipe")]
-    most = max((r["n_seeds"] for r in own), default=0)
-    fewer = [r for r in own if r["n_seeds"] < most]
-    return [
+    lines = [
         "",
         f"- Runs: {sum(r['n_seeds'] for r in rows)} ({', '.join(map(str, seeds))} seed(s) per cell); "
         f"wall time {sum(r['wall_time_s'] for r in rows) / 3600:.2f} h in total.",
-        *(
-            [
-                f"- Cells with fewer than {most} seeds: "
-                + ", ".join(f"{_cell_name(r)} ({r['n_seeds']})" for r in fewer)
-                + "."
-            ]
-            if fewer
-            else []
-        ),
+    ]
+    # The profile's own cells (not the other-settings rows) that have fewer seeds than the most-run ones.
+    own = [r for r in rows if not r.get("recipe")]
+    most = max((r["n_seeds"] for r in own), default=0)
+    fewer = [f"{_cell_name(r)} ({r['n_seeds']})" for r in own if r["n_seeds"] < most]
+    if fewer:
+        lines.append(f"- Cells with fewer than {most} seeds: {', '.join(fewer)}.")
+    return [
+        *lines,
         f"- Commits: {', '.join(sorted({c for r in rows for c in r['commits'].split()}))}.",
         f"- Devices: {'; '.join(sorted({d for r in rows for d in r['devices'].split('; ')}))}.",
         f"- Made by `{command}` from the run records.",
