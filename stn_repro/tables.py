@@ -148,8 +148,8 @@ def aggregate(
     records: list[dict[str, Any]], profile_optims: dict[tuple, dict[str, Any]] | None = None
 ) -> list[dict[str, Any]]:
     """One row per (experiment, profile, budget reading, data, model, transform, recipe): mean and sample std
-    over seeds, the paper's number and provenance. ``profile_optims`` maps (experiment, profile, cell), or
-    (experiment, profile) for every cell, to the optimiser settings that profile composes for the cell: runs
+    over seeds, the paper's number and provenance. ``profile_optims`` maps (experiment, profile, cell) to the
+    optimiser settings that profile composes for the cell (:func:`experiments.missing.profile_optims`): runs
     trained with other settings (a per-cell override such as ``optim.localisation_lr_multiplier=0.03``) form
     rows of their own, whose ``recipe`` names the difference (:func:`recipe_deviation`), and the tables show
     them apart, never averaged with the profile's runs."""
@@ -159,8 +159,6 @@ def aggregate(
         experiment = record.get("experiment", "mnist")  # records made before the field are MNIST's
         reading = record.get("budget_reading", "about_400k") if experiment == "mnist" else ""
         expected = profile_optims.get((experiment, record["profile"], record_cell(record)))
-        if expected is None:
-            expected = profile_optims.get((experiment, record["profile"]))
         recipe = recipe_deviation(record, expected)
         key = (experiment, record["profile"], reading, record["data"], record["model"], record["transform"])
         groups[(*key, recipe)].append(record)

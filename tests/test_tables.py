@@ -251,7 +251,9 @@ def test_runs_with_other_optimiser_settings_than_their_profile_are_set_apart():
         run(1, 1.1, localisation_lr_multiplier=0.03),
         run(2, 1.3, localisation_lr_multiplier=0.03),
     ]
-    rows = aggregate(records, {("mnist", "fast"): fast})
+    rows = aggregate(records, {("mnist", "fast", "tc-st_cnn-affine"): fast})
+    # settings given for another cell do not apply to this one
+    assert len(aggregate(records, {("mnist", "fast", "tc-st_fcn-affine"): fast})) == 1
     by_recipe = {r["recipe"]: r for r in rows}
     assert set(by_recipe) == {"", "localisation_lr_multiplier=0.03"}
     assert by_recipe[""]["n_seeds"] == 1 and by_recipe["localisation_lr_multiplier=0.03"]["error_mean"] == 1.2
