@@ -2,6 +2,7 @@
 config composes; a smoke run (embedding + co-localisation) on synthetic digits leaves a record, is
 deterministic by seed and resumes exactly; the embedding is trained once and waited for; the table."""
 
+import json
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -35,11 +37,14 @@ from stn_repro.park import launch_command
 from stn_repro.runs import RunLock
 from stn_repro.tables import collect_records
 from stn_repro.tasks.coloc import (
+    BOX_HISTORY_NAME,
+    boxes_figure,
     ensure_embedding,
     load_coloc_data,
     load_embedding,
     load_trained_transformer,
     run_coloc,
+    update_box_history,
 )
 from stn_repro.training.colocalisation import (
     ColocLearner,
@@ -47,6 +52,7 @@ from stn_repro.training.colocalisation import (
     colocalisation_hinge,
     hinge_at_windows,
     localisation_error,
+    predicted_boxes,
     random_crops,
     random_windows,
 )
@@ -381,14 +387,43 @@ def test_a_run_is_deterministic_by_seed(runs, tmp_path):
 
 
 def test_an_interrupted_run_resumes_to_the_same_final_state(runs, tmp_path):
-    straight = run_smoke(runs, tmp_path / "straight", "trainer.iterations=8")
-    stopped = run_smoke(runs, tmp_path / "resumed", "trainer.iterations=8", settings_change={"stop_after": 3})
+    pictures = ("trainer.iterations=8", "trainer.picture_every=2")
+    straight = run_smoke(runs, tmp_path / "straight", *pictures)
+    stopped = run_smoke(runs, tmp_path / "resumed", *pictures, settings_change={"stop_after": 3})
     assert stopped == {"finished": False, "iterations": 3, "stopped_by": None}
-    resumed = run_smoke(runs, tmp_path / "resumed", "trainer.iterations=8")
+    resumed = run_smoke(runs, tmp_path / "resumed", *pictures)
     assert resumed["history"] == straight["history"] and resumed["test_error"] == straight["test_error"]
     a = torch.load(tmp_path / "straight" / "model.pt", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "resumed" / "model.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # the boxes over training, one entry per picture step, the same whether or not the run was interrupted
+    boxes = [
+        json.loads((tmp_path / run / "pictures" / BOX_HISTORY_NAME).read_text())
+        for run in ("straight", "resumed")
+    ]
+    assert boxes[0] == boxes[1]
+    assert [e["iteration"] for e in boxes[0]] == [2, 4, 6, 8] and len(boxes[0][-1]["boxes"]) == 8
+    final = predicted_boxes(
+        load_trained_transformer(tmp_path / "straight"), load_coloc_data(smoke_specs(runs)[0]).images[:8]
+    )
+    assert torch.allclose(torch.tensor(boxes[0][-1]["boxes"]), final, atol=1e-4)
+
+
+def test_the_box_history_replaces_steps_a_resumed_run_draws_again(tmp_path):
+    path = tmp_path / "pictures" / BOX_HISTORY_NAME
+    boxes = torch.tensor([[0.0, 0.0, 28.0, 28.0], [10.0, 10.0, 40.0, 40.0]])
+    for iteration in (0, 250, 500):
+        history = update_box_history(path, iteration, boxes + iteration / 250)
+    assert [it for it, _ in history] == [0, 250, 500] and torch.equal(history[1][1], boxes + 1)
+    # resumed from a checkpoint at 300: the picture at 500 is drawn again and replaces the old one
+    history = update_box_history(path, 500, boxes)
+    assert [it for it, _ in history] == [0, 250, 500] and torch.equal(history[-1][1], boxes)
+    history = update_box_history(path, 400, boxes)
+    assert [it for it, _ in history] == [0, 250, 400]
+    fig = boxes_figure(torch.zeros(2, 1, 84, 84), boxes, boxes, torch.zeros(2, 1, 28, 28), history)
+    assert len(fig.axes) == 2 * 3  # found boxes, transformer output, boxes over training
+    assert len(fig.axes[-1].patches) == 1 + 3  # the true box and one box per picture step
+    plt.close(fig)
 
 
 def test_window_negatives_get_their_own_cell_and_resume_exactly(runs, tmp_path):
