@@ -144,7 +144,7 @@ reproduce-addition:  ## run Table 4, MNIST addition (PROFILE=paper|fast|quick, S
 # --- Co-localisation (Table 5) --------------------------------------------------------------------------------
 # PROFILE=quick runs trainer=coloc_quick (CPU); fast trainer=coloc_fast (CPU, about 2 h: e() at 5% of the
 # Sect. 2 protocol with the fast optimiser, each class at the paper profile's 2,000 steps); paper
-# trainer=coloc_paper (the embedding at the Sect. 2 protocol: a GPU job). The first job trains the embedding CNN e() once per profile; every other job reuses it.
+# trainer=coloc_paper (e() at the Sect. 2 protocol: 9 h here, the first 26k iterations on a GPU, the rest on the CPU; then ~5 min per class on one core). The first job trains the embedding CNN e() once per profile; every other job reuses it.
 COLOC_DIGITS ?= 0,1,2,3,4,5,6,7,8,9
 COLOC_SETS ?= coloc_t,coloc_tc
 COLOC_SEEDS ?= 1
