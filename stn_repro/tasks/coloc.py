@@ -357,11 +357,8 @@ def prepare_coloc(
         return learner
 
     def figure():
-        history = None
-        if box_history is not None:
-            step = learners[-1].steps if learners else 0
-            history = update_box_history(box_history, step, predicted_boxes(transformer, images[shown]))
-        return boxes_picture(transformer, images[shown], boxes[shown], history)
+        step = learners[-1].steps if learners else 0
+        return boxes_picture(transformer, images[shown], boxes[shown], box_history, step)
 
     param_count = count_params(transformer)
     paper = coloc_paper_localised(spec.data)
@@ -520,9 +517,8 @@ def load_trained_transformer(path: Path | str, device: torch.device | str = "cpu
 # --- pictures ---------------------------------------------------------------------------------------------------
 
 
-BOX_HISTORY_NAME = (
-    "boxes.json"  # in the run's pictures/: the pictured images' found boxes at each picture step
-)
+# In the run's pictures/: the pictured images' found boxes at each picture step.
+BOX_HISTORY_NAME = "boxes.json"
 
 
 def update_box_history(path: Path, iteration: int, boxes: Tensor) -> list[tuple[int, Tensor]]:
@@ -542,12 +538,14 @@ def boxes_picture(
     transformer: SpatialTransformer,
     images: Tensor,
     true_boxes: Tensor,
-    history: list[tuple[int, Tensor]] | None = None,
+    box_history: Path | None = None,
+    iteration: int = 0,
 ):
     """The images with the predicted box (orange) and the true box (red), each image's crop below, and,
-    with ``history`` (:func:`update_box_history`), the boxes found at every picture step so far: the
-    paper's Table 5 (right), one figure per picture step."""
+    with ``box_history``, the boxes found at every picture step so far, this one (``iteration``) added to
+    the file (:func:`update_box_history`): the paper's Table 5 (right), one figure per picture step."""
     pred = predicted_boxes(transformer, images)
+    history = None if box_history is None else update_box_history(box_history, iteration, pred)
     was_training = transformer.training
     transformer.eval()
     with torch.no_grad():
