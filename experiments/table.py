@@ -86,16 +86,21 @@ def main(argv: list[str] | None = None) -> int:
 
 def coloc_tables(runs: Path, args) -> int:
     """Table 5 (co-localisation): its own layout, one cell per digit class and set (stn_repro.coloc_table)."""
-    records = [r for r in collect_records(runs) if r.get("experiment") == "coloc"]
-    if not records:
+    # The embedding's records come too: the table states what training e() cost.
+    records = [r for r in collect_records(runs) if r.get("experiment") in ("coloc", "coloc_embedding")]
+    if not any(r["experiment"] == "coloc" for r in records):
         print(
             f"no finished coloc runs under {runs}: run `make reproduce-coloc` (or python -m experiments.coloc) first",
             file=sys.stderr,
         )
         return 1
-    profiles = [args.profile] if args.profile else sorted({r["profile"] for r in records})
+    profiles = (
+        [args.profile]
+        if args.profile
+        else sorted({r["profile"] for r in records if r["experiment"] == "coloc"})
+    )
     for profile in profiles:
-        if not any(r["profile"] == profile for r in records):
+        if not any(r["profile"] == profile and r["experiment"] == "coloc" for r in records):
             print(f"no finished coloc runs of profile {profile!r} under {runs}", file=sys.stderr)
             return 1
         for csv_path, md_path in write_coloc_tables(records, args.out, profile):

@@ -5,6 +5,7 @@ synthetic stand-in, never mixed with real MNIST runs)."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import statistics
 from collections import defaultdict
@@ -35,6 +36,9 @@ COLOC_CSV_COLUMNS = [
     "reduced_budget",
     "embedding_test_error",
     "embedding_iterations",
+    "embedding_wall_time_s",
+    "embedding_devices",
+    "embedding_commits",
     "wall_time_s",
     "commits",
     "devices",
@@ -44,7 +48,12 @@ COLOC_CSV_COLUMNS = [
 def coloc_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (profile, synthetic, data, digit, negatives) of the finished co-localisation ``records``:
     % localised (100 - the record's % not localised), mean and sample std over seeds, the paper's range,
-    provenance. Records made before the ``negatives`` choice existed used crops."""
+    provenance. Records made before the ``negatives`` choice existed used crops.
+
+    The embedding's own cost (wall time, devices, commits) comes from its record where ``records`` hold it
+    (an ``experiment: coloc_embedding`` record read with its ``path``, as :func:`~stn_repro.tables.collect_records`
+    gives): the one whose weights have the sha256 the co-localisation records name."""
+    embeddings = embedding_records_by_weights(records)
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for record in records:
         if record.get("experiment") == "coloc" and record.get("finished"):
@@ -62,6 +71,8 @@ def coloc_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         runs = sorted(runs, key=lambda r: r["seed"])
         localised = [100.0 - r["test_error"] for r in runs]
         paper = coloc_paper_localised(data)
+        used = [embeddings.get(r["embedding"].get("weights_sha256")) for r in runs]
+        trained = [e for e in used if e is not None] if all(used) else []
         rows.append(
             {
                 "profile": profile,
@@ -81,12 +92,35 @@ def coloc_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "reduced_budget": any(r["reduced_budget"] for r in runs),
                 "embedding_test_error": _single(r["embedding"]["test_error"] for r in runs),
                 "embedding_iterations": _single(r["embedding"].get("iterations") for r in runs),
+                # None: an embedding record is not among ``records`` (its cost is then not stated).
+                "embedding_wall_time_s": _single(e["wall_time_s"] for e in trained) if trained else None,
+                "embedding_devices": "; ".join(sorted({d for e in trained for d in launch_devices(e)}))
+                or None,
+                "embedding_commits": " ".join(sorted(set().union(*(run_commits(e) for e in trained))))
+                or None,
                 "wall_time_s": round(sum(r["wall_time_s"] for r in runs), 1),
                 "commits": " ".join(sorted(set().union(*(run_commits(r) for r in runs)))),
                 "devices": "; ".join(sorted({r["device"] for r in runs})),
             }
         )
     return rows
+
+
+def embedding_records_by_weights(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The finished embedding records among ``records`` that carry their ``path``, by the sha256 of the
+    weights file beside them (what a co-localisation record's ``embedding.weights_sha256`` names)."""
+    found = {}
+    for record in records:
+        if record.get("experiment") == "coloc_embedding" and record.get("finished") and record.get("path"):
+            weights = Path(record["path"]).parent / record.get("weights", "model.pt")
+            if weights.is_file():
+                found[hashlib.sha256(weights.read_bytes()).hexdigest()] = record
+    return found
+
+
+def launch_devices(record: dict[str, Any]) -> list[str]:
+    """Every device a run trained on: each launch's (a run resumed elsewhere has several), else its own."""
+    return [launch["device"] for launch in record.get("launches") or []] or [record["device"]]
 
 
 def coloc_markdown(rows: list[dict[str, Any]], profile: str, synthetic: bool = False) -> str:
@@ -174,21 +208,34 @@ def coloc_markdown(rows: list[dict[str, Any]], profile: str, synthetic: bool = F
         {_count(r["embedding_iterations"]) for r in rows if r.get("embedding_iterations") is not None}
     )
     seeds = sorted({r["n_seeds"] for r in rows})
+    embedding_cost = _embedding_cost_text(rows)
     lines += [
         "",
         f"- Runs: {sum(r['n_seeds'] for r in rows)} ({', '.join(map(str, seeds))} seed(s) per cell) of "
         f"{', '.join(sorted({str(r['num_images']) for r in rows}))} images each; "
         f"{', '.join(sorted({str(r['iterations']) for r in rows}))} iterations of batch "
         f"{', '.join(sorted({str(r['batch_size']) for r in rows}))}; wall time "
-        f"{sum(r['wall_time_s'] for r in rows) / 3600:.2f} h in total (the embedding's own training not counted).",
+        f"{sum(r['wall_time_s'] for r in rows) / 3600:.2f} h in total (the embedding's own training not counted here: next line).",
         f"- Embedding e() (Sect. 2 CNN on undistorted digits): {', '.join(embedding)} % test error"
         + (f" after {', '.join(embedding_iterations)} iterations" if embedding_iterations else "")
-        + " (the Sect. 2 protocol: 150,000 of 256).",
+        + f" (the Sect. 2 protocol: 150,000 of 256); {embedding_cost}.",
         f"- Commits: {', '.join(sorted({c for r in rows for c in r['commits'].split()}))}.",
         f"- Devices: {'; '.join(sorted({d for r in rows for d in r['devices'].split('; ')}))}.",
         f"- Made by `python -m experiments.table --experiment coloc --profile {profile}` from the run records.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _embedding_cost_text(rows: list[dict[str, Any]]) -> str:
+    if any(r.get("embedding_wall_time_s") is None for r in rows):
+        return "its training time is not given: its record is not under the records folder this table is made from"
+    hours = sorted({float(h) for r in rows for h in str(r["embedding_wall_time_s"]).split()})
+    devices = sorted({d for r in rows for d in r["embedding_devices"].split("; ")})
+    commits = sorted({c for r in rows for c in r["embedding_commits"].split()})
+    return (
+        f"trained in {', '.join(f'{h / 3600:.2f}' for h in hours)} h wall time on {'; '.join(devices)} "
+        f"(commits {', '.join(commits)})"
+    )
 
 
 WINDOW_TEXT = "a window of the transformer's own scale at a random place inside the image"

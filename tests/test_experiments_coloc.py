@@ -548,7 +548,18 @@ def test_the_table_has_every_class_the_mean_and_the_papers_numbers(runs, tmp_pat
         )
         == 0
     )
-    assert (tmp_path / "cli" / md_path.name).read_text() == text
+    # Without the embedding's record the table says its cost is not given; the command line reads the
+    # embedding record under --runs and states its wall time, devices and commits.
+    assert "its training time is not given" in text and "trained in" not in text
+    [embedding] = [r for r in collect_records(runs) if r["experiment"] == "coloc_embedding"]
+    cli_text = (tmp_path / "cli" / md_path.name).read_text()
+    hours = f"{embedding['wall_time_s'] / 3600:.2f} h wall time on {embedding['device']}"
+    assert f"trained in {hours} (commits {embedding['commit'][:12]})" in cli_text
+    assert [r["embedding_wall_time_s"] for r in coloc_rows(collect_records(runs))] == [
+        embedding["wall_time_s"]
+    ] * 2
+    differ = [(a, b) for a, b in zip(text.splitlines(), cli_text.splitlines(), strict=True) if a != b]
+    assert len(differ) == 1 and differ[0][0].startswith("- Embedding e()")  # all else the same
 
 
 def test_the_sweep_runs_from_the_command_line(tmp_path):
