@@ -148,10 +148,12 @@ reproduce-addition:  ## run Table 4, MNIST addition (PROFILE=paper|fast|quick, S
 COLOC_DIGITS ?= 0,1,2,3,4,5,6,7,8,9
 COLOC_SETS ?= coloc_t,coloc_tc
 COLOC_SEEDS ?= 1
+# COLOC_EMBEDDING=results/records/coloc_paper/embedding uses the committed e() instead of training one (9 h).
+COLOC_EMBEDDING ?=
 .PHONY: reproduce-coloc
 
 reproduce-coloc:  ## run Table 5, co-localisation: every digit class on T and TC (PROFILE=paper|fast|quick, COLOC_SEEDS=1,2,3), then write results/coloc_table5_<profile>.md
-	$(PY) -m experiments.coloc -m $(LAUNCH_ARG) trainer=coloc_$(PROFILE) seed=$(COLOC_SEEDS) digit=$(COLOC_DIGITS) data=$(COLOC_SETS)
+	$(PY) -m experiments.coloc -m $(LAUNCH_ARG) trainer=coloc_$(PROFILE) seed=$(COLOC_SEEDS) digit=$(COLOC_DIGITS) data=$(COLOC_SETS) $(if $(COLOC_EMBEDDING),embedding.run_dir=$(COLOC_EMBEDDING))
 	$(MAKE) table EXPERIMENT=coloc PROFILE=$(PROFILE)
 
 # --- CUB-200-2011 (Table 3) -----------------------------------------------------------------------------------

@@ -18,9 +18,11 @@ import sys
 from pathlib import Path
 
 from stn_repro.missing import EXPERIMENTS, TRAINER_PREFIX, missing_runs, run_state
+from stn_repro.runs import read_finished_record
 from stn_repro.tables import recipe_deviation, record_cell
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
 
 
 def coloc_embedding_dir(profile: str) -> Path:
@@ -128,9 +130,14 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.experiment}, profile {args.profile}, seeds {args.seeds}: {len(missing)} run(s) without a "
         f"finished record in {', '.join(map(str, folders))}"
     )
-    if args.experiment == "coloc":
+    if args.experiment == "coloc" and missing:  # with nothing to run, e()'s state does not matter
         embedding = coloc_embedding_dir(args.profile)
         print(f"  embedding e(), trained by the first job that needs it: {embedding} {run_state(embedding)}")
+        committed = ROOT / "results" / "records" / f"coloc_{args.profile}" / "embedding"
+        if read_finished_record(embedding) is None and read_finished_record(committed) is not None:
+            print(
+                f"  (or add embedding.run_dir={committed.relative_to(ROOT)} to each: the committed e(), trained once)"
+            )
     for run in missing:
         resumes = "" if run.resumes_at is None else f"  # resumes at iteration {run.resumes_at:,}"
         if run.other_settings:

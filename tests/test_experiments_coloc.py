@@ -517,6 +517,25 @@ def test_a_job_waits_for_the_embedding_another_process_trains(tmp_path):
     assert load_embedding(embedding_dir)(torch.zeros(1, 1, 28, 28)).shape[0] == 1
 
 
+def test_a_copied_finished_embedding_is_reused_and_another_run_is_refused(runs, tmp_path):
+    # A finished embedding copied elsewhere (as results/records/coloc_<profile>/embedding is committed):
+    # pointing embedding.run_dir at it trains nothing and the run's record names it.
+    _, _, _, _, trained_dir = smoke_specs(runs)
+    copied = tmp_path / "committed" / "embedding"
+    copied.mkdir(parents=True)
+    for name in ("record.json", "model.pt"):
+        (copied / name).write_bytes((trained_dir / name).read_bytes())
+    logs = []
+    record = run_smoke(tmp_path / "fresh", tmp_path / "run", f"embedding.run_dir={copied}", log=logs.append)
+    assert record["finished"] and record["embedding"]["run_dir"] == str(copied)
+    assert sorted(p.name for p in copied.iterdir()) == ["model.pt", "record.json"]  # nothing written there
+    assert any(line.startswith("synthetic-embedding-cnn seed 1: already finished") for line in logs)
+    # A finished run of something else in that place: a clear error, not a wrong e().
+    (copied / "record.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=r"not an embedding of synthetic digits.*embedding\.run_dir"):
+        run_smoke(tmp_path / "fresh", tmp_path / "other", f"embedding.run_dir={copied}")
+
+
 def test_the_table_has_every_class_the_mean_and_the_papers_numbers(runs, tmp_path):
     # The runs of the tests above (read back, or made here when this test runs alone).
     run_smoke(runs, cell_dir(runs, "coloc_t-synthetic-digit2"), "digit=2")

@@ -110,18 +110,40 @@ def test_the_command_line_prints_queue_lines_and_refuses_bad_input(tmp_path, cap
 
 
 def test_coloc_runs_and_the_state_of_their_embedding(tmp_path, capsys, monkeypatch):
+    import experiments.missing
+
+    monkeypatch.setattr(experiments.missing, "ROOT", tmp_path)  # where committed records would be
     runs = tmp_path / "runs"
     monkeypatch.setenv("STN_RUNS", str(runs))
     embedding = runs / "coloc" / "embedding" / "paper" / "mnist" / "seed1"
     embedding.mkdir(parents=True)
     torch.save({"iteration": 26335, "settings": {"iterations": 150000}}, embedding / "checkpoint.pt")
     write_record(runs / "coloc" / "paper", "coloc_t-digit3", 1, finished=True)
-    assert main(["--experiment", "coloc", "--seeds", "1", "--records", str(runs / "coloc" / "paper")]) == 0
+    records = ["--records", str(runs / "coloc" / "paper")]
+    assert main(["--experiment", "coloc", "--seeds", "1", *records]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("coloc, profile paper, seeds 1: 19 run(s)")
     assert out[1].endswith("seed1 resumes at iteration 26,335 of 150,000")
     assert out[2] == "  python -m experiments.coloc data=coloc_t digit=0 trainer=coloc_paper seed=1"
     assert "data=coloc_t digit=3 " not in "\n".join(out) and "data=coloc_tc digit=3 " in "\n".join(out)
+    # A committed finished e() is offered while the local one is not finished.
+    committed = tmp_path / "results" / "records" / "coloc_paper" / "embedding"
+    committed.mkdir(parents=True)
+    (committed / "record.json").write_text(json.dumps({"cell": "mnist-embedding-cnn", "finished": True}))
+    assert main(["--experiment", "coloc", "--seeds", "1", *records]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[2] == (
+        "  (or add embedding.run_dir=results/records/coloc_paper/embedding to each: the committed e(), trained once)"
+    )
+    # With no run missing, e()'s state is not printed at all.
+    for cell in [f"coloc_{s}-digit{d}" for s in ("t", "tc") for d in range(10)]:
+        if cell != "coloc_t-digit3":
+            write_record(runs / "coloc" / "paper", cell, 1, finished=True)
+    assert main(["--experiment", "coloc", "--seeds", "1", *records]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        f"coloc, profile paper, seeds 1: 0 run(s) without a finished record in {runs / 'coloc' / 'paper'}"
+    ]
     assert (
         main(["--experiment", "coloc", "--profile", "fastest", "--records", str(runs / "coloc" / "paper")])
         == 1

@@ -50,7 +50,15 @@ from stn_repro.models.coloc import (
 )
 from stn_repro.models.mnist import build_mnist_model, count_params
 from stn_repro.paper import coloc_paper_localised
-from stn_repro.runs import WEIGHTS_NAME, PreparedRun, RunLocked, classifier_weights, load_trained, run_seed
+from stn_repro.runs import (
+    WEIGHTS_NAME,
+    PreparedRun,
+    RunLocked,
+    classifier_weights,
+    load_trained,
+    read_finished_record,
+    run_seed,
+)
 from stn_repro.tasks.mnist import load_trained_model
 from stn_repro.tracking import Tracker
 from stn_repro.training.colocalisation import (
@@ -167,7 +175,20 @@ def ensure_embedding(
 ) -> dict[str, Any]:
     """The embedding run's record: trained in ``run_dir`` if it is not finished (resuming its checkpoint),
     else read back. If another process is training it (its lock), wait for that process, polling every
-    ``wait_s`` seconds, then use its result. A run stopped early returns ``{"finished": False, ...}``."""
+    ``wait_s`` seconds, then use its result. A run stopped early returns ``{"finished": False, ...}``.
+
+    ``run_dir`` may be any finished embedding run of the same digits, e.g. the committed
+    ``results/records/coloc_paper/embedding`` (its profile and seed are then the record's, and each
+    co-localisation record names them); a finished run of anything else is refused."""
+    finished = read_finished_record(run_dir)
+    if finished is not None and (
+        finished.get("experiment") != "coloc_embedding" or finished.get("cell") != spec.cell
+    ):
+        raise ValueError(
+            f"{run_dir} holds a finished {finished.get('experiment')!r} run ({finished.get('cell')!r}), not an "
+            f"embedding of {spec.data_source} digits ({spec.cell!r}): point embedding.run_dir at an embedding "
+            "run's folder (runs/coloc/embedding/<profile>/<source>/seed<k>, results/records/coloc_<profile>/embedding)"
+        )
     announced = False
     while True:
         try:
