@@ -36,10 +36,11 @@ def coloc_embedding_dir(profile: str) -> Path:
 
 
 def profile_optims(experiment: str, records: list[dict]) -> dict[tuple[str, str, str], dict]:
-    """(experiment, profile, cell) -> the ``optim`` settings the profile's trainer config composes for that
-    cell of ``experiment`` (configs/<experiment>.yaml with ``cell=<cell>``: a profile may set a value per
-    cell, as `fast` does the localisation lr of the TC cells), for each record's profile that has a trainer
-    config; empty for other experiments. The tables set runs of other settings apart
+    """(experiment, profile, cell) -> the ``optim`` settings (and ``trainer.iterations``,
+    ``trainer.batch_size``) the profile's trainer config composes for that cell of ``experiment``
+    (configs/<experiment>.yaml with ``cell=<cell>``: a profile may set a value per cell, as `fast` does the
+    localisation lr of the TC cells), for each record's profile that has a trainer config; empty for other
+    experiments. The tables set runs of other settings apart
     (stn_repro.tables.aggregate)."""
     if experiment == "coloc":  # no optimiser settings of a run's own to compare; its table is its own
         return {}
@@ -52,7 +53,12 @@ def profile_optims(experiment: str, records: list[dict]) -> dict[tuple[str, str,
             trainer = f"{TRAINER_PREFIX.get(experiment, '')}{profile}"
             if (CONFIGS / "trainer" / f"{trainer}.yaml").exists():
                 cfg = compose(experiment, overrides=[f"trainer={trainer}", f"cell={cell}"])
-                optims[(experiment, profile, cell)] = OmegaConf.to_container(cfg.optim, resolve=True)
+                optims[(experiment, profile, cell)] = {
+                    **OmegaConf.to_container(cfg.optim, resolve=True),
+                    # the training's length (stn_repro.tables.TRAINER_LENGTH_KEYS)
+                    "trainer.iterations": cfg.trainer.iterations,
+                    "trainer.batch_size": cfg.trainer.batch_size,
+                }
     return optims
 
 
@@ -62,7 +68,7 @@ _COMPOSED_OPTIMS: dict[tuple[str, str, str | None], dict | None] = {}
 
 
 def other_settings(experiment: str, profile: str):
-    """A function of a finished record: the optimiser settings in which it departs from what ``profile``
+    """A function of a finished record: the optimiser settings or training length in which it departs from what ``profile``
     composes for its cell (``"key=value, ..."``; ``""`` where it follows them). It is not the profile's run
     (the tables show it apart), so it does not count as done."""
 

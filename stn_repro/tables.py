@@ -122,21 +122,35 @@ def first_reaching(history: list[dict[str, Any]], target: float, key: str = "val
 LOCALISATION_OPTIM_KEYS = ("localisation_lr_multiplier",)
 
 
-def recipe_deviation(record: dict[str, Any], profile_optim: dict[str, Any] | None) -> str:
-    """The optimiser settings in which ``record`` departs from its profile's own (``profile_optim``, the
-    ``optim`` the profile composes), as ``"key=value"`` pairs joined by ``", "``; ``""`` where it follows the
-    profile or no ``profile_optim`` is given. A key the record lacks (written before the setting existed)
-    counts as the profile's; a model without a transformer ignores the localisation net's settings."""
-    if not profile_optim:
+# What a record says at its top level of its training's length, against the profile's ``trainer.<key>``.
+TRAINER_LENGTH_KEYS = ("iterations", "batch_size")
+
+
+def recipe_deviation(record: dict[str, Any], profile_settings: dict[str, Any] | None) -> str:
+    """The settings in which ``record`` departs from its profile's own (``profile_settings``: the ``optim``
+    the profile composes, plus ``trainer.iterations`` and ``trainer.batch_size``), as ``"key=value"`` pairs
+    joined by ``", "``; ``""`` where it follows the profile or no ``profile_settings`` are given. A key the
+    record lacks (written before the setting existed) counts as the profile's; a model without a transformer
+    ignores the localisation net's settings."""
+    if not profile_settings:
         return ""
     optim = (record.get("config") or {}).get("optim") or {}
     # A model without a transformer has no localisation net: its settings for one change nothing.
     unused = () if record.get("transform") else LOCALISATION_OPTIM_KEYS
-    return ", ".join(
+    differ = [
         f"{key}={optim[key]}"
         for key in sorted(optim)
-        if key in profile_optim and key not in unused and optim[key] != profile_optim[key]
-    )
+        if key in profile_settings and key not in unused and optim[key] != profile_settings[key]
+    ]
+    # A shorter (or longer) run than the profile's is another recipe too, however its optimiser was set.
+    differ += [
+        f"trainer.{key}={record[key]}"
+        for key in TRAINER_LENGTH_KEYS
+        if f"trainer.{key}" in profile_settings
+        and key in record
+        and record[key] != profile_settings[f"trainer.{key}"]
+    ]
+    return ", ".join(differ)
 
 
 def record_cell(record: dict[str, Any]) -> str | None:
@@ -149,8 +163,9 @@ def aggregate(
 ) -> list[dict[str, Any]]:
     """One row per (experiment, profile, budget reading, data, model, transform, recipe): mean and sample std
     over seeds, the paper's number and provenance. ``profile_optims`` maps (experiment, profile, cell) to the
-    optimiser settings that profile composes for the cell (:func:`experiments.missing.profile_optims`): runs
-    trained with other settings (a per-cell override such as ``optim.localisation_lr_multiplier=0.03``) form
+    optimiser settings and training length that profile composes for the cell
+    (:func:`experiments.missing.profile_optims`): runs trained with other settings (a per-cell override such
+    as ``optim.localisation_lr_multiplier=0.03``, or ``trainer.iterations=3000``) form
     rows of their own, whose ``recipe`` names the difference (:func:`recipe_deviation`), and the tables show
     them apart, never averaged with the profile's runs."""
     profile_optims = profile_optims or {}

@@ -175,3 +175,9 @@ def test_a_run_finished_with_other_optimiser_settings_is_not_the_profiles(tmp_pa
     lines = [line for line in capsys.readouterr().out.splitlines() if "data=tc model=st_cnn" in line]
     assert len(lines) == 1 and "seed=2" in lines[0]
     assert "finished with other settings (localisation_lr_multiplier=0.1): move it aside" in lines[0]
+    # A run of the profile's settings cut short (trainer.iterations=...) is not the profile's either.
+    short = json.loads((tmp_path / cell / "seed1" / "record.json").read_text()) | {"iterations": 100}
+    (tmp_path / cell / "seed1" / "record.json").write_text(json.dumps(short))
+    assert main(["--profile", "fast", "--seeds", "1", "--records", str(tmp_path)]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "data=tc model=st_cnn" in line]
+    assert len(lines) == 1 and "finished with other settings (trainer.iterations=100)" in lines[0]

@@ -24,7 +24,12 @@ from stn_repro.tables import (
 NEEDS_WANDB = pytest.mark.skipif(importlib.util.find_spec("wandb") is None, reason="wandb is not installed")
 
 
+# The training length each profile's trainer config gives (a record of other length is another recipe).
+PROFILE_LENGTH = {"quick": (1500, 64), "fast": (15_000, 128), "paper": (150_000, 256)}
+
+
 def record(data, model, transform, seed, error, profile="quick", finished=True):
+    iterations, batch_size = PROFILE_LENGTH.get(profile, (1500, 64))
     return {
         "cell": f"{data}-{model}-{transform or 'none'}",
         "data": data,
@@ -37,9 +42,9 @@ def record(data, model, transform, seed, error, profile="quick", finished=True):
         "test_error": error,
         "paper_error": None,
         "param_count": 400_123,
-        "iterations": 1500,
-        "batch_size": 64,
-        "images_seen": 96_000,
+        "iterations": iterations,
+        "batch_size": batch_size,
+        "images_seen": iterations * batch_size,
         "wall_time_s": 10.0,
         "commit": "0123456789abcdef",
         "device": "cpu (x86_64, 2 threads)",
@@ -271,6 +276,22 @@ def test_runs_with_other_optimiser_settings_than_their_profile_are_set_apart():
     }
     assert recipe_deviation(cnn, fast) == ""
     assert recipe_deviation(cnn | {"config": {"optim": {"lr": 0.05}}}, fast) == "lr=0.05"
+
+
+def test_runs_shorter_or_of_another_batch_than_their_profile_are_set_apart():
+    fast = {"lr": 0.1, "trainer.iterations": 15_000, "trainer.batch_size": 128}
+    own = record("r", "cnn", None, 1, 1.0, profile="fast") | {"config": {"optim": {"lr": 0.1}}}
+    short = own | {"seed": 2, "iterations": 300, "test_error": 5.0}
+    wide = own | {"seed": 3, "batch_size": 256, "config": {"optim": {"lr": 0.2}}}
+    assert recipe_deviation(own, fast) == ""
+    assert recipe_deviation(short, fast) == "trainer.iterations=300"
+    assert recipe_deviation(wide, fast) == "lr=0.2, trainer.batch_size=256"
+    rows = aggregate([own, short, wide], {("mnist", "fast", "r-cnn-none"): fast})
+    by_recipe = {r["recipe"]: r for r in rows}
+    assert set(by_recipe) == {"", "trainer.iterations=300", "lr=0.2, trainer.batch_size=256"}
+    assert (
+        by_recipe[""]["n_seeds"] == 1 and by_recipe[""]["error_mean"] == 1.0
+    )  # the short run not averaged in
 
 
 def test_addition_records_scored_on_another_test_set_are_flagged_in_table4():
