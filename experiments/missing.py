@@ -39,11 +39,11 @@ def profile_optims(experiment: str, records: list[dict]) -> dict[tuple[str, str,
     """(experiment, profile, cell) -> the ``optim`` settings (and ``trainer.iterations``,
     ``trainer.batch_size``) the profile's trainer config composes for that cell of ``experiment``
     (configs/<experiment>.yaml with ``cell=<cell>``: a profile may set a value per cell, as `fast` does the
-    localisation lr of the TC cells), for each record's profile that has a trainer config; empty for other
-    experiments. The tables set runs of other settings apart
+    localisation lr of the TC cells), for each record's profile that has a trainer config; for
+    co-localisation the length only. The tables set runs of other settings apart
     (stn_repro.tables.aggregate)."""
-    if experiment == "coloc":  # no optimiser settings of a run's own to compare; its table is its own
-        return {}
+    # Co-localisation: no optimiser settings of a cell's own to compare, only the length.
+    coloc = experiment == "coloc"
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
@@ -52,9 +52,11 @@ def profile_optims(experiment: str, records: list[dict]) -> dict[tuple[str, str,
         for profile, cell in sorted({(r["profile"], record_cell(r)) for r in records if record_cell(r)}):
             trainer = f"{TRAINER_PREFIX.get(experiment, '')}{profile}"
             if (CONFIGS / "trainer" / f"{trainer}.yaml").exists():
-                cfg = compose(experiment, overrides=[f"trainer={trainer}", f"cell={cell}"])
+                cfg = compose(
+                    experiment, overrides=[f"trainer={trainer}", *([] if coloc else [f"cell={cell}"])]
+                )
                 optims[(experiment, profile, cell)] = {
-                    **OmegaConf.to_container(cfg.optim, resolve=True),
+                    **({} if coloc else OmegaConf.to_container(cfg.optim, resolve=True)),
                     # the training's length (stn_repro.tables.TRAINER_LENGTH_KEYS)
                     "trainer.iterations": cfg.trainer.iterations,
                     "trainer.batch_size": cfg.trainer.batch_size,

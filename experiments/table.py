@@ -103,12 +103,22 @@ def coloc_tables(runs: Path, args) -> int:
         if not any(r["profile"] == profile and r["experiment"] == "coloc" for r in records):
             print(f"no finished coloc runs of profile {profile!r} under {runs}", file=sys.stderr)
             return 1
-        for csv_path, md_path in write_coloc_tables(records, args.out, profile):
+        for csv_path, md_path in write_coloc_tables(
+            records, args.out, profile, coloc_profile_length(profile)
+        ):
             print(f"{profile}: {csv_path} and {md_path}")
             print(md_path.read_text())
             if args.wandb:
                 log_coloc_table_to_wandb(records, profile, md_path.stem, runs, args)
     return 0
+
+
+def coloc_profile_length(profile: str) -> tuple[int, int] | None:
+    """(iterations, batch size) of ``trainer=coloc_<profile>``: the runs that fill Table 5's cells."""
+    settings = profile_optims("coloc", [{"profile": profile, "cell": "coloc"}]).get(
+        ("coloc", profile, "coloc")
+    )
+    return None if settings is None else (settings["trainer.iterations"], settings["trainer.batch_size"])
 
 
 def log_coloc_table_to_wandb(records, profile: str, stem: str, runs: Path, args) -> None:

@@ -8,7 +8,7 @@ import csv
 import hashlib
 import io
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,8 @@ COLOC_CSV_COLUMNS = [
 
 
 def coloc_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (profile, synthetic, data, digit, negatives) of the finished co-localisation ``records``:
+    """One row per (profile, synthetic, data, digit, negatives, iterations, batch size) of the finished
+    co-localisation ``records``:
     % localised (100 - the record's % not localised), mean and sample std over seeds, the paper's range,
     provenance. Records made before the ``negatives`` choice existed used crops.
 
@@ -64,10 +65,12 @@ def coloc_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 record["data"],
                 record["digit"],
                 negatives,
+                record["iterations"],
+                record["batch_size"],
             )
             groups[key].append(record)
     rows = []
-    for (profile, synthetic, data, digit, negatives), runs in sorted(groups.items()):
+    for (profile, synthetic, data, digit, negatives, _, _), runs in sorted(groups.items()):
         runs = sorted(runs, key=lambda r: r["seed"])
         localised = [100.0 - r["test_error"] for r in runs]
         paper = coloc_paper_localised(data)
@@ -123,14 +126,33 @@ def launch_devices(record: dict[str, Any]) -> list[str]:
     return [launch["device"] for launch in record.get("launches") or []] or [record["device"]]
 
 
-def coloc_markdown(rows: list[dict[str, Any]], profile: str, synthetic: bool = False) -> str:
-    """Table 5's layout: a row per digit class and the mean, a column per set; each cell ours (the paper)."""
+def table_length(rows: list[dict[str, Any]], length: tuple[int, int] | None) -> tuple[int, int] | None:
+    """The (iterations, batch size) of the runs that fill Table 5's cells: ``length`` (the profile's, as its
+    trainer config gives) where known, else the most common among the default negatives' runs (the longer
+    on a tie); ``None`` when there are none."""
+    if length is not None:
+        return tuple(length)
+    counts = Counter((r["iterations"], r["batch_size"]) for r in rows if r["negatives"] == DEFAULT_NEGATIVES)
+    return max(counts, key=lambda k: (counts[k], k)) if counts else None
+
+
+def coloc_markdown(
+    rows: list[dict[str, Any]], profile: str, synthetic: bool = False, length: tuple[int, int] | None = None
+) -> str:
+    """Table 5's layout: a row per digit class and the mean, a column per set; each cell ours (the paper).
+    The cells are the runs of the default negatives and of the profile's ``length`` (iterations, batch size;
+    see :func:`table_length`); runs of other negatives or another length are studies beside them."""
     rows = [r for r in rows if r["profile"] == profile and r["synthetic"] == synthetic]
     if not rows:
         kind = "synthetic " if synthetic else ""
         raise ValueError(f"no finished {kind}co-localisation runs of profile {profile!r}")
-    studies = [r for r in rows if r["negatives"] != DEFAULT_NEGATIVES]
-    by_key = {(r["data"], r["digit"]): r for r in rows if r["negatives"] == DEFAULT_NEGATIVES}
+    length = table_length(rows, length)
+
+    def in_table(r: dict[str, Any]) -> bool:
+        return r["negatives"] == DEFAULT_NEGATIVES and (r["iterations"], r["batch_size"]) == length
+
+    studies = [r for r in rows if not in_table(r)]
+    by_key = {(r["data"], r["digit"]): r for r in rows if in_table(r)}
     title = "on the SYNTHETIC stand-in" if synthetic else "on MNIST"
     lines = [
         f"# Co-localisation (Table 5) {title}: % of images localised (IoU > 0.5), profile `{profile}`",
@@ -172,21 +194,32 @@ def coloc_markdown(rows: list[dict[str, Any]], profile: str, synthetic: bool = F
             if not partial:
                 complete_means[data] = statistics.fmean(done)
     lines.append("| **mean** | " + " | ".join(means) + " |")
-    table_iterations = {r["iterations"] for r in by_key.values()}
-    for negatives in sorted({r["negatives"] for r in studies}):
-        study = [r for r in studies if r["negatives"] == negatives]
-        iterations = sorted({r["iterations"] for r in study})
-        length = (
-            f" Each ran {', '.join(map(_count, iterations))} iterations."
-            if set(iterations) != table_iterations
-            else ""
+    for negatives, iterations, batch_size in sorted(
+        {(r["negatives"], r["iterations"], r["batch_size"]) for r in studies}
+    ):
+        study = [
+            r
+            for r in studies
+            if (r["negatives"], r["iterations"], r["batch_size"]) == (negatives, iterations, batch_size)
+        ]
+        other_length = []
+        if length is None or iterations != length[0]:
+            other_length.append(f"{_count(iterations)} iterations")
+        if length is None or batch_size != length[1]:
+            other_length.append(f"batch {batch_size}")
+        what = (
+            _negatives_text(negatives)
+            if negatives != DEFAULT_NEGATIVES
+            else f"the table's negatives (`coloc.negatives={DEFAULT_NEGATIVES}`), another length"
         )
+        column = negatives if negatives != DEFAULT_NEGATIVES else ", ".join(other_length)
         lines += [
             "",
-            f"Study, NOT the default reading: {_negatives_text(negatives)}.{length} "
-            "These runs fill no cell above; each is shown beside the default's.",
+            f"Study, NOT the default reading: {what}."
+            + (f" Each ran {' of '.join(other_length)}." if other_length else "")
+            + " These runs fill no cell above; each is shown beside the default's.",
             "",
-            f"| set | digit | {negatives} | {DEFAULT_NEGATIVES} (above) | paper |",
+            f"| set | digit | {column} | {DEFAULT_NEGATIVES} (above) | paper |",
             "|---|---|---|---|---|",
         ]
         for r in study:
@@ -270,8 +303,11 @@ def coloc_csv(rows: list[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-def write_coloc_tables(records: list[dict[str, Any]], out_dir: Path, profile: str) -> list[tuple[Path, Path]]:
-    """Write ``coloc_table5_<profile>.{csv,md}`` (and ``..._synthetic`` for synthetic runs); return the pairs."""
+def write_coloc_tables(
+    records: list[dict[str, Any]], out_dir: Path, profile: str, length: tuple[int, int] | None = None
+) -> list[tuple[Path, Path]]:
+    """Write ``coloc_table5_<profile>.{csv,md}`` (and ``..._synthetic`` for synthetic runs); return the pairs.
+    ``length``: the profile's (iterations, batch size), whose runs fill the cells (:func:`coloc_markdown`)."""
     rows = [r for r in coloc_rows(records) if r["profile"] == profile]
     if not rows:
         raise ValueError(f"no finished co-localisation runs of profile {profile!r}")
@@ -281,7 +317,7 @@ def write_coloc_tables(records: list[dict[str, Any]], out_dir: Path, profile: st
         mine = [r for r in rows if r["synthetic"] == synthetic]
         csv_path, md_path = Path(out_dir) / f"{stem}.csv", Path(out_dir) / f"{stem}.md"
         atomic_write_text(csv_path, coloc_csv(mine))
-        atomic_write_text(md_path, coloc_markdown(mine, profile, synthetic))
+        atomic_write_text(md_path, coloc_markdown(mine, profile, synthetic, length))
         written.append((csv_path, md_path))
     return written
 

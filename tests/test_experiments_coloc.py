@@ -716,3 +716,18 @@ def test_runs_with_other_negatives_are_a_study_beside_the_table_not_in_it(runs, 
     [(_, md_path)] = write_coloc_tables(every + longer, tmp_path / "all", "smoke")
     text = md_path.read_text()
     assert "| T | **mean** | **9.0** | **4.5** | 100 |" in text and "Each ran 7 iterations." in text
+    # A run of the default negatives but another length than the profile's is a study, not a cell.
+    short = {**crop, "iterations": 3, "test_error": 0.0}
+    [(_, md_path)] = write_coloc_tables(
+        [crop, short], tmp_path / "short", "smoke", (crop["iterations"], crop["batch_size"])
+    )
+    text = md_path.read_text()
+    assert f"| 2 | {crop_text} (100) |" in text
+    assert "the table's negatives (`coloc.negatives=crop`), another length. Each ran 3 iterations." in text
+    assert (
+        "| set | digit | 3 iterations | crop (above) | paper |" in text
+        and f"| T | 2 | 100.0 | {crop_text} | 100 |" in text
+    )
+    # Without the profile's length given, the most common one among the runs fills the cells.
+    [(_, md_path)] = write_coloc_tables([crop, short, {**short, "digit": 3}], tmp_path / "most", "smoke")
+    assert "| 2 | 100.0 (100) |" in md_path.read_text()

@@ -452,7 +452,10 @@ def test_each_profile_optimiser_settings_come_from_its_trainer_config():
     assert set(profile_optims("svhn", [run("quick", "svhn64-svhn_cnn", "svhn")])) == {
         ("svhn", "quick", "svhn64-svhn_cnn")
     }
-    assert profile_optims("coloc", [run("paper", "coloc_t-digit3", "coloc")]) == {}
+    # co-localisation compares the length only
+    assert profile_optims("coloc", [run("paper", "coloc_t-digit3", "coloc")]) == {
+        ("coloc", "paper", "coloc_t-digit3"): {"trainer.iterations": 2000, "trainer.batch_size": 100}
+    }
     # a record of the cell trained at the profile's TC value is the profile's own; at 0.1 it is set apart
     tc = record("tc", "st_cnn", "affine", 1, 1.5, profile="fast")
     own = tc | {
