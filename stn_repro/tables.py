@@ -440,18 +440,18 @@ def _ours_text(row: dict[str, Any] | None) -> str:
 
 
 def _cell_name(row: dict[str, Any]) -> str:
-    """``"tc ST-CNN Aff"``, with `` (<recipe>)`` for a run of other optimiser settings than its profile's."""
+    """``"tc ST-CNN Aff"``, with `` (<recipe>)`` for a run of other settings than its profile's."""
     return f"{row['data']} {row['label']}" + (f" ({row['recipe']})" if row.get("recipe") else "")
 
 
 def _recipe_lines(other: list[dict[str, Any]], by_key: dict[tuple, dict[str, Any]]) -> list[str]:
-    """The cells also trained with optimiser settings other than the profile's (``other``), each beside ours
+    """The cells also trained with optimiser settings or a length other than the profile's (``other``), each beside ours
     with the profile's settings and the paper's number."""
     if not other:
         return []
     lines = [
         "",
-        "Other optimiser settings, NOT THIS PROFILE'S RECIPE: cells also trained with the settings named per "
+        "Other settings (optimiser or length), NOT THIS PROFILE'S RECIPE: cells also trained with the settings named per "
         "row (the rest as the profile). They fill no cell above; each is shown beside ours with the profile's "
         "settings and the paper's number.",
         "",
