@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from experiments.coloc import specs_from_config
+from experiments.coloc_boxes import main as boxes_main
 from experiments.coloc_landscape import SCALES as LANDSCAPE_SCALES
 from experiments.coloc_landscape import main as landscape_main
 from experiments.table import main as table_main
@@ -28,6 +29,7 @@ from stn_repro.models.coloc import (
     BoundedAttention,
     CnnEmbedding,
     attention_boxes,
+    box_errors,
     box_iou,
     colocalisation_transformer,
 )
@@ -579,6 +581,35 @@ def test_the_table_has_every_class_the_mean_and_the_papers_numbers(runs, tmp_pat
     ] * 2
     differ = [(a, b) for a, b in zip(text.splitlines(), cli_text.splitlines(), strict=True) if a != b]
     assert len(differ) == 1 and differ[0][0].startswith("- Embedding e()")  # all else the same
+
+
+def test_box_errors_tell_size_from_place():
+    true = torch.tensor([[10.0, 10.0, 38.0, 38.0], [10.0, 10.0, 38.0, 38.0]])
+    # twice the side from the same corner; the right size 14 px to the right
+    found = torch.tensor([[10.0, 10.0, 66.0, 66.0], [24.0, 10.0, 52.0, 38.0]])
+    errors = box_errors(found, true)
+    assert torch.allclose(errors["iou"], torch.tensor([0.25, 1 / 3]))
+    assert torch.allclose(errors["size_ratio"], torch.tensor([2.0, 1.0]))
+    assert torch.allclose(errors["centre_offset_px"], torch.tensor([14 * 2**0.5, 14.0]))
+    # the true size at the found centre: 28 px boxes 14 px off diagonally, and the same box as found
+    assert torch.allclose(errors["iou_true_size"], torch.tensor([196 / 1372, 1 / 3]))
+    # the found size at the true centre: the 56 px box around the true one, and the true box itself
+    assert torch.allclose(errors["iou_true_centre"], torch.tensor([0.25, 1.0]))
+
+
+def test_the_boxes_table_reads_each_runs_transformer_and_checks_it_against_the_record(runs, tmp_path, capsys):
+    record = run_smoke(runs, cell_dir(runs, "coloc_t-synthetic-digit2"), "digit=2")
+    out = tmp_path / "boxes.md"
+    assert boxes_main(["--runs", str(runs), "--profile", "smoke", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert f"| T | 2 | 1 | {100 - record['test_error']:.1f} | " in text and "synthetic digits" in text
+    # A record whose number its weights do not give is refused, naming the run.
+    changed = cell_dir(tmp_path / "changed", "coloc_t-synthetic-digit2")
+    changed.mkdir(parents=True)
+    (changed / "model.pt").write_bytes((cell_dir(runs, "coloc_t-synthetic-digit2") / "model.pt").read_bytes())
+    (changed / "record.json").write_text(json.dumps(record | {"test_error": record["test_error"] - 10}))
+    with pytest.raises(ValueError, match="coloc_t-synthetic-digit2/seed1: its saved transformer localises"):
+        boxes_main(["--runs", str(tmp_path / "changed"), "--profile", "smoke", "--out", str(out)])
 
 
 def test_the_sweep_runs_from_the_command_line(tmp_path):

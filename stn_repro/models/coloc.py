@@ -215,3 +215,28 @@ def box_iou(a: Tensor, b: Tensor) -> Tensor:
 
     union = area(a) + area(b) - intersection
     return torch.where(union > 0, intersection / union.clamp(min=1e-12), torch.zeros_like(union))
+
+
+def box_errors(found: Tensor, true: Tensor) -> dict[str, Tensor]:
+    """How each found box (``[B, 4]``) misses its true box (``[B, 4]``), per box ``[B]``: ``iou``; ``size_ratio``,
+    the found box's side over the true box's (the mean of width and height ratios); ``centre_offset_px``, the
+    distance between the centres; and two what-ifs that separate size from place: ``iou_true_size`` (a box of
+    the true size at the found centre) and ``iou_true_centre`` (a box of the found size at the true centre)."""
+    found, true = found.float(), true.float()
+
+    def centre(box: Tensor) -> Tensor:
+        return (box[:, :2] + box[:, 2:]) / 2
+
+    def size(box: Tensor) -> Tensor:
+        return box[:, 2:] - box[:, :2]
+
+    def box_at(middle: Tensor, sides: Tensor) -> Tensor:
+        return torch.cat([middle - sides / 2, middle + sides / 2], dim=1)
+
+    return {
+        "iou": box_iou(found, true),
+        "size_ratio": (size(found) / size(true).clamp(min=1e-12)).mean(dim=1),
+        "centre_offset_px": (centre(found) - centre(true)).norm(dim=1),
+        "iou_true_size": box_iou(box_at(centre(found), size(true)), true),
+        "iou_true_centre": box_iou(box_at(centre(true), size(found)), true),
+    }
