@@ -3,6 +3,7 @@
 python -m experiments.coloc_landscape --embedding runs/coloc/embedding/quick/mnist/seed1 --digit 5
 python -m experiments.coloc_landscape --embedding ... --data coloc_tc --digits 0,3,5 --norms unit,none
 python -m experiments.coloc_landscape --embedding ... --negatives window   # I_n^rand at each window's scale
+python -m experiments.coloc_landscape --embedding ... --norms unit --margin 4   # every pair in the hinge
 
 For each digit class, the 100 images a co-localisation run sees, and each way of scaling e(), it prints the
 hinge loss (configs/coloc.yaml's margin and crop size) with every image's window centred on its true box at
@@ -48,10 +49,14 @@ def class_images(
 
 
 def landscape(
-    embeddings: dict[str, nn.Module], images: Tensor, boxes: Tensor, negatives: str = "crop"
+    embeddings: dict[str, nn.Module],
+    images: Tensor,
+    boxes: Tensor,
+    negatives: str = "crop",
+    margin: float = 1.0,
 ) -> dict[str, dict[str, float]]:
     """The loss at each window (see the module docstring) under each embedding: ``{norm: {window: loss}}``;
-    ``negatives`` as configs/coloc.yaml's ``coloc.negatives``."""
+    ``negatives`` and ``margin`` as configs/coloc.yaml's ``coloc.negatives`` and ``coloc.margin``."""
     true_scale = (boxes[:, 2] - boxes[:, 0]).mean().item() / COLOC_IMAGE_SIZE
     windows = {f"centred s={s:.2f}": box_centred_windows(boxes, s, COLOC_IMAGE_SIZE) for s in SCALES}
     windows[f"true size, {SHIFT_PX:g} px off"] = box_centred_windows(
@@ -60,7 +65,9 @@ def landscape(
     image_centre = torch.full((len(boxes), 4), COLOC_IMAGE_SIZE / 2)  # a point box at the centre
     windows["true size, image centre"] = box_centred_windows(image_centre, true_scale, COLOC_IMAGE_SIZE)
     return {
-        norm: hinge_at_windows(embedding, images, windows, crop_size=COLOC_OUTPUT_SIZE, negatives=negatives)
+        norm: hinge_at_windows(
+            embedding, images, windows, crop_size=COLOC_OUTPUT_SIZE, negatives=negatives, margin=margin
+        )
         for norm, embedding in embeddings.items()
     }
 
@@ -83,6 +90,13 @@ def main(argv: list[str] | None = None) -> None:
         help="what I_n^rand is (configs/coloc.yaml)",
     )
     parser.add_argument(
+        "--margin",
+        type=float,
+        default=1.0,
+        help="the hinge's margin (configs/coloc.yaml's coloc.margin); with unit-length e() a margin of 4 "
+        "makes every pair count, the squared distances being at most 4",
+    )
+    parser.add_argument(
         "--data-dir", type=Path, default=None, help="the data folder (default: STN_DATA or data/)"
     )
     args = parser.parse_args(argv)
@@ -95,11 +109,11 @@ def main(argv: list[str] | None = None) -> None:
     embeddings = {norm: load_embedding(args.embedding, normalise=norm) for norm in norms}
     for digit in digits:
         images, boxes = class_images(args.data, digit, args.source, args.data_dir)
-        rows = landscape(embeddings, images, boxes, args.negatives)
+        rows = landscape(embeddings, images, boxes, args.negatives, args.margin)
         names = list(next(iter(rows.values())))
         print(
             f"\n{args.data} digit {digit}: mean hinge loss over all ordered pairs (lower = preferred), "
-            f"negatives: {args.negatives}"
+            f"negatives: {args.negatives}" + ("" if args.margin == 1.0 else f", margin {args.margin:g}")
         )
         print(f"| window | {' | '.join(norms)} |")
         print(f"|---|{'---|' * len(norms)}")

@@ -688,6 +688,18 @@ def test_the_landscape_command_prints_every_window_for_every_norm(runs, capsys):
         ["--embedding", str(embedding_dir), "--source", "synthetic", "--digits", "3", "--negatives", "window"]
     )
     assert "negatives: window" in capsys.readouterr().out
+
+    def losses(*extra):
+        landscape_main(["--embedding", str(embedding_dir), "--source", "synthetic", "--digits", "3", *extra])
+        out = capsys.readouterr().out
+        rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| centred")]
+        return out, [float(r[1].strip(" |*")) for r in rows]
+
+    _, at_1 = losses("--norms", "unit")
+    out, at_4 = losses("--norms", "unit", "--margin", "4")
+    # max(0, x + 4) - max(0, x + 1) lies in [0, 3] for every pair; with unit e() (x >= -4) it is above 0
+    assert "negatives: crop, margin 4" in out
+    assert all(0 < b - a <= 3 + 1e-6 for a, b in zip(at_1, at_4, strict=True))
     with pytest.raises(SystemExit):
         landscape_main(["--embedding", str(embedding_dir), "--norms", "cosine"])
 
