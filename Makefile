@@ -77,7 +77,7 @@ reproduce-mnist:  ## run Table 1 + TC (PROFILE=paper|fast|quick|smoke, BUDGET=ab
 	$(MAKE) table PROFILE=$(PROFILE)
 
 EXPERIMENT ?= mnist
-table:  ## write results/ tables of EXPERIMENT=mnist|svhn|addition|coloc|cub for PROFILE from the run records under runs/<experiment>
+table:  ## write results/ tables of EXPERIMENT=mnist|svhn|addition|coloc|cub for PROFILE from the run records under $STN_RUNS/<experiment> (else runs/<experiment>)
 	$(PY) -m experiments.table --experiment $(EXPERIMENT) --profile $(PROFILE)
 
 missing:  ## list the runs of Table 1 (EXPERIMENT=mnist), 4 (addition) or 5 (coloc) for PROFILE and SEEDS that have no finished record, as commands
@@ -152,9 +152,10 @@ COLOC_SEEDS ?= 1
 COLOC_EMBEDDING ?=
 .PHONY: reproduce-coloc
 
-reproduce-coloc:  ## run Table 5, co-localisation: every digit class on T and TC (PROFILE=paper|fast|quick, COLOC_SEEDS=1,2,3), then write results/coloc_table5_<profile>.md
+reproduce-coloc:  ## run Table 5, co-localisation: every digit class on T and TC (PROFILE=paper|fast|quick, COLOC_SEEDS=1,2,3), then write results/coloc_table5_<profile>.md and coloc_boxes_<profile>.md
 	$(PY) -m experiments.coloc -m $(LAUNCH_ARG) trainer=coloc_$(PROFILE) seed=$(COLOC_SEEDS) digit=$(COLOC_DIGITS) data=$(COLOC_SETS) $(if $(COLOC_EMBEDDING),embedding.run_dir=$(COLOC_EMBEDDING))
 	$(MAKE) table EXPERIMENT=coloc PROFILE=$(PROFILE)
+	$(PY) -m experiments.coloc_boxes --profile $(PROFILE)
 
 # --- CUB-200-2011 (Table 3) -----------------------------------------------------------------------------------
 # CUB_SYNTHETIC=1: the synthetic stand-in (make data-cub-synthetic) instead of CUB (make data-cub).

@@ -1,7 +1,7 @@
 """How the found boxes of finished co-localisation runs miss: size or place.
 
 python -m experiments.coloc_boxes --runs results/records/coloc_paper --profile paper
-python -m experiments.coloc_boxes --runs runs/coloc --profile fast --out results/coloc_boxes_fast.md
+python -m experiments.coloc_boxes --profile fast      # the runs under $STN_RUNS/coloc (else runs/coloc)
 
 For every finished run of the profile (the default negatives and every length; studies of other negatives are
 left out), its saved transformer's boxes on the 100 images it was trained on, against the true boxes: the
@@ -15,6 +15,7 @@ results/coloc_boxes_<profile>.md) and printed.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 from collections import defaultdict
@@ -128,7 +129,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--runs", type=Path, required=True, help="a folder of finished co-localisation runs")
+    parser.add_argument(
+        "--runs",
+        type=Path,
+        default=Path(os.environ.get("STN_RUNS", "runs")) / "coloc",
+        help="a folder of finished co-localisation runs (default $STN_RUNS/coloc, else runs/coloc)",
+    )
     parser.add_argument("--profile", required=True, help="the trainer profile of the runs: paper, fast, ...")
     parser.add_argument("--out", type=Path, default=None, help="default: results/coloc_boxes_<profile>.md")
     parser.add_argument(

@@ -10,6 +10,7 @@ python -m experiments.table --experiment coloc --profile quick  # Table 5 (co-lo
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -41,7 +42,10 @@ def main(argv: list[str] | None = None) -> int:
         help="whose table (" + ", ".join(ALL_EXPERIMENTS) + ")",
     )
     parser.add_argument(
-        "--runs", type=Path, default=None, help="folder searched for record.json (default runs/<experiment>)"
+        "--runs",
+        type=Path,
+        default=None,
+        help="folder searched for record.json (default $STN_RUNS/<experiment>, else runs/<experiment>)",
     )
     parser.add_argument("--out", type=Path, default=Path("results"), help="where the tables go")
     parser.add_argument(
@@ -55,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wandb", action="store_true", help="also log each table as a wandb.Table")
     parser.add_argument("--wandb-mode", default="offline", help="W&B mode for --wandb (offline, online)")
     args = parser.parse_args(argv)
-    runs = args.runs or Path("runs") / args.experiment
+    # The runs folder the runners write to: $STN_RUNS (configs/paths), else runs/.
+    runs = args.runs or Path(os.environ.get("STN_RUNS", "runs")) / args.experiment
     if args.experiment == "coloc":
         return coloc_tables(runs, args)
 

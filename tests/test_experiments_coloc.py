@@ -538,7 +538,7 @@ def test_a_copied_finished_embedding_is_reused_and_another_run_is_refused(runs, 
         run_smoke(tmp_path / "fresh", tmp_path / "other", f"embedding.run_dir={copied}")
 
 
-def test_the_table_has_every_class_the_mean_and_the_papers_numbers(runs, tmp_path):
+def test_the_table_has_every_class_the_mean_and_the_papers_numbers(runs, tmp_path, monkeypatch):
     # The runs of the tests above (read back, or made here when this test runs alone).
     run_smoke(runs, cell_dir(runs, "coloc_t-synthetic-digit2"), "digit=2")
     run_smoke(runs, cell_dir(runs, "coloc_tc-synthetic-digit0"), "data=coloc_tc")
@@ -581,6 +581,10 @@ def test_the_table_has_every_class_the_mean_and_the_papers_numbers(runs, tmp_pat
     ] * 2
     differ = [(a, b) for a, b in zip(text.splitlines(), cli_text.splitlines(), strict=True) if a != b]
     assert len(differ) == 1 and differ[0][0].startswith("- Embedding e()")  # all else the same
+    # Without --runs: the runs the runners write, $STN_RUNS/coloc.
+    monkeypatch.setenv("STN_RUNS", str(runs))
+    assert table_main(["--experiment", "coloc", "--out", str(tmp_path / "env"), "--profile", "smoke"]) == 0
+    assert (tmp_path / "env" / md_path.name).read_text() == cli_text
 
 
 def test_box_errors_tell_size_from_place():
@@ -597,11 +601,19 @@ def test_box_errors_tell_size_from_place():
     assert torch.allclose(errors["iou_true_centre"], torch.tensor([0.25, 1.0]))
 
 
-def test_the_boxes_table_reads_each_runs_transformer_and_checks_it_against_the_record(runs, tmp_path, capsys):
+def test_the_boxes_table_reads_each_runs_transformer_and_checks_it_against_the_record(
+    runs, tmp_path, monkeypatch
+):
     record = run_smoke(runs, cell_dir(runs, "coloc_t-synthetic-digit2"), "digit=2")
     out = tmp_path / "boxes.md"
     assert boxes_main(["--runs", str(runs), "--profile", "smoke", "--out", str(out)]) == 0
     text = out.read_text()
+    # By default the runs the runners write: $STN_RUNS/coloc.
+    monkeypatch.setenv("STN_RUNS", str(runs))
+    assert boxes_main(["--profile", "smoke", "--out", str(tmp_path / "default.md")]) == 0
+    default = (tmp_path / "default.md").read_text()
+    assert default.splitlines()[:-1] == text.splitlines()[:-1]  # the last line names the folder
+    assert f"--runs {runs / 'coloc'} --profile smoke" in default
     assert f"| T | 2 | 1 | {100 - record['test_error']:.1f} | " in text and "synthetic digits" in text
     # A record whose number its weights do not give is refused, naming the run.
     changed = cell_dir(tmp_path / "changed", "coloc_t-synthetic-digit2")
