@@ -27,6 +27,7 @@ from experiments.common import (
     speed_settings,
     train_settings,
 )
+from stn_repro.runs import read_finished_record
 from stn_repro.tasks.coloc import ColocSpec, EmbeddingSpec, run_coloc
 from stn_repro.training.colocalisation import NEGATIVES, negatives_label
 from stn_repro.training.loop import TrainSettings
@@ -79,7 +80,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 
 def leave_launch_overrides(run_dir: Path, embedding_dir: Path) -> None:
-    """Copy this job's Hydra overrides into the embedding's folder, unless it has some already.
+    """Copy this job's Hydra overrides into the embedding's folder, unless it has some already or the
+    embedding is finished (nothing to resume, and a committed one, ``embedding.run_dir=results/records/...``,
+    stays as committed).
 
     The embedding run has no Hydra job of its own: a co-localisation job trains it first. With the
     overrides beside its checkpoint, ``make park`` can give the command that resumes an unfinished one
@@ -87,7 +90,7 @@ def leave_launch_overrides(run_dir: Path, embedding_dir: Path) -> None:
     """
     source = Path(run_dir) / ".hydra" / "overrides.yaml"
     target = Path(embedding_dir) / ".hydra" / "overrides.yaml"
-    if source.is_file() and not target.exists():
+    if source.is_file() and not target.exists() and read_finished_record(Path(embedding_dir)) is None:
         target.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(target, source.read_text())
 

@@ -18,7 +18,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from torch import nn
 
-from experiments.coloc import specs_from_config
+from experiments.coloc import leave_launch_overrides, specs_from_config
 from experiments.coloc_boxes import main as boxes_main
 from experiments.coloc_landscape import SCALES as LANDSCAPE_SCALES
 from experiments.coloc_landscape import main as landscape_main
@@ -536,6 +536,20 @@ def test_a_copied_finished_embedding_is_reused_and_another_run_is_refused(runs, 
     (copied / "record.json").write_text(json.dumps(record))
     with pytest.raises(ValueError, match=r"not an embedding of synthetic digits.*embedding\.run_dir"):
         run_smoke(tmp_path / "fresh", tmp_path / "other", f"embedding.run_dir={copied}")
+
+
+def test_a_job_leaves_its_overrides_in_an_unfinished_embedding_only(tmp_path):
+    job = tmp_path / "job"
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text("- digit=3\n")
+    training, finished = tmp_path / "training", tmp_path / "finished"
+    training.mkdir()
+    finished.mkdir()
+    (finished / "record.json").write_text(json.dumps({"finished": True, "cell": "mnist-embedding-cnn"}))
+    leave_launch_overrides(job, training)  # what `make park` reads to resume it
+    leave_launch_overrides(job, finished)  # e.g. the committed results/records/coloc_paper/embedding
+    assert (training / ".hydra" / "overrides.yaml").read_text() == "- digit=3\n"
+    assert sorted(p.name for p in finished.iterdir()) == ["record.json"]
 
 
 def test_the_table_has_every_class_the_mean_and_the_papers_numbers(runs, tmp_path, monkeypatch):
