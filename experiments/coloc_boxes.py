@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from stn_repro.paper import COLOC_SET_LABELS, coloc_paper_text
 from stn_repro.tables import collect_records
 from stn_repro.tasks.coloc import load_trained_transformer
 from stn_repro.training.colocalisation import IOU_THRESHOLD, predicted_boxes
-from stn_repro.training.records import atomic_write_text
+from stn_repro.training.records import atomic_write_text, git_commit, short_commit
 
 ROOT = Path(__file__).resolve().parents[1]
 # name, heading, format: the per-run numbers, in the table's column order
@@ -110,19 +109,9 @@ def boxes_markdown(
         "",
         f"- Runs: {len(runs)}, each its saved transformer on the images it trained on ({source} digits); "
         "a run's localised share is checked against its record.",
-        f"- Made by `python -m experiments.coloc_boxes --runs {runs_dir} --profile {profile}` at commit {_commit()}.",
+        f"- Made by `python -m experiments.coloc_boxes --runs {runs_dir} --profile {profile}` at commit `{short_commit(git_commit())}`.",
     ]
     return "\n".join(lines) + "\n"
-
-
-def _commit() -> str:
-    try:
-        done = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-        )
-        return f"`{done.stdout.strip()}`" if done.returncode == 0 else "(not a git checkout)"
-    except OSError:
-        return "(git not found)"
 
 
 def main(argv: list[str] | None = None) -> int:
