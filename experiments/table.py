@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # The runs folder the runners write to: $STN_RUNS (configs/paths), else runs/.
     runs = args.runs or Path(os.environ.get("STN_RUNS", "runs")) / args.experiment
+    made_from = str(args.runs) if args.runs else None  # named in the table's "Made by" line
     if args.experiment == "coloc":
         return coloc_tables(runs, args)
 
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         if not any(r["profile"] == profile for r in rows):
             print(f"no finished {args.experiment} runs of profile {profile!r} under {runs}", file=sys.stderr)
             return 1
-        for csv_path, md_path in write_tables(rows, args.out, profile, args.experiment):
+        for csv_path, md_path in write_tables(rows, args.out, profile, args.experiment, made_from):
             print(f"{profile}: {csv_path} and {md_path}")
             print(md_path.read_text())
             if args.wandb:
@@ -109,7 +110,7 @@ def coloc_tables(runs: Path, args) -> int:
             print(f"no finished coloc runs of profile {profile!r} under {runs}", file=sys.stderr)
             return 1
         for csv_path, md_path in write_coloc_tables(
-            records, args.out, profile, coloc_profile_length(profile)
+            records, args.out, profile, coloc_profile_length(profile), str(args.runs) if args.runs else None
         ):
             print(f"{profile}: {csv_path} and {md_path}")
             print(md_path.read_text())

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from stn_repro.paper import COLOC_SET_LABELS, coloc_paper_localised, coloc_paper_text
+from stn_repro.tables import table_command
 from stn_repro.training.records import atomic_write_text, run_commits
 
 COLOC_DATA = ("coloc_t", "coloc_tc")
@@ -137,7 +138,11 @@ def table_length(rows: list[dict[str, Any]], length: tuple[int, int] | None) -> 
 
 
 def coloc_markdown(
-    rows: list[dict[str, Any]], profile: str, synthetic: bool = False, length: tuple[int, int] | None = None
+    rows: list[dict[str, Any]],
+    profile: str,
+    synthetic: bool = False,
+    length: tuple[int, int] | None = None,
+    runs: str | None = None,
 ) -> str:
     """Table 5's layout: a row per digit class and the mean, a column per set; each cell ours (the paper).
     The cells are the runs of the default negatives and of the profile's ``length`` (iterations, batch size;
@@ -254,7 +259,7 @@ def coloc_markdown(
         + f" (the Sect. 2 protocol: 150,000 of 256); {embedding_cost}.",
         f"- Commits: {', '.join(sorted({c for r in rows for c in r['commits'].split()}))}.",
         f"- Devices: {'; '.join(sorted({d for r in rows for d in r['devices'].split('; ')}))}.",
-        f"- Made by `python -m experiments.table --experiment coloc --profile {profile}` from the run records.",
+        f"- Made by `{table_command('coloc', profile, runs)}` from the run records.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -304,7 +309,11 @@ def coloc_csv(rows: list[dict[str, Any]]) -> str:
 
 
 def write_coloc_tables(
-    records: list[dict[str, Any]], out_dir: Path, profile: str, length: tuple[int, int] | None = None
+    records: list[dict[str, Any]],
+    out_dir: Path,
+    profile: str,
+    length: tuple[int, int] | None = None,
+    runs: str | None = None,
 ) -> list[tuple[Path, Path]]:
     """Write ``coloc_table5_<profile>.{csv,md}`` (and ``..._synthetic`` for synthetic runs); return the pairs.
     ``length``: the profile's (iterations, batch size), whose runs fill the cells (:func:`coloc_markdown`)."""
@@ -317,7 +326,7 @@ def write_coloc_tables(
         mine = [r for r in rows if r["synthetic"] == synthetic]
         csv_path, md_path = Path(out_dir) / f"{stem}.csv", Path(out_dir) / f"{stem}.md"
         atomic_write_text(csv_path, coloc_csv(mine))
-        atomic_write_text(md_path, coloc_markdown(mine, profile, synthetic, length))
+        atomic_write_text(md_path, coloc_markdown(mine, profile, synthetic, length, runs))
         written.append((csv_path, md_path))
     return written
 

@@ -390,7 +390,9 @@ def mnist_table_stem(profile: str, reading: str) -> str:
     return f"mnist_table1_{profile}" + ("" if reading == "about_400k" else f"_{reading}")
 
 
-def to_markdown(rows: list[dict[str, Any]], profile: str, reading: str = "about_400k") -> str:
+def to_markdown(
+    rows: list[dict[str, Any]], profile: str, reading: str = "about_400k", runs: str | None = None
+) -> str:
     """Table 1 and the TC column in the paper's layout: ours ± std over seeds (paper), % test error. Runs
     trained with other optimiser settings than the profile's (rows with a ``recipe``) get a section of their
     own below it."""
@@ -430,7 +432,7 @@ def to_markdown(rows: list[dict[str, Any]], profile: str, reading: str = "about_
     lines += _reaching_lines(shown, _cell_name, "the paper trains on 38.4M images per cell")
     lines += _test_set_lines(shown, TEST_SET_CHANGED_MARK)
     lines += _collapse_lines(shown)
-    lines += _provenance_lines(shown, f"python -m experiments.table --profile {profile}")
+    lines += _provenance_lines(shown, table_command("mnist", profile, runs))
     return "\n".join(lines) + "\n"
 
 
@@ -593,7 +595,7 @@ def _reaching_lines(
     return lines
 
 
-def svhn_markdown(rows: list[dict[str, Any]], profile: str, synthetic: bool) -> str:
+def svhn_markdown(rows: list[dict[str, Any]], profile: str, synthetic: bool, runs: str | None = None) -> str:
     """Table 2 in the paper's layout: ours ± std over seeds (paper), % sequence error, at 64 and 128 px."""
     rows = _runs_of(rows, "svhn", profile, "SVHN ", synthetic)
     by_key = {(r["model"], r["size"]): r for r in rows}
@@ -633,14 +635,14 @@ def svhn_markdown(rows: list[dict[str, Any]], profile: str, synthetic: bool) -> 
         counts = sorted({f"{by_key[(key, s)]['param_count']:,}" for s in sizes if (key, s) in by_key})
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {', '.join(counts)} |")
     lines += _collapse_lines(rows)
-    lines += _provenance_lines(rows, f"python -m experiments.table --experiment svhn --profile {profile}")
+    lines += _provenance_lines(rows, table_command("svhn", profile, runs))
     return "\n".join(lines) + "\n"
 
 
 ADDITION_TEST_SET_CHANGED_MARK = "‡"  # † already marks the paper's unnamed ST-FCN number in Table 4
 
 
-def addition_markdown(rows: list[dict[str, Any]], profile: str) -> str:
+def addition_markdown(rows: list[dict[str, Any]], profile: str, runs: str | None = None) -> str:
     """Table 4 (MNIST addition): ours ± std over seeds beside the paper's number and, apart, the secondary
     sources' numbers, % error; one row per model and transform."""
     rows = _runs_of(rows, "addition", profile, "MNIST addition ")
@@ -695,7 +697,7 @@ def addition_markdown(rows: list[dict[str, Any]], profile: str) -> str:
     )
     lines += _test_set_lines(rows, ADDITION_TEST_SET_CHANGED_MARK)
     lines += _collapse_lines(rows)
-    lines += _provenance_lines(rows, f"python -m experiments.table --experiment addition --profile {profile}")
+    lines += _provenance_lines(rows, table_command("addition", profile, runs))
     return "\n".join(lines) + "\n"
 
 
@@ -709,7 +711,7 @@ def _cub_initialisation(pretrained: Any) -> str:
     return CUB_FROM_CNN if pretrained.get("source") == "cub_cnn" else "ImageNet"
 
 
-def cub_markdown(rows: list[dict[str, Any]], profile: str, synthetic: bool) -> str:
+def cub_markdown(rows: list[dict[str, Any]], profile: str, synthetic: bool, runs: str | None = None) -> str:
     """Table 3 in the paper's layout: % top-1 accuracy (100 - the recorded % top-1 error), ours ± std over
     seeds beside the paper's, the other methods' rows for reference."""
     rows = _runs_of(rows, "cub", profile, "CUB ", synthetic)
@@ -767,8 +769,19 @@ def cub_markdown(rows: list[dict[str, Any]], profile: str, synthetic: bool) -> s
         "",
         "The paper: 22 of the test images are also in ImageNet; without them 4xST-CNN 448px scores 84.0.",
     ]
-    lines += _provenance_lines(rows, f"python -m experiments.table --experiment cub --profile {profile}")
+    lines += _provenance_lines(rows, table_command("cub", profile, runs))
     return "\n".join(lines) + "\n"
+
+
+def table_command(experiment: str, profile: str, runs: str | None = None) -> str:
+    """The command that writes the table; ``runs`` is the records folder where it was not the default
+    (``$STN_RUNS/<experiment>``), so a reader can make the same table again."""
+    return " ".join(
+        ["python -m experiments.table"]
+        + ([f"--experiment {experiment}"] if experiment != "mnist" else [])
+        + ([f"--runs {runs}"] if runs else [])
+        + [f"--profile {profile}"]
+    )
 
 
 def _provenance_lines(rows: list[dict[str, Any]], command: str) -> list[str]:
@@ -793,7 +806,11 @@ def _provenance_lines(rows: list[dict[str, Any]], command: str) -> list[str]:
 
 
 def write_tables(
-    rows: list[dict[str, Any]], out_dir: Path, profile: str, experiment: str = "mnist"
+    rows: list[dict[str, Any]],
+    out_dir: Path,
+    profile: str,
+    experiment: str = "mnist",
+    runs: str | None = None,
 ) -> list[tuple[Path, Path]]:
     """Write the experiment's table(s) of ``profile`` as CSV and Markdown; return the ``(csv, md)`` pairs.
 
@@ -808,7 +825,7 @@ def write_tables(
             (
                 mnist_table_stem(profile, reading),
                 [r for r in mine if r["budget_reading"] == reading],
-                to_markdown(rows, profile, reading),
+                to_markdown(rows, profile, reading, runs),
             )
             for reading in sorted({r["budget_reading"] for r in mine})
         ]
@@ -819,20 +836,20 @@ def write_tables(
             (
                 f"svhn_table2_{profile}" + ("_synthetic" if synthetic else ""),
                 [r for r in mine if r["synthetic"] == synthetic],
-                svhn_markdown(rows, profile, synthetic),
+                svhn_markdown(rows, profile, synthetic, runs),
             )
             for synthetic in sorted({r["synthetic"] for r in mine})
         ]
         if not tables:
             raise ValueError(f"no finished SVHN runs of profile {profile!r}")
     elif experiment == "addition":
-        tables = [(f"addition_table4_{profile}", mine, addition_markdown(rows, profile))]
+        tables = [(f"addition_table4_{profile}", mine, addition_markdown(rows, profile, runs))]
     elif experiment == "cub":
         tables = [
             (
                 f"cub_table3_{profile}" + ("_synthetic" if synthetic else ""),
                 [r for r in mine if r["synthetic"] == synthetic],
-                cub_markdown(rows, profile, synthetic),
+                cub_markdown(rows, profile, synthetic, runs),
             )
             for synthetic in sorted({r["synthetic"] for r in mine})
         ]

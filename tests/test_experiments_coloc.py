@@ -594,11 +594,20 @@ def test_the_table_has_every_class_the_mean_and_the_papers_numbers(runs, tmp_pat
         embedding["wall_time_s"]
     ] * 2
     differ = [(a, b) for a, b in zip(text.splitlines(), cli_text.splitlines(), strict=True) if a != b]
-    assert len(differ) == 1 and differ[0][0].startswith("- Embedding e()")  # all else the same
+    # All else the same, but that the command line names the records folder it was given.
+    assert [a.split(":")[0] for a, _ in differ] == [
+        "- Embedding e() (Sect. 2 CNN on undistorted digits)",
+        "- Made by `python -m experiments.table --experiment coloc --profile smoke` from the run records.",
+    ]
     # Without --runs: the runs the runners write, $STN_RUNS/coloc.
     monkeypatch.setenv("STN_RUNS", str(runs))
     assert table_main(["--experiment", "coloc", "--out", str(tmp_path / "env"), "--profile", "smoke"]) == 0
-    assert (tmp_path / "env" / md_path.name).read_text() == cli_text
+    assert (
+        f"- Made by `python -m experiments.table --experiment coloc --runs {runs} --profile smoke`"
+        in cli_text
+    )
+    env_text = (tmp_path / "env" / md_path.name).read_text()
+    assert env_text == cli_text.replace(f" --runs {runs}", "")  # the default folder is not named
 
 
 def test_box_errors_tell_size_from_place():

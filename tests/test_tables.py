@@ -122,7 +122,12 @@ def test_study_set_runs_fill_no_table1_cell_and_sit_beside_the_set_they_vary():
 def test_table_command_writes_csv_and_markdown(runs, tmp_path, capsys):
     assert table_main(["--runs", str(runs), "--out", str(tmp_path / "results"), "--profile", "quick"]) == 0
     assert (tmp_path / "results" / "mnist_table1_quick.csv").exists()
-    assert "ST-CNN Aff" in (tmp_path / "results" / "mnist_table1_quick.md").read_text()
+    text = (tmp_path / "results" / "mnist_table1_quick.md").read_text()
+    assert "ST-CNN Aff" in text
+    # The table names the records folder it was made from, so the same command makes it again.
+    assert (
+        f"- Made by `python -m experiments.table --runs {runs} --profile quick` from the run records." in text
+    )
     assert table_main(["--runs", str(tmp_path / "nothing"), "--out", str(tmp_path)]) == 1
     assert "no finished mnist runs" in capsys.readouterr().err
 
