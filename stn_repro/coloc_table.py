@@ -5,7 +5,6 @@ synthetic stand-in, never mixed with real MNIST runs)."""
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import statistics
 from collections import Counter, defaultdict
@@ -14,7 +13,7 @@ from typing import Any
 
 from stn_repro.paper import COLOC_SET_LABELS, coloc_paper_localised, coloc_paper_text
 from stn_repro.tables import table_command
-from stn_repro.training.records import atomic_write_text, run_commits
+from stn_repro.training.records import atomic_write_text, file_sha256, run_commits
 
 COLOC_DATA = ("coloc_t", "coloc_tc")
 DEFAULT_NEGATIVES = "crop"  # configs/coloc.yaml's coloc.negatives: the runs Table 5 is made of
@@ -118,7 +117,7 @@ def embedding_records_by_weights(records: list[dict[str, Any]]) -> dict[str, dic
         if record.get("experiment") == "coloc_embedding" and record.get("finished") and record.get("path"):
             weights = Path(record["path"]).parent / record.get("weights", "model.pt")
             if weights.is_file():
-                found[hashlib.sha256(weights.read_bytes()).hexdigest()] = record
+                found[file_sha256(weights)] = record
     return found
 
 

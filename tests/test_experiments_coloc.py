@@ -59,6 +59,7 @@ from stn_repro.training.colocalisation import (
     random_windows,
 )
 from stn_repro.training.loop import TrainSettings
+from stn_repro.training.records import write_record
 from stn_repro.transformers import get_transform, sample
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -533,7 +534,7 @@ def test_a_copied_finished_embedding_is_reused_and_another_run_is_refused(runs, 
     assert sorted(p.name for p in copied.iterdir()) == ["model.pt", "record.json"]  # nothing written there
     assert any(line.startswith("synthetic-embedding-cnn seed 1: already finished") for line in logs)
     # A finished run of something else in that place: a clear error, not a wrong e().
-    (copied / "record.json").write_text(json.dumps(record))
+    write_record(copied / "record.json", record)  # as a run writes it (paths as text: STN_DATA set)
     with pytest.raises(ValueError, match=r"not an embedding of synthetic digits.*embedding\.run_dir"):
         run_smoke(tmp_path / "fresh", tmp_path / "other", f"embedding.run_dir={copied}")
 

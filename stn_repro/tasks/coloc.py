@@ -15,7 +15,6 @@ pictures):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -70,7 +69,7 @@ from stn_repro.training.colocalisation import (
     predicted_boxes,
 )
 from stn_repro.training.loop import SpeedSettings, TrainSettings
-from stn_repro.training.records import atomic_write_text
+from stn_repro.training.records import atomic_write_text, file_sha256
 from stn_repro.transformers import SpatialTransformer
 
 COLOC_SETS = {"coloc_t": "coloc", "coloc_tc": "coloc_tc"}  # data name -> stored set (make data-mnist)
@@ -430,7 +429,7 @@ def prepare_coloc(
                 "profile": embedding_record["profile"],
                 "iterations": embedding_record["iterations"],
                 "param_count": embedding_record["param_count"],
-                "weights_sha256": _file_sha256(Path(embedding_dir) / WEIGHTS_NAME),
+                "weights_sha256": file_sha256(Path(embedding_dir) / WEIGHTS_NAME),
                 "dim": embedding_dim(embedding, device),
             },
             "test_set": {
@@ -459,10 +458,6 @@ def prepare_coloc(
 def embedding_dim(embedding: CnnEmbedding, device: torch.device) -> int:
     with torch.no_grad():
         return int(embedding(torch.zeros(1, 1, 28, 28, device=device)).shape[1])
-
-
-def _file_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def run_coloc(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import platform
@@ -59,6 +60,11 @@ def read_record(path: Path) -> dict[str, Any]:
         raise ValueError(
             f"run record {path} is not valid JSON ({error}); delete it and rerun the job"
         ) from None
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes: how a record names the weights it used (e.g. co-localisation's e())."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def git_commit(repo: Path | None = None) -> str:
