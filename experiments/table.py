@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = args.runs or Path(os.environ.get("STN_RUNS", "runs")) / args.experiment
     made_from = str(args.runs) if args.runs else None  # named in the table's "Made by" line
     if args.experiment == "coloc":
-        return coloc_tables(runs, args)
+        return coloc_tables(runs, args, made_from)
 
     records = [r for r in collect_records(runs) if r.get("experiment", "mnist") == args.experiment]
     if args.experiment in STORED_TEST_SET_EXPERIMENTS:  # flag records scored on another test set than today's
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def coloc_tables(runs: Path, args) -> int:
+def coloc_tables(runs: Path, args, made_from: str | None) -> int:
     """Table 5 (co-localisation): its own layout, one cell per digit class and set (stn_repro.coloc_table)."""
     # The embedding's records come too: the table states what training e() cost.
     records = [r for r in collect_records(runs) if r.get("experiment") in ("coloc", "coloc_embedding")]
@@ -110,7 +110,7 @@ def coloc_tables(runs: Path, args) -> int:
             print(f"no finished coloc runs of profile {profile!r} under {runs}", file=sys.stderr)
             return 1
         for csv_path, md_path in write_coloc_tables(
-            records, args.out, profile, coloc_profile_length(profile), str(args.runs) if args.runs else None
+            records, args.out, profile, coloc_profile_length(profile), made_from
         ):
             print(f"{profile}: {csv_path} and {md_path}")
             print(md_path.read_text())
