@@ -42,7 +42,14 @@ from stn_repro.training.loop import (
     train,
 )
 from stn_repro.training.objectives import CLASSIFICATION
-from stn_repro.training.records import RECORD_NAME, collapsed, provenance, read_record, write_record
+from stn_repro.training.records import (
+    RECORD_NAME,
+    as_written,
+    collapsed,
+    provenance,
+    read_record,
+    write_record,
+)
 from stn_repro.viz import save_figure
 
 WEIGHTS_NAME = "model.pt"  # a finished seed's trained model, beside its record
@@ -249,8 +256,9 @@ def run_record(
     engine: dict[str, Any],
     config: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    """The record of one finished seed: the experiment's fields, the result, budget and provenance."""
-    return {
+    """The record of one finished seed: the experiment's fields, the result, budget and provenance, in the
+    form its ``record.json`` holds (``as_written``)."""
+    record = {
         **run.record,
         "cell": run.cell,
         "seed": run.seed,
@@ -275,6 +283,7 @@ def run_record(
         **provenance(device),
         "config": config,
     }
+    return as_written(record)
 
 
 def publish_record(

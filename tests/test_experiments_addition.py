@@ -54,6 +54,7 @@ from stn_repro.tasks.addition import (
     run_addition_cell,
 )
 from stn_repro.training.loop import TrainSettings, evaluate, localisation_parameters
+from stn_repro.training.records import read_record
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -323,6 +324,9 @@ def test_an_interrupted_run_resumes_to_the_same_final_state(tmp_path):
     assert stopped == {"finished": False, "iterations": 3, "stopped_by": None}
     resumed = run_addition_cell(spec, settings, tmp_path / "resumed", **QUIET)
     assert resumed["test_error"] == straight["test_error"] and resumed["history"] == straight["history"]
+    # A fresh run returns its record as record.json holds it, as asking a finished run again does.
+    assert resumed == read_record(tmp_path / "resumed" / "record.json")
+    assert run_addition_cell(spec, settings, tmp_path / "resumed", **QUIET) == resumed
     a = torch.load(tmp_path / "straight" / "model.pt", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "resumed" / "model.pt", weights_only=True)["state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

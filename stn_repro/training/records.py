@@ -43,8 +43,19 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+def record_json(record: dict[str, Any]) -> str:
+    """``record`` as ``record.json`` holds it: sorted keys; paths and other non-JSON values as strings."""
+    return json.dumps(record, indent=2, sort_keys=True, default=str) + "\n"
+
+
+def as_written(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` as reading its ``record.json`` back gives it (tuples as lists, paths as strings), so a
+    fresh run returns the same thing as a finished one that is asked again."""
+    return json.loads(record_json(record))
+
+
 def write_record(path: Path, record: dict[str, Any]) -> None:
-    atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
+    atomic_write_text(path, record_json(record))
 
 
 def read_record(path: Path) -> dict[str, Any]:
