@@ -534,7 +534,7 @@ def test_a_copied_finished_embedding_is_reused_and_another_run_is_refused(runs, 
     assert sorted(p.name for p in copied.iterdir()) == ["model.pt", "record.json"]  # nothing written there
     assert any(line.startswith("synthetic-embedding-cnn seed 1: already finished") for line in logs)
     # A finished run of something else in that place: a clear error, not a wrong e().
-    write_record(copied / "record.json", record)  # as a run writes it (paths as text: STN_DATA set)
+    write_record(copied / "record.json", record)  # as a run writes it
     with pytest.raises(ValueError, match=r"not an embedding of synthetic digits.*embedding\.run_dir"):
         run_smoke(tmp_path / "fresh", tmp_path / "other", f"embedding.run_dir={copied}")
 
