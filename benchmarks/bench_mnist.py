@@ -35,25 +35,14 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.data import DataLoader
 
-from stn_repro.data import (
-    DistortedMNIST,
-    DistortedStream,
-    MnistArrays,
-    default_data_dir,
-    load_mnist,
-    synthetic_mnist,
-)
+from stn_repro.data import DistortedMNIST, DistortedStream, MnistArrays, load_mnist, synthetic_mnist
 from stn_repro.data.distortions import IMAGE_SIZE
+from stn_repro.data.files import default_data_dir
 from stn_repro.models.mnist import build_mnist_model
-from stn_repro.training.loop import (
-    COMPILE_MODES,
-    LossWindow,
-    SingleModel,
-    SpeedSettings,
-    TrainSettings,
-    make_optimizer,
-)
+from stn_repro.training.learners import SingleModel, make_optimizer
+from stn_repro.training.loop import LossWindow
 from stn_repro.training.records import git_commit
+from stn_repro.training.settings import COMPILE_MODES, SpeedSettings, TrainSettings
 from stn_repro.training.stacked import StackedLearner
 
 TABLE1_SETS = ("r", "rts", "p", "e")
@@ -101,7 +90,7 @@ class Timing:
 
 
 def build(data: str, model: str, seed: int, device: torch.device) -> torch.nn.Module:
-    """The cell's model as ``run_cell`` builds it (the default 400k budget, pooled for RTS and TC)."""
+    """The cell's model as ``run_mnist_seed`` builds it (the default 400k budget, pooled for RTS and TC)."""
     kind, _, transform = model.partition(":")
     torch.manual_seed(seed)
     size = IMAGE_SIZE[data]

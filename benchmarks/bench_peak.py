@@ -47,10 +47,11 @@ from benchmarks.bench_mnist import (
     speed_settings,
     time_learner,
 )
-from stn_repro.data import default_data_dir, load_mnist, synthetic_mnist
+from stn_repro.data import load_mnist, synthetic_mnist
+from stn_repro.data.files import default_data_dir
 from stn_repro.models.one_channel_conv import OneChannelConv2d
-from stn_repro.training.loop import COMPILE_MODES
 from stn_repro.training.records import git_commit
+from stn_repro.training.settings import COMPILE_MODES
 
 DEFAULT_CELLS = "r/cnn,r/st_cnn:affine,rts/cnn,rts/st_cnn:affine"
 

@@ -37,8 +37,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from stn_repro.models.svhn import SVHN_MODEL_KINDS, build_svhn_model
-from stn_repro.training.loop import TrainSettings, make_optimizer
+from stn_repro.training.learners import make_optimizer
 from stn_repro.training.records import git_commit
+from stn_repro.training.settings import TrainSettings
 
 PAPER_MULTI_OVER_CNN = 1.06  # "only 6% slower (forward and backward) than the CNN"
 

@@ -53,7 +53,8 @@ from benchmarks.bench_mnist import (
     parse_cells,
     table1_cells,
 )
-from stn_repro.data import default_data_dir, load_mnist, synthetic_mnist
+from stn_repro.data import load_mnist, synthetic_mnist
+from stn_repro.data.files import default_data_dir
 from stn_repro.training.records import git_commit
 
 

@@ -14,7 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from stn_repro.data import DEFAULT_SEED, DataError, build_all_sets, default_data_dir, fetch_mnist
+from stn_repro.data import DEFAULT_SEED, build_all_sets, fetch_mnist
+from stn_repro.data.files import DataError, default_data_dir
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,7 +23,8 @@ import sys
 import time
 from pathlib import Path
 
-from stn_repro.data import DEFAULT_SEED, DataError, default_data_dir
+from stn_repro.data import DEFAULT_SEED
+from stn_repro.data.files import DataError, default_data_dir
 from stn_repro.data.svhn import (
     NUM_VALIDATION,
     SOURCE_ENV,

@@ -12,7 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from stn_repro.data import DataError, default_data_dir, fetch_mnist
+from stn_repro.data import fetch_mnist
+from stn_repro.data.files import DataError, default_data_dir
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from stn_repro.data import DataError, load_mnist, synthetic_mnist
+from stn_repro.data import load_mnist, synthetic_mnist
+from stn_repro.data.files import DataError
 from stn_repro.data.sheets import write_sample_sheets
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]

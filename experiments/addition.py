@@ -21,8 +21,8 @@ from experiments.common import (
     seed_tracker,
     train_settings,
 )
-from stn_repro.tasks.addition import SET_NAME, AdditionSpec, run_addition_cell
-from stn_repro.training.loop import TrainSettings
+from stn_repro.tasks.addition import SET_NAME, AdditionSpec, run_addition_seed
+from stn_repro.training.settings import TrainSettings
 
 NOT_OPTIONS = ("name", "kind", "transform")  # model keys that are not build_addition_model options
 
@@ -35,7 +35,7 @@ def main(cfg: DictConfig) -> float | None:
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     spec, settings = spec_from_config(cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
-    return run_addition_cell(
+    return run_addition_seed(
         spec,
         settings,
         run_dir,

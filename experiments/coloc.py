@@ -27,11 +27,12 @@ from experiments.common import (
     speed_settings,
     train_settings,
 )
-from stn_repro.runs import read_finished_record
-from stn_repro.tasks.coloc import ColocSpec, EmbeddingSpec, run_coloc
-from stn_repro.training.colocalisation import NEGATIVES, negatives_label
-from stn_repro.training.loop import TrainSettings
-from stn_repro.training.records import atomic_write_text
+from stn_repro.io import atomic_write_text
+from stn_repro.tasks.coloc.embedding import EmbeddingSpec
+from stn_repro.tasks.coloc.learner import NEGATIVES, negatives_label
+from stn_repro.tasks.coloc.task import ColocSpec, run_coloc_seed
+from stn_repro.training.run_folder import read_finished_record
+from stn_repro.training.settings import TrainSettings
 
 EMBEDDING_TRAINER_KEYS = (
     "iterations",
@@ -64,7 +65,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     config = OmegaConf.to_container(cfg, resolve=True)
     tags = [spec.data, f"digit{spec.digit}", spec.profile, *(["synthetic"] if spec.synthetic else [])]
     leave_launch_overrides(run_dir, embedding_dir)
-    return run_coloc(
+    return run_coloc_seed(
         spec,
         settings,
         run_dir,

@@ -25,12 +25,13 @@ import torch
 
 from experiments.coloc_landscape import class_images
 from stn_repro.coloc_table import COLOC_DATA, DEFAULT_NEGATIVES
+from stn_repro.io import atomic_write_text
 from stn_repro.models.coloc import box_errors
 from stn_repro.paper import COLOC_SET_LABELS, coloc_paper_text
 from stn_repro.tables import collect_records
-from stn_repro.tasks.coloc import load_trained_transformer
-from stn_repro.training.colocalisation import IOU_THRESHOLD, predicted_boxes
-from stn_repro.training.records import atomic_write_text, git_commit, short_commit
+from stn_repro.tasks.coloc.learner import IOU_THRESHOLD, predicted_boxes
+from stn_repro.tasks.coloc.task import load_trained_transformer
+from stn_repro.training.records import git_commit, short_commit
 
 ROOT = Path(__file__).resolve().parents[1]
 # name, heading, format: the per-run numbers, in the table's column order

@@ -21,8 +21,9 @@ import torch
 from torch import Tensor, nn
 
 from stn_repro.models.coloc import COLOC_IMAGE_SIZE, COLOC_OUTPUT_SIZE, EMBEDDING_NORMS
-from stn_repro.tasks.coloc import COLOC_SETS, ColocSpec, load_coloc_data, load_embedding
-from stn_repro.training.colocalisation import box_centred_windows, hinge_at_windows
+from stn_repro.tasks.coloc.embedding import load_embedding
+from stn_repro.tasks.coloc.learner import box_centred_windows, hinge_at_windows
+from stn_repro.tasks.coloc.task import COLOC_SETS, ColocSpec, load_coloc_data
 
 SCALES = (0.25, 1 / 3, 0.4, 0.5, 0.6, 0.8, 0.95)
 SHIFT_PX = 10.0

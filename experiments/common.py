@@ -25,17 +25,14 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from stn_repro.data import DataError
+from stn_repro.data.files import DataError
 from stn_repro.models.mnist import width_range_budget as solve_width_range_budget
-from stn_repro.runs import RunLocked, check_seeds, resolve_device
 from stn_repro.tracking import Tracker, WandbTracker
-from stn_repro.training.loop import (
-    LR_SCHEDULES,
-    CheckpointError,
-    SpeedSettings,
-    TrainingDiverged,
-    TrainSettings,
-)
+from stn_repro.training.checkpoints import CheckpointError
+from stn_repro.training.loop import TrainingDiverged
+from stn_repro.training.run_folder import RunLocked
+from stn_repro.training.runs import check_seeds, resolve_device
+from stn_repro.training.settings import LR_SCHEDULES, SpeedSettings, TrainSettings
 
 SEEDS_FIX = (
     "give a list of distinct positive integers, e.g. seeds=[1,2,3] (stacked in one process), "

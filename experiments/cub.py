@@ -24,9 +24,9 @@ from experiments.common import (
     seed_tracker,
     train_settings,
 )
-from stn_repro.tasks.cub import CubSpec, run_cub_cell
+from stn_repro.tasks.cub import CubSpec, run_cub_seed
 from stn_repro.training.data_parallel import init_distributed, leave_distributed
-from stn_repro.training.loop import TrainSettings
+from stn_repro.training.settings import TrainSettings
 
 CUB_DATA_KEYS = ("size", "resize", "synthetic")
 
@@ -42,7 +42,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     context = init_distributed(spec.device)  # None unless started by torchrun (or as several SLURM tasks)
     config = OmegaConf.to_container(cfg, resolve=True)
     tags = [spec.data, spec.model_name, spec.profile, *(["synthetic"] if spec.synthetic else [])]
-    return run_cub_cell(
+    return run_cub_seed(
         spec,
         settings,
         run_dir,

@@ -15,10 +15,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from stn_repro.data import DataError
 from stn_repro.data.cub import CubCrops, CubDataset, load_cub_index
+from stn_repro.data.files import DataError
+from stn_repro.io import atomic_write_text
 from stn_repro.tasks.cub import PartPlacement, load_trained_cub_model, part_placement
-from stn_repro.training.records import RECORD_NAME, atomic_write_text, read_record
+from stn_repro.training.records import RECORD_NAME, read_record
 
 
 def placement_markdown(record: dict, placement: PartPlacement) -> str:

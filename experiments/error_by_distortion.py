@@ -16,9 +16,9 @@ import shlex
 import sys
 from pathlib import Path
 
-from stn_repro.data import DataError
+from stn_repro.data.files import DataError
 from stn_repro.error_by_distortion import markdown, run_breakdown
-from stn_repro.training.records import atomic_write_text
+from stn_repro.io import atomic_write_text
 
 
 def main(argv: list[str] | None = None) -> int:

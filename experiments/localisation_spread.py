@@ -23,10 +23,11 @@ from typing import Any
 
 from experiments.missing import other_settings
 from experiments.rescore import load_kept_run
-from stn_repro.data import DataError
+from stn_repro.data.files import DataError
 from stn_repro.data.sets import set_checksum
-from stn_repro.training.loop import SPREAD_IMAGES, spread_on_test_set
-from stn_repro.training.records import RECORD_NAME, atomic_write_text, git_commit, write_record
+from stn_repro.io import atomic_write_text
+from stn_repro.training.learners import SPREAD_IMAGES, spread_on_test_set
+from stn_repro.training.records import RECORD_NAME, git_commit, write_record
 from stn_repro.transformers import spread_collapsed
 
 

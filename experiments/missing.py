@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 
 from stn_repro.missing import EXPERIMENTS, TRAINER_PREFIX, missing_runs, run_state
-from stn_repro.runs import read_finished_record
 from stn_repro.tables import recipe_deviation, record_cell
+from stn_repro.training.run_folder import read_finished_record
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"

@@ -24,8 +24,8 @@ from experiments.common import (
     seeds_from_config,
     train_settings,
 )
-from stn_repro.tasks.mnist import CellSpec, run_cell, run_cells_stacked
-from stn_repro.training.loop import TrainSettings
+from stn_repro.tasks.mnist import MnistSpec, run_mnist_seed, run_mnist_seeds_stacked
+from stn_repro.training.settings import TrainSettings
 from stn_repro.training.stacked import check_stackable
 
 __all__ = ["cell_from_config", "check_stacked_config", "main", "run", "run_folder", "seeds_from_config"]
@@ -46,7 +46,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | list[dict[str, Any]]
         # The seed folders are the stacked folder's siblings, named as the single-seed runner names its
         # run folder, so both runners write (and skip) the same seed<k>/record.json.
         seed_dirs = [run_dir.parent / run_folder(seed, None) for seed in seeds]
-        records = run_cells_stacked(
+        records = run_mnist_seeds_stacked(
             spec,
             seeds,
             settings,
@@ -58,7 +58,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | list[dict[str, Any]]
             ),
         )
         return list(records.values())
-    return run_cell(
+    return run_mnist_seed(
         spec, settings, run_dir, config=config, make_tracker=lambda: mnist_tracker(cfg, spec, config, run_dir)
     )
 
@@ -80,14 +80,14 @@ def check_stacked_config(cfg: DictConfig, task_overrides: list[str]) -> None:
 
 
 def mnist_tracker(
-    cfg: DictConfig, spec: CellSpec, config: dict[str, Any], run_dir: Path, reinit: str = "finish_previous"
+    cfg: DictConfig, spec: MnistSpec, config: dict[str, Any], run_dir: Path, reinit: str = "finish_previous"
 ):
     """The W&B run of one seed (one per seed, stacked or not)."""
     tags = [spec.data, spec.model, spec.transform or "none", spec.profile]
     return seed_tracker(cfg, spec, tags, config, run_dir, reinit)()
 
 
-def cell_from_config(cfg: DictConfig) -> tuple[CellSpec, TrainSettings]:
+def cell_from_config(cfg: DictConfig) -> tuple[MnistSpec, TrainSettings]:
     """Translate the composed config into the library's explicit arguments."""
     model_options = {
         k: (list(v) if OmegaConf.is_list(v) else v)
@@ -97,7 +97,7 @@ def cell_from_config(cfg: DictConfig) -> tuple[CellSpec, TrainSettings]:
     if "param_budget" in model_options:
         positive_int(model_options["param_budget"], "model.param_budget")
     transform = None if cfg.transformer.name == "none" else cfg.transformer.name
-    spec = CellSpec(
+    spec = MnistSpec(
         data=cfg.data.name,
         model=cfg.model.kind,
         transform=transform,

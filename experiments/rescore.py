@@ -21,16 +21,16 @@ from pathlib import Path
 
 import torch
 
-from stn_repro.data import DataError
+from stn_repro.data.files import DataError
 from stn_repro.data.sets import load_set, scored_on, summarise_test_set
 from stn_repro.tasks.addition import load_trained_addition_model
-from stn_repro.tasks.mnist import load_trained_model
-from stn_repro.training.loop import evaluate
+from stn_repro.tasks.mnist import load_trained_mnist_model
+from stn_repro.training.learners import evaluate
 from stn_repro.training.records import RECORD_NAME, device_name, git_commit, read_record, write_record
 
 # The loader of each experiment whose test set `make data-mnist` stores: one per name in
 # stn_repro.tables.STORED_TEST_SET_EXPERIMENTS, the experiments whose tables flag records by test set.
-LOADERS = {"mnist": load_trained_model, "addition": load_trained_addition_model}
+LOADERS = {"mnist": load_trained_mnist_model, "addition": load_trained_addition_model}
 
 
 def load_kept_run(

@@ -21,8 +21,8 @@ from experiments.common import (
     seed_tracker,
     train_settings,
 )
-from stn_repro.tasks.svhn import SvhnSpec, run_svhn_cell
-from stn_repro.training.loop import TrainSettings
+from stn_repro.tasks.svhn import SvhnSpec, run_svhn_seed
+from stn_repro.training.settings import TrainSettings
 
 SVHN_DATA_KEYS = ("set_name", "size", "crop", "train_splits")
 
@@ -36,7 +36,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     spec, settings = spec_from_config(cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
     tracker_tags = [spec.data, spec.model, spec.profile, *(["synthetic"] if spec.synthetic else [])]
-    return run_svhn_cell(
+    return run_svhn_seed(
         spec,
         settings,
         run_dir,

@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from stn_repro.io import atomic_write_text
 from stn_repro.tables import collect_records, first_reaching
-from stn_repro.training.records import atomic_write_text
 
 PAPER_IMAGES = 150_000 * 256
 

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import torch
 
-from stn_repro.data import DataError
-from stn_repro.training.records import atomic_write_text, device_name, git_commit
+from stn_repro.data.files import DataError
+from stn_repro.io import atomic_write_text
+from stn_repro.training.records import device_name, git_commit
 from stn_repro.val_vs_test import distortion_draws, markdown, plain_digit_errors
 
 

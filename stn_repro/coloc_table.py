@@ -11,9 +11,10 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+from stn_repro.io import atomic_write_text, file_sha256
 from stn_repro.paper import COLOC_SET_LABELS, coloc_paper_localised, coloc_paper_text
 from stn_repro.tables import table_command
-from stn_repro.training.records import atomic_write_text, file_sha256, run_commits
+from stn_repro.training.records import run_commits
 
 COLOC_DATA = ("coloc_t", "coloc_tc")
 DEFAULT_NEGATIVES = "crop"  # configs/coloc.yaml's coloc.negatives: the runs Table 5 is made of

@@ -32,8 +32,8 @@ from stn_repro.data.distortions import (
 )
 from stn_repro.data.mnist import load_mnist
 from stn_repro.data.sets import error_on_set, load_set_arrays, set_checksum
-from stn_repro.tasks.mnist import load_trained_model
-from stn_repro.training.loop import wrong_answers
+from stn_repro.tasks.mnist import load_trained_mnist_model
+from stn_repro.training.learners import wrong_answers
 from stn_repro.training.records import RECORD_NAME, read_record
 
 # The lower edges of the bins; the last bin is open above.
@@ -120,7 +120,7 @@ def run_breakdown(
         )
     arrays = load_set_arrays(set_name, "test", data_dir)
     labels = arrays["labels"].long()
-    wrong = wrong_answers(load_trained_model(run_dir), arrays["images"], labels)
+    wrong = wrong_answers(load_trained_mnist_model(run_dir), arrays["images"], labels)
     scored = error_on_set(record, set_checksum(arrays["images"], labels))
     ink_bins = None
     if set_name in FRAME_WARPS:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from stn_repro.paper import CLUTTERED_ERROR, TABLE1_ERROR, TABLE1_SETS, TABLE4_ROWS, TABLE5_LOCALISED
 from stn_repro.park import checkpoint_progress, progress_text
-from stn_repro.runs import read_finished_record
-from stn_repro.training.loop import CHECKPOINT_NAME
+from stn_repro.training.checkpoints import CHECKPOINT_NAME
+from stn_repro.training.run_folder import read_finished_record
 
 EXPERIMENTS = ("mnist", "addition", "coloc")
 # The trainer config of an experiment's profile: configs/trainer/<prefix><profile>.yaml. MNIST and addition

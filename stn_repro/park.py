@@ -27,9 +27,10 @@ from typing import Any
 
 import torch
 
-from stn_repro.runs import LOCK_NAME, read_finished_record
-from stn_repro.training.loop import CHECKPOINT_NAME
-from stn_repro.training.records import atomic_write_text, git_commit, publish_atomically
+from stn_repro.io import atomic_write_text, publish_atomically
+from stn_repro.training.checkpoints import CHECKPOINT_NAME
+from stn_repro.training.records import git_commit
+from stn_repro.training.run_folder import LOCK_NAME, read_finished_record
 
 PARKED_NAME = "parked.json"
 

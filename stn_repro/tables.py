@@ -12,6 +12,7 @@ from typing import Any
 
 from stn_repro.data.distortions import VARIANT_SETS
 from stn_repro.data.sets import error_on_set
+from stn_repro.io import atomic_write_text
 from stn_repro.paper import (
     CUB_ROWS,
     SVHN_MODEL_LABELS,
@@ -29,7 +30,7 @@ from stn_repro.paper import (
     model_label,
     paper_error,
 )
-from stn_repro.training.records import RECORD_NAME, atomic_write_text, collapsed, read_record, run_commits
+from stn_repro.training.records import RECORD_NAME, collapsed, read_record, run_commits
 
 CSV_COLUMNS = [
     "experiment",

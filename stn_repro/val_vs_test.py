@@ -25,8 +25,8 @@ from torch.nn import functional as F
 from stn_repro.data.distortions import DISTORTION_SIZE, distortion_size
 from stn_repro.data.mnist import load_mnist
 from stn_repro.data.sets import NUM_VALIDATION, load_set_arrays, validation_indices
-from stn_repro.tasks.mnist import load_trained_model
-from stn_repro.training.loop import evaluate
+from stn_repro.tasks.mnist import load_trained_mnist_model
+from stn_repro.training.learners import evaluate
 from stn_repro.training.records import RECORD_NAME, read_record
 
 
@@ -53,7 +53,7 @@ def plain_digit_errors(run_dir: Path, data_dir: Path | None = None) -> dict[str,
     size = int(record["config"]["data"]["image_size"])
     mnist = load_mnist(data_dir)
     val_index = validation_indices()
-    model = load_trained_model(run_dir)
+    model = load_trained_mnist_model(run_dir)
     return {
         "run": str(run_dir),
         "cell": record["cell"],

@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt
 import torch
 from torch import Tensor
 
-from stn_repro.training.records import publish_atomically
+from stn_repro.io import publish_atomically
 from stn_repro.transformers import TransformFamily
 
 

@@ -11,7 +11,6 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from stn_repro.data import DataError
 from stn_repro.data.cub import (
     OFFICIAL_COUNTS,
     CubCrops,
@@ -24,6 +23,7 @@ from stn_repro.data.cub import (
     read_cub_index,
     write_cub_tree,
 )
+from stn_repro.data.files import DataError
 
 CLASSES, PER_CLASS = 3, 6
 

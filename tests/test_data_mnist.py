@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from stn_repro.data import MNIST_MD5, DataError, default_data_dir, fetch_mnist, load_mnist, synthetic_mnist
+from stn_repro.data import MNIST_MD5, fetch_mnist, load_mnist, synthetic_mnist
 from stn_repro.data import mnist as mnist_module
-from stn_repro.data.mnist import download_verified
+from stn_repro.data.files import DataError, default_data_dir, download_verified
 
 SHARED_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
 FIRST = "train-images-idx3-ubyte"  # fetch_mnist handles the files in MNIST_MD5's order

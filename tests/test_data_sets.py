@@ -15,7 +15,6 @@ from stn_repro.data import (
     EXTRA_SPLITS,
     GENERATOR_VERSION,
     SET_NAMES,
-    DataError,
     DistortedMNIST,
     DistortedStream,
     FixedTrainingSet,
@@ -31,6 +30,7 @@ from stn_repro.data import (
     validation_indices,
     write_set,
 )
+from stn_repro.data.files import DataError
 from stn_repro.data.sets import SeededBatchStream, scored_on, stored_set_checksum, summarise_test_set
 
 

@@ -13,9 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
-from stn_repro.data import DataError, set_checksum, synthetic_mnist
 from stn_repro.data import mnist as mnist_module
+from stn_repro.data import set_checksum, synthetic_mnist
 from stn_repro.data import svhn as svhn_module
+from stn_repro.data.files import DataError
 from stn_repro.data.svhn import (
     MAX_DIGITS,
     NO_DIGIT,

@@ -11,16 +11,10 @@ from scipy.stats import ks_2samp
 
 from stn_repro.data import DistortedMNIST, DistortedStream, synthetic_mnist
 from stn_repro.models.mnist import build_mnist_model
-from stn_repro.training.loop import (
-    CHECKPOINT_NAME,
-    LossWindow,
-    SpeedSettings,
-    TrainingDiverged,
-    TrainSettings,
-    TrainStep,
-    make_optimizer,
-    train,
-)
+from stn_repro.training.checkpoints import CHECKPOINT_NAME
+from stn_repro.training.learners import TrainStep, make_optimizer
+from stn_repro.training.loop import LossWindow, TrainingDiverged, train
+from stn_repro.training.settings import SpeedSettings, TrainSettings
 from stn_repro.training.stacked import StackedModels, train_stacked
 
 DIGITS = synthetic_mnist(num_train=256, num_test=64, seed=0)

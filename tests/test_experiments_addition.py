@@ -20,10 +20,8 @@ from experiments.table import main as table_main
 from stn_repro.data import (
     DEFAULT_SEED,
     NUM_ADDITION_CLASSES,
-    DataError,
     MnistArrays,
     build_all_sets,
-    derive_seed,
     generate_addition_set,
     load_mnist,
     load_set,
@@ -35,6 +33,7 @@ from stn_repro.data import (
     write_set,
 )
 from stn_repro.data.addition import AdditionStream
+from stn_repro.data.files import DataError
 from stn_repro.models.addition import (
     ADDITION_INPUT_SHAPE,
     ADDITION_MODEL_KINDS,
@@ -44,6 +43,7 @@ from stn_repro.models.addition import (
     transformers_of,
 )
 from stn_repro.paper import TABLE4_ROWS, addition_paper_error
+from stn_repro.seeding import derive_seed
 from stn_repro.tables import addition_markdown, aggregate
 from stn_repro.tasks.addition import (
     AdditionSpec,
@@ -51,10 +51,11 @@ from stn_repro.tasks.addition import (
     load_addition_data,
     load_trained_addition_model,
     prepare_addition_seed,
-    run_addition_cell,
+    run_addition_seed,
 )
-from stn_repro.training.loop import TrainSettings, evaluate, localisation_parameters
+from stn_repro.training.learners import evaluate, localisation_parameters
 from stn_repro.training.records import read_record
+from stn_repro.training.settings import TrainSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -234,7 +235,7 @@ def smoke_runs(tmp_path_factory):
         spec, settings = spec_from_config(cfg)
         run_dir = root / "addition" / "smoke" / spec.cell / "seed1"
         config = OmegaConf.to_container(cfg, resolve=True)
-        run_addition_cell(spec, settings, run_dir, config=config, **QUIET)
+        run_addition_seed(spec, settings, run_dir, config=config, **QUIET)
     return root
 
 
@@ -243,7 +244,7 @@ def test_every_experiment_runs_the_smoke_profile_with_a_record(experiment, smoke
     cfg = smoke(experiment)
     spec, _ = spec_from_config(cfg)
     run_dir = smoke_runs / "addition" / "smoke" / spec.cell / "seed1"
-    record = run_addition_cell(spec, TrainSettings(), run_dir, **QUIET)  # finished: returned as it is
+    record = run_addition_seed(spec, TrainSettings(), run_dir, **QUIET)  # finished: returned as it is
     assert record["finished"] and record["iterations"] == 6 and 0 <= record["test_error"] <= 100
     assert record["experiment"] == "addition" and record["data"] == "addition" and record["synthetic"]
     assert (record["model"], record["transform"]) == (spec.model, spec.transform)
@@ -275,7 +276,7 @@ def test_the_table_command_writes_table4_from_the_records(smoke_runs, tmp_path):
 def test_a_trained_model_reloads_and_scores_its_record(smoke_runs):
     spec, _ = spec_from_config(smoke("addition/2x_st_fcn_affine"))
     run_dir = smoke_runs / "addition" / "smoke" / spec.cell / "seed1"
-    record = run_addition_cell(spec, TrainSettings(), run_dir, **QUIET)
+    record = run_addition_seed(spec, TrainSettings(), run_dir, **QUIET)
     model = load_trained_addition_model(run_dir)
     data = load_addition_data(spec, torch.device("cpu"))
     assert evaluate(model, *data.eval_sets["test"]) == record["test_error"]
@@ -295,7 +296,7 @@ def test_rescore_scores_an_addition_run_on_todays_stored_set(smoke_runs, tmp_pat
 
     spec, _ = spec_from_config(smoke("addition/st_fcn_affine"))
     run_dir = smoke_runs / "addition" / "smoke" / spec.cell / "seed1"
-    record = run_addition_cell(spec, TrainSettings(), run_dir, **QUIET)
+    record = run_addition_seed(spec, TrainSettings(), run_dir, **QUIET)
     data = load_addition_data(spec, torch.device("cpu"))
     path = set_path("addition", "test", tmp_path / "data")
     path.parent.mkdir(parents=True)
@@ -317,16 +318,16 @@ def test_rescore_scores_an_addition_run_on_todays_stored_set(smoke_runs, tmp_pat
 
 def test_an_interrupted_run_resumes_to_the_same_final_state(tmp_path):
     spec, settings = spec_from_config(smoke("addition/2x_st_fcn_tps", "trainer.iterations=8"))
-    straight = run_addition_cell(spec, settings, tmp_path / "straight", **QUIET)
-    stopped = run_addition_cell(
+    straight = run_addition_seed(spec, settings, tmp_path / "straight", **QUIET)
+    stopped = run_addition_seed(
         spec, TrainSettings(**{**settings.__dict__, "stop_after": 3}), tmp_path / "resumed", **QUIET
     )
     assert stopped == {"finished": False, "iterations": 3, "stopped_by": None}
-    resumed = run_addition_cell(spec, settings, tmp_path / "resumed", **QUIET)
+    resumed = run_addition_seed(spec, settings, tmp_path / "resumed", **QUIET)
     assert resumed["test_error"] == straight["test_error"] and resumed["history"] == straight["history"]
     # A fresh run returns its record as record.json holds it, as asking a finished run again does.
     assert resumed == read_record(tmp_path / "resumed" / "record.json")
-    assert run_addition_cell(spec, settings, tmp_path / "resumed", **QUIET) == resumed
+    assert run_addition_seed(spec, settings, tmp_path / "resumed", **QUIET) == resumed
     a = torch.load(tmp_path / "straight" / "model.pt", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "resumed" / "model.pt", weights_only=True)["state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -427,7 +428,7 @@ def test_holding_out_trains_on_55k_digits_scores_val_and_reports_the_images_to_t
     )
     assert set(without.eval_sets) == {"test"} and len(without.train_labels) == 60_000
 
-    record = run_addition_cell(spec, settings, tmp_path / "run", **QUIET)
+    record = run_addition_seed(spec, settings, tmp_path / "run", **QUIET)
     assert record["val_error"] is not None and record["train_digits"] == 55_000
     assert [e["iteration"] for e in record["history"] if "val_error" in e] == [3, 6]
     (row,) = aggregate([record])

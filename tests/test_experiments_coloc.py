@@ -36,19 +36,9 @@ from stn_repro.models.coloc import (
 from stn_repro.models.mnist import build_mnist_model
 from stn_repro.paper import TABLE5_LOCALISED, coloc_paper_localised, coloc_paper_text
 from stn_repro.park import launch_command
-from stn_repro.runs import RunLock
 from stn_repro.tables import collect_records
-from stn_repro.tasks.coloc import (
-    BOX_HISTORY_NAME,
-    boxes_figure,
-    ensure_embedding,
-    load_coloc_data,
-    load_embedding,
-    load_trained_transformer,
-    run_coloc,
-    update_box_history,
-)
-from stn_repro.training.colocalisation import (
+from stn_repro.tasks.coloc.embedding import ensure_embedding, load_embedding
+from stn_repro.tasks.coloc.learner import (
     ColocLearner,
     box_centred_windows,
     colocalisation_hinge,
@@ -58,8 +48,11 @@ from stn_repro.training.colocalisation import (
     random_crops,
     random_windows,
 )
-from stn_repro.training.loop import TrainSettings
+from stn_repro.tasks.coloc.pictures import BOX_HISTORY_NAME, boxes_figure, update_box_history
+from stn_repro.tasks.coloc.task import load_coloc_data, load_trained_transformer, run_coloc_seed
 from stn_repro.training.records import write_record
+from stn_repro.training.run_folder import RunLock
+from stn_repro.training.settings import TrainSettings
 from stn_repro.transformers import get_transform, sample
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,7 +98,7 @@ def run_smoke(runs, run_dir, *extra, settings_change=None, log=None):
     spec, settings, embedding_spec, embedding_settings, embedding_dir = smoke_specs(runs, *extra)
     if settings_change:
         settings = replace(settings, **settings_change)
-    return run_coloc(
+    return run_coloc_seed(
         spec,
         settings,
         run_dir,

@@ -22,17 +22,16 @@ from PIL import Image
 from experiments.cub import initial_weights, spec_from_config
 from experiments.cub_parts import main as cub_parts_main
 from experiments.table import main as table_main
-from stn_repro.data import DataError
 from stn_repro.data.cub import CubCrops, CubDataset, CubStream, read_cub_index, write_cub_tree
+from stn_repro.data.files import DataError
 from stn_repro.models.cub import build_cub_model
 from stn_repro.paper import cub_paper_accuracy
-from stn_repro.runs import RunLock
 from stn_repro.tasks.cub import (
     box_coverage,
     load_trained_cub_model,
     object_boxes_in_crops,
     part_placement,
-    run_cub_cell,
+    run_cub_seed,
 )
 from stn_repro.training.data_parallel import (
     DistContext,
@@ -41,6 +40,7 @@ from stn_repro.training.data_parallel import (
     init_distributed,
     leave_distributed,
 )
+from stn_repro.training.run_folder import RunLock
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -130,7 +130,7 @@ def smoke_runs(data_dir, tmp_path_factory):
         spec, settings = spec_from_config(cfg)
         run_dir = runs / "cub" / "smoke" / spec.cell / "seed1"
         config = OmegaConf.to_container(cfg, resolve=True)
-        records[experiment] = (run_cub_cell(spec, settings, run_dir, config=config, **QUIET), run_dir, spec)
+        records[experiment] = (run_cub_seed(spec, settings, run_dir, config=config, **QUIET), run_dir, spec)
     return runs, records
 
 
@@ -162,10 +162,10 @@ def test_cnn_and_st_cnn_cells_run_end_to_end(smoke_runs, data_dir):
 def test_an_interrupted_cub_run_resumes_to_the_same_final_state(data_dir, tmp_path):
     cfg = smoke("cub/2x_st_cnn_224px", data_dir, "trainer.iterations=6")
     spec, settings = spec_from_config(cfg)
-    straight = run_cub_cell(spec, settings, tmp_path / "straight", **QUIET)
-    stopped = run_cub_cell(spec, replace(settings, stop_after=3), tmp_path / "resumed", **QUIET)
+    straight = run_cub_seed(spec, settings, tmp_path / "straight", **QUIET)
+    stopped = run_cub_seed(spec, replace(settings, stop_after=3), tmp_path / "resumed", **QUIET)
     assert stopped == {"finished": False, "iterations": 3, "stopped_by": None}
-    resumed = run_cub_cell(spec, settings, tmp_path / "resumed", **QUIET)
+    resumed = run_cub_seed(spec, settings, tmp_path / "resumed", **QUIET)
     assert resumed["test_error"] == straight["test_error"] and resumed["history"] == straight["history"]
     a = torch.load(tmp_path / "straight" / "model.pt", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "resumed" / "model.pt", weights_only=True)["state_dict"]
@@ -202,7 +202,7 @@ def test_under_st_init_cnn_an_st_cnn_starts_from_the_cnn_run_of_its_seed(smoke_r
 
     # The run says where it started, and the table marks it.
     own = tmp_path / "cub" / "smoke" / spec.cell / "seed1"
-    record = run_cub_cell(replace(spec, weights=str(cnn_dir / "model.pt")), settings, own, **QUIET)
+    record = run_cub_seed(replace(spec, weights=str(cnn_dir / "model.pt")), settings, own, **QUIET)
     assert record["pretrained"]["source"] == "cub_cnn" and record["pretrained"]["loaded"] > 0
     cnn_copy = tmp_path / "cub" / "smoke" / "synthetic-cub224-cnn" / "seed1"
     cnn_copy.mkdir(parents=True)
@@ -265,7 +265,7 @@ def test_a_missing_set_names_the_make_target_and_an_mnist_set_is_refused(tmp_pat
     cfg = compose_cub(["data=synthetic_cub224", "trainer=cub_smoke", "logger=none"], tmp_path)
     spec, settings = spec_from_config(cfg)
     with pytest.raises(DataError, match="make data-cub-synthetic"):
-        run_cub_cell(spec, settings, tmp_path / "run", **QUIET)
+        run_cub_seed(spec, settings, tmp_path / "run", **QUIET)
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
     with pytest.raises(ValueError, match="data=rts is not a CUB set"):
         spec_from_config(compose_cub(["data=rts"]))
@@ -285,7 +285,7 @@ def test_a_stop_agreed_by_the_processes_ends_every_one_after_the_same_step(data_
 
     monkeypatch.setattr(LoaderLearner, "agree_to_stop", agree)
     spec, settings = spec_from_config(smoke("cub/cnn_224px", data_dir))
-    outcome = run_cub_cell(spec, settings, tmp_path, **QUIET)
+    outcome = run_cub_seed(spec, settings, tmp_path, **QUIET)
     assert outcome == {"finished": False, "iterations": 2, "stopped_by": "SIGTERM"}
     assert asked == [None, None, None] and (tmp_path / "checkpoint.pt").exists()
 

@@ -15,12 +15,18 @@ from omegaconf import OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
 from experiments.mnist import cell_from_config, check_stacked_config, run_folder, seeds_from_config
-from stn_repro.data import DataError
+from stn_repro.data.files import DataError
 from stn_repro.paper import paper_error
 from stn_repro.tables import aggregate, collect_records
-from stn_repro.tasks.mnist import load_cell_data, load_trained_model, run_cell, run_cells_stacked
+from stn_repro.tasks.mnist import (
+    load_mnist_data,
+    load_trained_mnist_model,
+    run_mnist_seed,
+    run_mnist_seeds_stacked,
+)
 from stn_repro.tracking import Tracker
-from stn_repro.training.loop import TrainSettings, evaluate
+from stn_repro.training.learners import evaluate
+from stn_repro.training.settings import TrainSettings
 
 # W&B is optional at run time (logger=none); where it is not installed (e.g. a bare GPU machine) these skip.
 NEEDS_WANDB = pytest.mark.skipif(importlib.util.find_spec("wandb") is None, reason="wandb is not installed")
@@ -101,7 +107,7 @@ def test_the_fast_profile_is_its_own_optimisation_on_held_out_validation_digits(
 def test_every_experiment_instantiates_and_runs_the_smoke_profile(experiment, tmp_path):
     cfg = compose_mnist([f"experiment={experiment}", *SMOKE])
     spec, settings = cell_from_config(cfg)
-    record = run_cell(
+    record = run_mnist_seed(
         spec, settings, tmp_path, config=OmegaConf.to_container(cfg, resolve=True), log=lambda s: None
     )
     assert record["finished"] and record["iterations"] == 6 and 0 <= record["test_error"] <= 100
@@ -144,7 +150,7 @@ def test_a_plain_model_with_a_transformer_is_refused(tmp_path):
     cfg = compose_mnist(["model=cnn", "transformer=affine", *SMOKE])
     spec, settings = cell_from_config(cfg)
     with pytest.raises(ValueError, match="use transformer=none"):
-        run_cell(spec, settings, tmp_path, log=lambda s: None)
+        run_mnist_seed(spec, settings, tmp_path, log=lambda s: None)
 
 
 def test_the_runner_resumes_an_interrupted_run_to_the_same_final_state(tmp_path):
@@ -153,15 +159,15 @@ def test_the_runner_resumes_an_interrupted_run_to_the_same_final_state(tmp_path)
     )
     spec, settings = cell_from_config(cfg)
     quiet = {"log": lambda s: None}
-    straight = run_cell(spec, settings, tmp_path / "straight", **quiet)
-    stopped = run_cell(
+    straight = run_mnist_seed(spec, settings, tmp_path / "straight", **quiet)
+    stopped = run_mnist_seed(
         spec, TrainSettings(**{**settings.__dict__, "stop_after": 5}), tmp_path / "resumed", **quiet
     )
     assert (
         stopped == {"finished": False, "iterations": 5, "stopped_by": None}
         and not (tmp_path / "resumed" / "record.json").exists()
     )
-    resumed = run_cell(spec, settings, tmp_path / "resumed", **quiet)
+    resumed = run_mnist_seed(spec, settings, tmp_path / "resumed", **quiet)
     assert resumed["test_error"] == straight["test_error"]
     # The record names every launch that trained the run: a resume (in another session, say) shows.
     assert [launch["iteration"] for launch in straight["launches"]] == [0]
@@ -171,7 +177,7 @@ def test_the_runner_resumes_an_interrupted_run_to_the_same_final_state(tmp_path)
     b = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)["learner"]["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     lines = []
-    run_cell(spec, settings, tmp_path / "resumed", log=lines.append)  # finished: skipped, not rerun
+    run_mnist_seed(spec, settings, tmp_path / "resumed", log=lines.append)  # finished: skipped, not rerun
     assert "already finished" in lines[0]
 
 
@@ -265,11 +271,11 @@ STACKED_SMOKE = ["experiment=r_st_fcn_affine", "model.param_budget=50000", *SMOK
 
 
 def stacked_run(tmp_path, seeds, settings_overrides=(), **kwargs):
-    """run_cells_stacked as the runner calls it: the stacked folder and the seed folders side by side."""
+    """run_mnist_seeds_stacked as the runner calls it: the stacked folder and the seed folders side by side."""
     cfg = compose_mnist([*STACKED_SMOKE, *settings_overrides])
     spec, settings = cell_from_config(cfg)
     cell_dir = tmp_path / spec.profile / spec.cell
-    records = run_cells_stacked(
+    records = run_mnist_seeds_stacked(
         spec,
         seeds,
         settings,
@@ -313,14 +319,14 @@ def test_a_stacked_run_writes_each_seeds_record_and_wandb_run_in_its_seed_folder
 def test_single_records_say_their_engine(tmp_path):
     cfg = compose_mnist(STACKED_SMOKE)
     spec, settings = cell_from_config(cfg)
-    assert run_cell(spec, settings, tmp_path, log=lambda s: None)["engine"] == {"name": "single"}
+    assert run_mnist_seed(spec, settings, tmp_path, log=lambda s: None)["engine"] == {"name": "single"}
 
 
 def test_a_stacked_relaunch_trains_only_the_unfinished_seeds(tmp_path):
     cfg = compose_mnist(STACKED_SMOKE)
     spec, settings = cell_from_config(cfg)
     cell_dir = tmp_path / spec.profile / spec.cell
-    run_cell(replace(spec, seed=2), settings, cell_dir / "seed2", log=lambda s: None)
+    run_mnist_seed(replace(spec, seed=2), settings, cell_dir / "seed2", log=lambda s: None)
     alone = json.loads((cell_dir / "seed2" / "record.json").read_text())
 
     records, _ = stacked_run(tmp_path, [1, 2, 3])  # seed 2 is done: 1 and 3 train, stacked
@@ -361,12 +367,12 @@ def test_each_stacked_seed_trains_as_its_single_seed_run(experiment, tmp_path):
     spec, settings = cell_from_config(cfg)
     seeds = [1, 2]
     quiet = {"log": lambda s: None}
-    stacked = run_cells_stacked(
+    stacked = run_mnist_seeds_stacked(
         spec, seeds, settings, tmp_path / "stacked", [tmp_path / f"stacked_seed{s}" for s in seeds], **quiet
     )
     state = torch.load(tmp_path / "stacked" / "checkpoint.pt", weights_only=False)["learner"]["stacked"]
     for index, seed in enumerate(seeds):
-        alone = run_cell(replace(spec, seed=seed), settings, tmp_path / f"alone{seed}", **quiet)
+        alone = run_mnist_seed(replace(spec, seed=seed), settings, tmp_path / f"alone{seed}", **quiet)
         checkpoint = torch.load(tmp_path / f"alone{seed}" / "checkpoint.pt", weights_only=False)
         weights = checkpoint["learner"]["model"]
         for name, value in weights.items():
@@ -411,7 +417,7 @@ def test_a_stacked_checkpoint_resumes_its_seeds_even_if_one_was_finished_alone_m
     _, cell_dir = stacked_run(tmp_path, [1, 2], ["trainer.stop_after=3"])
     cfg = compose_mnist(STACKED_SMOKE)
     spec, settings = cell_from_config(cfg)
-    run_cell(replace(spec, seed=1), settings, cell_dir / "seed1", log=lambda s: None)
+    run_mnist_seed(replace(spec, seed=1), settings, cell_dir / "seed1", log=lambda s: None)
     alone = json.loads((cell_dir / "seed1" / "record.json").read_text())
 
     lines = []
@@ -471,7 +477,9 @@ def test_a_stacked_run_says_it_does_not_resume_an_unfinished_single_seed_run(tmp
     spec, settings = cell_from_config(cfg)
     cell_dir = tmp_path / spec.profile / spec.cell
     stopped = replace(settings, stop_after=2)
-    assert not run_cell(replace(spec, seed=2), stopped, cell_dir / "seed2", log=lambda s: None)["finished"]
+    assert not run_mnist_seed(replace(spec, seed=2), stopped, cell_dir / "seed2", log=lambda s: None)[
+        "finished"
+    ]
     lines = []
     records, _ = stacked_run(tmp_path, [1, 2], log=lines.append)
     assert [records[s]["engine"]["seeds"] for s in (1, 2)] == [[1, 2], [1, 2]]
@@ -488,13 +496,13 @@ def test_a_single_run_makes_its_tracker_only_once_the_data_load_and_finishes_it(
 
     missing = replace(spec, data_source="mnist", data_dir=tmp_path / "empty")
     with pytest.raises(DataError, match="make data-mnist"):
-        run_cell(missing, settings, tmp_path / "missing", make_tracker=make_tracker, log=lambda s: None)
+        run_mnist_seed(missing, settings, tmp_path / "missing", make_tracker=make_tracker, log=lambda s: None)
     assert made == []  # a missing data file leaves no (empty) W&B run behind
 
-    record = run_cell(spec, settings, tmp_path / "run", make_tracker=make_tracker, log=lambda s: None)
+    record = run_mnist_seed(spec, settings, tmp_path / "run", make_tracker=make_tracker, log=lambda s: None)
     (tracker,) = made
     assert tracker.finished and tracker.summaries[0]["test_error"] == record["test_error"]
-    run_cell(spec, settings, tmp_path / "run", make_tracker=make_tracker, log=lambda s: None)
+    run_mnist_seed(spec, settings, tmp_path / "run", make_tracker=make_tracker, log=lambda s: None)
     assert len(made) == 1  # a finished run is only reported: no new tracker
 
 
@@ -504,13 +512,13 @@ def test_every_finished_seed_saves_weights_that_reproduce_its_test_error(tmp_pat
     cfg = compose_mnist(STACKED_SMOKE)
     spec, settings = cell_from_config(cfg)
     single_dir = tmp_path / "single" / "seed1"
-    runs = {single_dir: run_cell(spec, settings, single_dir, log=lambda s: None)}
+    runs = {single_dir: run_mnist_seed(spec, settings, single_dir, log=lambda s: None)}
     records, cell_dir = stacked_run(tmp_path / "stacked", [1, 2])
     runs.update({cell_dir / f"seed{seed}": record for seed, record in records.items()})
-    test_images, test_labels = load_cell_data(spec, torch.device("cpu")).eval_sets["test"]
+    test_images, test_labels = load_mnist_data(spec, torch.device("cpu")).eval_sets["test"]
     for seed_dir, record in runs.items():
         assert record["weights"] == "model.pt" and (seed_dir / "model.pt").is_file()
-        model = load_trained_model(seed_dir)
+        model = load_trained_mnist_model(seed_dir)
         assert not model.training
         assert evaluate(model, test_images, test_labels) == record["test_error"]
     assert runs[single_dir]["test_error"] != records[2]["test_error"]  # two seeds, two models
@@ -518,23 +526,23 @@ def test_every_finished_seed_saves_weights_that_reproduce_its_test_error(tmp_pat
 
 def test_loading_weights_of_an_unfinished_run_names_the_fix(tmp_path):
     with pytest.raises(FileNotFoundError, match="relaunch it to resume"):
-        load_trained_model(tmp_path)
+        load_trained_mnist_model(tmp_path)
     torch.save({"format": 99}, tmp_path / "model.pt")
     with pytest.raises(ValueError, match="format 99"):
-        load_trained_model(tmp_path)
+        load_trained_mnist_model(tmp_path)
 
 
 def test_rescore_scores_the_saved_weights_on_todays_test_set_and_says_whether_it_changed(tmp_path, capsys):
     from experiments.rescore import main as rescore_main
     from stn_repro.data.sets import set_checksum, set_path, write_set
-    from stn_repro.tasks.mnist import load_cell_data, load_trained_model
-    from stn_repro.training.loop import evaluate
+    from stn_repro.tasks.mnist import load_mnist_data, load_trained_mnist_model
+    from stn_repro.training.learners import evaluate
 
     cfg = compose_mnist(["experiment=r_st_fcn_affine", "model.param_budget=50000", *SMOKE])
     spec, settings = cell_from_config(cfg)
     run_dir = tmp_path / "run"
-    record = run_cell(spec, settings, run_dir, log=lambda s: None)
-    data = load_cell_data(spec, torch.device("cpu"))
+    record = run_mnist_seed(spec, settings, run_dir, log=lambda s: None)
+    data = load_mnist_data(spec, torch.device("cpu"))
     path = set_path("r", "test", tmp_path / "data")
     path.parent.mkdir(parents=True)
     write_set(path, {"images": data.test_images, "labels": data.test_labels}, {"set_name": "r", "seed": 1})
@@ -560,7 +568,7 @@ def test_rescore_scores_the_saved_weights_on_todays_test_set_and_says_whether_it
     assert saved["test_error"] == record["test_error"]  # the run's own score is kept
     assert entry["test_set"]["sha256"] == set_checksum(changed, data.test_labels)
     assert entry["test_error"] == pytest.approx(
-        evaluate(load_trained_model(run_dir), changed, data.test_labels)
+        evaluate(load_trained_mnist_model(run_dir), changed, data.test_labels)
     )
     assert {"commit", "device", "date"} <= entry.keys()
     (run_dir / "model.pt").unlink()
@@ -575,7 +583,7 @@ def test_a_run_records_its_transformers_spread_and_the_check_finds_a_dead_locali
     spec, settings = cell_from_config(cfg)
     run_dir = tmp_path / "records" / "r-st_fcn-affine" / "seed1"
     lines = []
-    record = run_cell(spec, settings, run_dir, log=lines.append)
+    record = run_mnist_seed(spec, settings, run_dir, log=lines.append)
     assert len(record["localisation_spread"]) == 1  # one transformer
     # Every evaluation measured it too (the history, the log), the last on the final weights.
     evaluations = [e for e in record["history"] if "test_error" in e]
@@ -587,9 +595,9 @@ def test_a_run_records_its_transformers_spread_and_the_check_finds_a_dead_locali
     fcn_spec, fcn_settings = cell_from_config(
         compose_mnist(["experiment=r_fcn", "model.param_budget=50000", *SMOKE])
     )
-    fcn = run_cell(fcn_spec, fcn_settings, tmp_path / "fcn", log=lambda s: None)
+    fcn = run_mnist_seed(fcn_spec, fcn_settings, tmp_path / "fcn", log=lambda s: None)
     assert fcn["localisation_spread"] is None and not any("localisation_spread" in e for e in fcn["history"])
-    data = load_cell_data(spec, torch.device("cpu"))
+    data = load_mnist_data(spec, torch.device("cpu"))
     path = set_path("r", "test", tmp_path / "data")
     path.parent.mkdir(parents=True)
     write_set(path, {"images": data.test_images, "labels": data.test_labels}, {"set_name": "r", "seed": 1})
@@ -636,7 +644,7 @@ def test_error_by_distortion_rescores_a_run_and_bins_its_errors(tmp_path, capsys
     cfg = compose_mnist(["experiment=p_fcn", "model.param_budget=50000", *SMOKE])
     spec, settings = cell_from_config(cfg)
     run_dir = tmp_path / "run"
-    run_cell(spec, settings, run_dir, log=lambda s: None)
+    run_mnist_seed(spec, settings, run_dir, log=lambda s: None)
     raw = torch.randint(0, 256, (64, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     labels = torch.randint(0, 10, (64,), generator=torch.Generator().manual_seed(1))
     stored = generate_set("p", raw, labels, seed=3)

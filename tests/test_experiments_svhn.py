@@ -17,9 +17,10 @@ from experiments.table import main as table_main
 from stn_repro.data import synthetic_mnist
 from stn_repro.data.svhn import build_synthetic_svhn
 from stn_repro.paper import svhn_paper_error
-from stn_repro.tasks.svhn import load_svhn_data, load_trained_svhn_model, run_svhn_cell
-from stn_repro.training.loop import TrainSettings, evaluate
+from stn_repro.tasks.svhn import load_svhn_data, load_trained_svhn_model, run_svhn_seed
+from stn_repro.training.learners import evaluate
 from stn_repro.training.objectives import SEQUENCE
+from stn_repro.training.settings import TrainSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -106,7 +107,7 @@ def test_paper_profile_is_the_papers_protocol():
 def test_every_svhn_experiment_runs_the_smoke_profile(experiment, data_dir, tmp_path):
     cfg = smoke(experiment, data_dir)
     spec, settings = spec_from_config(cfg)
-    record = run_svhn_cell(
+    record = run_svhn_seed(
         spec, settings, tmp_path, config=OmegaConf.to_container(cfg, resolve=True), **QUIET
     )
     assert record["finished"] and record["iterations"] == 4 and 0 <= record["test_error"] <= 100
@@ -121,7 +122,7 @@ def test_every_svhn_experiment_runs_the_smoke_profile(experiment, data_dir, tmp_
 def test_a_trained_model_reloads_and_scores_its_record(data_dir, tmp_path):
     cfg = smoke("svhn/64px_st_cnn_multi", data_dir)
     spec, settings = spec_from_config(cfg)
-    record = run_svhn_cell(spec, settings, tmp_path, **QUIET)
+    record = run_svhn_seed(spec, settings, tmp_path, **QUIET)
     model = load_trained_svhn_model(tmp_path)
     data = load_svhn_data(spec, torch.device("cpu"))
     images, labels = data.eval_sets["test"]
@@ -131,12 +132,12 @@ def test_a_trained_model_reloads_and_scores_its_record(data_dir, tmp_path):
 def test_an_interrupted_svhn_run_resumes_to_the_same_final_state(data_dir, tmp_path):
     cfg = smoke("svhn/64px_st_cnn_single", data_dir, "trainer.iterations=8")
     spec, settings = spec_from_config(cfg)
-    straight = run_svhn_cell(spec, settings, tmp_path / "straight", **QUIET)
-    stopped = run_svhn_cell(
+    straight = run_svhn_seed(spec, settings, tmp_path / "straight", **QUIET)
+    stopped = run_svhn_seed(
         spec, TrainSettings(**{**settings.__dict__, "stop_after": 3}), tmp_path / "resumed", **QUIET
     )
     assert stopped == {"finished": False, "iterations": 3, "stopped_by": None}
-    resumed = run_svhn_cell(spec, settings, tmp_path / "resumed", **QUIET)
+    resumed = run_svhn_seed(spec, settings, tmp_path / "resumed", **QUIET)
     assert resumed["test_error"] == straight["test_error"] and resumed["history"] == straight["history"]
     a = torch.load(tmp_path / "straight" / "model.pt", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "resumed" / "model.pt", weights_only=True)["state_dict"]

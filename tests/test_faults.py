@@ -65,7 +65,7 @@ import experiments.mnist  # the imports every launch would repeat, done once
 
 del sys.modules["experiments.mnist"]  # each launch runs it afresh, as __main__
 import stn_repro.tasks.mnist as tasks
-from stn_repro.training import loop
+from stn_repro.training import learners
 
 
 def kill_myself():
@@ -73,7 +73,7 @@ def kill_myself():
 
 
 def install(faults):
-    real_step = loop.SingleModel.step
+    real_step = learners.SingleModel.step
     steps = [0]
 
     def step(self):
@@ -84,7 +84,7 @@ def install(faults):
         time.sleep(faults.get("step_sleep", 0))
         return losses
 
-    loop.SingleModel.step = step
+    learners.SingleModel.step = step
     if "kill_in_save" in faults:  # {"name": "checkpoint.pt", "nth": 2, "fraction": 0.4}
         spec, real_save, seen = faults["kill_in_save"], torch.save, [0]
 
@@ -102,14 +102,14 @@ def install(faults):
 
         torch.save = save
     if "sleep_before_data" in faults:
-        real_load = tasks.load_cell_data
+        real_load = tasks.load_mnist_data
 
         def load(*args, **kwargs):
             print("loading data", flush=True)
             time.sleep(faults["sleep_before_data"])
             return real_load(*args, **kwargs)
 
-        tasks.load_cell_data = load
+        tasks.load_mnist_data = load
 
 
 def child(request):
@@ -613,14 +613,14 @@ def test_every_bad_value_ends_in_one_line_naming_it_and_the_fix(
 
 
 def test_a_second_corrupt_checkpoint_is_set_aside_beside_the_first_not_over_it(tmp_path, monkeypatch):
-    from stn_repro.training import loop
+    from stn_repro.training import checkpoints
 
-    monkeypatch.setattr(loop.time, "strftime", lambda fmt: "20260101-000000")  # both in the same second
+    monkeypatch.setattr(checkpoints.time, "strftime", lambda fmt: "20260101-000000")  # both in the same second
     checkpoint = tmp_path / "checkpoint.pt"
     for content in (b"first corrupt checkpoint", b"second corrupt checkpoint"):
         checkpoint.write_bytes(content)
-        with pytest.raises(loop.CheckpointError, match="it was moved to"):
-            loop.read_checkpoint(checkpoint)
+        with pytest.raises(checkpoints.CheckpointError, match="it was moved to"):
+            checkpoints.read_checkpoint(checkpoint)
     assert not checkpoint.exists()
     kept = {p.name: p.read_bytes() for p in tmp_path.glob("checkpoint.pt.corrupt-*")}
     assert kept == {

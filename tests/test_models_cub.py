@@ -14,7 +14,8 @@ from stn_repro.models.cub import (
     part_boxes,
     part_figure,
 )
-from stn_repro.training.loop import TrainSettings, make_optimizer
+from stn_repro.training.learners import make_optimizer
+from stn_repro.training.settings import TrainSettings
 from stn_repro.viz import save_figure
 
 TINY = 0.0625

@@ -17,7 +17,8 @@ from stn_repro.models.svhn import (
     composed_affine,
     transformer_outputs,
 )
-from stn_repro.training.loop import TrainSettings, localisation_parameters, make_optimizer
+from stn_repro.training.learners import localisation_parameters, make_optimizer
+from stn_repro.training.settings import TrainSettings
 from stn_repro.transformers import Affine, RegressionHead
 from stn_repro.viz import transformation_figure
 

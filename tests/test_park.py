@@ -10,9 +10,11 @@ from torch import nn
 
 from experiments.park import main as park_main
 from stn_repro.park import PARKED_NAME, launch_command, park, parked_runs, unfinished_runs, unpark
-from stn_repro.runs import LOCK_NAME, RunLock
-from stn_repro.training.loop import CHECKPOINT_NAME, TrainSettings, train
+from stn_repro.training.checkpoints import CHECKPOINT_NAME
+from stn_repro.training.loop import train
 from stn_repro.training.records import write_record
+from stn_repro.training.run_folder import LOCK_NAME, RunLock
+from stn_repro.training.settings import TrainSettings
 
 
 class Stream:

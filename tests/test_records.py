@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from stn_repro.training import records
-from stn_repro.training.loop import save_checkpoint
+from stn_repro.training.checkpoints import save_checkpoint
 from stn_repro.training.records import git_commit, provenance, write_record
 
 

@@ -7,7 +7,10 @@ import torch
 from torch import nn
 
 from stn_repro.models.mnist import build_mnist_model
-from stn_repro.training.loop import CHECKPOINT_NAME, TrainingDiverged, TrainSettings, make_optimizer, train
+from stn_repro.training.checkpoints import CHECKPOINT_NAME
+from stn_repro.training.learners import make_optimizer
+from stn_repro.training.loop import TrainingDiverged, train
+from stn_repro.training.settings import TrainSettings
 
 
 class ToyStream:

@@ -4,6 +4,41 @@ See :mod:`stn_repro.data.distortions` for the **Convention** (devices, seeding, 
 generators share with :mod:`stn_repro.transformers`.
 """
 
+from stn_repro.data.files import DataError, default_data_dir
+from stn_repro.data.mnist import (
+    MNIST_MD5,
+    MNIST_MIRRORS,
+    MnistArrays,
+    fetch_mnist,
+    load_mnist,
+    synthetic_mnist,
+)
+from stn_repro.data.sets import (
+    DEFAULT_SEED,
+    EXTRA_SETS,
+    EXTRA_SPLITS,
+    GENERATOR_VERSION,
+    SPLITS,
+    DistortedMNIST,
+    DistortedStream,
+    FixedTrainingSet,
+    build_all_sets,
+    generate_addition_set,
+    generate_colocalisation_set,
+    generate_set,
+    load_set,
+    load_set_arrays,
+    read_set,
+    scored_on,
+    set_checksum,
+    set_path,
+    summarise_test_set,
+    train_indices,
+    validation_indices,
+    write_set,
+)
+from stn_repro.seeding import derive_seed
+
 from .distortions import (
     ADDITION_SIZE,
     COLOC_SIZE,
@@ -16,41 +51,6 @@ from .distortions import (
     colocalisation,
     distort,
     quantise,
-)
-from .mnist import (
-    MNIST_MD5,
-    MNIST_MIRRORS,
-    DataError,
-    MnistArrays,
-    default_data_dir,
-    fetch_mnist,
-    load_mnist,
-    synthetic_mnist,
-)
-from .sets import (
-    DEFAULT_SEED,
-    EXTRA_SETS,
-    EXTRA_SPLITS,
-    GENERATOR_VERSION,
-    SPLITS,
-    DistortedMNIST,
-    DistortedStream,
-    FixedTrainingSet,
-    build_all_sets,
-    derive_seed,
-    generate_addition_set,
-    generate_colocalisation_set,
-    generate_set,
-    load_set,
-    load_set_arrays,
-    read_set,
-    scored_on,
-    set_checksum,
-    summarise_test_set,
-    set_path,
-    train_indices,
-    validation_indices,
-    write_set,
 )
 
 __all__ = [
@@ -90,8 +90,8 @@ __all__ = [
     "read_set",
     "scored_on",
     "set_checksum",
-    "summarise_test_set",
     "set_path",
+    "summarise_test_set",
     "synthetic_mnist",
     "train_indices",
     "validation_indices",

@@ -42,8 +42,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from torchvision.transforms.v2 import functional as TF
 
-from .mnist import DataError, default_data_dir, download_verified, md5_file
-from .sets import DEFAULT_SEED, derive_seed
+from stn_repro.data.files import DataError, default_data_dir, download_verified
+from stn_repro.data.sets import DEFAULT_SEED
+from stn_repro.io import md5_file
+from stn_repro.seeding import derive_seed
 
 CUB_FOLDER = "CUB_200_2011"
 """The folder the official archive extracts to (``<data_dir>/CUB_200_2011/``)."""

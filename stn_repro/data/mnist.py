@@ -14,13 +14,10 @@ import gzip
 import hashlib
 import math
 import os
-import shutil
-import tempfile
 import time
 import urllib.error
 import urllib.request
 import zlib
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from stn_repro.training.records import publish_atomically
+from stn_repro.data.files import DataError, default_data_dir
+from stn_repro.io import atomic_write_bytes, md5_file
 
 MNIST_MD5: dict[str, str] = {
     "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
@@ -47,17 +45,12 @@ MNIST_MIRRORS: tuple[str, ...] = (
 NUM_TRAIN = 60_000
 NUM_TEST = 10_000
 SOURCE_ENV = "STN_MNIST_SOURCE"
-DATA_ENV = "STN_DATA"
 _IDX_MAGIC = {1: 2049, 3: 2051}  # idx magic numbers: unsigned-byte data with 1 (labels) or 3 (images) dims
 _DOWNLOAD_ATTEMPTS = 2  # per mirror; a transient failure usually clears on a second try
 _FETCH_HINT = (
     f"run `make data-mnist` (offline: `{SOURCE_ENV}=/path/to/folder/with/the/mnist/files make data-mnist`, "
     "the folder holding the four MNIST files, gzipped or raw)"
 )
-
-
-class DataError(RuntimeError):
-    """A data file is missing, corrupt or outdated. The message names the file and the fix."""
 
 
 @dataclass(frozen=True)
@@ -68,12 +61,6 @@ class MnistArrays:
     train_labels: Tensor
     test_images: Tensor
     test_labels: Tensor
-
-
-def default_data_dir() -> Path:
-    """``$STN_DATA`` if set, else ``<project root>/data`` (the repository that contains this package)."""
-    env = os.environ.get(DATA_ENV)
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "data"
 
 
 # --- fetching ---------------------------------------------------------------------------------------------
@@ -111,7 +98,7 @@ def fetch_mnist(dest_dir: Path, source: Path | None = None) -> Path:
                 f"checksum mismatch for MNIST file {name} (from {origin}): expected md5 {MNIST_MD5[name]}, "
                 f"got {got}; fix: replace it with an intact copy of the original file (gzipped or raw)"
             )
-        _atomic_write_bytes(out_dir / name, data)
+        atomic_write_bytes(out_dir / name, data)
     return out_dir
 
 
@@ -159,87 +146,7 @@ def _is_verified(path: Path) -> bool:
     return path.is_file() and md5_file(path) == MNIST_MD5[path.name]
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, then rename: readers never see a partial file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        publish_atomically(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 # --- shared by the data modules: checked downloads ---------------------------------------------------------
-
-
-def md5_file(path: Path) -> str:
-    """The md5 hex digest of the file at ``path``, read a megabyte at a time."""
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def download_verified(
-    urls: Sequence[str],
-    path: Path,
-    check: Callable[[Path], str | None],
-    *,
-    attempts: int,
-    corrupt_fix: str,
-    offline_fix: str,
-    timeout: float = 60,
-) -> Path:
-    """Download ``path`` from the first of ``urls`` that answers, check it, publish it; return ``path``.
-
-    Each URL is tried ``attempts`` times, in order. A try streams the response into a temporary file in
-    ``path``'s folder (which must exist) and calls ``check(temporary)``: ``None`` (or ``""``) means the
-    file is good, and it is renamed onto ``path`` with :func:`publish_atomically` (the umask's ordinary
-    permissions; readers never see a partial file); a string says what is wrong (e.g. ``"md5 <found>,
-    expected <md5>"``). A try that fails on the network or the disk (``URLError``, ``OSError``,
-    ``TimeoutError``) is recorded, and the next try follows after a pause of 1 s, 2 s, ... (by attempt).
-
-    Raises :class:`DataError`
-      - at once (no retry) when a download fails ``check``: "the download of <url> is not the official
-        <path.name> (<problem>) and was discarded; fix: <corrupt_fix>";
-      - when every try failed: "could not download <what> (no network?): <failures>. Fix: <offline_fix>",
-        where, with one URL, ``<what>`` is that URL and the failures are the errors; with several,
-        ``<what>`` is ``path.name`` and each failure is "<url>: <error>".
-
-    The temporary file is removed whatever goes wrong; any other exception (``KeyboardInterrupt``, an
-    error raised by ``check``) propagates unchanged after that.
-    """
-    urls = (urls,) if isinstance(urls, str) else tuple(urls)
-    if not urls or attempts < 1:
-        raise ValueError(f"download_verified needs at least one URL and attempt, got {urls!r}, {attempts}")
-    path = Path(path)
-    failures = []
-    for url in urls:
-        for attempt in range(attempts):
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
-                    shutil.copyfileobj(response, out, 1 << 20)
-                problem = check(Path(tmp))
-                if problem:
-                    raise DataError(
-                        f"the download of {url} is not the official {path.name} ({problem}) and was "
-                        f"discarded; fix: {corrupt_fix}"
-                    )
-                publish_atomically(tmp, path)
-                return path
-            except (urllib.error.URLError, OSError, TimeoutError) as error:
-                Path(tmp).unlink(missing_ok=True)
-                failures.append(f"{error}" if len(urls) == 1 else f"{url}: {error}")
-                time.sleep(1.0 * (attempt + 1))
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-    what = urls[0] if len(urls) == 1 else path.name
-    raise DataError(f"could not download {what} (no network?): {'; '.join(failures)}. Fix: {offline_fix}")
 
 
 # --- loading ----------------------------------------------------------------------------------------------

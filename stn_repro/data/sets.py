@@ -24,6 +24,11 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from stn_repro.data.files import DataError, default_data_dir
+from stn_repro.data.mnist import NUM_TRAIN, MnistArrays, load_mnist
+from stn_repro.io import publish_atomically
+from stn_repro.seeding import EpochOrder, derive_seed
+
 from .distortions import (
     DISTORTED_SET_NAMES,
     IMAGE_SIZE,
@@ -31,7 +36,6 @@ from .distortions import (
     colocalisation,
     distort,
 )
-from .mnist import NUM_TRAIN, DataError, MnistArrays, default_data_dir, load_mnist, publish_atomically
 
 GENERATOR_VERSION = 3
 """Bump whenever a generator's output changes: stored sets of another version are rebuilt. 3: stored sets
@@ -52,12 +56,6 @@ digits) for runs that hold them out; co-localisation is test-only."""
 SETS_DIR = "mnist_sets"
 _CHUNK_ROWS = 256  # HDF5 chunk: a fixed layout (byte-identical files) and cheap partial reads
 _FIX = "fix: run `make data-mnist` (it rebuilds missing, corrupt and outdated sets)"
-
-
-def derive_seed(seed: int, *keys: object) -> int:
-    """A 63-bit seed derived from ``seed`` and ``keys``: independent streams for every purpose, set, epoch."""
-    digest = hashlib.sha256(repr((int(seed), *keys)).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
 def validation_indices(
@@ -452,47 +450,13 @@ def _is_current(path: Path, set_seed: int) -> bool:
 # --- training data ------------------------------------------------------------------------------------------
 
 
-class _EpochOrder:
-    """Seeded per-epoch permutations of ``count`` items, consumed in batches that may span two epochs."""
-
-    def __init__(self, count: int, seed: int, device: torch.device):
-        if count < 1:
-            raise ValueError("need at least one digit")
-        self.count, self.seed, self.device = count, seed, device
-        self.epoch, self.position = 0, 0
-        self._order: Tensor | None = None
-
-    def take(self, size: int) -> Tensor:
-        parts = []
-        while size > 0:
-            if self._order is None:
-                generator = torch.Generator().manual_seed(derive_seed(self.seed, "epoch-order", self.epoch))
-                # One host->device copy per epoch (non_blocking: no wait for queued kernels); batches then
-                # index on the device.
-                self._order = torch.randperm(self.count, generator=generator).to(
-                    self.device, non_blocking=True
-                )
-            part = self._order[self.position : self.position + size]
-            parts.append(part)
-            size -= len(part)
-            self.position += len(part)
-            if self.position == self.count:
-                self.epoch, self.position, self._order = self.epoch + 1, 0, None
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
-
-    def load(self, epoch: int, position: int) -> None:
-        if not (0 <= position < self.count):
-            raise ValueError(f"position {position} is outside an epoch of {self.count} digits")
-        self.epoch, self.position, self._order = int(epoch), int(position), None
-
-
 class SeededBatchStream:
     """The seeded, resumable part that every training-batch stream shares; a subclass adds only what an item
     is and how a batch is made (:meth:`next_batch`).
 
     **Convention**: ``labels [N, ...]`` (one row per item; they move to ``device`` as int64, and
     ``len(stream) == N``), ``batch_size`` items per batch, ``seed`` the stream's seed. The items are read
-    through seeded per-epoch permutations (:class:`_EpochOrder`; a batch that reaches the end of one epoch
+    through seeded per-epoch permutations (:class:`EpochOrder`; a batch that reaches the end of one epoch
     is completed from the next, so every batch is full): ``self._order.take(self.batch_size)`` gives the
     next batch's item indices on ``device``. By default there is one order, seeded by ``seed`` itself;
     ``order_keys`` gives one order per entry instead, each seeded by ``derive_seed(seed, *key)``
@@ -528,7 +492,7 @@ class SeededBatchStream:
         self.device = torch.device(device)
         self.labels = labels.to(self.device, torch.int64)
         seeds = [self.seed] if order_keys is None else [derive_seed(self.seed, *key) for key in order_keys]
-        self._orders = [_EpochOrder(len(labels), order_seed, self.device) for order_seed in seeds]
+        self._orders = [EpochOrder(len(labels), order_seed, self.device) for order_seed in seeds]
         self._order = self._orders[0]
 
     def _derived_generator(self, *keys: object) -> torch.Generator:

@@ -49,15 +49,10 @@ import torch
 from PIL import Image, ImageFilter, UnidentifiedImageError
 from torch import Tensor
 
-from .mnist import DataError, default_data_dir, download_verified, md5_file, publish_atomically
-from .sets import (
-    DEFAULT_SEED,
-    SeededBatchStream,
-    derive_seed,
-    read_set,
-    validation_indices,
-    write_set,
-)
+from stn_repro.data.files import DataError, default_data_dir, download_verified
+from stn_repro.data.sets import DEFAULT_SEED, SeededBatchStream, read_set, validation_indices, write_set
+from stn_repro.io import md5_file, publish_atomically
+from stn_repro.seeding import derive_seed
 
 SVHN_SPLITS = ("train", "test", "extra")
 """The official format-1 splits."""

@@ -1,6 +1,6 @@
 """MNIST addition cells (a model x a transform x a seed, spec Sect. 3 / Table 4): data, model, record.
 
-Everything else (resume, lock, weights, record, tracker, pictures) is :func:`stn_repro.runs.run_single`'s.
+Everything else (resume, lock, weights, record, tracker, pictures) is :func:`stn_repro.runs.run_seed`'s.
 Training pairs are drawn fresh every batch from the 60k training digits (:class:`AdditionStream`); every
 model is scored on the stored fixed ``addition`` test set (``make data-mnist``: the 10k test digits, each
 paired with another, both RTS-distorted), or with ``data_source="synthetic"`` on one generated from
@@ -21,7 +21,6 @@ import torch
 from torch import Tensor, nn
 
 from stn_repro.data import (
-    DataError,
     MnistArrays,
     generate_addition_set,
     load_mnist,
@@ -31,6 +30,7 @@ from stn_repro.data import (
     train_indices,
 )
 from stn_repro.data.addition import AdditionStream
+from stn_repro.data.files import DataError
 from stn_repro.models.addition import (
     ADDITION_INPUT_SHAPE,
     ADDITION_MODEL_KINDS,
@@ -40,9 +40,10 @@ from stn_repro.models.addition import (
     transformers_of,
 )
 from stn_repro.paper import addition_paper_error, addition_secondary_error
-from stn_repro.runs import PreparedRun, classifier_weights, load_trained, rebuild_classifier, run_seed
 from stn_repro.tracking import Tracker
-from stn_repro.training.loop import SpeedSettings, TrainSettings
+from stn_repro.training.runs import PreparedRun, run_seed
+from stn_repro.training.settings import SpeedSettings, TrainSettings
+from stn_repro.training.weights import classifier_weights, load_trained, rebuild_classifier
 from stn_repro.viz import parallel_transformation_figure
 
 SET_NAME = "addition"  # the stored test set's name, the record's data and the cells' prefix
@@ -224,7 +225,7 @@ def addition_picture(model: nn.Module, inputs: Tensor, labels: Tensor | None = N
     return parallel_transformation_figure(inputs, views, transformers[0].family, titles)
 
 
-def run_addition_cell(
+def run_addition_seed(
     spec: AdditionSpec,
     settings: TrainSettings,
     run_dir: Path,

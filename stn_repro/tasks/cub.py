@@ -1,6 +1,6 @@
 """CUB-200-2011 cells (a set x a model x a seed): data, model, and what the record says.
 
-Everything else (resume, lock, weights, record, tracker, pictures) is :func:`stn_repro.runs.run_single`'s.
+Everything else (resume, lock, weights, record, tracker, pictures) is :func:`stn_repro.runs.run_seed`'s.
 The data come from a ``DataLoader`` (:class:`~stn_repro.data.cub.CubStream`), so the cell trains with its
 own learner (:class:`~stn_repro.training.data_parallel.LoaderLearner`), in one process or data-parallel
 over several (``torchrun``; only rank 0 writes).
@@ -30,11 +30,13 @@ from torch import Tensor, nn
 from stn_repro.data.cub import CubCrops, CubDataset, CubStream, eval_loader, load_cub_index
 from stn_repro.models.cub import CubSTCNN, build_cub_model, part_boxes, part_figure, sample_parts
 from stn_repro.paper import cub_paper_accuracy, cub_paper_error
-from stn_repro.runs import PreparedRun, RunLock, RunLocked, load_trained, read_finished_record, run_seed
 from stn_repro.tracking import Tracker
 from stn_repro.training.data_parallel import DistContext, LoaderLearner
-from stn_repro.training.loop import SpeedSettings, TrainSettings
 from stn_repro.training.objectives import Classification
+from stn_repro.training.run_folder import RunLock, RunLocked, read_finished_record
+from stn_repro.training.runs import PreparedRun, run_seed
+from stn_repro.training.settings import SpeedSettings, TrainSettings
+from stn_repro.training.weights import load_trained
 
 CUB_SIZES = (224, 448)
 PAPER_PART_SIZE = 224
@@ -234,7 +236,7 @@ def prepare_cub_seed(
     )
 
 
-def run_cub_cell(
+def run_cub_seed(
     spec: CubSpec,
     settings: TrainSettings,
     run_dir: Path,

@@ -1,7 +1,7 @@
 """Distorted-MNIST cells (a data set x a model x a transform x a seed): data, model, training, record.
 
-:func:`run_cell` trains one seed of a cell with :func:`~stn_repro.training.loop.train`;
-:func:`run_cells_stacked` trains several seeds of one cell at once with
+:func:`run_mnist_seed` trains one seed of a cell with :func:`~stn_repro.training.loop.train`;
+:func:`run_mnist_seeds_stacked` trains several seeds of one cell at once with
 :func:`~stn_repro.training.stacked.train_stacked`. Both are built from the same helpers (data, each seed's
 stream and model, pictures, records), so a stacked seed starts from the same weights, reads the same batches
 and leaves the same kind of record, in the same folder, as the seed trained alone.
@@ -28,33 +28,31 @@ from stn_repro.data import (
     synthetic_mnist,
     train_indices,
 )
+from stn_repro.io import atomic_write_text
 from stn_repro.models.mnist import build_mnist_model, transformed_batch
 from stn_repro.paper import paper_error
-from stn_repro.runs import (
-    WEIGHTS_NAME,
+from stn_repro.tracking import Tracker
+from stn_repro.training.checkpoints import CHECKPOINT_NAME
+from stn_repro.training.records import RECORD_NAME
+from stn_repro.training.run_folder import RunLock, log_already_finished, read_finished_record
+from stn_repro.training.runs import (
     PreparedRun,
-    RunLock,
     check_seeds,
-    classifier_weights,
-    load_trained,
-    log_already_finished,
     picture_saver,
     publish_record,
-    read_finished_record,
-    rebuild_classifier,
     resolve_device,
     run_record,
     run_seed,
+)
+from stn_repro.training.settings import SpeedSettings, TrainSettings
+from stn_repro.training.stacked import train_stacked
+from stn_repro.training.weights import (
+    WEIGHTS_NAME,
+    classifier_weights,
+    load_trained,
+    rebuild_classifier,
     save_weights,
 )
-from stn_repro.tracking import Tracker
-from stn_repro.training.loop import (
-    CHECKPOINT_NAME,
-    SpeedSettings,
-    TrainSettings,
-)
-from stn_repro.training.records import RECORD_NAME, atomic_write_text
-from stn_repro.training.stacked import train_stacked
 from stn_repro.viz import transformation_figure
 
 SYNTHETIC_TEST_SEED = (
@@ -65,7 +63,7 @@ STACKED_SEEDS_NAME = "stacked_seeds.json"
 
 
 @dataclass
-class CellSpec:
+class MnistSpec:
     """Everything that defines one run, as explicit values."""
 
     data: str
@@ -93,7 +91,7 @@ class CellSpec:
 
 
 @dataclass
-class CellData:
+class MnistData:
     """The data of a cell, the same for every seed: training digits, evaluation sets, picture inputs."""
 
     train_images: Tensor  # uint8 digits the training stream distorts (CPU)
@@ -109,7 +107,7 @@ class CellData:
         return self.test_images.shape[-1]
 
 
-def load_cell_data(spec: CellSpec, device: torch.device) -> CellData:
+def load_mnist_data(spec: MnistSpec, device: torch.device) -> MnistData:
     """Load (or, for ``data_source="synthetic"``, generate) the training digits and evaluation sets."""
     if spec.data_source == "synthetic":
         digits = synthetic_mnist(seed=0)
@@ -136,7 +134,7 @@ def load_cell_data(spec: CellSpec, device: torch.device) -> CellData:
         train_images, train_labels = digits.train_images[keep], digits.train_labels[keep]
     else:
         train_images, train_labels = digits.train_images, digits.train_labels
-    return CellData(
+    return MnistData(
         train_images=train_images,
         train_labels=train_labels,
         clutter_source=digits.train_images,
@@ -147,7 +145,7 @@ def load_cell_data(spec: CellSpec, device: torch.device) -> CellData:
     )
 
 
-def prepare_seed(spec: CellSpec, data: CellData, device: torch.device) -> PreparedRun:
+def prepare_mnist_seed(spec: MnistSpec, data: MnistData, device: torch.device) -> PreparedRun:
     """The batch stream (seeded by ``spec.seed``) and the model (built after ``torch.manual_seed(spec.seed)``)
     of one seed, with what its record says. Single and stacked runs both come through here, so a seed
     starts from the same weights and reads the same batches either way."""
@@ -202,11 +200,11 @@ def prepare_seed(spec: CellSpec, data: CellData, device: torch.device) -> Prepar
             spec.model_options,
         ),
         speed=spec.speed,
-        figure=lambda: transformation_picture(model, data.picture_inputs),
+        figure=lambda: mnist_picture(model, data.picture_inputs),
     )
 
 
-def transformation_picture(model: nn.Module, inputs: Tensor):
+def mnist_picture(model: nn.Module, inputs: Tensor):
     """The figure of ``model``'s transformer on ``inputs`` (grid on the input, output beside), or ``None``."""
     shown = transformed_batch(model, inputs)
     if shown is None:
@@ -215,7 +213,7 @@ def transformation_picture(model: nn.Module, inputs: Tensor):
     return transformation_figure(inputs, outputs, params, model.transformer.family)
 
 
-def load_trained_model(path: Path | str, device: torch.device | str = "cpu") -> nn.Module:
+def load_trained_mnist_model(path: Path | str, device: torch.device | str = "cpu") -> nn.Module:
     """The model a finished run saved, rebuilt, loaded and in eval mode.
 
     ``path`` is the weights file or the run folder holding it (``runs/mnist/<profile>/<cell>/seed<k>``,
@@ -224,8 +222,8 @@ def load_trained_model(path: Path | str, device: torch.device | str = "cpu") -> 
     return load_trained(path, rebuild_classifier(build_mnist_model), device)
 
 
-def run_cell(
-    spec: CellSpec,
+def run_mnist_seed(
+    spec: MnistSpec,
     settings: TrainSettings,
     run_dir: Path,
     *,
@@ -233,11 +231,11 @@ def run_cell(
     make_tracker: Callable[[], Tracker] | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Train and evaluate one seed of a cell in ``run_dir`` with :func:`stn_repro.runs.run_single`
+    """Train and evaluate one seed of a cell in ``run_dir`` with :func:`stn_repro.runs.run_seed`
     (resume, lock, weights, record, tracker); return its record."""
     return run_seed(
         spec,
-        lambda device: prepare_seed(spec, load_cell_data(spec, device), device),
+        lambda device: prepare_mnist_seed(spec, load_mnist_data(spec, device), device),
         settings,
         run_dir,
         config=config,
@@ -246,26 +244,26 @@ def run_cell(
     )
 
 
-def run_cells_stacked(
-    spec: CellSpec,
+def run_mnist_seeds_stacked(
+    spec: MnistSpec,
     seeds: Sequence[int],
     settings: TrainSettings,
     stacked_dir: Path,
     seed_dirs: Sequence[Path],
     *,
     configs: Mapping[int, dict[str, Any]] | None = None,
-    make_tracker: Callable[[CellSpec, Path], Tracker] | None = None,
+    make_tracker: Callable[[MnistSpec, Path], Tracker] | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[int, dict[str, Any]]:
     """Train the seeds ``seeds`` of the cell ``spec`` (its own ``seed`` is ignored) at once, stacked into one
     model with :func:`~stn_repro.training.stacked.train_stacked`; return each seed's record.
 
     Each seed's record (and pictures) go to its folder in ``seed_dirs`` (in the order of ``seeds``), as
-    :func:`run_cell` would write them, with ``engine = {"name": "stacked", "seeds", "stacked_dir",
+    :func:`run_mnist_seed` would write them, with ``engine = {"name": "stacked", "seeds", "stacked_dir",
     "shared_wall_time": True}``: its ``wall_time_s`` is the whole stacked run's. The stacked run's
     checkpoint lives in ``stacked_dir``; a relaunch resumes from it. Seeds already finished (by either
     runner) are skipped; if one seed is left and no stacked checkpoint waits, it trains alone with
-    :func:`run_cell`. ``configs`` maps a seed to the resolved config to record; ``make_tracker(seed_spec,
+    :func:`run_mnist_seed`. ``configs`` maps a seed to the resolved config to record; ``make_tracker(seed_spec,
     seed_dir)`` makes the tracker of each seed that trains (the caller's; finished here).
 
     A seed not finished in this process (``settings.stop_after``) gets ``{"finished": False, "iterations"}``.
@@ -304,7 +302,7 @@ def run_cells_stacked(
         train_seeds = pending
     if len(train_seeds) == 1:
         (seed,) = train_seeds
-        records[seed] = run_cell(
+        records[seed] = run_mnist_seed(
             seed_spec_of[seed],
             settings,
             seed_dir_of[seed],
@@ -332,7 +330,7 @@ def run_cells_stacked(
 
 
 def _train_pending_stacked(
-    spec: CellSpec,
+    spec: MnistSpec,
     settings: TrainSettings,
     stacked_dir: Path,
     train_seeds: list[int],
@@ -340,12 +338,12 @@ def _train_pending_stacked(
     pending: list[int],
     records: dict[int, dict[str, Any]],
     seed_dir_of: dict[int, Path],
-    seed_spec_of: dict[int, CellSpec],
+    seed_spec_of: dict[int, MnistSpec],
     configs: Mapping[int, dict[str, Any]],
-    make_tracker: Callable[[CellSpec, Path], Tracker],
+    make_tracker: Callable[[MnistSpec, Path], Tracker],
     log: Callable[[str], None],
 ) -> dict[int, dict[str, Any]]:
-    """The part of :func:`run_cells_stacked` that trains, while it owns ``stacked_dir``."""
+    """The part of :func:`run_mnist_seeds_stacked` that trains, while it owns ``stacked_dir``."""
     for seed in train_seeds:
         single_checkpoint = seed_dir_of[seed] / CHECKPOINT_NAME
         if single_checkpoint.exists() and not resuming:
@@ -355,8 +353,8 @@ def _train_pending_stacked(
                 f"{seed} instead to finish that run, or delete the checkpoint."
             )
     device = resolve_device(spec.device)
-    data = load_cell_data(spec, device)
-    seed_runs = [prepare_seed(seed_spec_of[seed], data, device) for seed in train_seeds]
+    data = load_mnist_data(spec, device)
+    seed_runs = [prepare_mnist_seed(seed_spec_of[seed], data, device) for seed in train_seeds]
     for seed_run in seed_runs:
         log(seed_run.description)
     if not resuming:
@@ -409,7 +407,13 @@ def _train_pending_stacked(
             if seed not in pending:
                 log(f"{spec.cell} seed {seed}: finished elsewhere meanwhile; its record is kept")
                 continue
-            save_weights(seed_dir_of[seed] / WEIGHTS_NAME, seed_run)
+            save_weights(
+                seed_dir_of[seed] / WEIGHTS_NAME,
+                seed_run.model,
+                seed_run.cell,
+                seed_run.seed,
+                seed_run.weights,
+            )
             record = run_record(
                 seed_run,
                 settings,

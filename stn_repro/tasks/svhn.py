@@ -1,6 +1,6 @@
 """SVHN multi-digit cells (a set x a model x a seed): data, model, and what the record says.
 
-Everything else (resume, lock, weights, record, tracker, pictures) is :func:`stn_repro.runs.run_single`'s.
+Everything else (resume, lock, weights, record, tracker, pictures) is :func:`stn_repro.runs.run_seed`'s.
 The models predict five digit positions (``"no digit"`` padding as an 11th class) and are scored on sequence
 error (:data:`~stn_repro.training.objectives.SEQUENCE`): an image is right only when every position is.
 """
@@ -19,10 +19,11 @@ from stn_repro.data.sets import set_checksum
 from stn_repro.data.svhn import SVHN_VERSION, SvhnStream, center_crop, load_svhn_set
 from stn_repro.models.svhn import SVHN_MODEL_KINDS, build_svhn_model, transformer_outputs
 from stn_repro.paper import svhn_paper_error
-from stn_repro.runs import PreparedRun, load_trained, run_seed
 from stn_repro.tracking import Tracker
-from stn_repro.training.loop import SpeedSettings, TrainSettings
 from stn_repro.training.objectives import SEQUENCE
+from stn_repro.training.runs import PreparedRun, run_seed
+from stn_repro.training.settings import SpeedSettings, TrainSettings
+from stn_repro.training.weights import load_trained
 from stn_repro.transformers import Affine
 from stn_repro.viz import transformation_figure
 
@@ -171,7 +172,7 @@ def svhn_picture(model: nn.Module, inputs: Tensor):
     return transformation_figure(inputs, outputs, params, Affine())
 
 
-def run_svhn_cell(
+def run_svhn_seed(
     spec: SvhnSpec,
     settings: TrainSettings,
     run_dir: Path,

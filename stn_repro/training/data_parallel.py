@@ -21,7 +21,7 @@ What makes several processes equal one (tested in tests/test_experiments_cub.py)
 - Every process computes the same losses (all-reduced), stops after the same step (a signal received by
   any of them is agreed on before each step), and evaluates the same weights (rank 0's BN statistics are
   broadcast first).
-- Only rank 0 writes (checkpoint, weights, record, pictures, W&B); see ``run_single(writer=...)`` and
+- Only rank 0 writes (checkpoint, weights, record, pictures, W&B); see ``run_seed(writer=...)`` and
   ``run_training(write=...)``. Each process's RNG state (dropout) is in the checkpoint, so a resumed run
   continues as the uninterrupted one would; it must resume with the same number of processes.
 """
@@ -39,7 +39,10 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from .loop import Objective, SpeedSettings, TrainSettings, TrainStep, make_optimizer
+from stn_repro.training.learners import TrainStep, make_optimizer
+from stn_repro.training.objectives import Objective
+from stn_repro.training.settings import SpeedSettings, TrainSettings
+
 from .objectives import CLASSIFICATION
 
 STOP_SIGNALS = (None, "SIGINT", "SIGTERM")  # agreed on as the largest code any process holds

@@ -15,38 +15,35 @@ still found, at the iteration where it happened, before any checkpoint of the br
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import platform
 import signal
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from stn_repro.transformers.module import localisation_spread, spread_collapsed
+from stn_repro.training.checkpoints import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_NAME,
+    check_checkpoint,
+    check_settings,
+    read_checkpoint,
+    save_checkpoint,
+)
+from stn_repro.training.learners import BatchStream, Learner, SingleModel, spread_on_test_set
+from stn_repro.training.objectives import Objective
+from stn_repro.training.records import device_name, git_commit
+from stn_repro.training.settings import SpeedSettings, TrainSettings
+from stn_repro.transformers.module import spread_collapsed
 
-from .objectives import CLASSIFICATION, Classification, SequenceClassification
-from .records import device_name, git_commit, publish_atomically
-
-Objective = Classification | SequenceClassification
-
-CHECKPOINT_NAME = "checkpoint.pt"
-CHECKPOINT_FORMAT = 2  # 2: one layout for single and stacked runs ({"learner": ..., "histories": ...})
-
-
-class BatchStream(Protocol):
-    def next_batch(self) -> tuple[Tensor, Tensor]: ...
-    def state_dict(self) -> dict: ...
-    def load_state_dict(self, state: dict) -> None: ...
+from .objectives import CLASSIFICATION
 
 
 class TrainingDiverged(RuntimeError):
@@ -74,132 +71,6 @@ def check_loss(
         f"(e.g. optim.lr={settings.lr / 10:g}) or the localisation lr multiplier, then relaunch: the run "
         "resumes from that checkpoint."
     )
-
-
-@dataclass
-class TrainSettings:
-    """Optimisation and bookkeeping settings (defaults: the paper's MNIST protocol, Appendix A.4)."""
-
-    iterations: int = 150_000
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    lr_step_every: int = 50_000
-    lr_gamma: float = 0.1
-    localisation_lr_multiplier: float = 1.0
-    log_every: int = 500  # also the longest the loss goes unchecked on the host (see the module docstring)
-    eval_every: int = 10_000  # 0: evaluate at the end only
-    eval_batch_size: int = 1_000
-    checkpoint_every: int = 5_000  # 0: only on interruption and at the end
-    picture_every: int = 25_000  # 0: pictures at the end only
-    max_loss: float = 1e3  # a finite loss above this counts as exploded
-    stop_after: int | None = None  # leave after this many iterations in this process (resume later)
-    # Iterations at which the lr is multiplied by lr_gamma (e.g. CUB's 10k, 20k, 25k); empty: every
-    # lr_step_every iterations instead.
-    lr_milestones: tuple[int, ...] = ()
-    # "step": the papers' steps (lr_milestones or every lr_step_every). "cosine": half a cosine from lr down
-    # to 0 at the last iteration (the `fast` profile's schedule, not the paper's).
-    lr_schedule: str = "step"
-    warmup_iterations: int = 0  # the lr rises linearly from lr / warmup to lr over these first iterations
-    nesterov: bool = False  # Nesterov momentum (torch.optim.SGD's nesterov)
-
-    def __post_init__(self) -> None:
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(
-                f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}"
-            )
-
-    def lr_at(self, iteration: int) -> float:
-        if iteration < self.warmup_iterations:
-            return self.lr * (iteration + 1) / self.warmup_iterations
-        if self.lr_schedule == "cosine":
-            done = (iteration - self.warmup_iterations) / max(1, self.iterations - self.warmup_iterations)
-            return self.lr * 0.5 * (1.0 + math.cos(math.pi * min(done, 1.0)))
-        if self.lr_milestones:
-            return self.lr * self.lr_gamma ** sum(iteration >= m for m in self.lr_milestones)
-        return self.lr * self.lr_gamma ** (iteration // self.lr_step_every)
-
-
-LR_SCHEDULES = ("step", "cosine")
-
-
-AUTOCAST_DTYPES = {"none": None, "bf16": torch.bfloat16}
-# torch.compile modes; "reduce-overhead" also records the compiled forward and backward graphs as CUDA graphs
-# (replayed with one launch each: what small models on a GPU are bound by). On the CPU it compiles only.
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-
-
-@dataclass
-class SpeedSettings:
-    """How a training step runs; none of these changes what is trained (the defaults: the plain float32 path).
-
-    - ``channels_last``: model weights and input batches in NHWC memory layout (``torch.channels_last``),
-      which cuDNN and oneDNN convolutions often prefer. Same values, other kernels: float rounding differs.
-    - ``autocast``: ``"none"`` (float32) or ``"bf16"`` (``torch.autocast`` with bfloat16 around the forward
-      pass and the loss; the weights, gradients and SGD update stay float32). Works on CPU and CUDA.
-    - ``compile``: wrap the model in ``torch.compile`` for the training forward pass (the first steps pay the
-      compilation); evaluation and checkpoints use the uncompiled module, which shares the parameters.
-    - ``compile_mode``: the ``torch.compile`` mode when ``compile`` is on; ``"reduce-overhead"`` replays the
-      fixed-shape forward and backward as CUDA graphs on a GPU.
-    """
-
-    channels_last: bool = False
-    autocast: str = "none"
-    compile: bool = False
-    compile_mode: str = "default"
-
-    def __post_init__(self) -> None:
-        if self.autocast not in AUTOCAST_DTYPES:
-            raise ValueError(f"autocast must be one of {', '.join(AUTOCAST_DTYPES)}, got {self.autocast!r}")
-        if self.compile_mode not in COMPILE_MODES:
-            raise ValueError(
-                f"compile_mode must be one of {', '.join(COMPILE_MODES)}, got {self.compile_mode!r}"
-            )
-
-    def autocast_context(self, device_type: str) -> contextlib.AbstractContextManager:
-        dtype = AUTOCAST_DTYPES[self.autocast]
-        return contextlib.nullcontext() if dtype is None else torch.autocast(device_type, dtype=dtype)
-
-
-class TrainStep:
-    """One SGD step of ``model`` with ``speed`` settings, split in two so the loss can be kept in between.
-
-    ``loss(x, y)`` runs the forward pass and the ``objective``'s loss (a 0-d float32 tensor with its graph);
-    ``update(loss)`` back-propagates it and steps ``optimizer``. With default :class:`SpeedSettings` and
-    the classification objective this is exactly the plain ``F.cross_entropy(model(x), y)``, ``zero_grad``,
-    ``backward``, ``step``.
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        speed: SpeedSettings,
-        objective: Objective = CLASSIFICATION,
-    ):
-        self.speed = speed
-        self.objective = objective
-        self.optimizer = optimizer
-        if speed.channels_last:
-            model.to(memory_format=torch.channels_last)  # in place: the optimiser keeps the same tensors
-        self.forward = torch.compile(model, mode=speed.compile_mode) if speed.compile else model
-        self.device_type = _device_of(model).type
-        # CUDA-graph replays reuse their output memory: mark where a new training step starts.
-        self.marks_steps = speed.compile and speed.compile_mode in ("reduce-overhead", "max-autotune")
-
-    def loss(self, x: Tensor, y: Tensor) -> Tensor:
-        if self.marks_steps:
-            torch.compiler.cudagraph_mark_step_begin()
-        if self.speed.channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with self.speed.autocast_context(self.device_type):
-            logits = self.forward(x)
-        return self.objective.loss(logits, y)
-
-    def update(self, loss: Tensor) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
 
 
 @dataclass
@@ -251,172 +122,11 @@ class StopSignals:
             signal.signal(signum, handler)
         self._previous.clear()
 
-
-def localisation_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """Parameters of every spatial transformer's localisation net (they may get their own lr)."""
-    params: list[nn.Parameter] = []
-    for module in model.modules():
-        loc = getattr(module, "localisation", None)
-        if isinstance(loc, nn.Module):
-            params += list(loc.parameters())
-    return params
-
-
-def make_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.SGD:
-    loc_ids = {id(p) for p in localisation_parameters(model)}
-    groups = [
-        {"params": [p for p in model.parameters() if id(p) not in loc_ids], "lr_scale": 1.0},
-        {
-            "params": [p for p in model.parameters() if id(p) in loc_ids],
-            "lr_scale": settings.localisation_lr_multiplier,
-        },
-    ]
-    groups = [g for g in groups if g["params"]]
-    return torch.optim.SGD(
-        groups,
-        lr=settings.lr,
-        momentum=settings.momentum,
-        weight_decay=settings.weight_decay,
-        nesterov=settings.nesterov,
-    )
-
-
-def evaluate(
-    model: nn.Module,
-    images: Tensor,
-    labels: Tensor,
-    batch_size: int = 1_000,
-    objective: Objective = CLASSIFICATION,
-) -> float:
-    """% of ``images`` the model gets wrong (as ``objective`` counts it); ``images`` uint8 ``[N, C, H, W]``
-    (or float in [0, 1]) on the model's device."""
-    wrong = wrong_answers(model, images, labels, batch_size, objective)
-    return 100.0 * wrong.sum().item() / images.shape[0]  # summed on the device: one sync
-
-
-def wrong_answers(
-    model: nn.Module,
-    images: Tensor,
-    labels: Tensor,
-    batch_size: int = 1_000,
-    objective: Objective = CLASSIFICATION,
-) -> Tensor:
-    """Which of ``images`` the model gets wrong, ``[N]`` bool on the labels' device (see :func:`evaluate`)."""
-    was_training = model.training
-    model.eval()
-    wrong = []
-    with torch.no_grad():
-        for start in range(0, images.shape[0], batch_size):
-            batch = images[start : start + batch_size]
-            batch = batch.float() / 255.0 if batch.dtype == torch.uint8 else batch
-            wrong.append(objective.wrong(model(batch), labels[start : start + batch_size]).bool())
-    model.train(was_training)
-    return torch.cat(wrong)
-
-
-# How many of a run's test images measure its transformers' spread (:func:`spread_on_test_set`).
-SPREAD_IMAGES = 256
-
-
-def spread_on_test_set(model: nn.Module, eval_sets: dict[str, tuple[Tensor, Tensor]]) -> list[float] | None:
-    """:func:`~stn_repro.transformers.localisation_spread` of ``model`` over the first
-    :data:`SPREAD_IMAGES` images of its test set; ``None`` for a model without spatial transformers, and
-    for a run whose learner reads its own test images (CUB's loader: no ``test`` in ``eval_sets``)."""
-    if "test" not in eval_sets:
-        return None
-    spread = localisation_spread(model, eval_sets["test"][0][:SPREAD_IMAGES])
-    return spread or None
-
-
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """``torch.save`` to a temporary file, then ``os.replace``: a crash never leaves half a checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        publish_atomically(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-class Learner(Protocol):
-    """What :func:`run_training` drives: ``num_models`` models with their optimiser and batch stream(s).
-
-    ``step()`` draws the next batch(es) and takes one SGD step, returning the step's losses as a detached
-    ``[num_models]`` tensor on the device (nothing is read back to the host). ``export()`` makes the
-    ``nn.Module`` objects that ``evaluate`` and picture callbacks see hold the current values.
-    """
-
-    num_models: int
-    images_per_step: int
-    optimizer: torch.optim.Optimizer
-    device: torch.device
-
-    def step(self) -> Tensor: ...
-    def export(self) -> None: ...
-    def evaluate(
-        self, eval_sets: dict[str, tuple[Tensor, Tensor]], batch_size: int
-    ) -> list[dict[str, float]]: ...
-    def state_dict(self) -> dict[str, Any]: ...
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
-
     # Optional: ``models``, the learner's models as ``nn.Module`` objects (after ``export``), one per model;
     # where given, every evaluation also measures each one's localisation spread (spread_on_test_set).
     # Optional, for learners spread over several processes (data parallel): ``agree_to_stop(received)``
     # is called before every step with this process's pending signal name (or ``None``) and returns the
     # one every process stops on (or ``None``), so all of them stop after the same step.
-
-
-class SingleModel:
-    """The learner of :func:`train`: one model, one stream, one :class:`TrainStep`."""
-
-    def __init__(
-        self,
-        model: nn.Module,
-        stream: BatchStream,
-        settings: TrainSettings,
-        speed: SpeedSettings,
-        batch_size: int,
-        objective: Objective = CLASSIFICATION,
-    ):
-        self.model, self.stream, self.objective = model, stream, objective
-        self.models = [model]  # what run_training inspects at each evaluation (see Learner)
-        self.num_models, self.images_per_step = 1, batch_size
-        self.device = _device_of(model)
-        self.optimizer = make_optimizer(model, settings)
-        self.train_step = TrainStep(model, self.optimizer, speed, objective)
-
-    def step(self) -> Tensor:
-        loss = self.train_step.loss(*self.stream.next_batch())
-        self.train_step.update(loss)
-        return loss.detach().reshape(1)
-
-    def export(self) -> None:
-        pass  # the model is trained in place
-
-    def evaluate(
-        self, eval_sets: dict[str, tuple[Tensor, Tensor]], batch_size: int
-    ) -> list[dict[str, float]]:
-        return [
-            {
-                name: evaluate(self.model, x, y, batch_size, self.objective)
-                for name, (x, y) in eval_sets.items()
-            }
-        ]
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "stream": self.stream.state_dict(),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.stream.load_state_dict(state["stream"])
 
 
 class LossWindow:
@@ -479,8 +189,8 @@ def run_training(
     train_losses = TrainLossMeans(num_models)
     if checkpoint_path.exists():
         state = read_checkpoint(checkpoint_path, learner.device)
-        _check_checkpoint(state, checkpoint_path, num_models)
-        _check_settings(state, checkpoint_path, settings)
+        check_checkpoint(state, checkpoint_path, num_models)
+        check_settings(state, checkpoint_path, settings)
         learner.load_state_dict(state["learner"])
         torch.set_rng_state(state["torch_rng"])
         start, wall_before, histories = state["iteration"], state["wall_time_s"], state["histories"]
@@ -715,94 +425,6 @@ def _add_to_history(history: list[dict[str, Any]], iteration: int, values: dict[
         history.append({"iteration": iteration, **values})
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read; it has been moved aside, not deleted."""
-
-
-def read_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
-    """Load a checkpoint; an unreadable one (truncated, corrupt, not a checkpoint) is renamed to
-    ``<name>.corrupt-<time>`` beside it, so nothing overwrites it and a relaunch starts the run afresh, and
-    :class:`CheckpointError` says so."""
-    try:
-        state = torch.load(path, map_location=device, weights_only=False)
-        if not isinstance(state, dict):
-            raise ValueError(f"it holds a {type(state).__name__}, not a checkpoint")
-        return state
-    except Exception as error:
-        aside = _set_aside(path)
-        raise CheckpointError(
-            f"checkpoint {path} is unreadable ({type(error).__name__}: {str(error)[:200]}); it was moved to "
-            f"{aside}. Relaunch to start this run afresh (or restore a good copy to {path} to resume)"
-        ) from None
-
-
-def _set_aside(path: Path) -> Path:
-    """Rename ``path`` to ``<name>.corrupt-<time>`` (``-2``, ``-3``, ... if taken) and return the new path:
-    never over an earlier copy set aside."""
-    stem = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
-    aside, number = stem, 1
-    while True:
-        try:
-            os.link(path, aside)  # fails if `aside` exists: nothing set aside before is overwritten
-        except FileExistsError:
-            pass
-        except OSError:  # a file system without hard links: rename onto a free name
-            if not aside.exists():
-                os.replace(path, aside)
-                return aside
-        else:
-            path.unlink()
-            return aside
-        number += 1
-        aside = stem.with_name(f"{stem.name}-{number}")
-
-
-# What a checkpoint's run must share with the run that resumes it: the settings that change the training.
-# (Bookkeeping such as log_every, eval_every or stop_after may change between launches.)
-RESUME_MUST_MATCH = (
-    "iterations",
-    "lr",
-    "momentum",
-    "weight_decay",
-    "lr_step_every",
-    "lr_gamma",
-    "localisation_lr_multiplier",
-    "lr_milestones",
-    "lr_schedule",
-    "warmup_iterations",
-    "nesterov",
-)
-
-
-def _check_settings(state: dict[str, Any], path: Path, settings: TrainSettings) -> None:
-    saved = state.get("settings") or {}
-    changed = [
-        f"{key} {saved[key]!r} -> {getattr(settings, key)!r}"
-        for key in RESUME_MUST_MATCH
-        if key in saved and saved[key] != getattr(settings, key)
-    ]
-    if changed:
-        raise ValueError(
-            f"{path} was trained with other settings ({'; '.join(changed)}): resuming would mix two "
-            "trainings. Relaunch with the settings it was started with, or move the run folder away to "
-            "start afresh"
-        )
-
-
-def _check_checkpoint(state: dict[str, Any], path: Path, num_models: int) -> None:
-    if state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(
-            f"{path} was written by an older version of stn-repro (checkpoint format "
-            f"{state.get('format', 1)}, this version reads {CHECKPOINT_FORMAT}); delete it to start the run "
-            "afresh, or finish the run with the version that started it"
-        )
-    if state["num_models"] != num_models:
-        raise ValueError(
-            f"{path} holds {state['num_models']} stacked model(s), not {num_models}: it belongs to another "
-            "run; delete it or point the run elsewhere"
-        )
-
-
 def train(
     model: nn.Module,
     stream: BatchStream,
@@ -842,7 +464,3 @@ def train(
         extra_state={"speed": asdict(speed)},
     )
     return result
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device

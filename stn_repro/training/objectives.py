@@ -55,3 +55,6 @@ class SequenceClassification:
 CLASSIFICATION = Classification()
 SEQUENCE = SequenceClassification()
 OBJECTIVES = {objective.name: objective for objective in (CLASSIFICATION, SEQUENCE)}
+
+# What a learner optimises and scores: one class per image, or a sequence of them (SVHN).
+Objective = Classification | SequenceClassification

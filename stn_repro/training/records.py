@@ -3,44 +3,20 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import platform
 import subprocess
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from stn_repro.io import atomic_write_text
 from stn_repro.transformers.module import spread_collapsed
 
 RECORD_NAME = "record.json"
-
-
-def publish_atomically(tmp: str | Path, path: Path) -> None:
-    """Rename a finished temporary file onto ``path`` with ordinary permissions (the umask's: ``mkstemp``
-    makes its files 0600, which would leave records and weights unreadable to anyone else)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        publish_atomically(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def record_json(record: dict[str, Any]) -> str:
@@ -71,11 +47,6 @@ def read_record(path: Path) -> dict[str, Any]:
         raise ValueError(
             f"run record {path} is not valid JSON ({error}); delete it and rerun the job"
         ) from None
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file's bytes: how a record names the weights it used (e.g. co-localisation's e())."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def git_commit(repo: Path | None = None) -> str:

@@ -25,15 +25,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from .loop import (
-    BatchStream,
-    SpeedSettings,
-    TrainResult,
-    TrainSettings,
-    evaluate,
-    localisation_parameters,
-    run_training,
-)
+from stn_repro.training.learners import BatchStream, evaluate, localisation_parameters
+from stn_repro.training.loop import TrainResult, run_training
+from stn_repro.training.settings import SpeedSettings, TrainSettings
 
 
 class StackedModels:

@@ -1,28 +1,18 @@
-"""What every experiment's runner shares: devices and seeds, run folders (one owner at a time, finished
-records), and the single-seed job (train, save the weights, write and publish the record, draw pictures).
+"""The single-seed job every experiment shares: train, save the weights, write and publish the record, draw
+pictures; plus the devices and seeds every runner checks.
 
 An experiment (distorted MNIST, SVHN, ...) adds only what is its own: it loads its data, builds its model
-and says what its record holds, as a :class:`PreparedRun`; :func:`run_single` does the rest the same way for
+and says what its record holds, as a :class:`PreparedRun`; :func:`run_seed` does the rest the same way for
 all of them. Nothing here knows Hydra: the entry points in ``experiments/`` translate configs into these
 explicit arguments.
-
-A run folder holds ``checkpoint.pt`` (resume), ``record.json`` (once finished; every number in ``results/``
-comes from one), ``model.pt`` (the trained weights with what rebuilds the model), ``pictures/`` and a
-``.lock`` while a process owns it. Every file is written to a hidden temporary name beside it and renamed into
-place, so a killed process leaves at most such a temporary, never half a file under a real name; the next
-owner of the folder removes those.
+The run folder itself (ownership, what a finished one holds) is :mod:`stn_repro.training.run_folder`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import json
-import os
-import platform
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -30,31 +20,21 @@ import torch
 from torch import Tensor, nn
 
 from stn_repro.tracking import Tracker
-from stn_repro.training.loop import (
-    BatchStream,
-    Learner,
-    Objective,
-    SpeedSettings,
-    TrainResult,
-    TrainSettings,
-    run_training,
-    save_checkpoint,
-    train,
-)
-from stn_repro.training.objectives import CLASSIFICATION
+from stn_repro.training.learners import BatchStream, Learner
+from stn_repro.training.loop import TrainResult, run_training, train
+from stn_repro.training.objectives import CLASSIFICATION, Objective
 from stn_repro.training.records import (
     RECORD_NAME,
     as_written,
     collapsed,
     provenance,
-    read_record,
     write_record,
 )
+from stn_repro.training.run_folder import RunLock, log_already_finished, read_finished_record
+from stn_repro.training.settings import SpeedSettings, TrainSettings
+from stn_repro.training.weights import WEIGHTS_NAME, save_weights
 from stn_repro.viz import save_figure
 
-WEIGHTS_NAME = "model.pt"  # a finished seed's trained model, beside its record
-WEIGHTS_FORMAT = 1
-LOCK_NAME = ".lock"
 SINGLE_ENGINE = {"name": "single"}
 
 
@@ -85,115 +65,6 @@ def check_seeds(seeds: Sequence[int]) -> list[int]:
 # --- run folders ---------------------------------------------------------------------------------------------
 
 
-class RunLocked(RuntimeError):
-    """Another live process owns the run folder."""
-
-
-class RunLock:
-    """Exclusive ownership of a run folder while a process trains in it (``with RunLock(run_dir): ...``).
-
-    An advisory ``flock`` on ``<run_dir>/.lock``, which holds the owner's pid, host and start time. The
-    kernel drops the lock when its owner dies however it dies (``kill -9`` included), so a lock file left
-    by a dead process is stale by construction: the next launch takes it over and says whose it was.
-    A second launch while the owner lives raises :class:`RunLocked` naming the owner. (``flock`` is per
-    host: on a network file system shared by several hosts, do not launch the same run on two of them.)
-    """
-
-    def __init__(self, run_dir: Path, log: Callable[[str], None] = print):
-        self.path = Path(run_dir) / LOCK_NAME
-        self.log = log
-        self._handle = None
-
-    def __enter__(self) -> RunLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path, "a+")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            owner = _read_owner(handle)
-            handle.close()
-            raise RunLocked(
-                f"{self.path.parent} is in use by pid {owner.get('pid', '?')} on {owner.get('host', '?')} "
-                f"(since {owner.get('started', '?')}): wait for that run to end, or stop it (it checkpoints "
-                "on SIGTERM) and relaunch to resume"
-            ) from None
-        previous = _read_owner(handle)
-        if previous:
-            self.log(
-                f"{self.path.parent}: taking over from pid {previous.get('pid')} on {previous.get('host')} "
-                "(that process is gone; its checkpoint, if any, resumes)"
-            )
-        handle.seek(0)
-        handle.truncate()
-        owner = {
-            "pid": os.getpid(),
-            "host": platform.node(),
-            "started": datetime.now(UTC).isoformat(timespec="seconds"),
-        }
-        handle.write(json.dumps(owner) + "\n")
-        handle.flush()
-        self._handle = handle
-        remove_unfinished_writes(self.path.parent, self.log)
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._handle is not None:
-            # Empty the file before letting go: a lock file with an owner in it means "that owner died".
-            self._handle.seek(0)
-            self._handle.truncate()
-            self._handle.flush()
-            fcntl.flock(self._handle, fcntl.LOCK_UN)
-            self._handle.close()
-            self._handle = None
-
-
-# What the atomic writers (save_checkpoint, atomic_write_text, save_figure) name their temporary files:
-# hidden, beside the file they become. Only a killed writer leaves one behind.
-UNFINISHED_WRITES = (".*.tmp", "pictures/.*.png")
-
-
-def remove_unfinished_writes(run_dir: Path, log: Callable[[str], None] = print) -> list[Path]:
-    """Delete the temporary files a killed process left in ``run_dir`` mid-write; return them.
-
-    Call it only while owning the folder (:class:`RunLock` does): a live owner's temporaries are in use.
-    """
-    found = sorted(
-        path for pattern in UNFINISHED_WRITES for path in Path(run_dir).glob(pattern) if path.is_file()
-    )
-    for path in found:
-        path.unlink(missing_ok=True)
-    if found:
-        log(
-            f"{run_dir}: removed {len(found)} unfinished write(s) a stopped process left "
-            f"({', '.join(p.name for p in found)}); the files they were to replace are intact"
-        )
-    return found
-
-
-def _read_owner(handle) -> dict[str, Any]:
-    handle.seek(0)
-    try:
-        return json.loads(handle.read() or "{}")
-    except json.JSONDecodeError:
-        return {"pid": "unknown (unreadable lock file)"}
-
-
-def read_finished_record(run_dir: Path) -> dict[str, Any] | None:
-    """The record in ``run_dir`` if it says the run finished, else ``None``."""
-    record_path = Path(run_dir) / RECORD_NAME
-    if not record_path.exists():
-        return None
-    record = read_record(record_path)
-    return record if record.get("finished") else None
-
-
-def log_already_finished(record: dict[str, Any], run_dir: Path, log: Callable[[str], None]) -> None:
-    log(
-        f"{record['cell']} seed {record['seed']}: already finished ({Path(run_dir) / RECORD_NAME}); "
-        f"{record.get('metric', '% test error')} {record['test_error']:.2f}%"
-    )
-
-
 # --- the single-seed job ---------------------------------------------------------------------------------------
 
 
@@ -202,7 +73,7 @@ class PreparedRun:
     """One seed of one cell of an experiment, ready to train: what the experiment itself provides.
 
     ``record`` holds the experiment's own record fields (``paper_error``, model description, the identity
-    of the test set, ...); :func:`run_single` adds the generic ones. ``weights`` is what rebuilds the model
+    of the test set, ...); :func:`run_seed` adds the generic ones. ``weights`` is what rebuilds the model
     (saved in ``model.pt`` beside the trained state). ``figure()`` draws what the transformer(s) do now
     (``None`` for a model without one).
     """
@@ -312,54 +183,31 @@ def publish_record(
         )
 
 
-def save_weights(path: Path, run: PreparedRun) -> None:
-    """Write the trained model of a finished seed to ``path`` (atomically), with what rebuilds it."""
-    state = {k: v.detach().cpu().contiguous() for k, v in run.model.state_dict().items()}
-    save_checkpoint(
-        path,
-        {"format": WEIGHTS_FORMAT, "cell": run.cell, "seed": run.seed, **run.weights, "state_dict": state},
-    )
+class SeedSpec(Protocol):
+    """What :func:`run_seed` reads from an experiment's spec of one seed (a dataclass; every task's has these)."""
+
+    device: str
+    profile: str
+    reduced_budget: bool
 
 
-def read_weights(path: Path | str) -> dict[str, Any]:
-    """A ``model.pt`` (or the run folder holding it), checked: what rebuilds the model and ``state_dict``."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / WEIGHTS_NAME
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} does not exist: a run saves its weights when it finishes (its record.json says "
-            "finished: true); finish the run (relaunch it to resume) or point at a finished run's folder"
-        )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ValueError(
-            f"{path} is not a readable weights file ({error}); rerun the job to remake it"
-        ) from None
-    if not isinstance(state, dict) or state.get("format") != WEIGHTS_FORMAT:
-        found = state.get("format") if isinstance(state, dict) else None
-        raise ValueError(
-            f"{path} is not a weights file of this version of stn-repro (format {found!r}, "
-            f"this version reads {WEIGHTS_FORMAT})"
-        )
-    return state
-
-
-def run_single(
+def run_seed(
+    spec: SeedSpec,
     prepare: Callable[[torch.device], PreparedRun],
     settings: TrainSettings,
     run_dir: Path,
     *,
-    device: str = "auto",
-    profile: str,
-    reduced_budget: bool,
     config: dict[str, Any] | None = None,
     make_tracker: Callable[[], Tracker] | None = None,
     log: Callable[[str], None] = print,
+    device: str | torch.device | None = None,
     writer: bool = True,
 ) -> dict[str, Any]:
     """Train and evaluate one seed of one cell in ``run_dir`` (resuming its checkpoint); return its record.
+
+    ``spec`` is the experiment's description of the seed (a dataclass): its ``device`` (unless ``device`` is
+    given), ``profile`` and ``reduced_budget`` go into the run and its record, which keeps ``config`` (by
+    default the spec and the settings).
 
     A finished run (its ``record.json`` says so) is not run again: the record is returned as it is. The
     folder is owned by this process while it trains (:class:`RunLock`; a second launch raises
@@ -375,6 +223,9 @@ def run_single(
     (checkpoint, weights, record): rank 0 does. It returns the record it would have written.
     """
     run_dir = Path(run_dir)
+    device = spec.device if device is None else device
+    profile, reduced_budget = spec.profile, spec.reduced_budget
+    config = config or {"spec": asdict(spec), "settings": asdict(settings)}
     finished = read_finished_record(run_dir)
     if finished is not None:
         log_already_finished(finished, run_dir, log)
@@ -388,7 +239,7 @@ def run_single(
         run = prepare(torch_device)
         log(run.description)
         if not writer and run.make_learner is None:
-            raise ValueError("run_single(writer=False) needs a PreparedRun with make_learner (data parallel)")
+            raise ValueError("run_seed(writer=False) needs a PreparedRun with make_learner (data parallel)")
         tracker = make_tracker() if make_tracker and writer else Tracker()
         try:
             if run.make_learner is not None:  # a learner of its own (e.g. co-localisation)
@@ -410,7 +261,7 @@ def run_single(
             if not result.finished:
                 return {"finished": False, "iterations": result.iterations, "stopped_by": result.stopped_by}
             if writer:
-                save_weights(run_dir / WEIGHTS_NAME, run)
+                save_weights(run_dir / WEIGHTS_NAME, run.model, run.cell, run.seed, run.weights)
             record = run_record(
                 run,
                 settings,
@@ -428,92 +279,6 @@ def run_single(
             tracker.finish()
 
 
-class SeedSpec(Protocol):
-    """What :func:`run_seed` reads from an experiment's spec of one seed (a dataclass; every task's has these)."""
-
-    device: str
-    profile: str
-    reduced_budget: bool
-
-
-def run_seed(
-    spec: SeedSpec,
-    prepare: Callable[[torch.device], PreparedRun],
-    settings: TrainSettings,
-    run_dir: Path,
-    *,
-    config: dict[str, Any] | None = None,
-    make_tracker: Callable[[], Tracker] | None = None,
-    log: Callable[[str], None] = print,
-    device: str | torch.device | None = None,
-    writer: bool = True,
-) -> dict[str, Any]:
-    """:func:`run_single` for one seed described by ``spec``: its device (unless ``device`` is given), profile
-    and reduced-budget flag; the record keeps ``config``, by default the spec and the settings."""
-    return run_single(
-        prepare,
-        settings,
-        run_dir,
-        device=spec.device if device is None else device,
-        profile=spec.profile,
-        reduced_budget=spec.reduced_budget,
-        config=config or {"spec": asdict(spec), "settings": asdict(settings)},
-        make_tracker=make_tracker,
-        log=log,
-        writer=writer,
-    )
-
-
-def load_trained(
-    path: Path | str, build: Callable[[dict[str, Any]], nn.Module], device: torch.device | str = "cpu"
-) -> nn.Module:
-    """The model a finished run saved (its ``model.pt`` or run folder), in eval mode on ``device``.
-
-    ``build(state)`` rebuilds the untrained model from what the run's :attr:`PreparedRun.weights` saved
-    (``state["kind"]``, ...) and may raise if the file holds another experiment's model; the trained
-    ``state_dict`` is then loaded into it.
-    """
-    state = read_weights(path)
-    model = build(state)
-    model.load_state_dict(state["state_dict"])
-    return model.to(device).eval()
-
-
-def classifier_weights(
-    kind: str,
-    transform: str | None,
-    input_shape: Sequence[int],
-    pool_after_transformer: bool,
-    model_options: dict[str, Any],
-) -> dict[str, Any]:
-    """:attr:`PreparedRun.weights` of a model built as ``build(kind, input_shape, transform=...,
-    pool_after_transformer=..., **model_options)`` (distorted MNIST, addition); :func:`rebuild_classifier`
-    reads it back."""
-    return {
-        "kind": kind,
-        "transform": transform,
-        "input_shape": list(input_shape),
-        "pool_after_transformer": pool_after_transformer,
-        "model_options": model_options,
-    }
-
-
-def rebuild_classifier(build: Callable[..., tuple[nn.Module, Any]]) -> Callable[[dict[str, Any]], nn.Module]:
-    """The ``build`` argument of :func:`load_trained` for weights saved by :func:`classifier_weights`."""
-
-    def rebuild(state: dict[str, Any]) -> nn.Module:
-        model, _ = build(
-            state["kind"],
-            tuple(state["input_shape"]),
-            transform=state["transform"],
-            pool_after_transformer=state["pool_after_transformer"],
-            **state["model_options"],
-        )
-        return model
-
-    return rebuild
-
-
 def _train_learner(
     run: PreparedRun,
     settings: TrainSettings,
@@ -523,7 +288,7 @@ def _train_learner(
     write: bool = True,
 ) -> TrainResult:
     """Train ``run.make_learner(settings)`` with :func:`~stn_repro.training.loop.run_training` (one model);
-    ``write=False``: no checkpoint files, no pictures (see :func:`run_single`)."""
+    ``write=False``: no checkpoint files, no pictures (see :func:`run_seed`)."""
     (result,) = run_training(
         run.make_learner(settings),
         run.eval_sets,

@@ -1,6 +1,6 @@
 """Co-localisation (Appendix A.2, Table 5): one digit class's 100 images, an attention transformer, no labels.
 
-Two kinds of run, both through :func:`stn_repro.runs.run_single` (resume, lock, weights, record, tracker,
+Two kinds of run, both through :func:`stn_repro.runs.run_seed` (resume, lock, weights, record, tracker,
 pictures):
 
 - the **embedding** e(): the Sect. 2 CNN trained on undistorted 28x28 MNIST digits
@@ -15,205 +15,59 @@ pictures):
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from functools import lru_cache
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import matplotlib.pyplot as plt
 import torch
-from matplotlib.patches import Rectangle
 from torch import Tensor
 
 from stn_repro.data import (
     DEFAULT_SEED,
     GENERATOR_VERSION,
-    derive_seed,
     generate_colocalisation_set,
-    load_mnist,
     load_set_arrays,
     set_checksum,
-    synthetic_mnist,
 )
-from stn_repro.data.plain import PlainStream
+from stn_repro.io import file_sha256
 from stn_repro.models.coloc import (
     COLOC_IMAGE_SIZE,
     COLOC_OUTPUT_SIZE,
     EMBEDDING_NORMS,
     CnnEmbedding,
-    box_iou,
     colocalisation_transformer,
 )
-from stn_repro.models.mnist import build_mnist_model, count_params
+from stn_repro.models.mnist import count_params
 from stn_repro.paper import coloc_paper_localised
-from stn_repro.runs import (
-    WEIGHTS_NAME,
-    PreparedRun,
-    RunLocked,
-    classifier_weights,
-    load_trained,
-    read_finished_record,
-    run_seed,
+from stn_repro.seeding import derive_seed
+from stn_repro.tasks.coloc.embedding import (
+    DATA_SOURCES,
+    SYNTHETIC_DIGITS,
+    EmbeddingSpec,
+    _synthetic_digits,
+    ensure_embedding,
+    load_embedding,
 )
-from stn_repro.tasks.mnist import load_trained_model
-from stn_repro.tracking import Tracker
-from stn_repro.training.colocalisation import (
+from stn_repro.tasks.coloc.learner import (
     LOCALISATION,
     NEGATIVES,
     OPTIMIZERS,
     ColocLearner,
     negatives_label,
-    predicted_boxes,
 )
-from stn_repro.training.loop import SpeedSettings, TrainSettings
-from stn_repro.training.records import atomic_write_text, file_sha256
+from stn_repro.tasks.coloc.pictures import BOX_HISTORY_NAME, boxes_picture
+from stn_repro.tracking import Tracker
+from stn_repro.training.runs import PreparedRun, run_seed
+from stn_repro.training.settings import TrainSettings
+from stn_repro.training.weights import WEIGHTS_NAME, load_trained
 from stn_repro.transformers import SpatialTransformer
 
 COLOC_SETS = {"coloc_t": "coloc", "coloc_tc": "coloc_tc"}  # data name -> stored set (make data-mnist)
-DATA_SOURCES = ("mnist", "synthetic")
-# The synthetic stand-in (tests and smoke runs; no real MNIST needed): seven-segment digits, enough of each
-# class for 100 images, and its own seeded co-localisation images.
-SYNTHETIC_DIGITS = {"num_train": 1024, "num_test": 1500, "seed": 0}
 NUM_PICTURES = 8
 
 
 # --- the embedding e() ---------------------------------------------------------------------------------------
-
-
-@dataclass
-class EmbeddingSpec:
-    """The embedding CNN's run: the Sect. 2 CNN on undistorted 28x28 digits (all 60k training digits)."""
-
-    seed: int
-    batch_size: int
-    profile: str
-    reduced_budget: bool
-    param_budget: int = 400_000  # as configs/model/cnn.yaml: the Table 1 CNN's widths
-    data_source: str = "mnist"
-    data_dir: Path | None = None
-    device: str = "auto"
-    speed: SpeedSettings = field(default_factory=SpeedSettings)
-
-    def __post_init__(self) -> None:
-        if self.data_source not in DATA_SOURCES:
-            raise ValueError(f"unknown data source {self.data_source!r}; known: {', '.join(DATA_SOURCES)}")
-
-    @property
-    def cell(self) -> str:
-        return f"{self.data_source}-embedding-cnn"
-
-
-@lru_cache(maxsize=1)
-def _synthetic_digits():
-    return synthetic_mnist(**SYNTHETIC_DIGITS)
-
-
-def _digits(source: str, data_dir: Path | None):
-    if source == "synthetic":
-        return _synthetic_digits()
-    if source == "mnist":
-        return load_mnist(data_dir)
-    raise ValueError(f"unknown data source {source!r}; known: {', '.join(DATA_SOURCES)}")
-
-
-def prepare_embedding(spec: EmbeddingSpec, device: torch.device) -> PreparedRun:
-    """The embedding CNN's seeded stream and model (built after ``torch.manual_seed(spec.seed)``), scored on
-    the undistorted test digits."""
-    digits = _digits(spec.data_source, spec.data_dir)
-    stream = PlainStream(digits.train_images, digits.train_labels, spec.batch_size, spec.seed, device)
-    torch.manual_seed(spec.seed)
-    model, info = build_mnist_model("cnn", (1, 28, 28), param_budget=spec.param_budget)
-    model.to(device)
-    test_images = digits.test_images.unsqueeze(1)
-    synthetic = " | SYNTHETIC digits" if spec.data_source == "synthetic" else ""
-    return PreparedRun(
-        cell=spec.cell,
-        seed=spec.seed,
-        model=model,
-        stream=stream,
-        eval_sets={"test": (test_images.to(device), digits.test_labels.to(device))},
-        batch_size=spec.batch_size,
-        param_count=info.param_count,
-        description=(
-            f"co-localisation embedding: Sect. 2 CNN on undistorted 28x28 digits, seed {spec.seed} | "
-            f"{info.param_count:,} parameters (widths {info.widths}) | {device} | profile {spec.profile}"
-            f"{synthetic}"
-        ),
-        record={
-            "experiment": "coloc_embedding",
-            "data": "plain",
-            "model": "cnn",
-            "transform": None,
-            "synthetic": spec.data_source == "synthetic",
-            "paper_error": None,
-            "model_info": asdict(info),
-            "test_set": {
-                "source": spec.data_source,
-                "size": int(digits.test_labels.numel()),
-                "sha256": set_checksum(test_images, digits.test_labels),
-            },
-        },
-        # What stn_repro.tasks.mnist.load_trained_model rebuilds the CNN from.
-        weights=classifier_weights("cnn", None, (1, 28, 28), False, {"param_budget": spec.param_budget}),
-        speed=spec.speed,
-    )
-
-
-def ensure_embedding(
-    spec: EmbeddingSpec,
-    settings: TrainSettings,
-    run_dir: Path,
-    *,
-    config: dict[str, Any] | None = None,
-    make_tracker: Callable[[], Tracker] | None = None,
-    log: Callable[[str], None] = print,
-    wait_s: float = 10.0,
-) -> dict[str, Any]:
-    """The embedding run's record: trained in ``run_dir`` if it is not finished (resuming its checkpoint),
-    else read back. If another process is training it (its lock), wait for that process, polling every
-    ``wait_s`` seconds, then use its result. A run stopped early returns ``{"finished": False, ...}``.
-
-    ``run_dir`` may be any finished embedding run of the same digits, e.g. the committed
-    ``results/records/coloc_paper/embedding`` (its profile and seed are then the record's, and each
-    co-localisation record names them); a finished run of anything else is refused."""
-    finished = read_finished_record(run_dir)
-    if finished is not None and (
-        finished.get("experiment") != "coloc_embedding" or finished.get("cell") != spec.cell
-    ):
-        raise ValueError(
-            f"{run_dir} holds a finished {finished.get('experiment')!r} run ({finished.get('cell')!r}), not an "
-            f"embedding of {spec.data_source} digits ({spec.cell!r}): point embedding.run_dir at an embedding "
-            "run's folder (runs/coloc/embedding/<profile>/<source>/seed<k>, results/records/coloc_<profile>/embedding)"
-        )
-    announced = False
-    while True:
-        try:
-            return run_seed(
-                spec,
-                lambda device: prepare_embedding(spec, device),
-                settings,
-                run_dir,
-                config=config,
-                make_tracker=make_tracker,
-                log=log,
-            )
-        except RunLocked as error:
-            if not announced:
-                log(f"waiting for the embedding another process is training: {error}")
-                announced = True
-            time.sleep(wait_s)
-
-
-def load_embedding(
-    run_dir: Path | str, device: torch.device | str = "cpu", normalise: str = "none"
-) -> CnnEmbedding:
-    """e() from a finished embedding run (its folder or ``model.pt``): frozen, in eval mode; ``normalise``
-    scales each e(x) to unit length (see :class:`~stn_repro.models.coloc.CnnEmbedding`)."""
-    model = load_trained_model(run_dir, device)
-    return CnnEmbedding(model.classifier, normalise=normalise).to(device)
 
 
 # --- co-localisation -------------------------------------------------------------------------------------------
@@ -338,7 +192,7 @@ def _check_enough(chosen: Tensor, spec: ColocSpec, where: str) -> None:
         )
 
 
-def prepare_coloc(
+def prepare_coloc_seed(
     spec: ColocSpec,
     data: ColocData,
     embedding: CnnEmbedding,
@@ -460,7 +314,7 @@ def embedding_dim(embedding: CnnEmbedding, device: torch.device) -> int:
         return int(embedding(torch.zeros(1, 1, 28, 28, device=device)).shape[1])
 
 
-def run_coloc(
+def run_coloc_seed(
     spec: ColocSpec,
     settings: TrainSettings,
     run_dir: Path,
@@ -493,7 +347,7 @@ def run_coloc(
         return embedding_record
 
     def prepare(device: torch.device) -> PreparedRun:
-        return prepare_coloc(
+        return prepare_coloc_seed(
             spec,
             load_coloc_data(spec),
             load_embedding(embedding_dir, device, normalise=spec.embedding_norm),
@@ -531,93 +385,3 @@ def load_trained_transformer(path: Path | str, device: torch.device | str = "cpu
 
 
 # --- pictures ---------------------------------------------------------------------------------------------------
-
-
-# In the run's pictures/: the pictured images' found boxes at each picture step.
-BOX_HISTORY_NAME = "boxes.json"
-
-
-def update_box_history(path: Path, iteration: int, boxes: Tensor) -> list[tuple[int, Tensor]]:
-    """Add ``boxes [N, 4]`` (pixel ``(x0, y0, x1, y1)``) found at ``iteration`` to the JSON list in ``path``
-    and return the whole history, oldest first, as ``(iteration, boxes)``. Entries from ``iteration`` on are
-    replaced: a run resumed from an earlier checkpoint draws those steps again."""
-    path = Path(path)
-    entries = json.loads(path.read_text()) if path.exists() else []
-    entries = [e for e in entries if e["iteration"] < iteration]
-    entries.append({"iteration": int(iteration), "boxes": boxes.detach().cpu().float().tolist()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(entries) + "\n")
-    return [(e["iteration"], torch.tensor(e["boxes"])) for e in entries]
-
-
-def boxes_picture(
-    transformer: SpatialTransformer,
-    images: Tensor,
-    true_boxes: Tensor,
-    box_history: Path | None = None,
-    iteration: int = 0,
-):
-    """The images with the predicted box (orange) and the true box (red), each image's crop below, and,
-    with ``box_history``, the boxes found at every picture step so far, this one (``iteration``) added to
-    the file (:func:`update_box_history`): the paper's Table 5 (right), one figure per picture step."""
-    pred = predicted_boxes(transformer, images)
-    history = None if box_history is None else update_box_history(box_history, iteration, pred)
-    was_training = transformer.training
-    transformer.eval()
-    with torch.no_grad():
-        outputs = transformer(images.float() / 255.0 if images.dtype == torch.uint8 else images)
-    transformer.train(was_training)
-    return boxes_figure(images, pred, true_boxes, outputs, history)
-
-
-def _draw_box(ax, box: Tensor, colour, width: float) -> None:
-    # imshow puts pixel i's centre at i: the continuous pixel position x sits at x - 0.5.
-    x0, y0, x1, y1 = box.tolist()
-    ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, color=colour, linewidth=width))
-
-
-def boxes_figure(
-    images: Tensor,
-    pred_boxes: Tensor,
-    true_boxes: Tensor,
-    outputs: Tensor | None = None,
-    history: list[tuple[int, Tensor]] | None = None,
-):
-    """``images [N, 1, S, S]`` with ``pred_boxes`` (orange) and ``true_boxes`` (red) drawn, IoU as titles;
-    ``outputs [N, 1, s, s]`` (the transformer's crops), if given, in a second row; ``history`` (``(iteration,
-    boxes [N, 4])``, oldest first), if given, in a last row: every step's box, dark (early) to light (late)."""
-    images = images.detach().cpu()
-    images = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-    pred_boxes, true_boxes = pred_boxes.detach().cpu().float(), true_boxes.detach().cpu().float()
-    iou = box_iou(pred_boxes, true_boxes)
-    n = images.shape[0]
-    rows = 1 + (outputs is not None) + bool(history)
-    fig, axes = plt.subplots(rows, n, figsize=(1.6 * n, 1.8 * rows), squeeze=False)
-    size = images.shape[-1]
-    image_rows = [0] + ([rows - 1] if history else [])
-    for i in range(n):
-        for row in image_rows:
-            axes[row, i].imshow(images[i, 0].numpy(), cmap="gray", vmin=0, vmax=1)
-            axes[row, i].set_xlim(-2.5, size + 1.5)  # a little margin: a whole-image box stays visible
-            axes[row, i].set_ylim(size + 1.5, -2.5)
-        _draw_box(axes[0, i], true_boxes[i], "tab:red", 0.8)
-        _draw_box(axes[0, i], pred_boxes[i], "tab:orange", 1.2)
-        axes[0, i].set_title(f"IoU {iou[i]:.2f}", fontsize=7, color="black" if iou[i] > 0.5 else "tab:red")
-        if outputs is not None:
-            axes[1, i].imshow(outputs[i, 0].detach().cpu().float().numpy(), cmap="gray", vmin=0, vmax=1)
-        if history:
-            _draw_box(axes[-1, i], true_boxes[i], "tab:red", 0.8)
-            for k, (_, boxes) in enumerate(history):
-                colour = plt.cm.viridis(k / max(len(history) - 1, 1))
-                _draw_box(axes[-1, i], boxes[i], colour, 0.9)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    axes[0, 0].set_ylabel("true (red), found (orange)", fontsize=6)
-    if outputs is not None:
-        axes[1, 0].set_ylabel("transformer output", fontsize=6)
-    if history:
-        first, last = history[0][0], history[-1][0]
-        axes[-1, 0].set_ylabel(f"found at it. {first:,}-{last:,}\n(dark to light)", fontsize=6)
-    fig.tight_layout()
-    return fig

@@ -15,11 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from stn_repro.data.sets import _EpochOrder, derive_seed
 from stn_repro.models.coloc import COLOC_OUTPUT_SIZE, attention_boxes, box_iou
+from stn_repro.seeding import EpochOrder, derive_seed
+from stn_repro.training.settings import TrainSettings
 from stn_repro.transformers import SpatialTransformer, get_transform, sample
-
-from .loop import TrainSettings
 
 IOU_THRESHOLD = 0.5  # a localisation is correct when its IoU with the true box exceeds this (the paper)
 OPTIMIZERS = ("adam", "sgd")
@@ -254,7 +253,7 @@ class ColocLearner:
         self.device = images.device
         self.optimizer = make_coloc_optimizer(transformer, settings, optimizer)
         self.seed = int(seed)
-        self._order = _EpochOrder(count, derive_seed(self.seed, "coloc-batches"), self.device)
+        self._order = EpochOrder(count, derive_seed(self.seed, "coloc-batches"), self.device)
         self._generator = torch.Generator().manual_seed(derive_seed(self.seed, "coloc-crops"))
         self.transformer.train()
 

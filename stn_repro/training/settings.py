@@ -1,0 +1,99 @@
+"""What a training run is told: the optimisation and bookkeeping (:class:`TrainSettings`, defaults the
+paper's MNIST protocol) and how each step runs (:class:`SpeedSettings`, which never changes what is
+trained). Plain validated dataclasses: the Hydra entry points in ``experiments/`` build them from configs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class TrainSettings:
+    """Optimisation and bookkeeping settings (defaults: the paper's MNIST protocol, Appendix A.4)."""
+
+    iterations: int = 150_000
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    lr_step_every: int = 50_000
+    lr_gamma: float = 0.1
+    localisation_lr_multiplier: float = 1.0
+    log_every: int = 500  # also the longest the loss goes unchecked on the host (see the module docstring)
+    eval_every: int = 10_000  # 0: evaluate at the end only
+    eval_batch_size: int = 1_000
+    checkpoint_every: int = 5_000  # 0: only on interruption and at the end
+    picture_every: int = 25_000  # 0: pictures at the end only
+    max_loss: float = 1e3  # a finite loss above this counts as exploded
+    stop_after: int | None = None  # leave after this many iterations in this process (resume later)
+    # Iterations at which the lr is multiplied by lr_gamma (e.g. CUB's 10k, 20k, 25k); empty: every
+    # lr_step_every iterations instead.
+    lr_milestones: tuple[int, ...] = ()
+    # "step": the papers' steps (lr_milestones or every lr_step_every). "cosine": half a cosine from lr down
+    # to 0 at the last iteration (the `fast` profile's schedule, not the paper's).
+    lr_schedule: str = "step"
+    warmup_iterations: int = 0  # the lr rises linearly from lr / warmup to lr over these first iterations
+    nesterov: bool = False  # Nesterov momentum (torch.optim.SGD's nesterov)
+
+    def __post_init__(self) -> None:
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(
+                f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}"
+            )
+
+    def lr_at(self, iteration: int) -> float:
+        if iteration < self.warmup_iterations:
+            return self.lr * (iteration + 1) / self.warmup_iterations
+        if self.lr_schedule == "cosine":
+            done = (iteration - self.warmup_iterations) / max(1, self.iterations - self.warmup_iterations)
+            return self.lr * 0.5 * (1.0 + math.cos(math.pi * min(done, 1.0)))
+        if self.lr_milestones:
+            return self.lr * self.lr_gamma ** sum(iteration >= m for m in self.lr_milestones)
+        return self.lr * self.lr_gamma ** (iteration // self.lr_step_every)
+
+
+LR_SCHEDULES = ("step", "cosine")
+
+
+AUTOCAST_DTYPES = {"none": None, "bf16": torch.bfloat16}
+
+
+# torch.compile modes; "reduce-overhead" also records the compiled forward and backward graphs as CUDA graphs
+# (replayed with one launch each: what small models on a GPU are bound by). On the CPU it compiles only.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+@dataclass
+class SpeedSettings:
+    """How a training step runs; none of these changes what is trained (the defaults: the plain float32 path).
+
+    - ``channels_last``: model weights and input batches in NHWC memory layout (``torch.channels_last``),
+      which cuDNN and oneDNN convolutions often prefer. Same values, other kernels: float rounding differs.
+    - ``autocast``: ``"none"`` (float32) or ``"bf16"`` (``torch.autocast`` with bfloat16 around the forward
+      pass and the loss; the weights, gradients and SGD update stay float32). Works on CPU and CUDA.
+    - ``compile``: wrap the model in ``torch.compile`` for the training forward pass (the first steps pay the
+      compilation); evaluation and checkpoints use the uncompiled module, which shares the parameters.
+    - ``compile_mode``: the ``torch.compile`` mode when ``compile`` is on; ``"reduce-overhead"`` replays the
+      fixed-shape forward and backward as CUDA graphs on a GPU.
+    """
+
+    channels_last: bool = False
+    autocast: str = "none"
+    compile: bool = False
+    compile_mode: str = "default"
+
+    def __post_init__(self) -> None:
+        if self.autocast not in AUTOCAST_DTYPES:
+            raise ValueError(f"autocast must be one of {', '.join(AUTOCAST_DTYPES)}, got {self.autocast!r}")
+        if self.compile_mode not in COMPILE_MODES:
+            raise ValueError(
+                f"compile_mode must be one of {', '.join(COMPILE_MODES)}, got {self.compile_mode!r}"
+            )
+
+    def autocast_context(self, device_type: str) -> contextlib.AbstractContextManager:
+        dtype = AUTOCAST_DTYPES[self.autocast]
+        return contextlib.nullcontext() if dtype is None else torch.autocast(device_type, dtype=dtype)
