@@ -3,6 +3,7 @@ SHELL := /bin/bash
 PYTHON_BOOT ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
 # The tested torch pins; override for another CUDA build, e.g. `make install TORCH_SPEC="torch==2.14.1"`.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PROFILE ?= paper
@@ -26,9 +27,10 @@ test:  ## run the default test suite (CPU, a few minutes; slow/GPU tests deselec
 test-all:  ## run every test, slow ones included
 	$(PY) -m pytest -m "" $(PYTEST_ARGS)
 
-lint:  ## ruff check and format check
+lint:  ## ruff check and format check, then the layering contract (import-linter: pyproject.toml [tool.importlinter])
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(BIN)/lint-imports
 
 format:  ## apply ruff fixes and formatting
 	$(PY) -m ruff check --fix .
@@ -78,19 +80,19 @@ reproduce-mnist:  ## run Table 1 + TC (PROFILE=paper|fast|quick|smoke, BUDGET=ab
 
 EXPERIMENT ?= mnist
 table:  ## write results/ tables of EXPERIMENT=mnist|svhn|addition|coloc|cub for PROFILE from the run records under $STN_RUNS/<experiment> (else runs/<experiment>)
-	$(PY) -m experiments.table --experiment $(EXPERIMENT) --profile $(PROFILE)
+	$(BIN)/stn-table --experiment $(EXPERIMENT) --profile $(PROFILE)
 
 missing:  ## list the runs of Table 1 (EXPERIMENT=mnist), 4 (addition) or 5 (coloc) for PROFILE and SEEDS that have no finished record, as commands
-	$(PY) -m experiments.missing --experiment $(EXPERIMENT) --profile $(PROFILE) --seeds $(SEEDS)
+	$(BIN)/stn-missing --experiment $(EXPERIMENT) --profile $(PROFILE) --seeds $(SEEDS)
 
 park:  ## at the end of a session: copy every unfinished run's checkpoint from runs/ to parked/ (then commit parked/)
-	$(PY) -m experiments.park save
+	$(BIN)/stn-park save
 
 unpark:  ## at the start of the next: put parked checkpoints back into runs/ and print each run's relaunch command
-	$(PY) -m experiments.park restore
+	$(BIN)/stn-park restore
 
 params-mnist:  ## print every Table 1 model's parameter count and widths (BUDGET=about_400k|width_ranges)
-	$(PY) -m experiments.params $(if $(filter width_ranges,$(BUDGET)),--budget width_ranges,)
+	$(BIN)/stn-params $(if $(filter width_ranges,$(BUDGET)),--budget width_ranges,)
 
 # --- Speed (issue 5) ------------------------------------------------------------------------------------------
 BENCH_ARGS ?=
@@ -155,7 +157,7 @@ COLOC_EMBEDDING ?=
 reproduce-coloc:  ## run Table 5, co-localisation: every digit class on T and TC (PROFILE=paper|fast|quick, COLOC_SEEDS=1,2,3), then write results/coloc_table5_<profile>.md and coloc_boxes_<profile>.md
 	$(PY) -m experiments.coloc -m $(LAUNCH_ARG) trainer=coloc_$(PROFILE) seed=$(COLOC_SEEDS) digit=$(COLOC_DIGITS) data=$(COLOC_SETS) $(if $(COLOC_EMBEDDING),embedding.run_dir=$(COLOC_EMBEDDING))
 	$(MAKE) table EXPERIMENT=coloc PROFILE=$(PROFILE)
-	$(PY) -m experiments.coloc_boxes --profile $(PROFILE)
+	$(BIN)/stn-coloc-boxes --profile $(PROFILE)
 
 # --- CUB-200-2011 (Table 3) -----------------------------------------------------------------------------------
 # CUB_SYNTHETIC=1: the synthetic stand-in (make data-cub-synthetic) instead of CUB (make data-cub).

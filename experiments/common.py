@@ -26,7 +26,6 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from stn_repro.data.files import DataError
-from stn_repro.models.mnist import width_range_budget as solve_width_range_budget
 from stn_repro.tracking import Tracker, WandbTracker
 from stn_repro.training.checkpoints import CheckpointError
 from stn_repro.training.loop import TrainingDiverged
@@ -87,16 +86,6 @@ def run_folder(seed: Any, seeds: Any) -> str:
 
 # At import, before Hydra resolves hydra.run.dir (also in the joblib launcher's workers, which import this).
 OmegaConf.register_new_resolver("stn_run_folder", run_folder, replace=True)
-
-
-def width_range_budget(image_size: Any, pool_after_transformer: Any) -> int:
-    """configs/budget/width_ranges.yaml's budget for a data set (``stn_width_range_budget`` resolver)."""
-    return solve_width_range_budget(
-        positive_int(image_size, "data.image_size"), bool(pool_after_transformer)
-    ).params
-
-
-OmegaConf.register_new_resolver("stn_width_range_budget", width_range_budget, replace=True)
 
 
 def train_settings(cfg: DictConfig) -> TrainSettings:

@@ -24,11 +24,22 @@ from experiments.common import (
     seeds_from_config,
     train_settings,
 )
+from stn_repro.models.mnist import width_range_budget as solve_width_range_budget
 from stn_repro.tasks.mnist import MnistSpec, run_mnist_seed, run_mnist_seeds_stacked
 from stn_repro.training.settings import TrainSettings
 from stn_repro.training.stacked import check_stackable
 
 __all__ = ["cell_from_config", "check_stacked_config", "main", "run", "run_folder", "seeds_from_config"]
+
+
+def width_range_budget(image_size: Any, pool_after_transformer: Any) -> int:
+    """configs/budget/width_ranges.yaml's budget for a data set (``stn_width_range_budget`` resolver)."""
+    return solve_width_range_budget(
+        positive_int(image_size, "data.image_size"), bool(pool_after_transformer)
+    ).params
+
+
+OmegaConf.register_new_resolver("stn_width_range_budget", width_range_budget, replace=True)
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="mnist")

@@ -9,6 +9,7 @@ import h5py
 import pytest
 import torch
 
+from stn_analysis.records import scored_on
 from stn_repro.data import (
     DISTORTED_SET_NAMES,
     EXTRA_SETS,
@@ -31,7 +32,7 @@ from stn_repro.data import (
     write_set,
 )
 from stn_repro.data.files import DataError
-from stn_repro.data.sets import SeededBatchStream, scored_on, stored_set_checksum, summarise_test_set
+from stn_repro.data.sets import SeededBatchStream, stored_set_checksum, summarise_test_set
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
+from stn_analysis.diagnostics.error_by_distortion import error_at_other_std, error_by_size
 from stn_repro.data import synthetic_mnist
 from stn_repro.data.distortions import DISTORTION_SIZE, distort, distortion_size, ink_in_frame
-from stn_repro.error_by_distortion import error_at_other_std, error_by_size
 from stn_repro.training.learners import evaluate, wrong_answers
 from stn_repro.transformers import get_transform, pixel_centres, similarity_to_affine
 

@@ -16,7 +16,8 @@ from omegaconf import OmegaConf
 
 import stn_repro.tasks.addition as addition_task
 from experiments.addition import spec_from_config
-from experiments.table import main as table_main
+from stn_analysis.tables.aggregate import addition_markdown, aggregate
+from stn_analysis.tables.cli import main as table_main
 from stn_repro.data import (
     DEFAULT_SEED,
     NUM_ADDITION_CLASSES,
@@ -44,7 +45,6 @@ from stn_repro.models.addition import (
 )
 from stn_repro.paper import TABLE4_ROWS, addition_paper_error
 from stn_repro.seeding import derive_seed
-from stn_repro.tables import addition_markdown, aggregate
 from stn_repro.tasks.addition import (
     AdditionSpec,
     addition_picture,
@@ -292,7 +292,7 @@ def test_a_trained_model_reloads_and_scores_its_record(smoke_runs):
 
 
 def test_rescore_scores_an_addition_run_on_todays_stored_set(smoke_runs, tmp_path, capsys):
-    from experiments.rescore import main as rescore_main
+    from stn_analysis.diagnostics.rescore import main as rescore_main
 
     spec, _ = spec_from_config(smoke("addition/st_fcn_affine"))
     run_dir = smoke_runs / "addition" / "smoke" / spec.cell / "seed1"

@@ -19,11 +19,13 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from experiments.coloc import leave_launch_overrides, specs_from_config
-from experiments.coloc_boxes import main as boxes_main
-from experiments.coloc_landscape import SCALES as LANDSCAPE_SCALES
-from experiments.coloc_landscape import main as landscape_main
-from experiments.table import main as table_main
-from stn_repro.coloc_table import coloc_rows, write_coloc_tables
+from stn_analysis.bookkeeping.park import launch_command
+from stn_analysis.diagnostics.coloc_boxes import main as boxes_main
+from stn_analysis.diagnostics.coloc_landscape import SCALES as LANDSCAPE_SCALES
+from stn_analysis.diagnostics.coloc_landscape import main as landscape_main
+from stn_analysis.records import collect_records
+from stn_analysis.tables.cli import main as table_main
+from stn_analysis.tables.coloc import coloc_rows, write_coloc_tables
 from stn_repro.data.plain import PlainStream
 from stn_repro.models.coloc import (
     BoundedAttention,
@@ -35,8 +37,6 @@ from stn_repro.models.coloc import (
 )
 from stn_repro.models.mnist import build_mnist_model
 from stn_repro.paper import TABLE5_LOCALISED, coloc_paper_localised, coloc_paper_text
-from stn_repro.park import launch_command
-from stn_repro.tables import collect_records
 from stn_repro.tasks.coloc.embedding import ensure_embedding, load_embedding
 from stn_repro.tasks.coloc.learner import (
     ColocLearner,
@@ -591,15 +591,12 @@ def test_the_table_has_every_class_the_mean_and_the_papers_numbers(runs, tmp_pat
     # All else the same, but that the command line names the records folder it was given.
     assert [a.split(":")[0] for a, _ in differ] == [
         "- Embedding e() (Sect. 2 CNN on undistorted digits)",
-        "- Made by `python -m experiments.table --experiment coloc --profile smoke` from the run records.",
+        "- Made by `stn-table --experiment coloc --profile smoke` from the run records.",
     ]
     # Without --runs: the runs the runners write, $STN_RUNS/coloc.
     monkeypatch.setenv("STN_RUNS", str(runs))
     assert table_main(["--experiment", "coloc", "--out", str(tmp_path / "env"), "--profile", "smoke"]) == 0
-    assert (
-        f"- Made by `python -m experiments.table --experiment coloc --runs {runs} --profile smoke`"
-        in cli_text
-    )
+    assert f"- Made by `stn-table --experiment coloc --runs {runs} --profile smoke`" in cli_text
     env_text = (tmp_path / "env" / md_path.name).read_text()
     assert env_text == cli_text.replace(f" --runs {runs}", "")  # the default folder is not named
 

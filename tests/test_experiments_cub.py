@@ -20,8 +20,8 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from experiments.cub import initial_weights, spec_from_config
-from experiments.cub_parts import main as cub_parts_main
-from experiments.table import main as table_main
+from stn_analysis.diagnostics.cub_parts import main as cub_parts_main
+from stn_analysis.tables.cli import main as table_main
 from stn_repro.data.cub import CubCrops, CubDataset, CubStream, read_cub_index, write_cub_tree
 from stn_repro.data.files import DataError
 from stn_repro.models.cub import build_cub_model

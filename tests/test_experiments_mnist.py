@@ -15,9 +15,10 @@ from omegaconf import OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
 from experiments.mnist import cell_from_config, check_stacked_config, run_folder, seeds_from_config
+from stn_analysis.records import collect_records
+from stn_analysis.tables.aggregate import aggregate
 from stn_repro.data.files import DataError
 from stn_repro.paper import paper_error
-from stn_repro.tables import aggregate, collect_records
 from stn_repro.tasks.mnist import (
     load_mnist_data,
     load_trained_mnist_model,
@@ -219,7 +220,7 @@ def test_the_issue_sweep_runs_six_jobs_and_the_table_command_reads_them(tmp_path
     ]
     table = run_module(
         [
-            "experiments.table",
+            "stn_analysis.tables.cli",
             "--runs",
             str(tmp_path / "runs" / "mnist"),
             "--out",
@@ -533,7 +534,7 @@ def test_loading_weights_of_an_unfinished_run_names_the_fix(tmp_path):
 
 
 def test_rescore_scores_the_saved_weights_on_todays_test_set_and_says_whether_it_changed(tmp_path, capsys):
-    from experiments.rescore import main as rescore_main
+    from stn_analysis.diagnostics.rescore import main as rescore_main
     from stn_repro.data.sets import set_checksum, set_path, write_set
     from stn_repro.tasks.mnist import load_mnist_data, load_trained_mnist_model
     from stn_repro.training.learners import evaluate
@@ -576,7 +577,7 @@ def test_rescore_scores_the_saved_weights_on_todays_test_set_and_says_whether_it
 
 
 def test_a_run_records_its_transformers_spread_and_the_check_finds_a_dead_localisation_net(tmp_path, capsys):
-    from experiments.localisation_spread import main as spread_main
+    from stn_analysis.diagnostics.localisation_spread import main as spread_main
     from stn_repro.data.sets import set_path, write_set
 
     cfg = compose_mnist(["experiment=r_st_fcn_affine", "model.param_budget=50000", *SMOKE])
@@ -636,8 +637,8 @@ def test_a_run_records_its_transformers_spread_and_the_check_finds_a_dead_locali
 
 
 def test_error_by_distortion_rescores_a_run_and_bins_its_errors(tmp_path, capsys, monkeypatch):
-    import stn_repro.error_by_distortion as breakdown
-    from experiments.error_by_distortion import main as breakdown_main
+    import stn_analysis.diagnostics.error_by_distortion as breakdown
+    from stn_analysis.diagnostics.error_by_distortion import main as breakdown_main
     from stn_repro.data.mnist import MnistArrays
     from stn_repro.data.sets import generate_set, set_checksum, set_path, write_set
 
@@ -674,7 +675,7 @@ def test_error_by_distortion_rescores_a_run_and_bins_its_errors(tmp_path, capsys
     assert "--offset-stds '5,x': give comma-separated numbers" in capsys.readouterr().err
     assert "differs from today's" in text  # scored on this stored set, not the run's own test set
     assert out_file.read_text().strip() == text.strip()
-    # A score that experiments.rescore added for this very set counts as the record's, and says so.
+    # A score that stn-rescore added for this very set counts as the record's, and says so.
     record_path = run_dir / "record.json"
     record = json.loads(record_path.read_text())
     stored_sha = set_checksum(stored["images"], stored["labels"].long())

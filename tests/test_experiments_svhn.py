@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from experiments.svhn import spec_from_config
-from experiments.table import main as table_main
+from stn_analysis.tables.cli import main as table_main
 from stn_repro.data import synthetic_mnist
 from stn_repro.data.svhn import build_synthetic_svhn
 from stn_repro.paper import svhn_paper_error

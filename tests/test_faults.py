@@ -615,7 +615,9 @@ def test_every_bad_value_ends_in_one_line_naming_it_and_the_fix(
 def test_a_second_corrupt_checkpoint_is_set_aside_beside_the_first_not_over_it(tmp_path, monkeypatch):
     from stn_repro.training import checkpoints
 
-    monkeypatch.setattr(checkpoints.time, "strftime", lambda fmt: "20260101-000000")  # both in the same second
+    monkeypatch.setattr(
+        checkpoints.time, "strftime", lambda fmt: "20260101-000000"
+    )  # both in the same second
     checkpoint = tmp_path / "checkpoint.pt"
     for content in (b"first corrupt checkpoint", b"second corrupt checkpoint"):
         checkpoint.write_bytes(content)

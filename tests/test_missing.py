@@ -10,9 +10,8 @@ from hydra import compose, initialize_config_dir
 
 from experiments.addition import spec_from_config
 from experiments.coloc import specs_from_config
-from experiments.missing import main
 from experiments.mnist import cell_from_config
-from stn_repro.missing import MissingRun, missing_runs, table_cells
+from stn_analysis.bookkeeping.missing import MissingRun, main, missing_runs, table_cells
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -110,9 +109,10 @@ def test_the_command_line_prints_queue_lines_and_refuses_bad_input(tmp_path, cap
 
 
 def test_coloc_runs_and_the_state_of_their_embedding(tmp_path, capsys, monkeypatch):
-    import experiments.missing
+    from stn_analysis.bookkeeping import missing
 
-    monkeypatch.setattr(experiments.missing, "ROOT", tmp_path)  # where committed records would be
+    monkeypatch.setattr(missing, "PROJECT_ROOT", tmp_path)  # where committed records would be
+    monkeypatch.setattr(missing, "RECORDS", tmp_path / "results" / "records")
     runs = tmp_path / "runs"
     monkeypatch.setenv("STN_RUNS", str(runs))
     embedding = runs / "coloc" / "embedding" / "paper" / "mnist" / "seed1"
@@ -155,7 +155,7 @@ def test_coloc_runs_and_the_state_of_their_embedding(tmp_path, capsys, monkeypat
 
 
 def test_a_run_finished_with_other_optimiser_settings_is_not_the_profiles(tmp_path, capsys):
-    from experiments.missing import profile_optims
+    from stn_analysis.bookkeeping.missing import profile_optims
 
     cell = "tc-st_cnn-affine"
     fast = profile_optims("mnist", [{"profile": "fast", "cell": cell}])[("mnist", "fast", cell)]

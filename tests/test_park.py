@@ -8,8 +8,15 @@ import pytest
 import torch
 from torch import nn
 
-from experiments.park import main as park_main
-from stn_repro.park import PARKED_NAME, launch_command, park, parked_runs, unfinished_runs, unpark
+from stn_analysis.bookkeeping.park import (
+    PARKED_NAME,
+    launch_command,
+    park,
+    parked_runs,
+    unfinished_runs,
+    unpark,
+)
+from stn_analysis.bookkeeping.park import main as park_main
 from stn_repro.training.checkpoints import CHECKPOINT_NAME
 from stn_repro.training.loop import train
 from stn_repro.training.records import write_record

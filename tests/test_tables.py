@@ -6,19 +6,17 @@ import json
 import pytest
 import torch
 
-from experiments.rescore import LOADERS
-from experiments.table import main as table_main
-from stn_repro.tables import (
-    STORED_TEST_SET_EXPERIMENTS,
+from stn_analysis.diagnostics.rescore import LOADERS
+from stn_analysis.records import STORED_TEST_SET_EXPERIMENTS, collect_records, mark_test_set_changes
+from stn_analysis.tables.aggregate import (
     addition_markdown,
     aggregate,
-    collect_records,
     first_reaching,
-    mark_test_set_changes,
     recipe_deviation,
     to_csv,
     to_markdown,
 )
+from stn_analysis.tables.cli import main as table_main
 
 # W&B is optional at run time (logger=none); where it is not installed (e.g. a bare GPU machine) these skip.
 NEEDS_WANDB = pytest.mark.skipif(importlib.util.find_spec("wandb") is None, reason="wandb is not installed")
@@ -125,9 +123,7 @@ def test_table_command_writes_csv_and_markdown(runs, tmp_path, capsys):
     text = (tmp_path / "results" / "mnist_table1_quick.md").read_text()
     assert "ST-CNN Aff" in text
     # The table names the records folder it was made from, so the same command makes it again.
-    assert (
-        f"- Made by `python -m experiments.table --runs {runs} --profile quick` from the run records." in text
-    )
+    assert f"- Made by `stn-table --runs {runs} --profile quick` from the run records." in text
     assert table_main(["--runs", str(tmp_path / "nothing"), "--out", str(tmp_path)]) == 1
     assert "no finished mnist runs" in capsys.readouterr().err
 
@@ -389,7 +385,7 @@ def test_the_fast_profile_is_labelled_and_reports_the_images_until_the_paper_was
 
 
 def test_the_tuning_table_shows_the_varied_settings_and_validation_errors_only(tmp_path, capsys):
-    from experiments.tuning_table import main as tuning_main
+    from stn_analysis.tables.tuning import main as tuning_main
 
     def tuning_run(lr, val_errors, seed=1):
         history = [
@@ -431,7 +427,7 @@ def test_every_experiment_the_tables_flag_by_test_set_can_be_rescored():
 
 
 def test_each_profile_optimiser_settings_come_from_its_trainer_config():
-    from experiments.table import profile_optims
+    from stn_analysis.tables.cli import profile_optims
 
     def run(profile, cell, experiment="mnist"):
         return {"profile": profile, "experiment": experiment, "config": {"cell": cell}}

@@ -7,10 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from experiments.val_vs_test import main
+from stn_analysis.diagnostics.val_vs_test import centred, distortion_draws, main, markdown, plain_digit_errors
 from stn_repro.data.mnist import MNIST_MD5, fetch_mnist
 from stn_repro.data.sets import write_set
-from stn_repro.val_vs_test import centred, distortion_draws, markdown, plain_digit_errors
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
@@ -47,12 +46,12 @@ def test_markdown_gives_each_sets_mean_gaps():
          "plain_val_error": 0.5, "plain_test_error": 0.25, "val_size": 100, "test_size": 900},
     ]  # fmt: skip
     draws = {"r": {"size_name": "|angle| (deg)", "val": 44.6, "test": 45.1, "z": -1.04}, "p": None}
-    text = markdown(rows, "python -m experiments.val_vs_test x", "commit abc", draws)
+    text = markdown(rows, "stn-val-vs-test x", "commit abc", draws)
     assert "| r | 2 | +0.35 | 0.24 | +0.05 | 1 of 2 | 44.6 / 45.1 (-1.0), |angle| (deg) |" in text
     # 10% on 100 and 900 images: sqrt(900 / 100 + 900 / 900) = sqrt(10) = 3.16.
     assert "| p | 1 | +0.00 | 3.16 | +0.25 | 1 of 1 | - |" in text
     assert "| r-fcn-none seed 2 | 2.20 | 2.00 | 0.90 | 1.00 |" in text
-    assert "python -m experiments.val_vs_test x` (commit abc)" in text
+    assert "stn-val-vs-test x` (commit abc)" in text
 
 
 @pytest.mark.real_data

@@ -231,25 +231,6 @@ def summarise_test_set(source: str, images: Tensor, labels: Tensor) -> dict[str,
     }
 
 
-def scored_on(record: dict[str, Any], images: Tensor, labels: Tensor) -> bool:
-    """Whether ``record`` was scored on exactly these test images and labels (by checksum); a later score
-    in its ``rescored`` list does not count (see :func:`error_on_set`)."""
-    return (record.get("test_set") or {}).get("sha256") == set_checksum(images, labels)
-
-
-def error_on_set(record: dict[str, Any], sha256: str) -> tuple[float, str] | None:
-    """The test error ``record`` has on the set with checksum ``sha256``, and where it comes from: its own
-    score (``"recorded"``) when the run was scored on that set, else the entry of its ``rescored`` list
-    (written by ``python -m experiments.rescore --write`` from the run's weights) for that set
-    (``"rescored"``); ``None`` when neither was scored on it."""
-    if (record.get("test_set") or {}).get("sha256") == sha256:
-        return float(record["test_error"]), "recorded"
-    for entry in record.get("rescored") or []:
-        if entry["test_set"]["sha256"] == sha256:
-            return float(entry["test_error"]), "rescored"
-    return None
-
-
 def write_set(
     path: Path, data: dict[str, Tensor | np.ndarray], attrs: dict, version: int = GENERATOR_VERSION
 ) -> None:

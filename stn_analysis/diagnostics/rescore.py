@@ -1,9 +1,9 @@
 """Score a finished MNIST or addition run's saved weights on the test set built here, beside the error in
 its record.
 
-python -m experiments.rescore results/records/mnist_paper/r-st_fcn-affine/seed1 [more run folders ...]
-python -m experiments.rescore results/records/addition_paper/addition-fcn-none/seed1
-python -m experiments.rescore --write results/records/mnist_fast/*/seed*
+stn-rescore results/records/mnist_paper/r-st_fcn-affine/seed1 [more run folders ...]
+stn-rescore results/records/addition_paper/addition-fcn-none/seed1
+stn-rescore --write results/records/mnist_fast/*/seed*
 
 For records that `make table` flags (scored on a test set whose sha256 differs from today's build): the
 weights (`model.pt` beside `record.json`) are rebuilt and evaluated on today's stored test set, so the two
@@ -21,8 +21,9 @@ from pathlib import Path
 
 import torch
 
+from stn_analysis.records import scored_on
 from stn_repro.data.files import DataError
-from stn_repro.data.sets import load_set, scored_on, summarise_test_set
+from stn_repro.data.sets import load_set, summarise_test_set
 from stn_repro.tasks.addition import load_trained_addition_model
 from stn_repro.tasks.mnist import load_trained_mnist_model
 from stn_repro.training.learners import evaluate

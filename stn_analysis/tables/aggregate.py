@@ -10,8 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from stn_analysis.records import record_cell
 from stn_repro.data.distortions import VARIANT_SETS
-from stn_repro.data.sets import error_on_set
 from stn_repro.io import atomic_write_text
 from stn_repro.paper import (
     CUB_ROWS,
@@ -30,7 +30,7 @@ from stn_repro.paper import (
     model_label,
     paper_error,
 )
-from stn_repro.training.records import RECORD_NAME, collapsed, read_record, run_commits
+from stn_repro.training.records import collapsed, run_commits
 
 CSV_COLUMNS = [
     "experiment",
@@ -66,49 +66,6 @@ SET_LABELS = {"r": "R", "rts": "RTS", "p": "P", "e": "E", "tc": "TC 60x60"}
 VARIANT_LABELS = {"p_4px": "P with N(0, 4 px) corner offsets instead of the spec's 5 px"}
 EXPERIMENTS = ("mnist", "svhn", "addition", "cub")
 SVHN_ROWS = ("cnn", "st_cnn_single", "st_cnn_multi")
-
-
-def collect_records(runs_dir: Path) -> list[dict[str, Any]]:
-    """Every finished run record under ``runs_dir``, in path order."""
-    records = []
-    for path in sorted(Path(runs_dir).rglob(RECORD_NAME)):
-        record = read_record(path)
-        if record.get("finished"):
-            records.append(record | {"path": str(path)})
-    return records
-
-
-# Experiments scored on a test set that `make data-mnist` stores (data set name = the record's "data")
-STORED_TEST_SET_EXPERIMENTS = ("mnist", "addition")
-
-
-def mark_test_set_changes(records: list[dict[str, Any]], checksums: dict[str, str | None]) -> None:
-    """Set each MNIST or addition record's ``test_set_changed``: whether the test set it was scored on
-    differs from the one built here (``checksums``: data set name -> sha256 of today's stored test set,
-    ``None`` where it is not built). A new generator version changes a set, and so can another CPU (a few
-    pixels one grey level apart: see :data:`stn_repro.data.sets.STORED_SET_DTYPE`); such records are flagged
-    in the tables, not mixed in silently. ``None``: not checked (a synthetic set, or no set built here).
-
-    A record that ``python -m experiments.rescore --write`` scored again on today's set (an entry of its
-    ``rescored`` list with today's checksum) is not flagged: its ``test_error`` becomes that score here (in
-    memory; the run's own stays in ``recorded_test_error``) and ``test_set_rescored`` is set."""
-    for record in records:
-        test_set = record.get("test_set") or {}
-        today = checksums.get(record.get("data"))
-        experiment = record.get("experiment", "mnist")
-        if (
-            experiment not in STORED_TEST_SET_EXPERIMENTS
-            or test_set.get("source") != "mnist"
-            or today is None
-        ):
-            record["test_set_changed"] = None
-            continue
-        scored = error_on_set(record, today)
-        if scored is not None and scored[1] == "rescored":
-            record["recorded_test_error"] = record["test_error"]
-            record["test_error"] = scored[0]
-            record["test_set_rescored"] = True
-        record["test_set_changed"] = scored is None
 
 
 def first_reaching(history: list[dict[str, Any]], target: float, key: str = "val_error") -> dict | None:
@@ -154,18 +111,13 @@ def recipe_deviation(record: dict[str, Any], profile_settings: dict[str, Any] | 
     return ", ".join(differ)
 
 
-def record_cell(record: dict[str, Any]) -> str | None:
-    """The cell a record was trained as (its config's ``cell``: ``tc-st_cnn-affine``), where it says."""
-    return record.get("cell") or (record.get("config") or {}).get("cell")
-
-
 def aggregate(
     records: list[dict[str, Any]], profile_optims: dict[tuple, dict[str, Any]] | None = None
 ) -> list[dict[str, Any]]:
     """One row per (experiment, profile, budget reading, data, model, transform, recipe): mean and sample std
     over seeds, the paper's number and provenance. ``profile_optims`` maps (experiment, profile, cell) to the
     optimiser settings and training length that profile composes for the cell
-    (:func:`experiments.missing.profile_optims`): runs trained with other settings (a per-cell override such
+    (:func:`stn_analysis.bookkeeping.missing.profile_optims`): runs trained with other settings (a per-cell override such
     as ``optim.localisation_lr_multiplier=0.03``, or ``trainer.iterations=3000``) form
     rows of their own, whose ``recipe`` names the difference (:func:`recipe_deviation`), and the tables show
     them apart, never averaged with the profile's runs."""
@@ -510,7 +462,7 @@ def _test_set_lines(rows: list[dict[str, Any]], mark: str) -> list[str]:
             "",
             f"{mark} Scored on a test set whose sha256 differs from the one built here ({cells}): it was "
             "built by another generator version or on another CPU (a few pixels one grey level apart; see "
-            "stn_repro.data.sets.STORED_SET_DTYPE). Rescore the weights on today's sets (`python -m experiments.rescore`), "
+            "stn_repro.data.sets.STORED_SET_DTYPE). Rescore the weights on today's sets (`stn-rescore`), "
             "or rerun, before comparing closely.",
         ]
     rescored = [r for r in rows if r["test_set_check"].startswith("rescored")]
@@ -519,7 +471,7 @@ def _test_set_lines(rows: list[dict[str, Any]], mark: str) -> list[str]:
             "",
             f"- Scored again on the test set built here from their saved weights, {len(rescored)} cell(s) "
             "(their runs were scored on a set of another generator version or built on another CPU; "
-            "`python -m experiments.rescore --write`): the table shows that score, each run's own is in its "
+            "`stn-rescore --write`): the table shows that score, each run's own is in its "
             "record.",
         ]
     unchecked = sum(r["test_set_check"] == "not checked" for r in rows)
@@ -778,7 +730,7 @@ def table_command(experiment: str, profile: str, runs: str | None = None) -> str
     """The command that writes the table; ``runs`` is the records folder where it was not the default
     (``$STN_RUNS/<experiment>``), so a reader can make the same table again."""
     return " ".join(
-        ["python -m experiments.table"]
+        ["stn-table"]
         + ([f"--experiment {experiment}"] if experiment != "mnist" else [])
         + ([f"--runs {runs}"] if runs else [])
         + [f"--profile {profile}"]

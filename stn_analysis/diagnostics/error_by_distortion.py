@@ -9,11 +9,24 @@ or its training). :func:`error_by_size` bins one run's wrong answers by
 For P and E, whose distortions are independent Gaussian pixel offsets, :func:`error_at_other_std` estimates
 the error the same model would make on a test set drawn with another offset std (the paper does not say
 how its P digits were drawn beyond the spec's recipe). :func:`markdown` writes the bins of several runs.
+
+From the command line: bin finished distorted-MNIST runs' test errors by how strongly each test image was distorted.
+
+stn-error-by-distortion results/records/mnist_fast/p-cnn-none/seed1 [more run folders ...]
+stn-error-by-distortion <runs> --edges 0,3,4,5,6,7,8 --out results/mnist_p_error_by_offset.md
+
+R and RTS: the absolute rotation; P: the rms of the 4 corner offsets; E: the rms of the 16 control-point
+offsets (px). Each run's `model.pt` is scored again on the stored test set built here (`make data-mnist`).
+R, RTS and P runs are also binned by the share of the digit's ink lost off the frame; P and E runs get the
+error re-weighted to test sets drawn with other offset stds (--offset-stds).
 """
 
 from __future__ import annotations
 
+import argparse
 import itertools
+import shlex
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from stn_analysis.records import error_on_set
 from stn_repro.data.distortions import (
     DISTORTION_SIZE,
     E_CONTROL_STD_PX,
@@ -30,8 +44,10 @@ from stn_repro.data.distortions import (
     distortion_size,
     ink_in_frame,
 )
+from stn_repro.data.files import DataError
 from stn_repro.data.mnist import load_mnist
-from stn_repro.data.sets import error_on_set, load_set_arrays, set_checksum
+from stn_repro.data.sets import load_set_arrays, set_checksum
+from stn_repro.io import atomic_write_text
 from stn_repro.tasks.mnist import load_trained_mnist_model
 from stn_repro.training.learners import wrong_answers
 from stn_repro.training.records import RECORD_NAME, read_record
@@ -169,7 +185,7 @@ def markdown(breakdowns: list[dict[str, Any]], command: str) -> str:
     for b in breakdowns:
         check = {
             "recorded": "",
-            "rescored": ", rescored from its weights on this set by `experiments.rescore`",
+            "rescored": ", rescored from its weights on this set by `stn-rescore`",
             None: " (its record was scored on a test set that differs from today's)",
         }[b["recorded_how"]]
         lines += [
@@ -220,3 +236,44 @@ def _rows(bins: list[dict[str, Any]]) -> list[str]:
             f"| {span} | {row['images']:,} | {row['share']:.1f} | {error} | {row['share_of_errors']:.1f} |"
         )
     return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("runs", nargs="+", type=Path, help="run folders holding record.json and model.pt")
+    parser.add_argument("--edges", default=None, help="lower bin edges, comma-separated (default: per set)")
+    parser.add_argument(
+        "--offset-stds",
+        default=None,
+        help="P/E: offset stds (px) to re-weigh to, comma-separated (default: per set)",
+    )
+    parser.add_argument("--out", type=Path, default=None, help="also write the Markdown here")
+    parser.add_argument("--data-dir", type=Path, default=None, help="MNIST sets (default $STN_DATA or data/)")
+    args = parser.parse_args(argv)
+    try:
+        edges = None if args.edges is None else [float(e) for e in args.edges.split(",")]
+    except ValueError:
+        parser.error(f"--edges {args.edges!r}: give comma-separated numbers, e.g. --edges 0,3,4,5,6")
+    try:
+        stds = None if args.offset_stds is None else [float(e) for e in args.offset_stds.split(",")]
+    except ValueError:
+        parser.error(
+            f"--offset-stds {args.offset_stds!r}: give comma-separated numbers, e.g. --offset-stds 5,4,3"
+        )
+    try:
+        breakdowns = [run_breakdown(run, edges, args.data_dir, stds) for run in args.runs]
+    except (FileNotFoundError, DataError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    argv_text = " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    text = markdown(breakdowns, f"stn-error-by-distortion {argv_text}")
+    print(text)
+    if args.out is not None:
+        atomic_write_text(args.out, text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

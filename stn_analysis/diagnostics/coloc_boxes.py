@@ -1,7 +1,7 @@
 """How the found boxes of finished co-localisation runs miss: size or place.
 
-python -m experiments.coloc_boxes --runs results/records/coloc_paper --profile paper
-python -m experiments.coloc_boxes --profile fast      # the runs under $STN_RUNS/coloc (else runs/coloc)
+stn-coloc-boxes --runs results/records/coloc_paper --profile paper
+stn-coloc-boxes --profile fast      # the runs under $STN_RUNS/coloc (else runs/coloc)
 
 For every finished run of the profile (the default negatives and every length; studies of other negatives are
 left out), its saved transformer's boxes on the 100 images it was trained on, against the true boxes: the
@@ -15,7 +15,6 @@ results/coloc_boxes_<profile>.md) and printed.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -23,17 +22,17 @@ from typing import Any
 
 import torch
 
-from experiments.coloc_landscape import class_images
-from stn_repro.coloc_table import COLOC_DATA, DEFAULT_NEGATIVES
+from stn_analysis.diagnostics.coloc_landscape import class_images
+from stn_analysis.paths import RESULTS, runs_dir
+from stn_analysis.records import collect_records
+from stn_analysis.tables.coloc import COLOC_DATA, DEFAULT_NEGATIVES
 from stn_repro.io import atomic_write_text
 from stn_repro.models.coloc import box_errors
 from stn_repro.paper import COLOC_SET_LABELS, coloc_paper_text
-from stn_repro.tables import collect_records
 from stn_repro.tasks.coloc.learner import IOU_THRESHOLD, predicted_boxes
 from stn_repro.tasks.coloc.task import load_trained_transformer
 from stn_repro.training.records import git_commit, short_commit
 
-ROOT = Path(__file__).resolve().parents[1]
 # name, heading, format: the per-run numbers, in the table's column order
 COLUMNS = (
     ("localised", "localised %", "{:.1f}"),
@@ -110,7 +109,7 @@ def boxes_markdown(
         "",
         f"- Runs: {len(runs)}, each its saved transformer on the images it trained on ({source} digits); "
         "a run's localised share is checked against its record.",
-        f"- Made by `python -m experiments.coloc_boxes --runs {runs_dir} --profile {profile}` at commit `{short_commit(git_commit())}`.",
+        f"- Made by `stn-coloc-boxes --runs {runs_dir} --profile {profile}` at commit `{short_commit(git_commit())}`.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -122,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--runs",
         type=Path,
-        default=Path(os.environ.get("STN_RUNS", "runs")) / "coloc",
+        default=runs_dir() / "coloc",
         help="a folder of finished co-localisation runs (default $STN_RUNS/coloc, else runs/coloc)",
     )
     parser.add_argument("--profile", required=True, help="the trainer profile of the runs: paper, fast, ...")
@@ -148,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     for record in sorted(records, key=lambda r: (r["data"], r["digit"], r["seed"])):
         summaries[(record["data"], record["digit"])].append(run_box_summary(record, args.data_dir))
     text = boxes_markdown(summaries, args.profile, sources.pop(), args.runs)
-    out = args.out or ROOT / "results" / f"coloc_boxes_{args.profile}.md"
+    out = args.out or RESULTS / f"coloc_boxes_{args.profile}.md"
     atomic_write_text(out, text)
     print(text)
     print(f"written to {out}")

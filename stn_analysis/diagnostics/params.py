@@ -1,4 +1,4 @@
-"""Print the parameter count and widths of every distorted-MNIST model: `python -m experiments.params`."""
+"""Print the parameter count and widths of every distorted-MNIST model: `stn-params`."""
 
 from __future__ import annotations
 

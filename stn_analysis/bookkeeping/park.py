@@ -12,12 +12,25 @@ several sessions says so.
 A run is unfinished when its folder holds ``checkpoint.pt`` and no finished ``record.json``. A parked copy
 whose run has finished is dropped by the next :func:`park`. Nothing here knows Hydra; the launch command is
 read from the ``.hydra/overrides.yaml`` Hydra leaves in the run folder, where there is one.
+
+From the command line: park unfinished runs in the repository at the end of a working session; restore them in the next.
+
+stn-park save      # copy every unfinished run's checkpoint from runs/ to parked/
+stn-park restore   # put them back into runs/ and print each run's relaunch command
+stn-park list      # what is parked, where each run stopped
+
+`make park` and `make unpark` run the first two. Commit `parked/` after `save` (a checkpoint is a few MB);
+relaunching a restored run's command resumes it exactly where it stopped, and its record lists every launch
+(`launches`). A later `save` drops the parked copies of runs that have finished. The runs folder is
+$STN_RUNS, else runs/.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +40,7 @@ from typing import Any
 
 import torch
 
+from stn_analysis.paths import PROJECT_ROOT, runs_dir
 from stn_repro.io import atomic_write_text, publish_atomically
 from stn_repro.training.checkpoints import CHECKPOINT_NAME
 from stn_repro.training.records import git_commit
@@ -225,3 +239,39 @@ def unpark(runs_dir: Path, parked_dir: Path, log: Callable[[str], None] = print)
             log(f"{entry.relative}: restored at iteration {entry.info['iteration']:,}")
         to_relaunch.append(entry)
     return to_relaunch
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("action", choices=["save", "restore", "list"])
+    parser.add_argument("--runs", type=Path, default=runs_dir(), help="the runs folder")
+    parser.add_argument(
+        "--parked", type=Path, default=PROJECT_ROOT / "parked", help="where parked runs are kept"
+    )
+    args = parser.parse_args(argv)
+    try:
+        if args.action == "save":
+            entries = park(args.runs, args.parked)
+        elif args.action == "restore":
+            entries = unpark(args.runs, args.parked)
+        else:
+            entries = parked_runs(args.parked)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    if not entries:
+        print(f"nothing parked in {args.parked}")
+        return 0
+    heading = {"save": "parked now", "restore": "relaunch to resume", "list": "parked"}[args.action]
+    print(f"\n{heading}:")
+    for entry in entries:
+        print(f"  {entry.relative} ({progress_text(entry.info)}): {entry.command}")
+    if args.action == "save":
+        print(f"\ncommit {args.parked}/ to keep them: git add {args.parked} && git commit")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

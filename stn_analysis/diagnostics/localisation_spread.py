@@ -1,8 +1,8 @@
 """Did a finished run's localisation net collapse? How much each spatial transformer's predicted parameters
 vary over the test set built here, from the run's saved weights.
 
-python -m experiments.localisation_spread results/records/mnist_fast/tc-st_cnn-affine/seed1 [more run folders ...]
-python -m experiments.localisation_spread --write --records results/records/mnist_fast --out results/localisation_spread.md
+stn-localisation-spread results/records/mnist_fast/tc-st_cnn-affine/seed1 [more run folders ...]
+stn-localisation-spread --write --records results/records/mnist_fast --out results/localisation_spread.md
 
 Each transformer's spread is the largest standard deviation of one of its predicted parameters over the
 first 256 test images (stn_repro.transformers.localisation_spread); 0 means the localisation net gives
@@ -21,8 +21,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from experiments.missing import other_settings
-from experiments.rescore import load_kept_run
+from stn_analysis.bookkeeping.missing import other_settings
+from stn_analysis.diagnostics.rescore import load_kept_run
 from stn_repro.data.files import DataError
 from stn_repro.data.sets import set_checksum
 from stn_repro.io import atomic_write_text
@@ -126,9 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             + (" (written to its record)" if result["written"] else "")
         )
     if args.out is not None and results:
-        command = "python -m experiments.localisation_spread " + " ".join(
-            argv if argv is not None else sys.argv[1:]
-        )
+        command = "stn-localisation-spread " + " ".join(argv if argv is not None else sys.argv[1:])
         args.out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(args.out, markdown(results, command))
     return 1 if failed else 0

@@ -1,7 +1,7 @@
 """The validation runs that chose a profile's optimisation, as one Markdown table (validation error only).
 
-python -m experiments.tuning_table --runs runs_tuning --out results/mnist_fast_tuning.md
-python -m experiments.tuning_table --runs results/records/mnist_fast/tc-st_fcn-affine \
+stn-tuning-table --runs runs_tuning --out results/mnist_fast_tuning.md
+stn-tuning-table --runs results/records/mnist_fast/tc-st_fcn-affine \
     results/records/mnist_fast/tc-st_cnn-affine results/records/mnist_fast_other_settings \
     --out results/mnist_fast_tuning_tc.md   # the TC cells' localisation lr (trainer/fast.yaml)
 
@@ -18,8 +18,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from stn_analysis.records import collect_records
+from stn_analysis.tables.aggregate import first_reaching
 from stn_repro.io import atomic_write_text
-from stn_repro.tables import collect_records, first_reaching
 
 PAPER_IMAGES = 150_000 * 256
 
@@ -114,7 +115,7 @@ def tuning_markdown(records: list[dict[str, Any]], title: str) -> str:
         "",
         f"- {len(records)} runs, seed(s) {', '.join(sorted({str(r['seed']) for r in records}))}; "
         f"commits {', '.join(commits)}; devices {'; '.join(devices)}.",
-        "- Made by `python -m experiments.tuning_table` from the run records.",
+        "- Made by `stn-tuning-table` from the run records.",
     ]
     return "\n".join(lines) + "\n"
 

@@ -11,9 +11,9 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+from stn_analysis.tables.aggregate import table_command
 from stn_repro.io import atomic_write_text, file_sha256
 from stn_repro.paper import COLOC_SET_LABELS, coloc_paper_localised, coloc_paper_text
-from stn_repro.tables import table_command
 from stn_repro.training.records import run_commits
 
 COLOC_DATA = ("coloc_t", "coloc_tc")

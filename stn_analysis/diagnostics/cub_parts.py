@@ -1,7 +1,7 @@
 """Where a finished CUB ST-CNN run's parts go on the test split, against the annotated object boxes.
 
-python -m experiments.cub_parts runs/cub/quick/synthetic-cub448-st_cnn_2x/seed1 [more run folders ...]
-python -m experiments.cub_parts <runs ...> --out results/cub_parts_quick_synthetic.md
+stn-cub-parts runs/cub/quick/synthetic-cub448-st_cnn_2x/seed1 [more run folders ...]
+stn-cub-parts <runs ...> --out results/cub_parts_quick_synthetic.md
 
 For each part: its mean centre and spread over the test images, the correlation of its centre with the
 object's (bird's) centre, and how much of the object box it covers; then the union of the parts beside two
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         except (FileNotFoundError, DataError, ValueError) as error:
             print(f"error: {error}", file=sys.stderr)
             failed += 1
-    command = "python -m experiments.cub_parts " + " ".join(str(r) for r in args.runs)
+    command = "stn-cub-parts " + " ".join(str(r) for r in args.runs)
     sections.append(f"Made by `{command}`.\n")
     text = "\n".join(sections)
     print(text)

@@ -1,9 +1,17 @@
-"""The runs a table still lacks: every (cell, seed) without a finished record, as commands or queue lines.
+"""The runs a table still lacks: every (cell, seed) of Table 1 (with TC), Table 4 or Table 5 that has no
+finished run record, as the runner overrides that train it.
 
-python -m experiments.missing --profile fast                        # Table 1 + TC, seeds 1-3: commands
-python -m experiments.missing --experiment addition --profile paper --seeds 1
-python -m experiments.missing --experiment coloc --profile paper --seeds 1   # Table 5: trainer=coloc_paper
-python -m experiments.missing --profile fast --queue > queue.txt    # lines for benchmarks/gpu_queue.sh
+A run counts as done when ``<cell>/seed<k>/record.json`` says ``finished`` in any of the folders searched
+(committed records, ``results/records/<experiment>_<profile>/``, and live run folders,
+``runs/<experiment>/<profile>/``, share that layout). A run with a checkpoint but no finished record is
+listed with the iteration it resumes from: the same overrides resume it.
+
+From the command line: the runs a table still lacks: every (cell, seed) without a finished record, as commands or queue lines.
+
+stn-missing --profile fast                        # Table 1 + TC, seeds 1-3: commands
+stn-missing --experiment addition --profile paper --seeds 1
+stn-missing --experiment coloc --profile paper --seeds 1   # Table 5: trainer=coloc_paper
+stn-missing --profile fast --queue > queue.txt    # lines for benchmarks/gpu_queue.sh
 
 `make missing` runs the first. A run counts as done when its record says finished in the committed records
 (results/records/<experiment>_<profile>/) or in the runs folder ($STN_RUNS, else runs/,
@@ -13,16 +21,124 @@ python -m experiments.missing --profile fast --queue > queue.txt    # lines for 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from stn_repro.missing import EXPERIMENTS, TRAINER_PREFIX, missing_runs, run_state
-from stn_repro.tables import recipe_deviation, record_cell
+from stn_analysis.bookkeeping.park import checkpoint_progress, progress_text
+from stn_analysis.paths import CONFIGS, PROJECT_ROOT, RECORDS, runs_dir
+from stn_analysis.records import record_cell
+from stn_analysis.tables.aggregate import recipe_deviation
+from stn_repro.paper import CLUTTERED_ERROR, TABLE1_ERROR, TABLE1_SETS, TABLE4_ROWS, TABLE5_LOCALISED
+from stn_repro.training.checkpoints import CHECKPOINT_NAME
 from stn_repro.training.run_folder import read_finished_record
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs"
+EXPERIMENTS = ("mnist", "addition", "coloc")
+# The trainer config of an experiment's profile: configs/trainer/<prefix><profile>.yaml. MNIST and addition
+# share the plain ones (fast.yaml); the other runners' carry the task's name (coloc_paper.yaml).
+TRAINER_PREFIX = {"coloc": "coloc_", "svhn": "svhn_", "cub": "cub_"}
+
+
+@dataclass(frozen=True)
+class MissingRun:
+    """One (cell, seed) without a finished record. ``overrides`` name the cell for the experiment's runner;
+    ``resumes_at`` is the iteration of a checkpoint found for it (``None``: starts from scratch);
+    ``other_settings`` names how a finished run of it in ``finished_dir`` departs from the profile."""
+
+    experiment: str
+    cell: str
+    seed: int
+    overrides: tuple[str, ...]
+    resumes_at: int | None = None
+    other_settings: str = ""
+    finished_dir: Path | None = None
+
+    def queue_line(self, profile: str) -> str:
+        """The line ``benchmarks/gpu_queue.sh`` reads: the runner's name, then its overrides."""
+        trainer = f"trainer={TRAINER_PREFIX.get(self.experiment, '')}{profile}"
+        return " ".join((self.experiment, *self.overrides, trainer, f"seed={self.seed}"))
+
+    def command(self, profile: str) -> str:
+        """The command that trains (or resumes) this run."""
+        return f"python -m experiments.{self.queue_line(profile)}"
+
+
+def table_cells(experiment: str) -> list[tuple[str, tuple[str, ...]]]:
+    """Every cell of the experiment's table in the table's order: ``(cell name, runner overrides)``.
+
+    **Convention**: cell names are the run records' (``<data>-<model>-<transform or none>``, ``addition-...``,
+    ``coloc_t-digit<k>``: co-localisation with the default crop negatives).
+    """
+    if experiment == "mnist":
+        cells = [(data, model, transform) for (model, transform) in TABLE1_ERROR for data in TABLE1_SETS] + [
+            ("tc", model, transform) for (model, transform) in CLUTTERED_ERROR
+        ]
+        return [
+            (
+                f"{data}-{model}-{transform or 'none'}",
+                (f"data={data}", f"model={model}", f"transformer={transform or 'none'}"),
+            )
+            for data, model, transform in cells
+        ]
+    if experiment == "addition":
+        return [
+            (
+                f"addition-{model}-{transform or 'none'}",
+                (f"model=addition_{model}", f"transformer={transform or 'none'}"),
+            )
+            for model, transform in TABLE4_ROWS
+        ]
+    if experiment == "coloc":
+        return [
+            (f"{data}-digit{digit}", (f"data={data}", f"digit={digit}"))
+            for data in TABLE5_LOCALISED
+            for digit in range(10)
+        ]
+    raise ValueError(
+        f"unknown experiment {experiment!r}: missing runs are listed for {', '.join(EXPERIMENTS)}"
+    )
+
+
+def missing_runs(
+    experiment: str,
+    seeds: Sequence[int],
+    folders: Iterable[Path | str],
+    other_settings: Callable[[dict], str] | None = None,
+) -> list[MissingRun]:
+    """The (cell, seed) pairs of ``experiment``'s table, cell by cell, that no folder holds a finished record
+    of. Folders that do not exist are skipped (no runs there yet). ``other_settings(record)`` names how a
+    finished record departs from the profile's settings (``""``: it does not); such a run is not the
+    profile's and stays listed, with that text and its folder."""
+    if not seeds or any(int(s) < 1 for s in seeds):
+        raise ValueError(f"seeds must be positive integers, got {list(seeds)!r}")
+    folders = [Path(f) for f in folders]
+    missing = []
+    for cell, overrides in table_cells(experiment):
+        for seed in seeds:
+            seed_dirs = [folder / cell / f"seed{seed}" for folder in folders]
+            finished = [(d, r) for d in seed_dirs if (r := read_finished_record(d)) is not None]
+            deviations = [(d, other_settings(r) if other_settings else "") for d, r in finished]
+            if any(not text for _, text in deviations):
+                continue
+            checkpoints = [d / CHECKPOINT_NAME for d in seed_dirs if (d / CHECKPOINT_NAME).is_file()]
+            resumes_at = max((checkpoint_progress(c)["iteration"] for c in checkpoints), default=None)
+            finished_dir, text = deviations[0] if deviations else (None, "")
+            missing.append(MissingRun(experiment, cell, int(seed), overrides, resumes_at, text, finished_dir))
+    return missing
+
+
+def run_state(run_dir: Path | str) -> str:
+    """What a run folder holds, in words: ``finished``, ``resumes at iteration N of M`` or ``not started``.
+
+    For the co-localisation embedding e(), which no table cell names: the first job of a profile trains it.
+    """
+    run_dir = Path(run_dir)
+    if read_finished_record(run_dir) is not None:
+        return "finished"
+    if (run_dir / CHECKPOINT_NAME).is_file():
+        return f"resumes at {progress_text(checkpoint_progress(run_dir / CHECKPOINT_NAME))}"
+    return "not started"
 
 
 def coloc_embedding_dir(profile: str) -> Path:
@@ -120,9 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         print(f"error: --seeds {args.seeds!r} is not a comma-separated list of integers", file=sys.stderr)
         return 1
-    runs = Path(os.environ.get("STN_RUNS", "runs"))
+    runs = runs_dir()
     folders = args.records or [
-        Path("results/records") / f"{args.experiment}_{args.profile}",
+        RECORDS / f"{args.experiment}_{args.profile}",
         runs / args.experiment / args.profile,
     ]
     try:
@@ -141,10 +257,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.experiment == "coloc" and missing:  # with nothing to run, e()'s state does not matter
         embedding = coloc_embedding_dir(args.profile)
         print(f"  embedding e(), trained by the first job that needs it: {embedding} {run_state(embedding)}")
-        committed = ROOT / "results" / "records" / f"coloc_{args.profile}" / "embedding"
+        committed = RECORDS / f"coloc_{args.profile}" / "embedding"
         if read_finished_record(embedding) is None and read_finished_record(committed) is not None:
             print(
-                f"  (or add embedding.run_dir={committed.relative_to(ROOT)} to each: the committed e(), trained once)"
+                f"  (or add embedding.run_dir={committed.relative_to(PROJECT_ROOT)} to each: the committed e(), trained once)"
             )
     for run in missing:
         resumes = "" if run.resumes_at is None else f"  # resumes at iteration {run.resumes_at:,}"

@@ -1,9 +1,9 @@
 """Where the co-localisation loss is lowest: the loss at hand-placed windows instead of learned ones.
 
-python -m experiments.coloc_landscape --embedding runs/coloc/embedding/quick/mnist/seed1 --digit 5
-python -m experiments.coloc_landscape --embedding ... --data coloc_tc --digits 0,3,5 --norms unit,none
-python -m experiments.coloc_landscape --embedding ... --negatives window   # I_n^rand at each window's scale
-python -m experiments.coloc_landscape --embedding ... --norms unit --margin 4   # every pair in the hinge
+stn-coloc-landscape --embedding runs/coloc/embedding/quick/mnist/seed1 --digit 5
+stn-coloc-landscape --embedding ... --data coloc_tc --digits 0,3,5 --norms unit,none
+stn-coloc-landscape --embedding ... --negatives window   # I_n^rand at each window's scale
+stn-coloc-landscape --embedding ... --norms unit --margin 4   # every pair in the hinge
 
 For each digit class, the 100 images a co-localisation run sees, and each way of scaling e(), it prints the
 hinge loss (configs/coloc.yaml's margin and crop size) with every image's window centred on its true box at

@@ -1,31 +1,24 @@
 """Write an experiment's tables (CSV + Markdown) against the paper from run records.
 
-python -m experiments.table                                   # Table 1: every profile under runs/mnist
-python -m experiments.table --profile quick --wandb
-python -m experiments.table --experiment svhn --profile quick  # Table 2 (and its synthetic twin)
-python -m experiments.table --experiment addition --profile quick  # Table 4 (MNIST addition)
-python -m experiments.table --experiment coloc --profile quick  # Table 5 (co-localisation)
+stn-table                                   # Table 1: every profile under runs/mnist
+stn-table --profile quick --wandb
+stn-table --experiment svhn --profile quick  # Table 2 (and its synthetic twin)
+stn-table --experiment addition --profile quick  # Table 4 (MNIST addition)
+stn-table --experiment coloc --profile quick  # Table 5 (co-localisation)
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-from experiments.missing import profile_optims
-from stn_repro.coloc_table import COLOC_CSV_COLUMNS, coloc_rows, write_coloc_tables
+from stn_analysis.bookkeeping.missing import profile_optims
+from stn_analysis.paths import runs_dir
+from stn_analysis.records import STORED_TEST_SET_EXPERIMENTS, collect_records, mark_test_set_changes
+from stn_analysis.tables.aggregate import CSV_COLUMNS, EXPERIMENTS, aggregate, write_tables
+from stn_analysis.tables.coloc import COLOC_CSV_COLUMNS, coloc_rows, write_coloc_tables
 from stn_repro.data.sets import stored_set_checksum
-from stn_repro.tables import (
-    CSV_COLUMNS,
-    EXPERIMENTS,
-    STORED_TEST_SET_EXPERIMENTS,
-    aggregate,
-    collect_records,
-    mark_test_set_changes,
-    write_tables,
-)
 
 # Co-localisation (Table 5) has a layout of its own (stn_repro.coloc_table), not stn_repro.tables' rows.
 ALL_EXPERIMENTS = (*EXPERIMENTS, *(() if "coloc" in EXPERIMENTS else ("coloc",)))
@@ -60,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wandb-mode", default="offline", help="W&B mode for --wandb (offline, online)")
     args = parser.parse_args(argv)
     # The runs folder the runners write to: $STN_RUNS (configs/paths), else runs/.
-    runs = args.runs or Path(os.environ.get("STN_RUNS", "runs")) / args.experiment
+    runs = args.runs or runs_dir() / args.experiment
     made_from = str(args.runs) if args.runs else None  # named in the table's "Made by" line
     if args.experiment == "coloc":
         return coloc_tables(runs, args, made_from)
