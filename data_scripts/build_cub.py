@@ -22,8 +22,9 @@ import time
 from pathlib import Path
 
 from stn_repro.data import DEFAULT_SEED
-from stn_repro.data.cub import SOURCE_ENV, SYNTHETIC_DEFAULTS, build_synthetic_cub, prepare_cub
+from stn_repro.data.cub.prepare import SOURCE_ENV, prepare_cub
 from stn_repro.data.files import DataError, default_data_dir
+from stn_repro.data.synthetic.cub import SYNTHETIC_DEFAULTS, build_synthetic_cub
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,14 +25,9 @@ from pathlib import Path
 
 from stn_repro.data import DEFAULT_SEED
 from stn_repro.data.files import DataError, default_data_dir
-from stn_repro.data.svhn import (
-    NUM_VALIDATION,
-    SOURCE_ENV,
-    SYNTHETIC_COUNTS,
-    build_synthetic_svhn,
-    download_svhn,
-    import_svhn,
-)
+from stn_repro.data.svhn.importer import SOURCE_ENV, download_svhn, import_svhn
+from stn_repro.data.svhn.stored import NUM_VALIDATION
+from stn_repro.data.synthetic.svhn import SYNTHETIC_COUNTS, build_synthetic_svhn
 
 
 def main(argv: list[str] | None = None) -> int:

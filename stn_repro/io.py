@@ -61,3 +61,11 @@ def md5_file(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def current_umask() -> int:
+    """The process's umask (read by setting it and setting it back): the permissions a folder made with
+    ``mkdtemp`` (0700) gets before it is renamed into place, as a plain ``mkdir`` would have made it."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask

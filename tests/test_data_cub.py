@@ -11,19 +11,11 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from stn_repro.data.cub import (
-    OFFICIAL_COUNTS,
-    CubCrops,
-    CubDataset,
-    CubStream,
-    augmentation_seed,
-    build_synthetic_cub,
-    load_cub_index,
-    prepare_cub,
-    read_cub_index,
-    write_cub_tree,
-)
+from stn_repro.data.cub.dataset import CubCrops, CubDataset, CubStream, augmentation_seed
+from stn_repro.data.cub.index import OFFICIAL_COUNTS, load_cub_index, read_cub_index
+from stn_repro.data.cub.prepare import prepare_cub
 from stn_repro.data.files import DataError
+from stn_repro.data.synthetic.cub import build_synthetic_cub, write_cub_tree
 
 CLASSES, PER_CLASS = 3, 6
 

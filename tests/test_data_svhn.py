@@ -15,27 +15,20 @@ from PIL import Image
 
 from stn_repro.data import mnist as mnist_module
 from stn_repro.data import set_checksum, synthetic_mnist
-from stn_repro.data import svhn as svhn_module
 from stn_repro.data.files import DataError
-from stn_repro.data.svhn import (
+from stn_repro.data.svhn.crops import (
     MAX_DIGITS,
     NO_DIGIT,
-    SvhnImage,
-    SvhnStream,
-    build_synthetic_svhn,
     center_crop,
     crop_and_resize,
     crop_box,
-    download_svhn,
     encode_labels,
-    import_svhn,
-    load_svhn_set,
-    make_synthetic_svhn_tree,
-    read_digit_struct,
-    read_svhn_attrs,
-    svhn_set_path,
-    write_digit_struct,
 )
+from stn_repro.data.svhn.digit_struct import SvhnImage, read_digit_struct, write_digit_struct
+from stn_repro.data.svhn.importer import download_svhn, import_svhn
+from stn_repro.data.svhn.stored import SVHN_VERSION, load_svhn_set, read_svhn_attrs, svhn_set_path
+from stn_repro.data.svhn.stream import SvhnStream
+from stn_repro.data.synthetic.svhn import build_synthetic_svhn, make_synthetic_svhn_tree
 
 # name, image (width, height), boxes (left, top, width, height), raw labels (10 = digit 0)
 TRAIN = [
@@ -233,7 +226,7 @@ def test_import_end_to_end_then_idempotent(tree, tmp_path):
     attrs = read_svhn_attrs("svhn", 64, "train", data_dir)
     assert attrs["sha256"] == set_checksum(train["images"], train["labels"])
     assert attrs["dropped_over_5_digits"] == 1 and attrs["size"] == 64 and attrs["num_validation"] == 2
-    assert attrs["synthetic"] == False and attrs["generator_version"] == svhn_module.SVHN_VERSION  # noqa: E712
+    assert attrs["synthetic"] == False and attrs["generator_version"] == SVHN_VERSION  # noqa: E712
     assert "SVHN format 1" in attrs["source"]
     # A second run verifies the files and reads nothing: it works without the source.
     before = {p: p.stat().st_mtime_ns for p in paths}

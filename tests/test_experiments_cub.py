@@ -22,8 +22,10 @@ from PIL import Image
 from experiments.cub import initial_weights, spec_from_config
 from stn_analysis.diagnostics.cub_parts import main as cub_parts_main
 from stn_analysis.tables.cli import main as table_main
-from stn_repro.data.cub import CubCrops, CubDataset, CubStream, read_cub_index, write_cub_tree
+from stn_repro.data.cub.dataset import CubCrops, CubDataset, CubStream
+from stn_repro.data.cub.index import read_cub_index
 from stn_repro.data.files import DataError
+from stn_repro.data.synthetic.cub import write_cub_tree
 from stn_repro.models.cub import build_cub_model
 from stn_repro.paper import cub_paper_accuracy
 from stn_repro.tasks.cub import (

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from experiments.svhn import spec_from_config
 from stn_analysis.tables.cli import main as table_main
 from stn_repro.data import synthetic_mnist
-from stn_repro.data.svhn import build_synthetic_svhn
+from stn_repro.data.synthetic.svhn import build_synthetic_svhn
 from stn_repro.paper import svhn_paper_error
 from stn_repro.tasks.svhn import load_svhn_data, load_trained_svhn_model, run_svhn_seed
 from stn_repro.training.learners import evaluate

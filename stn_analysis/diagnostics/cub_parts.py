@@ -15,7 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from stn_repro.data.cub import CubCrops, CubDataset, load_cub_index
+from stn_repro.data.cub.dataset import CubCrops, CubDataset
+from stn_repro.data.cub.index import load_cub_index
 from stn_repro.data.files import DataError
 from stn_repro.io import atomic_write_text
 from stn_repro.tasks.cub import PartPlacement, load_trained_cub_model, part_placement

@@ -27,7 +27,8 @@ import torch.distributed as dist
 from PIL import Image
 from torch import Tensor, nn
 
-from stn_repro.data.cub import CubCrops, CubDataset, CubStream, eval_loader, load_cub_index
+from stn_repro.data.cub.dataset import CubCrops, CubDataset, CubStream, eval_loader
+from stn_repro.data.cub.index import load_cub_index
 from stn_repro.models.cub import CubSTCNN, build_cub_model, part_boxes, part_figure, sample_parts
 from stn_repro.paper import cub_paper_accuracy, cub_paper_error
 from stn_repro.tracking import Tracker

@@ -16,7 +16,9 @@ import torch
 from torch import Tensor, nn
 
 from stn_repro.data.sets import set_checksum
-from stn_repro.data.svhn import SVHN_VERSION, SvhnStream, center_crop, load_svhn_set
+from stn_repro.data.svhn.crops import center_crop
+from stn_repro.data.svhn.stored import SVHN_VERSION, load_svhn_set
+from stn_repro.data.svhn.stream import SvhnStream
 from stn_repro.models.svhn import SVHN_MODEL_KINDS, build_svhn_model, transformer_outputs
 from stn_repro.paper import svhn_paper_error
 from stn_repro.tracking import Tracker

@@ -1,0 +1,5 @@
+"""Synthetic stand-ins for the data sets that cannot be fetched here, written in the real on-disk formats and
+read by the real loaders: an SVHN format-1 tree built from MNIST digits (:mod:`.svhn`) and a CUB-200-2011
+tree of two-part "birds" (:mod:`.cub`). Numbers from them are not SVHN or CUB numbers; every table made
+from them says SYNTHETIC.
+"""
