@@ -32,7 +32,8 @@ from stn_repro.data import (
     write_set,
 )
 from stn_repro.data.files import DataError
-from stn_repro.data.sets import SeededBatchStream, stored_set_checksum, summarise_test_set
+from stn_repro.data.sets import stored_set_checksum, summarise_test_set
+from stn_repro.data.streams import SeededBatchStream
 
 
 @pytest.fixture(scope="module")

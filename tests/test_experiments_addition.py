@@ -16,7 +16,8 @@ from omegaconf import OmegaConf
 
 import stn_repro.tasks.addition as addition_task
 from experiments.addition import spec_from_config
-from stn_analysis.tables.aggregate import addition_markdown, aggregate
+from stn_analysis.tables.addition import addition_markdown
+from stn_analysis.tables.aggregate import aggregate
 from stn_analysis.tables.cli import main as table_main
 from stn_repro.data import (
     DEFAULT_SEED,

@@ -5,15 +5,8 @@ import pytest
 import torch
 import torchvision
 
-from stn_repro.models.cub import (
-    TILINGS,
-    BNInception,
-    build_backbone,
-    build_cub_model,
-    load_backbone_weights,
-    part_boxes,
-    part_figure,
-)
+from stn_repro.models.backbones import BNInception, build_backbone, load_backbone_weights
+from stn_repro.models.cub import TILINGS, build_cub_model, part_boxes, part_figure
 from stn_repro.training.learners import make_optimizer
 from stn_repro.training.settings import TrainSettings
 from stn_repro.viz import save_figure

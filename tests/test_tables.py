@@ -8,15 +8,10 @@ import torch
 
 from stn_analysis.diagnostics.rescore import LOADERS
 from stn_analysis.records import STORED_TEST_SET_EXPERIMENTS, collect_records, mark_test_set_changes
-from stn_analysis.tables.aggregate import (
-    addition_markdown,
-    aggregate,
-    first_reaching,
-    recipe_deviation,
-    to_csv,
-    to_markdown,
-)
+from stn_analysis.tables.addition import addition_markdown
+from stn_analysis.tables.aggregate import aggregate, first_reaching, recipe_deviation, to_csv
 from stn_analysis.tables.cli import main as table_main
+from stn_analysis.tables.mnist import to_markdown
 
 # W&B is optional at run time (logger=none); where it is not installed (e.g. a bare GPU machine) these skip.
 NEEDS_WANDB = pytest.mark.skipif(importlib.util.find_spec("wandb") is None, reason="wandb is not installed")

@@ -16,8 +16,9 @@ from pathlib import Path
 from stn_analysis.bookkeeping.missing import profile_optims
 from stn_analysis.paths import runs_dir
 from stn_analysis.records import STORED_TEST_SET_EXPERIMENTS, collect_records, mark_test_set_changes
-from stn_analysis.tables.aggregate import CSV_COLUMNS, EXPERIMENTS, aggregate, write_tables
+from stn_analysis.tables.aggregate import CSV_COLUMNS, EXPERIMENTS, aggregate
 from stn_analysis.tables.coloc import COLOC_CSV_COLUMNS, coloc_rows, write_coloc_tables
+from stn_analysis.tables.write import write_tables
 from stn_repro.data.sets import stored_set_checksum
 
 # Co-localisation (Table 5) has a layout of its own (stn_repro.coloc_table), not stn_repro.tables' rows.

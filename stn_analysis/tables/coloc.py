@@ -11,7 +11,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from stn_analysis.tables.aggregate import table_command
+from stn_analysis.tables.markdown import table_command
 from stn_repro.io import atomic_write_text, file_sha256
 from stn_repro.paper import COLOC_SET_LABELS, coloc_paper_localised, coloc_paper_text
 from stn_repro.training.records import run_commits

@@ -1,7 +1,16 @@
-"""MNIST data for the suite: fetching and loading, the distorted-MNIST generators, stored sets and streams.
+"""The suite's data sets: fetched with checksums, stored once, verified when read, streamed with exact resume.
 
-See :mod:`stn_repro.data.distortions` for the **Convention** (devices, seeding, pixel coordinates) that the
-generators share with :mod:`stn_repro.transformers`.
+- MNIST and its distortions (spec Sects. 2-4): :mod:`.mnist` (fetch, load), :mod:`.distortions` (R, RTS, P,
+  E, TC, addition pairs, co-localisation images: the same geometry the transformers learn), :mod:`.sets`
+  (the stored test and validation sets), :mod:`.streams` (training batches), :mod:`.addition`, :mod:`.plain`,
+  :mod:`.sheets` (sample pictures).
+- SVHN (Sect. 5): :mod:`.svhn`. CUB-200-2011 (Sect. 6): :mod:`.cub`. Their synthetic stand-ins, in the real
+  formats: :mod:`.synthetic`.
+- Shared: :mod:`.files` (where data live, :class:`DataError`, checked downloads).
+
+The names below are distorted MNIST's, gathered for convenience. See :mod:`stn_repro.data.distortions` for
+the **Convention** (devices, seeding, pixel coordinates) that the generators share with
+:mod:`stn_repro.transformers`.
 """
 
 from stn_repro.data.files import DataError, default_data_dir
@@ -19,9 +28,6 @@ from stn_repro.data.sets import (
     EXTRA_SPLITS,
     GENERATOR_VERSION,
     SPLITS,
-    DistortedMNIST,
-    DistortedStream,
-    FixedTrainingSet,
     build_all_sets,
     generate_addition_set,
     generate_colocalisation_set,
@@ -36,6 +42,7 @@ from stn_repro.data.sets import (
     validation_indices,
     write_set,
 )
+from stn_repro.data.streams import DistortedMNIST, DistortedStream, FixedTrainingSet
 from stn_repro.seeding import derive_seed
 
 from .distortions import (

@@ -11,8 +11,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from stn_repro.data.sets import _check_uint8_digits
+from stn_repro.data.streams import SeededBatchStream
+
 from .distortions import ADDITION_SIZE, addition_pairs
-from .sets import SeededBatchStream, _check_uint8_digits
 
 
 class AdditionStream(SeededBatchStream):

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from .sets import SeededBatchStream, _check_uint8_digits
+from stn_repro.data.sets import _check_uint8_digits
+from stn_repro.data.streams import SeededBatchStream
 
 
 class PlainStream(SeededBatchStream):

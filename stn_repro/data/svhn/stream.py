@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from stn_repro.data.sets import SeededBatchStream
+from stn_repro.data.streams import SeededBatchStream
 from stn_repro.data.svhn.crops import MAX_DIGITS
 
 
