@@ -73,9 +73,9 @@ LAUNCH_ARG = $(if $(filter-out 1,$(JOBS)),hydra/launcher=parallel hydra.launcher
 # BUDGET: the parameter budget's reading, about_400k (default) or width_ranges (configs/budget/).
 BUDGET ?= about_400k
 reproduce-mnist:  ## run Table 1 + TC (PROFILE=paper|fast|quick|smoke, BUDGET=about_400k|width_ranges, SEEDS=1,2,3, STACK=1: seeds stacked in one process, JOBS=4: 4 jobs at once; both for GPUs), then write results/ tables
-	$(PY) -m experiments.mnist -m $(LAUNCH_ARG) trainer=$(PROFILE) budget=$(BUDGET) $(SEED_ARG) data=$(MNIST_SETS),tc model=fcn,cnn transformer=none
-	$(PY) -m experiments.mnist -m $(LAUNCH_ARG) trainer=$(PROFILE) budget=$(BUDGET) $(SEED_ARG) data=$(MNIST_SETS) model=st_fcn,st_cnn transformer=affine,projective,tps
-	$(PY) -m experiments.mnist -m $(LAUNCH_ARG) trainer=$(PROFILE) budget=$(BUDGET) $(SEED_ARG) data=tc model=st_fcn,st_cnn transformer=affine
+	$(PY) -m experiments.mnist -m $(LAUNCH_ARG) profile=$(PROFILE) budget=$(BUDGET) $(SEED_ARG) data=$(MNIST_SETS),tc model=fcn,cnn transformer=none
+	$(PY) -m experiments.mnist -m $(LAUNCH_ARG) profile=$(PROFILE) budget=$(BUDGET) $(SEED_ARG) data=$(MNIST_SETS) model=st_fcn,st_cnn transformer=affine,projective,tps
+	$(PY) -m experiments.mnist -m $(LAUNCH_ARG) profile=$(PROFILE) budget=$(BUDGET) $(SEED_ARG) data=tc model=st_fcn,st_cnn transformer=affine
 	$(MAKE) table PROFILE=$(PROFILE)
 
 EXPERIMENT ?= mnist
@@ -121,32 +121,32 @@ gpu-queue:  ## on a GPU machine with .gpu_kit/: train the runs listed in QUEUE (
 
 # --- SVHN multi-digit (Table 2) -------------------------------------------------------------------------------
 # SVHN_SETS: svhn64,svhn128 (real SVHN, make data-svhn) or synthetic_svhn64,synthetic_svhn128 (the stand-in).
-# PROFILE=quick runs trainer=svhn_quick (quarter-width models, 3k iterations: CPU), paper the paper's budget.
+# PROFILE=quick runs profile=quick (quarter-width models, 3k iterations: CPU), paper the paper's budget.
 SVHN_SETS ?= svhn64,svhn128
 SVHN_SEEDS ?= 1
 .PHONY: reproduce-svhn bench-svhn
 
 reproduce-svhn:  ## run Table 2 (SVHN_SETS=svhn64,svhn128 or synthetic_svhn64; PROFILE=paper|quick; SVHN_SEEDS=1,2,3), then write results/ tables
-	$(PY) -m experiments.svhn -m $(LAUNCH_ARG) trainer=svhn_$(PROFILE) seed=$(SVHN_SEEDS) data=$(SVHN_SETS) model=svhn_cnn,st_cnn_single,st_cnn_multi
+	$(PY) -m experiments.svhn -m $(LAUNCH_ARG) profile=$(PROFILE) seed=$(SVHN_SEEDS) data=$(SVHN_SETS) model=svhn_cnn,st_cnn_single,st_cnn_multi
 	$(MAKE) table EXPERIMENT=svhn PROFILE=$(PROFILE)
 
 bench-svhn:  ## time ST-CNN Multi and Single against the CNN, forward and backward (the paper: Multi 6% slower)
 	$(PY) benchmarks/bench_svhn.py $(BENCH_ARGS)
 
 # --- MNIST addition (Table 4) ---------------------------------------------------------------------------------
-# PROFILE=paper|fast|quick|smoke are Table 1's trainer profiles (the paper gives addition no schedule of its own;
+# PROFILE=paper|fast|quick|smoke are Table 1's profiles (the paper gives addition no schedule of its own;
 # fast holds out the validation pairs).
 .PHONY: reproduce-addition
 
 reproduce-addition:  ## run Table 4, MNIST addition (PROFILE=paper|fast|quick, SEEDS=1,2,3, JOBS=4), then write results/ tables
-	$(PY) -m experiments.addition -m $(LAUNCH_ARG) trainer=$(PROFILE) seed=$(SEEDS) model=addition_fcn,addition_cnn transformer=none
-	$(PY) -m experiments.addition -m $(LAUNCH_ARG) trainer=$(PROFILE) seed=$(SEEDS) model=addition_st_fcn,addition_2x_st_fcn transformer=affine,projective,tps
+	$(PY) -m experiments.addition -m $(LAUNCH_ARG) profile=$(PROFILE) seed=$(SEEDS) model=addition_fcn,addition_cnn transformer=none
+	$(PY) -m experiments.addition -m $(LAUNCH_ARG) profile=$(PROFILE) seed=$(SEEDS) model=addition_st_fcn,addition_2x_st_fcn transformer=affine,projective,tps
 	$(MAKE) table EXPERIMENT=addition PROFILE=$(PROFILE)
 
 # --- Co-localisation (Table 5) --------------------------------------------------------------------------------
-# PROFILE=quick runs trainer=coloc_quick (CPU); fast trainer=coloc_fast (CPU, about 2 h: e() at 5% of the
+# PROFILE=quick runs profile=quick (CPU); fast profile=fast (CPU, about 2 h: e() at 5% of the
 # Sect. 2 protocol with the fast optimiser, each class at the paper profile's 2,000 steps); paper
-# trainer=coloc_paper (e() at the Sect. 2 protocol: 9 h here, the first 26k iterations on a GPU, the rest on the CPU; then ~5 min per class on one core). The first job trains the embedding CNN e() once per profile; every other job reuses it.
+# profile=paper (e() at the Sect. 2 protocol: 9 h here, the first 26k iterations on a GPU, the rest on the CPU; then ~5 min per class on one core). The first job trains the embedding CNN e() once per profile; every other job reuses it.
 COLOC_DIGITS ?= 0,1,2,3,4,5,6,7,8,9
 COLOC_SETS ?= coloc_t,coloc_tc
 COLOC_SEEDS ?= 1
@@ -155,13 +155,13 @@ COLOC_EMBEDDING ?=
 .PHONY: reproduce-coloc
 
 reproduce-coloc:  ## run Table 5, co-localisation: every digit class on T and TC (PROFILE=paper|fast|quick, COLOC_SEEDS=1,2,3), then write results/coloc_table5_<profile>.md and coloc_boxes_<profile>.md
-	$(PY) -m experiments.coloc -m $(LAUNCH_ARG) trainer=coloc_$(PROFILE) seed=$(COLOC_SEEDS) digit=$(COLOC_DIGITS) data=$(COLOC_SETS) $(if $(COLOC_EMBEDDING),embedding.run_dir=$(COLOC_EMBEDDING))
+	$(PY) -m experiments.coloc -m $(LAUNCH_ARG) profile=$(PROFILE) seed=$(COLOC_SEEDS) digit=$(COLOC_DIGITS) data=$(COLOC_SETS) $(if $(COLOC_EMBEDDING),embedding.run_dir=$(COLOC_EMBEDDING))
 	$(MAKE) table EXPERIMENT=coloc PROFILE=$(PROFILE)
 	$(BIN)/stn-coloc-boxes --profile $(PROFILE)
 
 # --- CUB-200-2011 (Table 3) -----------------------------------------------------------------------------------
 # CUB_SYNTHETIC=1: the synthetic stand-in (make data-cub-synthetic) instead of CUB (make data-cub).
-# PROFILE=quick runs trainer=cub_quick (quarter width, 64 px parts: CPU), paper trainer=cub_paper (GPUs).
+# PROFILE=quick runs profile=quick (quarter width, 64 px parts: CPU), paper profile=paper (GPUs).
 # NPROC=8: each run data-parallel over 8 processes (GPUs) with torchrun; trainer.batch_size stays the global
 # batch. CUB_WEIGHTS=/path/to/imagenet_state_dict.pth: every backbone starts from it (else from scratch;
 # PROFILE=quick: the ST-CNNs start from the CNN run of their seed, which the first sweep runs first).
@@ -182,6 +182,6 @@ data-cub-synthetic:  ## write the synthetic CUB-format stand-in (two-part "birds
 	$(PY) data_scripts/build_cub.py --synthetic $(CUB_ARGS)
 
 reproduce-cub:  ## run Table 3 (PROFILE=paper|quick, CUB_SEEDS=1,2,3, CUB_SYNTHETIC=1, NPROC=8: torchrun data-parallel, CUB_WEIGHTS=...), then write results/ tables
-	$(CUB_RUN) -m experiments.cub -m trainer=cub_$(PROFILE) seed=$(CUB_SEEDS) data=$(CUB_DATA)224 model=cub_cnn,cub_st_cnn_2x $(CUB_WEIGHTS_ARG)
-	$(CUB_RUN) -m experiments.cub -m trainer=cub_$(PROFILE) seed=$(CUB_SEEDS) data=$(CUB_DATA)448 model=cub_st_cnn_2x,cub_st_cnn_4x $(CUB_WEIGHTS_ARG)
+	$(CUB_RUN) -m experiments.cub -m profile=$(PROFILE) seed=$(CUB_SEEDS) data=$(CUB_DATA)224 model=cub_cnn,cub_st_cnn_2x $(CUB_WEIGHTS_ARG)
+	$(CUB_RUN) -m experiments.cub -m profile=$(PROFILE) seed=$(CUB_SEEDS) data=$(CUB_DATA)448 model=cub_st_cnn_2x,cub_st_cnn_4x $(CUB_WEIGHTS_ARG)
 	$(MAKE) table EXPERIMENT=cub PROFILE=$(PROFILE)

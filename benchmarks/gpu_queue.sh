@@ -5,8 +5,8 @@
 #   bash benchmarks/gpu_queue.sh OUT_DIR QUEUE_FILE SECONDS
 #
 # QUEUE_FILE holds one run per line: the runner module, then its overrides, e.g.
-#   mnist experiment=rts_st_cnn_tps trainer=fast seed=2
-#   coloc data=coloc_t digit=3 trainer=coloc_paper
+#   mnist experiment=rts_st_cnn_tps profile=fast seed=2
+#   coloc data=coloc_t digit=3 profile=paper
 # Every run gets logger=none trainer.device=$DEVICE trainer.num_threads=1. JOBS processes (default 4) take
 # lines in order as they free up. On one H200 (2026-12-04, results/bench/gpu_h200_2026-12-04_*) processes
 # side by side shared the GPU rather than adding to it: 14 at once trained about 100k images/s together
@@ -26,7 +26,7 @@
 #                    of 15 MiB: the device tool returns 8 files, 64 MiB in all. Unpack: cat weights.tar.* | tar -x
 # Records name the commit in $STN_COMMIT when the tree has no .git (else the kit's, see gpu_kit_env.sh).
 #
-# To check this script on a CPU: DEVICE=cpu JOBS=2 with a queue of trainer=smoke runs.
+# To check this script on a CPU: DEVICE=cpu JOBS=2 with a queue of profile=smoke runs.
 set -uo pipefail
 
 OUT=${1:?usage: gpu_queue.sh OUT_DIR QUEUE_FILE SECONDS}

@@ -2,7 +2,7 @@
 
 python -m experiments.addition experiment=addition/2x_st_fcn_tps seed=2
 python -m experiments.addition -m model=addition_st_fcn,addition_2x_st_fcn transformer=affine,projective,tps seed=1,2,3
-python -m experiments.addition model=addition_fcn trainer=quick   # plain models ignore the transformer
+python -m experiments.addition model=addition_fcn profile=quick   # plain models ignore the transformer
 """
 
 from __future__ import annotations

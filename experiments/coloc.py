@@ -1,8 +1,8 @@
 """Co-localisation (Table 5) from the command line.
 
 python -m experiments.coloc data=coloc_t digit=3
-python -m experiments.coloc -m digit=0,1,2,3,4,5,6,7,8,9 data=coloc_t,coloc_tc trainer=coloc_quick
-python -m experiments.coloc data.source=synthetic trainer=coloc_smoke logger=none   # no real MNIST needed
+python -m experiments.coloc -m digit=0,1,2,3,4,5,6,7,8,9 data=coloc_t,coloc_tc profile=quick
+python -m experiments.coloc data.source=synthetic profile=smoke logger=none   # no real MNIST needed
 
 The first job that needs the embedding CNN (e()) trains it in runs/coloc/embedding/<profile>/<source>/seed<k>/;
 every later job reuses it (a job started while another trains it waits for it).

@@ -2,7 +2,7 @@
 
 python -m experiments.cub experiment=cub/2x_st_cnn_448px seed=2
 python -m experiments.cub -m data=cub224 model=cub_cnn,cub_st_cnn_2x
-python -m experiments.cub data=synthetic_cub224 model=cub_st_cnn_2x trainer=cub_quick   # CPU, synthetic
+python -m experiments.cub data=synthetic_cub224 model=cub_st_cnn_2x profile=quick   # CPU, synthetic
 torchrun --standalone --nproc_per_node=8 -m experiments.cub experiment=cub/4x_st_cnn_448px  # data parallel
 """
 

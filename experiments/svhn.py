@@ -2,7 +2,7 @@
 
 python -m experiments.svhn experiment=svhn/64px_st_cnn_multi seed=2
 python -m experiments.svhn -m data=svhn64,svhn128 model=svhn_cnn,st_cnn_single,st_cnn_multi seed=1,2,3
-python -m experiments.svhn data=synthetic_svhn64 model=st_cnn_multi trainer=svhn_quick   # CPU, synthetic
+python -m experiments.svhn data=synthetic_svhn64 model=st_cnn_multi profile=quick   # CPU, synthetic
 """
 
 from __future__ import annotations

@@ -334,7 +334,7 @@ def test_stacked_engine_on_cuda_matches_the_cpu(tmp_path):
             )
 
 
-def test_trainer_configs_carry_the_speed_settings_to_the_cell():
+def test_the_profiles_carry_the_speed_settings_to_the_cell():
     from hydra import compose, initialize_config_dir
 
     from experiments.mnist import cell_from_config
@@ -344,12 +344,12 @@ def test_trainer_configs_carry_the_speed_settings_to_the_cell():
         on_cpu = SpeedSettings(channels_last=True)  # the measured defaults: NHWC on the CPU, else plain
         for profile in ("paper", "quick", "fast"):
             spec, _ = cell_from_config(
-                compose("mnist", overrides=[f"trainer={profile}", "trainer.device=cpu"])
+                compose("mnist", overrides=[f"profile={profile}", "trainer.device=cpu"])
             )
             assert spec.speed == on_cpu
-            stacked = compose("mnist", overrides=[f"trainer={profile}", "trainer.device=cpu", "seeds=[1,2]"])
+            stacked = compose("mnist", overrides=[f"profile={profile}", "trainer.device=cpu", "seeds=[1,2]"])
             assert cell_from_config(stacked)[0].speed == SpeedSettings()  # the stacked engine: plain path
-        smoke, _ = cell_from_config(compose("mnist", overrides=["trainer=smoke", "trainer.device=cpu"]))
+        smoke, _ = cell_from_config(compose("mnist", overrides=["profile=smoke", "trainer.device=cpu"]))
         assert smoke.speed == SpeedSettings()
         with pytest.raises(ValueError, match=r"trainer.channels_last='yes': use true, false or cpu"):
             cell_from_config(compose("mnist", overrides=["trainer.channels_last=yes"]))

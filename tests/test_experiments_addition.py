@@ -76,7 +76,7 @@ def compose_addition(overrides):
 
 def smoke(experiment, *extra):
     return compose_addition(
-        [f"experiment={experiment}", "trainer=smoke", "data.source=synthetic", "logger=none", *extra]
+        [f"experiment={experiment}", "profile=smoke", "data.source=synthetic", "logger=none", *extra]
     )
 
 
@@ -171,23 +171,23 @@ def test_there_is_one_experiment_per_table4_cell_and_the_papers_numbers_are_in_p
     ]
 
 
-@pytest.mark.parametrize("trainer", ["paper", "quick", "smoke", "fast"])
-def test_every_option_composes_and_plain_models_ignore_the_transformer(trainer):
+@pytest.mark.parametrize("profile", ["paper", "quick", "smoke", "fast"])
+def test_every_option_composes_and_plain_models_ignore_the_transformer(profile):
     for name in EXPERIMENTS:
-        cfg = compose_addition([f"experiment={name}", f"trainer={trainer}"])
+        cfg = compose_addition([f"experiment={name}", f"profile={profile}"])
         OmegaConf.to_container(cfg, resolve=True)
         spec, settings = spec_from_config(cfg)
         assert cfg.cell == spec.cell and cfg.task_name == "addition"
         assert spec.pool_after_transformer and spec.model_options["param_budget"] == 400_000
         # the fast profile holds out the validation digits (it picks on them), as for distorted MNIST
-        assert spec.hold_out_validation == (trainer == "fast") and spec.profile == trainer
+        assert spec.hold_out_validation == (profile == "fast") and spec.profile == profile
     for model in ("addition_fcn", "addition_cnn"):
-        cfg = compose_addition([f"model={model}", "transformer=tps", f"trainer={trainer}"])
+        cfg = compose_addition([f"model={model}", "transformer=tps", f"profile={profile}"])
         spec, _ = spec_from_config(cfg)
         assert spec.transform is None and cfg.cell == spec.cell == f"addition-{cfg.model.kind}-none"
-    spec, settings = spec_from_config(compose_addition([f"trainer={trainer}"]))  # the defaults
+    spec, settings = spec_from_config(compose_addition([f"profile={profile}"]))  # the defaults
     assert spec.cell == "addition-2x_st_fcn-affine"
-    if trainer == "paper":
+    if profile == "paper":
         assert (settings.iterations, spec.batch_size, settings.lr, settings.lr_step_every) == (
             150_000,
             256,
@@ -208,7 +208,7 @@ def test_wrong_data_models_and_transformers_are_refused():
     with pytest.raises(
         ValueError, match=r"hold_out_validation needs the real MNIST.*hold_out_validation=false"
     ):
-        spec_from_config(compose_addition(["trainer=fast", "data.source=synthetic"]))
+        spec_from_config(compose_addition(["profile=fast", "data.source=synthetic"]))
     with pytest.raises(ValueError, match="hold_out_validation needs the real MNIST"):
         AdditionSpec(
             model="fcn",
@@ -220,7 +220,7 @@ def test_wrong_data_models_and_transformers_are_refused():
             data_source="synthetic",
             hold_out_validation=True,
         )
-    spec, _ = spec_from_config(compose_addition(["trainer=fast", "data.hold_out_validation=false"]))
+    spec, _ = spec_from_config(compose_addition(["profile=fast", "data.hold_out_validation=false"]))
     assert not spec.hold_out_validation
 
 
@@ -336,7 +336,7 @@ def test_an_interrupted_run_resumes_to_the_same_final_state(tmp_path):
 
 def test_the_entry_point_runs_a_cell_into_runs_addition(tmp_path):
     env = {**os.environ, "STN_RUNS": str(tmp_path / "runs")}
-    command = [sys.executable, "-m", "experiments.addition", "experiment=addition/cnn", "trainer=smoke"]
+    command = [sys.executable, "-m", "experiments.addition", "experiment=addition/cnn", "profile=smoke"]
     command += ["data.source=synthetic", "logger=none", "trainer.num_threads=1", "transformer=affine"]
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -404,7 +404,7 @@ def test_holding_out_trains_on_55k_digits_scores_val_and_reports_the_images_to_t
     write_set(set_path("addition", "test", tmp_path), test, {"set_name": "addition", "seed": 3})
     spec, settings = spec_from_config(
         compose_addition(
-            ["experiment=addition/fcn", "trainer=smoke", "logger=none", "data.hold_out_validation=true"]
+            ["experiment=addition/fcn", "profile=smoke", "logger=none", "data.hold_out_validation=true"]
         )
     )
     spec.data_dir, spec.profile = tmp_path, "fast"  # labelled as the fast profile for its table

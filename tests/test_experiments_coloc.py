@@ -60,7 +60,7 @@ CONFIGS = ROOT / "configs"
 QUIET = {"log": lambda s: None}
 # Small and fast: a narrow embedding CNN, 10 images per class, synthetic digits.
 SMOKE = [
-    "trainer=coloc_smoke",
+    "profile=smoke",
     "data.source=synthetic",
     "logger=none",
     "embedding.param_budget=5000",
@@ -289,10 +289,10 @@ def test_paper_numbers_are_the_specs():
 
 
 @pytest.mark.parametrize("data", ["coloc_t", "coloc_tc"])
-@pytest.mark.parametrize("trainer", ["coloc_paper", "coloc_fast", "coloc_quick", "coloc_smoke"])
+@pytest.mark.parametrize("profile", ["paper", "fast", "quick", "smoke"])
 @pytest.mark.parametrize("source", ["mnist", "synthetic"])
-def test_every_coloc_config_composes_and_resolves(data, trainer, source, tmp_path):
-    cfg = compose_coloc([f"data={data}", f"trainer={trainer}", f"data.source={source}", "digit=7"])
+def test_every_coloc_config_composes_and_resolves(data, profile, source, tmp_path):
+    cfg = compose_coloc([f"data={data}", f"profile={profile}", f"data.source={source}", "digit=7"])
     OmegaConf.to_container(cfg, resolve=True)
     spec, _, embedding_spec, embedding_settings, embedding_dir = specs_from_config(cfg)
     assert spec.data == data and spec.digit == 7 and spec.synthetic == (source == "synthetic")
@@ -732,7 +732,7 @@ def test_the_landscape_command_prints_every_window_for_every_norm(runs, capsys):
 
 def test_the_fast_profile_trains_the_embedding_with_the_fast_optimiser():
     spec, settings, embedding_spec, embedding_settings, embedding_dir = specs_from_config(
-        compose_coloc(["trainer=coloc_fast"])
+        compose_coloc(["profile=fast"])
     )
     assert (settings.iterations, spec.batch_size, spec.profile, spec.reduced_budget) == (
         2000,
@@ -749,7 +749,7 @@ def test_the_fast_profile_trains_the_embedding_with_the_fast_optimiser():
     assert embedding_settings.warmup_iterations == 300
     assert embedding_dir.parts[-4:] == ("embedding", "fast", "mnist", "seed1")
     # The other profiles keep configs/coloc.yaml's embedding optimiser (the Sect. 2 protocol's SGD).
-    _, _, _, paper_settings, _ = specs_from_config(compose_coloc(["trainer=coloc_paper"]))
+    _, _, _, paper_settings, _ = specs_from_config(compose_coloc(["profile=paper"]))
     assert (paper_settings.lr, paper_settings.lr_schedule, paper_settings.nesterov) == (0.01, "step", False)
 
 

@@ -69,7 +69,7 @@ def compose_cub(overrides, data_dir=None):
 
 def smoke(experiment, data_dir, *extra):
     size = experiment.split("_")[-1].removesuffix("px")
-    overrides = [f"experiment={experiment}", f"data=synthetic_cub{size}", "trainer=cub_smoke", "logger=none"]
+    overrides = [f"experiment={experiment}", f"data=synthetic_cub{size}", "profile=smoke", "logger=none"]
     return compose_cub([*overrides, *extra], data_dir)
 
 
@@ -82,25 +82,25 @@ def test_there_is_one_experiment_per_table3_row():
     assert rows == {("cnn", 224), ("st_cnn_2x", 224), ("st_cnn_2x", 448), ("st_cnn_4x", 448)}
 
 
-@pytest.mark.parametrize("trainer", ["cub_paper", "cub_quick", "cub_smoke"])
-def test_every_cub_option_composes_and_resolves(trainer):
+@pytest.mark.parametrize("profile", ["paper", "quick", "smoke"])
+def test_every_cub_option_composes_and_resolves(profile):
     for data in ("cub224", "cub448", "synthetic_cub224", "synthetic_cub448"):
         for model in ("cub_cnn", "cub_st_cnn_2x", "cub_st_cnn_4x"):
-            cfg = compose_cub([f"data={data}", f"trainer={trainer}", f"model={model}"])
+            cfg = compose_cub([f"data={data}", f"profile={profile}", f"model={model}"])
             OmegaConf.to_container(cfg, resolve=True)
             spec, settings = spec_from_config(cfg)
             assert spec.synthetic == data.startswith("synthetic") == ("synthetic" in spec.cell)
-            assert spec.width == cfg.trainer.width and spec.crops.crop % 32 == 0
+            assert spec.width == cfg.model.width and spec.crops.crop % 32 == 0
             assert len(settings.lr_milestones) == 3 or settings.lr_schedule == "cosine"
 
 
 def test_the_quick_profile_says_how_it_departs_from_the_paper():
-    spec, settings = spec_from_config(compose_cub(["trainer=cub_quick", "data=synthetic_cub448"]))
+    spec, settings = spec_from_config(compose_cub(["profile=quick", "data=synthetic_cub448"]))
     assert spec.reduced_budget and spec.profile == "quick" and (spec.width, spec.part_size) == (0.25, 64)
     assert (settings.lr_schedule, settings.nesterov, settings.warmup_iterations) == ("cosine", True, 200)
     assert settings.lr_at(settings.iterations - 1) < 1e-3 * settings.lr  # decayed to about nothing
-    assert compose_cub(["trainer=cub_quick"]).trainer.st_init == "cnn"
-    assert compose_cub(["trainer=cub_paper"]).trainer.st_init is None
+    assert compose_cub(["profile=quick"]).trainer.st_init == "cnn"
+    assert compose_cub(["profile=paper"]).trainer.st_init is None
 
 
 def test_the_paper_profile_is_the_papers_protocol():
@@ -264,7 +264,7 @@ def test_cub_parts_reports_where_the_parts_go(smoke_runs, data_dir, tmp_path, ca
 
 
 def test_a_missing_set_names_the_make_target_and_an_mnist_set_is_refused(tmp_path):
-    cfg = compose_cub(["data=synthetic_cub224", "trainer=cub_smoke", "logger=none"], tmp_path)
+    cfg = compose_cub(["data=synthetic_cub224", "profile=smoke", "logger=none"], tmp_path)
     spec, settings = spec_from_config(cfg)
     with pytest.raises(DataError, match="make data-cub-synthetic"):
         run_cub_seed(spec, settings, tmp_path / "run", **QUIET)
@@ -369,7 +369,7 @@ def test_a_two_process_4x_st_cnn_run_finishes_and_resumes(data_dir, tmp_path):
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
         "-m", "experiments.cub", "-m", "experiment=cub/4x_st_cnn_448px", "data=synthetic_cub448",
-        "trainer=cub_smoke", "logger=none", "trainer.num_threads=1", "trainer.stop_after=2,null", "seed=1,2",
+        "profile=smoke", "logger=none", "trainer.num_threads=1", "trainer.stop_after=2,null", "seed=1,2",
     ]  # fmt: skip
     cell = tmp_path / "runs" / "cub" / "smoke" / "synthetic-cub448-st_cnn_4x"
     with RunLock(cell / "seed2", log=lambda s: None):
@@ -442,7 +442,7 @@ def test_a_two_process_run_stopped_and_relaunched_ends_as_an_uninterrupted_one(d
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
         "-m", "experiments.cub", "experiment=cub/2x_st_cnn_224px", "data=synthetic_cub224",
-        "trainer=cub_smoke", "logger=none", "trainer.num_threads=1", "trainer.iterations=6",
+        "profile=smoke", "logger=none", "trainer.num_threads=1", "trainer.iterations=6",
     ]  # fmt: skip
     weights = []
     for name, stops in (("straight", []), ("resumed", ["trainer.stop_after=3"])):

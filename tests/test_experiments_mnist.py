@@ -35,7 +35,7 @@ NEEDS_WANDB = pytest.mark.skipif(importlib.util.find_spec("wandb") is None, reas
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
-SMOKE = ["trainer=smoke", "data.source=synthetic", "logger=none"]
+SMOKE = ["profile=smoke", "data.source=synthetic", "logger=none"]
 
 
 def compose_mnist(overrides):
@@ -57,9 +57,10 @@ def test_there_is_one_experiment_per_table1_cell_and_tc():
         ("data", ["r", "rts", "p", "e", "tc"]),
         ("model", ["fcn", "cnn", "st_fcn", "st_cnn"]),
         ("transformer", ["affine", "projective", "tps", "none"]),
-        ("trainer", ["paper", "quick", "smoke", "fast"]),
+        ("profile", ["paper", "quick", "smoke", "fast"]),
+        ("trainer", ["default"]),
         ("logger", ["wandb", "none"]),
-        ("optim", ["sgd", "sgd_fast"]),
+        ("optim", ["sgd"]),
         ("budget", ["about_400k", "width_ranges"]),
     ],
 )
@@ -87,7 +88,7 @@ def test_the_width_ranges_budget_is_solved_per_data_set_and_gets_its_own_run_fol
 
 
 def test_the_fast_profile_is_its_own_optimisation_on_held_out_validation_digits():
-    cfg = compose_mnist(["trainer=fast", "experiment=rts_st_cnn_tps"])
+    cfg = compose_mnist(["profile=fast", "experiment=rts_st_cnn_tps"])
     spec, settings = cell_from_config(cfg)
     assert spec.profile == "fast" and spec.reduced_budget and spec.hold_out_validation
     assert (
@@ -131,7 +132,7 @@ def test_paper_profile_is_the_papers_protocol():
         50_000,
     )
     assert settings.weight_decay == 0.0 and settings.lr_gamma == 0.1 and not spec.reduced_budget
-    assert compose_mnist(["trainer=quick"]).trainer.reduced_budget
+    assert compose_mnist(["profile=quick"]).trainer.reduced_budget
 
 
 @pytest.mark.parametrize("model", ["cnn", "fcn"])
@@ -191,7 +192,7 @@ def run_module(args, tmp_path, **env):
 
 def test_missing_mnist_files_stop_the_runner_with_the_fix_and_no_traceback(tmp_path):
     result = run_module(
-        ["experiments.mnist", "experiment=r_fcn", "trainer=smoke", "logger=none"],
+        ["experiments.mnist", "experiment=r_fcn", "profile=smoke", "logger=none"],
         tmp_path,
         STN_DATA=str(tmp_path / "empty"),
     )
@@ -241,7 +242,7 @@ def test_wandb_offline_writes_the_run_images_and_table(tmp_path):
         command = [
             "experiments.mnist",
             "experiment=r_st_fcn_affine",
-            "trainer=smoke",
+            "profile=smoke",
             "data.source=synthetic",
         ]
         return run_module([*command, "logger=wandb"], tmp_path, WANDB_MODE="offline", WANDB_SILENT="true")

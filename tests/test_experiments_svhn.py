@@ -58,7 +58,7 @@ def smoke(experiment, data_dir, *extra):
         [
             f"experiment={experiment}",
             f"data=synthetic_svhn{size}",
-            "trainer=svhn_smoke",
+            "profile=smoke",
             "logger=none",
             *extra,
         ],
@@ -77,20 +77,20 @@ def test_there_is_one_experiment_per_table2_cell():
 
 
 @pytest.mark.parametrize("data", ["svhn64", "svhn128", "synthetic_svhn64", "synthetic_svhn128"])
-@pytest.mark.parametrize("trainer", ["svhn_paper", "svhn_quick", "svhn_smoke"])
-def test_every_svhn_option_composes_and_resolves(data, trainer):
+@pytest.mark.parametrize("profile", ["paper", "quick", "smoke"])
+def test_every_svhn_option_composes_and_resolves(data, profile):
     for model in ("svhn_cnn", "st_cnn_single", "st_cnn_multi"):
-        cfg = compose_svhn([f"data={data}", f"trainer={trainer}", f"model={model}"])
+        cfg = compose_svhn([f"data={data}", f"profile={profile}", f"model={model}"])
         OmegaConf.to_container(cfg, resolve=True)
         spec, _settings = spec_from_config(cfg)
         assert spec.synthetic == data.startswith("synthetic") and (
             ("synthetic" in spec.cell) == spec.synthetic
         )
-        assert spec.model_options["width"] == cfg.trainer.width
+        assert spec.model_options["width"] == cfg.model.width
 
 
 def test_paper_profile_is_the_papers_protocol():
-    cfg = compose_svhn(["trainer=svhn_paper"])
+    cfg = compose_svhn(["profile=paper"])
     spec, settings = spec_from_config(cfg)
     assert (settings.iterations, spec.batch_size, settings.lr, settings.lr_step_every) == (
         400_000,
@@ -152,7 +152,7 @@ def test_the_sweep_and_the_table_command_label_synthetic_and_reduced(data_dir, t
         "experiments.svhn",
         "-m",
         "data=synthetic_svhn64",
-        "trainer=svhn_smoke",
+        "profile=smoke",
         "logger=none",
         "model=svhn_cnn,st_cnn_multi",
         "trainer.num_threads=1",
@@ -175,7 +175,7 @@ def test_the_sweep_and_the_table_command_label_synthetic_and_reduced(data_dir, t
 
 def test_a_missing_set_names_the_make_target_and_an_mnist_set_is_refused(tmp_path):
     env = {**os.environ, "STN_DATA": str(tmp_path / "empty"), "STN_RUNS": str(tmp_path / "runs")}
-    base = [sys.executable, "-m", "experiments.svhn", "trainer=svhn_smoke", "logger=none"]
+    base = [sys.executable, "-m", "experiments.svhn", "profile=smoke", "logger=none"]
     for extra, words in [
         (["data=synthetic_svhn64"], "make data-svhn-synthetic"),
         (["data=svhn64"], "make data-svhn"),

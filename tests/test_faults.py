@@ -42,7 +42,7 @@ CELL = Path("mnist") / "smoke" / "r-st_fcn-affine" / "seed1"  # the run folder o
 BASE = {
     "experiment": "r_st_fcn_affine",
     "model.param_budget": "50000",
-    "trainer": "smoke",
+    "profile": "smoke",
     "data.source": "synthetic",
     "logger": "none",
     "trainer.num_threads": "1",
@@ -530,7 +530,7 @@ BAD_INPUT = [
     ("unknown data set", {"data": "foo"}, None, ["data=foo", "rts"]),
     ("unknown model", {"model": "foo"}, None, ["model=foo", "st_cnn"]),
     ("unknown transformer", {"transformer": "foo"}, None, ["transformer=foo", "affine"]),
-    ("unknown trainer profile", {"trainer": "foo"}, None, ["trainer=foo", "smoke"]),
+    ("unknown profile", {"profile": "foo"}, None, ["profile=foo", "smoke"]),
     ("unknown logger", {"logger": "foo"}, None, ["logger=foo", "none"]),
     ("unknown data source", {"data.source": "foo"}, None, ["'foo'", "mnist, synthetic"]),
     ("seed not a number", {"seed": "abc"}, None, ["seed='abc'", "seed=1"]),

@@ -74,7 +74,7 @@ def test_finished_records_in_any_folder_count_and_unfinished_ones_do_not(tmp_pat
         ("p-fcn-none", 1),
     ]
     assert missing[0].resumes_at == 1234 and missing[1].resumes_at is None
-    assert missing[0].queue_line("fast") == "mnist data=rts model=fcn transformer=none trainer=fast seed=1"
+    assert missing[0].queue_line("fast") == "mnist data=rts model=fcn transformer=none profile=fast seed=1"
     assert missing[0].command("fast") == f"python -m experiments.{missing[0].queue_line('fast')}"
 
 
@@ -97,7 +97,7 @@ def test_the_command_line_prints_queue_lines_and_refuses_bad_input(tmp_path, cap
         == 0
     )
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 7 and lines[0] == "addition model=addition_cnn transformer=none trainer=paper seed=1"
+    assert len(lines) == 7 and lines[0] == "addition model=addition_cnn transformer=none profile=paper seed=1"
     assert main(["--seeds", "1,x", "--records", str(tmp_path)]) == 1
     assert "not a comma-separated list of integers" in capsys.readouterr().err
     assert main(["--seeds", "0", "--records", str(tmp_path)]) == 1
@@ -124,7 +124,7 @@ def test_coloc_runs_and_the_state_of_their_embedding(tmp_path, capsys, monkeypat
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("coloc, profile paper, seeds 1: 19 run(s)")
     assert out[1].endswith("seed1 resumes at iteration 26,335 of 150,000")
-    assert out[2] == "  python -m experiments.coloc data=coloc_t digit=0 trainer=coloc_paper seed=1"
+    assert out[2] == "  python -m experiments.coloc data=coloc_t digit=0 profile=paper seed=1"
     assert "data=coloc_t digit=3 " not in "\n".join(out) and "data=coloc_tc digit=3 " in "\n".join(out)
     # A committed finished e() is offered while the local one is not finished.
     committed = tmp_path / "results" / "records" / "coloc_paper" / "embedding"
@@ -155,7 +155,7 @@ def test_coloc_runs_and_the_state_of_their_embedding(tmp_path, capsys, monkeypat
 
 
 def test_a_run_finished_with_other_optimiser_settings_is_not_the_profiles(tmp_path, capsys):
-    from stn_analysis.bookkeeping.missing import profile_optims
+    from stn_analysis.bookkeeping.recipes import profile_optims
 
     cell = "tc-st_cnn-affine"
     fast = profile_optims("mnist", [{"profile": "fast", "cell": cell}])[("mnist", "fast", cell)]

@@ -17,7 +17,7 @@ from stn_analysis.tables.mnist import to_markdown
 NEEDS_WANDB = pytest.mark.skipif(importlib.util.find_spec("wandb") is None, reason="wandb is not installed")
 
 
-# The training length each profile's trainer config gives (a record of other length is another recipe).
+# The training length each profile gives (configs/profile/mnist/) (a record of other length is another recipe).
 PROFILE_LENGTH = {"quick": (1500, 64), "fast": (15_000, 128), "paper": (150_000, 256)}
 
 
@@ -422,7 +422,7 @@ def test_every_experiment_the_tables_flag_by_test_set_can_be_rescored():
 
 
 def test_each_profile_optimiser_settings_come_from_its_trainer_config():
-    from stn_analysis.tables.cli import profile_optims
+    from stn_analysis.bookkeeping.recipes import profile_optims
 
     def run(profile, cell, experiment="mnist"):
         return {"profile": profile, "experiment": experiment, "config": {"cell": cell}}
@@ -444,7 +444,9 @@ def test_each_profile_optimiser_settings_come_from_its_trainer_config():
     assert optims[("mnist", "paper", "tc-st_cnn-affine")]["lr"] == 0.01
     assert optims[("mnist", "paper", "tc-st_cnn-affine")]["nesterov"] is False
     cub = profile_optims("cub", [run("quick", "cub224-cnn", "cub"), run("paper", "cub224-cnn", "cub")])
-    assert cub[("cub", "quick", "cub224-cnn")] != cub[("cub", "paper", "cub224-cnn")]  # optim/cub_sgd_quick
+    assert (
+        cub[("cub", "quick", "cub224-cnn")] != cub[("cub", "paper", "cub224-cnn")]
+    )  # configs/profile/cub/quick.yaml sets its own optimiser
     assert set(profile_optims("svhn", [run("quick", "svhn64-svhn_cnn", "svhn")])) == {
         ("svhn", "quick", "svhn64-svhn_cnn")
     }

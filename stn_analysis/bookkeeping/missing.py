@@ -10,7 +10,7 @@ From the command line: the runs a table still lacks: every (cell, seed) without 
 
 stn-missing --profile fast                        # Table 1 + TC, seeds 1-3: commands
 stn-missing --experiment addition --profile paper --seeds 1
-stn-missing --experiment coloc --profile paper --seeds 1   # Table 5: trainer=coloc_paper
+stn-missing --experiment coloc --profile paper --seeds 1   # Table 5
 stn-missing --profile fast --queue > queue.txt    # lines for benchmarks/gpu_queue.sh
 
 `make missing` runs the first. A run counts as done when its record says finished in the committed records
@@ -27,17 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stn_analysis.bookkeeping.park import checkpoint_progress, progress_text
-from stn_analysis.paths import CONFIGS, PROJECT_ROOT, RECORDS, runs_dir
-from stn_analysis.records import record_cell
-from stn_analysis.tables.aggregate import recipe_deviation
+from stn_analysis.bookkeeping.recipes import check_profile, coloc_embedding_dir, other_settings
+from stn_analysis.paths import PROJECT_ROOT, RECORDS, runs_dir
 from stn_repro.paper import CLUTTERED_ERROR, TABLE1_ERROR, TABLE1_SETS, TABLE4_ROWS, TABLE5_LOCALISED
 from stn_repro.training.checkpoints import CHECKPOINT_NAME
 from stn_repro.training.run_folder import read_finished_record
 
 EXPERIMENTS = ("mnist", "addition", "coloc")
-# The trainer config of an experiment's profile: configs/trainer/<prefix><profile>.yaml. MNIST and addition
-# share the plain ones (fast.yaml); the other runners' carry the task's name (coloc_paper.yaml).
-TRAINER_PREFIX = {"coloc": "coloc_", "svhn": "svhn_", "cub": "cub_"}
 
 
 @dataclass(frozen=True)
@@ -56,8 +52,7 @@ class MissingRun:
 
     def queue_line(self, profile: str) -> str:
         """The line ``benchmarks/gpu_queue.sh`` reads: the runner's name, then its overrides."""
-        trainer = f"trainer={TRAINER_PREFIX.get(self.experiment, '')}{profile}"
-        return " ".join((self.experiment, *self.overrides, trainer, f"seed={self.seed}"))
+        return " ".join((self.experiment, *self.overrides, f"profile={profile}", f"seed={self.seed}"))
 
     def command(self, profile: str) -> str:
         """The command that trains (or resumes) this run."""
@@ -141,86 +136,14 @@ def run_state(run_dir: Path | str) -> str:
     return "not started"
 
 
-def coloc_embedding_dir(profile: str) -> Path:
-    """Where ``trainer=coloc_<profile>`` keeps the embedding e(): configs/coloc.yaml's ``embedding.run_dir``,
-    composed as ``python -m experiments.coloc`` would (real MNIST, the default embedding seed, $STN_RUNS)."""
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        cfg = compose("coloc", overrides=[f"trainer=coloc_{profile}"])
-    return Path(cfg.embedding.run_dir)
-
-
-def profile_optims(experiment: str, records: list[dict]) -> dict[tuple[str, str, str], dict]:
-    """(experiment, profile, cell) -> the ``optim`` settings (and ``trainer.iterations``,
-    ``trainer.batch_size``) the profile's trainer config composes for that cell of ``experiment``
-    (configs/<experiment>.yaml with ``cell=<cell>``: a profile may set a value per cell, as `fast` does the
-    localisation lr of the TC cells), for each record's profile that has a trainer config; for
-    co-localisation the length only. The tables set runs of other settings apart
-    (stn_repro.tables.aggregate)."""
-    # Co-localisation: no optimiser settings of a cell's own to compare, only the length.
-    coloc = experiment == "coloc"
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    optims = {}
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        for profile, cell in sorted({(r["profile"], record_cell(r)) for r in records if record_cell(r)}):
-            trainer = f"{TRAINER_PREFIX.get(experiment, '')}{profile}"
-            if (CONFIGS / "trainer" / f"{trainer}.yaml").exists():
-                cfg = compose(
-                    experiment, overrides=[f"trainer={trainer}", *([] if coloc else [f"cell={cell}"])]
-                )
-                optims[(experiment, profile, cell)] = {
-                    **({} if coloc else OmegaConf.to_container(cfg.optim, resolve=True)),
-                    # the training's length (stn_repro.tables.TRAINER_LENGTH_KEYS)
-                    "trainer.iterations": cfg.trainer.iterations,
-                    "trainer.batch_size": cfg.trainer.batch_size,
-                }
-    return optims
-
-
-# (experiment, profile, cell) -> what profile_optims composed for it (None: nothing to compare with), so
-# that each cell is composed once per process however many records ask.
-_COMPOSED_OPTIMS: dict[tuple[str, str, str | None], dict | None] = {}
-
-
-def other_settings(experiment: str, profile: str):
-    """A function of a finished record: the optimiser settings or training length in which it departs from what ``profile``
-    composes for its cell (``"key=value, ..."``; ``""`` where it follows them). It is not the profile's run
-    (the tables show it apart), so it does not count as done."""
-
-    def deviation(record: dict) -> str:
-        key = (experiment, profile, record_cell(record))
-        if key not in _COMPOSED_OPTIMS:
-            found = profile_optims(experiment, [{"profile": profile, "cell": key[2]}]) if key[2] else {}
-            _COMPOSED_OPTIMS[key] = found.get(key)
-        return recipe_deviation(record, _COMPOSED_OPTIMS[key])
-
-    return deviation
-
-
-def check_profile(experiment: str, profile: str) -> None:
-    """Raise ValueError naming the known profiles where ``configs/trainer/`` has none called ``profile``."""
-    prefix = TRAINER_PREFIX.get(experiment, "")
-    # The shared profiles have plain names (paper.yaml); a task's own carry its prefix (coloc_paper.yaml).
-    stems = [p.stem for p in (CONFIGS / "trainer").glob("*.yaml")]
-    known = sorted(
-        s.removeprefix(prefix) for s in stems if (s.startswith(prefix) if prefix else "_" not in s)
-    )
-    if profile in known:
-        return
-    raise ValueError(
-        f"no {experiment} profile {profile!r} (configs/trainer/{prefix}{profile}.yaml); known: {', '.join(known)}"
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--experiment", choices=EXPERIMENTS, default="mnist")
-    parser.add_argument("--profile", default="paper", help="the trainer profile: paper, fast, quick, ...")
+    parser.add_argument(
+        "--profile", default="paper", help="the profile: paper, fast, quick, smoke (configs/profile/)"
+    )
     parser.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (default 1,2,3)")
     parser.add_argument(
         "--records",

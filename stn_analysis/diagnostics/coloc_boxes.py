@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         default=runs_dir() / "coloc",
         help="a folder of finished co-localisation runs (default $STN_RUNS/coloc, else runs/coloc)",
     )
-    parser.add_argument("--profile", required=True, help="the trainer profile of the runs: paper, fast, ...")
+    parser.add_argument("--profile", required=True, help="the profile of the runs: paper, fast, ...")
     parser.add_argument("--out", type=Path, default=None, help="default: results/coloc_boxes_<profile>.md")
     parser.add_argument(
         "--data-dir", type=Path, default=None, help="the data folder (default: STN_DATA or data/)"

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from stn_analysis.bookkeeping.missing import other_settings
+from stn_analysis.bookkeeping.recipes import other_settings
 from stn_analysis.diagnostics.rescore import load_kept_run
 from stn_repro.data.files import DataError
 from stn_repro.data.sets import set_checksum

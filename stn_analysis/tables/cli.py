@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from stn_analysis.bookkeeping.missing import profile_optims
+from stn_analysis.bookkeeping.recipes import profile_optims
 from stn_analysis.paths import runs_dir
 from stn_analysis.records import STORED_TEST_SET_EXPERIMENTS, collect_records, mark_test_set_changes
 from stn_analysis.tables.aggregate import CSV_COLUMNS, EXPERIMENTS, aggregate
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         help="where today's stored MNIST and addition sets are, to flag records scored on other ones "
         "(default $STN_DATA or data/)",
     )
-    parser.add_argument("--profile", help="only this trainer profile (paper, quick, smoke)")
+    parser.add_argument("--profile", help="only this profile (paper, fast, quick, smoke: configs/profile/)")
     parser.add_argument("--wandb", action="store_true", help="also log each table as a wandb.Table")
     parser.add_argument("--wandb-mode", default="offline", help="W&B mode for --wandb (offline, online)")
     args = parser.parse_args(argv)
@@ -114,7 +114,7 @@ def coloc_tables(runs: Path, args, made_from: str | None) -> int:
 
 
 def coloc_profile_length(profile: str) -> tuple[int, int] | None:
-    """(iterations, batch size) of ``trainer=coloc_<profile>``: the runs that fill Table 5's cells."""
+    """(iterations, batch size) of ``profile=<profile>`` for co-localisation: the runs that fill Table 5's cells."""
     settings = profile_optims("coloc", [{"profile": profile, "cell": "coloc"}]).get(
         ("coloc", profile, "coloc")
     )

@@ -162,11 +162,11 @@ def _budget_banner(
 ) -> list[str]:
     """The banner above a table whose runs are not the paper's protocol: the ``fast`` profile's (on
     ``digits`` of training, 5k held out for validation), else a reduced budget's; ``against`` names the
-    paper's budget, ``optim_note`` what the profile sets beyond its optimiser file. Empty for the paper's."""
+    paper's budget, ``optim_note`` what the profile's file sets beyond the optimiser. Empty for the paper's."""
     if profile == "fast":
         return [
             f"> **FAST PROFILE, NOT THE PAPER'S PROTOCOL** — the paper's data, models and budgets trained with "
-            f"another optimisation (configs/optim/sgd_fast.yaml{optim_note}) for {_budget(rows)} per run, "
+            f"another optimisation (configs/profile/mnist/fast.yaml{optim_note}) for {_budget(rows)} per run, "
             f"against {against}, "
             f"on {digits} (5k held out for validation).",
             "",

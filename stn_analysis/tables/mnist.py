@@ -62,7 +62,7 @@ def to_markdown(
         profile,
         "the paper's 150,000 of 256",
         "55k training digits",
-        "; configs/trainer/fast.yaml gives the TC cells' localisation nets a lower lr",
+        ", which also gives the TC cells' localisation nets a lower lr",
     )
     lines += [
         "Each cell: our mean ± sample std over seeds (the paper's number). Every model of a column has the "
