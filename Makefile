@@ -4,10 +4,21 @@ PYTHON_BOOT ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
-# The tested torch pins; override for another CUDA build, e.g. `make install TORCH_SPEC="torch==2.14.1"`.
+# The tested torch pins; override for another build. A machine without a GPU can take the CPU-only wheels
+# (about 200 MB instead of about 2.5 GB of CUDA libraries; the same code and results):
+#   make install TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+TORCH_INDEX ?=
 PROFILE ?= paper
 PYTEST_ARGS ?=
+# RUNS=<folder>: where `make table` and `make missing` read records (default: the runs folder, $$STN_RUNS
+# or runs/, where the runners write); e.g. RUNS=results/records/mnist_fast for the committed ones.
+RUNS ?=
+RUNS_ARG = $(if $(RUNS),--runs $(RUNS),)
+# WANDB=1: `make table` also logs each table to W&B (offline unless WANDB_MODE=online; files in runs/wandb/).
+WANDB ?= 0
+# CONFIRM=1: start a reproduction even where stn-plan estimates the paper's protocol on a CPU at days.
+CONFIRM ?= 0
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-all lint format clean data-mnist sample-sheets park unpark
@@ -15,10 +26,10 @@ PYTEST_ARGS ?=
 help:  ## list every target
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
 
-install:  ## create .venv and install the package with its dev extra
+install:  ## create .venv and install the package with its dev extra (TORCH_INDEX=...cpu: CPU-only torch)
 	$(PYTHON_BOOT) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install $(TORCH_SPEC)
+	$(PY) -m pip install $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),) $(TORCH_SPEC)
 	$(PY) -m pip install -e ".[dev]"
 
 test:  ## run the default test suite (CPU, a few minutes; slow/GPU tests deselected, real-data tests skip without MNIST)
@@ -36,19 +47,18 @@ format:  ## apply ruff fixes and formatting
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
 
-clean:  ## remove caches (keeps .venv, data/ and outputs/)
+clean:  ## remove caches (keeps .venv, data/ and runs/)
 	rm -rf .pytest_cache .ruff_cache build *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-# --- MNIST data (issue 3) --------------------------------------------------------------------------------------
+# --- Data ---------------------------------------------------------------------------------------------------
 
-data-mnist:  ## fetch MNIST (offline: STN_MNIST_SOURCE=dir) into STN_DATA or data/, build every distorted set; idempotent
+data-mnist:  ## fetch MNIST (offline: STN_MNIST_SOURCE=<folder with the 4 files>) into STN_DATA or data/, build every distorted set; idempotent
 	$(PY) data_scripts/build_mnist_sets.py
 
 sample-sheets:  ## draw results/samples/<set>.png sample grids of every set from the real MNIST (after data-mnist)
 	$(PY) data_scripts/sample_sheets.py
 
-# --- SVHN data (issue 11) ---------------------------------------------------------------------------------------
 SVHN_ARGS ?=
 .PHONY: data-svhn data-svhn-synthetic
 
@@ -57,6 +67,25 @@ data-svhn:  ## import SVHN format 1 (offline: STN_SVHN_SOURCE=dir with train/tes
 
 data-svhn-synthetic:  ## build the synthetic SVHN-format stand-in from MNIST (after data-mnist; minutes on a CPU) and import it; not SVHN
 	$(PY) data_scripts/build_svhn_sets.py --synthetic $(SVHN_ARGS)
+
+# --- Tables -------------------------------------------------------------------------------------------------
+EXPERIMENT ?= mnist
+.PHONY: table tables missing
+
+table:  ## tables of EXPERIMENT=mnist|svhn|addition|coloc|cub for PROFILE from your runs (RUNS=...) into runs/tables/; WANDB=1 logs them to W&B
+	$(BIN)/stn-table --experiment $(EXPERIMENT) --profile $(PROFILE) $(RUNS_ARG) $(if $(filter 1,$(WANDB)),--wandb,)
+
+tables:  ## rebuild every committed table in results/ from results/records (byte for byte what is committed)
+	$(BIN)/stn-table --committed
+
+missing:  ## list the runs of Table 1 (EXPERIMENT=mnist), 4 (addition) or 5 (coloc) for PROFILE and SEEDS that have no finished record in the runs folder (RUNS=...), as commands
+	$(BIN)/stn-missing --experiment $(EXPERIMENT) --profile $(PROFILE) --seeds $(SEEDS) $(if $(RUNS),--records $(RUNS),)
+
+park:  ## at the end of a session: copy every unfinished run's checkpoint from runs/ to parked/ (then commit parked/)
+	$(BIN)/stn-park save
+
+unpark:  ## at the start of the next: put parked checkpoints back into runs/ and print each run's relaunch command
+	$(BIN)/stn-park restore
 
 # --- Distorted MNIST experiments (Table 1 and TC) -----------------------------------------------------------
 SEEDS ?= 1,2,3
@@ -68,28 +97,19 @@ SEED_ARG = $(if $(filter 1,$(STACK)),'seeds=[$(SEEDS)]',seed=$(SEEDS))
 # models share one GPU). 1: one after the other.
 JOBS ?= 1
 LAUNCH_ARG = $(if $(filter-out 1,$(JOBS)),hydra/launcher=parallel hydra.launcher.n_jobs=$(JOBS),)
-.PHONY: reproduce-mnist table params-mnist missing
+.PHONY: reproduce-mnist params-mnist
 
 # BUDGET: the parameter budget's reading, about_400k (default) or width_ranges (configs/budget/).
 BUDGET ?= about_400k
-reproduce-mnist:  ## run Table 1 + TC (PROFILE=paper|fast|quick|smoke, BUDGET=about_400k|width_ranges, SEEDS=1,2,3, STACK=1: seeds stacked in one process, JOBS=4: 4 jobs at once; both for GPUs), then write results/ tables
-	$(PY) -m experiments.mnist -m $(LAUNCH_ARG) profile=$(PROFILE) budget=$(BUDGET) $(SEED_ARG) data=$(MNIST_SETS),tc model=fcn,cnn transformer=none
-	$(PY) -m experiments.mnist -m $(LAUNCH_ARG) profile=$(PROFILE) budget=$(BUDGET) $(SEED_ARG) data=$(MNIST_SETS) model=st_fcn,st_cnn transformer=affine,projective,tps
-	$(PY) -m experiments.mnist -m $(LAUNCH_ARG) profile=$(PROFILE) budget=$(BUDGET) $(SEED_ARG) data=tc model=st_fcn,st_cnn transformer=affine
+MNIST_SWEEP_1 = profile=$(PROFILE) budget=$(BUDGET) $(SEED_ARG) data=$(MNIST_SETS),tc model=fcn,cnn transformer=none
+MNIST_SWEEP_2 = profile=$(PROFILE) budget=$(BUDGET) $(SEED_ARG) data=$(MNIST_SETS) model=st_fcn,st_cnn transformer=affine,projective,tps
+MNIST_SWEEP_3 = profile=$(PROFILE) budget=$(BUDGET) $(SEED_ARG) data=tc model=st_fcn,st_cnn transformer=affine
+reproduce-mnist:  ## run Table 1 + TC (PROFILE=paper|fast|quick|smoke, SEEDS=1,2,3, BUDGET=..., JOBS=4, STACK=1), after a plan with its time on this machine; then its table in runs/tables/
+	$(BIN)/stn-plan mnist $(MNIST_SWEEP_1) --and $(MNIST_SWEEP_2) --and $(MNIST_SWEEP_3) $(if $(filter 1,$(CONFIRM)),--confirm,)
+	$(PY) -m experiments.mnist -m $(LAUNCH_ARG) $(MNIST_SWEEP_1)
+	$(PY) -m experiments.mnist -m $(LAUNCH_ARG) $(MNIST_SWEEP_2)
+	$(PY) -m experiments.mnist -m $(LAUNCH_ARG) $(MNIST_SWEEP_3)
 	$(MAKE) table PROFILE=$(PROFILE)
-
-EXPERIMENT ?= mnist
-table:  ## write results/ tables of EXPERIMENT=mnist|svhn|addition|coloc|cub for PROFILE from the run records under $STN_RUNS/<experiment> (else runs/<experiment>)
-	$(BIN)/stn-table --experiment $(EXPERIMENT) --profile $(PROFILE)
-
-missing:  ## list the runs of Table 1 (EXPERIMENT=mnist), 4 (addition) or 5 (coloc) for PROFILE and SEEDS that have no finished record, as commands
-	$(BIN)/stn-missing --experiment $(EXPERIMENT) --profile $(PROFILE) --seeds $(SEEDS)
-
-park:  ## at the end of a session: copy every unfinished run's checkpoint from runs/ to parked/ (then commit parked/)
-	$(BIN)/stn-park save
-
-unpark:  ## at the start of the next: put parked checkpoints back into runs/ and print each run's relaunch command
-	$(BIN)/stn-park restore
 
 params-mnist:  ## print every Table 1 model's parameter count and widths (BUDGET=about_400k|width_ranges)
 	$(BIN)/stn-params $(if $(filter width_ranges,$(BUDGET)),--budget width_ranges,)
@@ -121,12 +141,13 @@ gpu-queue:  ## on a GPU machine with .gpu_kit/: train the runs listed in QUEUE (
 
 # --- SVHN multi-digit (Table 2) -------------------------------------------------------------------------------
 # SVHN_SETS: svhn64,svhn128 (real SVHN, make data-svhn) or synthetic_svhn64,synthetic_svhn128 (the stand-in).
-# PROFILE=quick runs profile=quick (quarter-width models, 3k iterations: CPU), paper the paper's budget.
+# PROFILE=quick: quarter-width models, 4,000 iterations of 32 (a CPU profile: configs/profile/svhn/quick.yaml);
+# paper: the paper's budget.
 SVHN_SETS ?= svhn64,svhn128
 SVHN_SEEDS ?= 1
 .PHONY: reproduce-svhn bench-svhn
 
-reproduce-svhn:  ## run Table 2 (SVHN_SETS=svhn64,svhn128 or synthetic_svhn64; PROFILE=paper|quick; SVHN_SEEDS=1,2,3), then write results/ tables
+reproduce-svhn:  ## run Table 2 (SVHN_SETS=svhn64,svhn128 or synthetic_svhn64; PROFILE=paper|quick; SVHN_SEEDS=1,2,3), then its table in runs/tables/
 	$(PY) -m experiments.svhn -m $(LAUNCH_ARG) profile=$(PROFILE) seed=$(SVHN_SEEDS) data=$(SVHN_SETS) model=svhn_cnn,st_cnn_single,st_cnn_multi
 	$(MAKE) table EXPERIMENT=svhn PROFILE=$(PROFILE)
 
@@ -138,30 +159,31 @@ bench-svhn:  ## time ST-CNN Multi and Single against the CNN, forward and backwa
 # fast holds out the validation pairs).
 .PHONY: reproduce-addition
 
-reproduce-addition:  ## run Table 4, MNIST addition (PROFILE=paper|fast|quick, SEEDS=1,2,3, JOBS=4), then write results/ tables
+reproduce-addition:  ## run Table 4, MNIST addition (PROFILE=paper|fast|quick, SEEDS=1,2,3, JOBS=4), then its table in runs/tables/
 	$(PY) -m experiments.addition -m $(LAUNCH_ARG) profile=$(PROFILE) seed=$(SEEDS) model=addition_fcn,addition_cnn transformer=none
 	$(PY) -m experiments.addition -m $(LAUNCH_ARG) profile=$(PROFILE) seed=$(SEEDS) model=addition_st_fcn,addition_2x_st_fcn transformer=affine,projective,tps
 	$(MAKE) table EXPERIMENT=addition PROFILE=$(PROFILE)
 
 # --- Co-localisation (Table 5) --------------------------------------------------------------------------------
-# PROFILE=quick runs profile=quick (CPU); fast profile=fast (CPU, about 2 h: e() at 5% of the
-# Sect. 2 protocol with the fast optimiser, each class at the paper profile's 2,000 steps); paper
-# profile=paper (e() at the Sect. 2 protocol: 9 h here, the first 26k iterations on a GPU, the rest on the CPU; then ~5 min per class on one core). The first job trains the embedding CNN e() once per profile; every other job reuses it.
+# PROFILE=quick (CPU); fast (CPU: e() at 5% of the Sect. 2 protocol with the fast optimiser, each class at
+# the paper profile's 2,000 steps); paper (e() at the Sect. 2 protocol: 9.01 h on this 2-core machine, the first
+# 26k iterations on a GPU; then 6.36 h for the 60 class runs of Table 5). The first job trains the embedding CNN e()
+# once per profile; every other job reuses it.
 COLOC_DIGITS ?= 0,1,2,3,4,5,6,7,8,9
 COLOC_SETS ?= coloc_t,coloc_tc
 COLOC_SEEDS ?= 1
-# COLOC_EMBEDDING=results/records/coloc_paper/embedding uses the committed e() instead of training one (9 h).
+# COLOC_EMBEDDING=results/records/coloc_paper/embedding uses the committed e() instead of training one (9.01 h).
 COLOC_EMBEDDING ?=
 .PHONY: reproduce-coloc
 
-reproduce-coloc:  ## run Table 5, co-localisation: every digit class on T and TC (PROFILE=paper|fast|quick, COLOC_SEEDS=1,2,3), then write results/coloc_table5_<profile>.md and coloc_boxes_<profile>.md
+reproduce-coloc:  ## run Table 5, co-localisation: every digit class on T and TC (PROFILE=paper|fast|quick, COLOC_SEEDS=1,2,3), then its table and the found boxes' analysis in runs/tables/
 	$(PY) -m experiments.coloc -m $(LAUNCH_ARG) profile=$(PROFILE) seed=$(COLOC_SEEDS) digit=$(COLOC_DIGITS) data=$(COLOC_SETS) $(if $(COLOC_EMBEDDING),embedding.run_dir=$(COLOC_EMBEDDING))
 	$(MAKE) table EXPERIMENT=coloc PROFILE=$(PROFILE)
 	$(BIN)/stn-coloc-boxes --profile $(PROFILE)
 
 # --- CUB-200-2011 (Table 3) -----------------------------------------------------------------------------------
 # CUB_SYNTHETIC=1: the synthetic stand-in (make data-cub-synthetic) instead of CUB (make data-cub).
-# PROFILE=quick runs profile=quick (quarter width, 64 px parts: CPU), paper profile=paper (GPUs).
+# PROFILE=quick: quarter width, 64 px parts (a CPU profile); paper: the paper's (GPUs).
 # NPROC=8: each run data-parallel over 8 processes (GPUs) with torchrun; trainer.batch_size stays the global
 # batch. CUB_WEIGHTS=/path/to/imagenet_state_dict.pth: every backbone starts from it (else from scratch;
 # PROFILE=quick: the ST-CNNs start from the CNN run of their seed, which the first sweep runs first).
@@ -181,7 +203,7 @@ data-cub:  ## put CUB-200-2011 in data/CUB_200_2011 (offline: STN_CUB_SOURCE=CUB
 data-cub-synthetic:  ## write the synthetic CUB-format stand-in (two-part "birds" on clutter, 30 classes) into data/synthetic-cub; not CUB
 	$(PY) data_scripts/build_cub.py --synthetic $(CUB_ARGS)
 
-reproduce-cub:  ## run Table 3 (PROFILE=paper|quick, CUB_SEEDS=1,2,3, CUB_SYNTHETIC=1, NPROC=8: torchrun data-parallel, CUB_WEIGHTS=...), then write results/ tables
+reproduce-cub:  ## run Table 3 (PROFILE=paper|quick, CUB_SEEDS=1,2,3, CUB_SYNTHETIC=1, NPROC=8: torchrun data-parallel, CUB_WEIGHTS=...), then its table in runs/tables/
 	$(CUB_RUN) -m experiments.cub -m profile=$(PROFILE) seed=$(CUB_SEEDS) data=$(CUB_DATA)224 model=cub_cnn,cub_st_cnn_2x $(CUB_WEIGHTS_ARG)
 	$(CUB_RUN) -m experiments.cub -m profile=$(PROFILE) seed=$(CUB_SEEDS) data=$(CUB_DATA)448 model=cub_st_cnn_2x,cub_st_cnn_4x $(CUB_WEIGHTS_ARG)
 	$(MAKE) table EXPERIMENT=cub PROFILE=$(PROFILE)

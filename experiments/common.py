@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -29,7 +31,7 @@ from stn_repro.data.files import DataError
 from stn_repro.tracking import Tracker, WandbTracker
 from stn_repro.training.checkpoints import CheckpointError
 from stn_repro.training.loop import TrainingDiverged
-from stn_repro.training.run_folder import RunLocked
+from stn_repro.training.run_folder import LOCK_NAME, RunLocked
 from stn_repro.training.runs import check_seeds, resolve_device
 from stn_repro.training.settings import LR_SCHEDULES, SpeedSettings, TrainSettings
 
@@ -124,7 +126,18 @@ def train_settings(cfg: DictConfig) -> TrainSettings:
         lr_schedule=schedule,
         warmup_iterations=warmup,
         nesterov=bool(cfg.optim.get("nesterov", False)),
+        progress_bar=progress_bar(cfg.trainer.get("progress_bar", "auto")),
     )
+
+
+def progress_bar(value: Any) -> bool:
+    """``trainer.progress_bar``: true, false, or ``auto``: a bar when the output goes to a terminal (not into
+    a log file or a pipe, where the plain log lines alone are more useful)."""
+    if value == "auto":
+        return sys.stderr.isatty()
+    if not isinstance(value, bool):
+        raise ValueError(f"trainer.progress_bar={value!r}: use auto, true or false")
+    return value
 
 
 def speed_settings(cfg: DictConfig) -> SpeedSettings:
@@ -234,12 +247,26 @@ def job(cfg: DictConfig, run: Callable[[DictConfig, Path], dict[str, Any] | list
     - A signal before or after the training loop (loading data, writing the record) ends the job the same
       way: one line, the signal's status; a relaunch resumes from the last checkpoint, if any.
     Returns the test error (the value a Hydra sweeper would optimise) of a finished run, else ``None``.
+
+    What the terminal shows also goes to the run folder's ``<runner>.log`` (appended at each launch; progress
+    bars stay in the terminal). A launch that fails before its run has written anything (no checkpoint,
+    record or weights: a missing data file, a bad value) leaves no folder behind.
     """
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        with _TerminalCopy(run_dir / f"{HydraConfig.get().job.name}.log"):
+            return _job(cfg, run, run_dir)
+    finally:
+        remove_stub_run_folder(run_dir, Path(cfg.paths.runs_dir))
+
+
+def _job(cfg: DictConfig, run, run_dir: Path) -> Any:
+
     try:
         with _stop_on_sigterm():
             if cfg.trainer.num_threads:
                 torch.set_num_threads(_positive_int(cfg.trainer.num_threads, "trainer.num_threads"))
-            outcome = run(cfg, Path(HydraConfig.get().runtime.output_dir))
+            outcome = run(cfg, run_dir)
     except RunLocked as error:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             say(f"skipped: {_one_line(str(error))}")
@@ -257,6 +284,95 @@ def job(cfg: DictConfig, run: Callable[[DictConfig, Path], dict[str, Any] | list
         sys.exit(128 + signal.Signals[stopped_by].value)
     errors = [r["test_error"] for r in records if r.get("finished")]
     return sum(errors) / len(errors) if errors else None
+
+
+class SweepProgress(Callback):
+    """In a sweep (``-m``), each job starts with ``[run k of N] <cell> seed <s>`` (configs/hydra/default.yaml
+    installs it): N is counted from the sweep's overrides as Hydra's basic sweeper expands them."""
+
+    JOBS_ENV = "STN_SWEEP_JOBS"  # the count, for job processes (a parallel launcher's workers)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        overrides = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+        os.environ[self.JOBS_ENV] = str(sum(len(b) for b in BasicSweeper.split_arguments(overrides, None)))
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        hydra_config = HydraConfig.get()
+        if hydra_config.mode != RunMode.MULTIRUN:
+            return
+        total = os.environ.get(self.JOBS_ENV, "?")
+        seeds = config.get("seeds")
+        which = f"seeds {list(seeds)}" if seeds else f"seed {config.get('seed')}"
+        say(f"[run {hydra_config.job.num + 1} of {total}] {config.get('cell')} {which}")
+
+
+# What a run folder holds once its run has done anything: it is kept (and resumes) from then on.
+RUN_OUTPUTS = ("checkpoint.pt", "record.json", "model.pt", "pictures", "wandb", "boxes.json")
+
+
+def remove_stub_run_folder(run_dir: Path, runs_root: Path) -> bool:
+    """Remove ``run_dir`` if it holds only what Hydra and the lock made before any training (``.hydra/``, an
+    empty ``.lock``, the log), and the folders above it that are left empty, up to ``runs_root``. A folder
+    with any run output, or whose lock names a live owner, is left alone. Returns whether it was removed."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir() or any((run_dir / name).exists() for name in RUN_OUTPUTS):
+        return False
+    lock = run_dir / LOCK_NAME
+    if lock.is_file() and lock.read_text().strip():  # owned (or left by a process that died owning it)
+        return False
+    stub = {".hydra", LOCK_NAME, *(p.name for p in run_dir.glob("*.log"))}
+    if any(p.name not in stub for p in run_dir.iterdir()):
+        return False
+    shutil.rmtree(run_dir, ignore_errors=True)
+    root = Path(runs_root).resolve()
+    parent = run_dir.resolve().parent
+    while parent != root and root in parent.parents:
+        try:
+            parent.rmdir()  # only an empty folder
+        except OSError:
+            break
+        parent = parent.parent
+    return True
+
+
+class _TerminalCopy:
+    """While active, what is written to stdout and stderr also goes to ``path`` (appended), except progress
+    bars (text redrawn with a carriage return), which only a terminal can show."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def __enter__(self) -> _TerminalCopy:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(self.path, "a")
+        self.saved = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = _Tee(sys.stdout, self.file), _Tee(sys.stderr, self.file)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        sys.stdout, sys.stderr = self.saved
+        self.file.close()
+
+
+class _Tee:
+    def __init__(self, stream, file):
+        self.stream, self.file = stream, file
+
+    def write(self, text: str) -> int:
+        written = self.stream.write(text)
+        if "\r" not in text:
+            self.file.write(text)
+            self.file.flush()
+        return written
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def __getattr__(self, name: str):  # isatty, fileno, encoding, ...: the terminal's
+        return getattr(self.stream, name)
 
 
 def run_entry_point(main: Callable[[], Any]) -> None:

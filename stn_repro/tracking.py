@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,8 @@ class Tracker:
 
 
 class WandbTracker(Tracker):
-    """One W&B run. ``mode="offline"`` writes under ``dir`` for a later ``wandb sync``.
+    """One W&B run. ``mode="offline"`` writes under ``dir`` for a later ``wandb sync``. Quiet in the terminal
+    (W&B's banners and sync messages off, ``WANDB_SILENT=false`` brings them back); the run logs the same.
 
     ``reinit`` is W&B's policy for a run started while another is live in this process:
     ``"finish_previous"`` (one run at a time, the single-seed runner) or ``"create_new"`` (several live runs
@@ -60,6 +62,7 @@ class WandbTracker(Tracker):
             dir=str(dir),
             mode=mode,
             reinit=reinit,
+            settings=wandb.Settings(silent=os.environ.get("WANDB_SILENT", "true").lower() != "false"),
         )
 
     def log(self, metrics: dict[str, float], step: int | None = None) -> None:

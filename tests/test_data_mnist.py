@@ -1,5 +1,5 @@
 """MNIST fetching and loading: clear errors with fixes, checksums, idempotence, synthetic digits, and
-(marked ``real_data``) the real files from ../shared/data/mnist."""
+(marked ``real_data``) the real files, wherever tests/conftest.py finds them."""
 
 import gzip
 import hashlib
@@ -15,7 +15,6 @@ from stn_repro.data import MNIST_MD5, fetch_mnist, load_mnist, synthetic_mnist
 from stn_repro.data import mnist as mnist_module
 from stn_repro.data.files import DataError, default_data_dir, download_verified
 
-SHARED_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
 FIRST = "train-images-idx3-ubyte"  # fetch_mnist handles the files in MNIST_MD5's order
 
 
@@ -206,10 +205,8 @@ def test_synthetic_digits_are_mnist_shaped_deterministic_and_learnable():
 
 
 @pytest.fixture
-def shared_mnist():
-    if not all((SHARED_MNIST / f"{name}.gz").is_file() for name in MNIST_MD5):
-        pytest.skip(f"real MNIST not found at {SHARED_MNIST}")
-    return SHARED_MNIST
+def shared_mnist(real_mnist):
+    return real_mnist
 
 
 @pytest.mark.real_data

@@ -1,9 +1,15 @@
-"""The README's example runs exactly as printed."""
+"""The README is a front door that stays true: its example runs, its status block is what the committed
+tables say, and every time or iteration count it (or the Makefile) states comes from a committed file."""
 
 import re
 from pathlib import Path
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+import yaml
+
+from stn_analysis.tables.glance import STATUS_BEGIN, STATUS_END, status_markdown
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
 
 
 def test_readme_python_examples_run(capsys):
@@ -16,24 +22,47 @@ def test_readme_python_examples_run(capsys):
     assert "identity at initialisation: True (8, 6)" in printed
 
 
-# The status table's rows and the results/ tables their numbers must come from.
-STATUS_ROW_TABLES = {
-    "Table 1": "mnist_table1_*.md",
-    "Table 4": "addition_table4_*.md",
-    "Table 5": "coloc_table5_*.md",
-}
+def test_the_status_block_is_what_the_committed_tables_say():
+    text = README.read_text()
+    block = STATUS_BEGIN + text.split(STATUS_BEGIN, 1)[1].split(STATUS_END, 1)[0] + STATUS_END + "\n"
+    assert block == status_markdown(ROOT / "results"), (
+        "stale status block: run `make tables` (stn-table --status)"
+    )
 
 
-def test_the_status_tables_percentages_are_in_the_results_tables():
-    # The status table is written by hand: a number copied wrong, or left behind when a table changed,
-    # should fail here rather than mislead a reader.
-    status = README.read_text().split("## Where the reproduction stands")[1].split("\n## ")[0]
-    results = README.parent / "results"
-    rows = {line.split("|")[1].strip(): line for line in status.splitlines() if line.startswith("| Table")}
-    for prefix, pattern in STATUS_ROW_TABLES.items():
-        row = next(text for name, text in rows.items() if name.startswith(prefix))
-        tables = " ".join(path.read_text() for path in sorted(results.glob(pattern)))
-        quoted = re.findall(r"(\d+\.\d+)%", row)
-        assert quoted, f"the {prefix} row quotes no percentage"
-        missing = [n for n in quoted if not re.search(rf"(?<![\d.]){re.escape(n)}(?!\d)", tables)]
-        assert not missing, f"README's {prefix} row quotes {missing}, which no results/{pattern} holds"
+def committed_text() -> str:
+    """Where a stated time may come from: the committed tables and analyses, and the committed benches."""
+    files = [*(ROOT / "results").glob("*.md"), *(ROOT / "results" / "bench").glob("*.txt")]
+    return "\n".join(path.read_text() for path in files)
+
+
+def profile_iterations() -> set[int]:
+    counts = set()
+    for path in (ROOT / "configs" / "profile").rglob("*.yaml"):
+        trainer = (yaml.safe_load(path.read_text()) or {}).get("trainer") or {}
+        for value in (trainer.get("iterations"), (trainer.get("embedding") or {}).get("iterations")):
+            if value:
+                counts.add(int(value))
+    return counts
+
+
+def test_every_stated_time_and_iteration_count_comes_from_a_committed_file():
+    committed, iterations = committed_text(), profile_iterations()
+    for path in (README, ROOT / "Makefile"):
+        text = path.read_text()
+        for number, unit in re.findall(r"(?<![\w.])(\d[\d,]*(?:\.\d+)?) (h|min|s)\b", text):
+            assert re.search(rf"(?<![\d.]){re.escape(number)} ?{unit}\b", committed), (
+                f"{path.name} states {number} {unit}, which no committed table or bench file holds"
+            )
+        for number in re.findall(r"(\d[\d,]*) iterations", text):
+            assert int(number.replace(",", "")) in iterations, (
+                f"{path.name} states {number} iterations, which no profile trains (configs/profile/)"
+            )
+
+
+def test_the_readme_is_a_front_door_and_results_index_rows_are_short():
+    assert len(README.read_text().splitlines()) <= 250
+    rows = [
+        line for line in (ROOT / "results" / "README.md").read_text().splitlines() if line.startswith("|")
+    ]
+    assert rows and max(len(row) for row in rows) <= 300

@@ -125,10 +125,13 @@ def test_table_command_writes_csv_and_markdown(runs, tmp_path, capsys):
 
 @NEEDS_WANDB
 def test_table_command_logs_the_table_to_wandb_offline(runs, tmp_path, monkeypatch):
-    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("STN_RUNS", str(tmp_path / "runs_root"))
+    monkeypatch.delenv("WANDB_MODE", raising=False)  # offline by default
     out = tmp_path / "results"
     assert table_main(["--runs", str(runs), "--out", str(out), "--profile", "quick", "--wandb"]) == 0
-    offline = list((out / "wandb" / "wandb").glob("offline-run-*"))  # W&B nests its own wandb/ under dir
+    # W&B's files go where runs go (ignored by git), never beside the tables.
+    assert not (out / "wandb").exists()
+    offline = list((tmp_path / "runs_root" / "wandb").glob("offline-run-*"))  # W&B nests its own wandb/
     assert len(offline) == 1
     tables = list((offline[0] / "files" / "media").rglob("*.table.json"))
     assert tables and "ST-CNN Aff" in tables[0].read_text()
@@ -288,6 +291,24 @@ def test_runs_shorter_or_of_another_batch_than_their_profile_are_set_apart():
     assert (
         by_recipe[""]["n_seeds"] == 1 and by_recipe[""]["error_mean"] == 1.0
     )  # the short run not averaged in
+
+
+def test_runs_in_another_precision_than_their_profile_are_set_apart():
+    fast = {"lr": 0.1, "trainer.iterations": 15_000, "trainer.autocast": "none"}
+    old = record("r", "cnn", None, 1, 1.0, profile="fast") | {
+        "config": {"optim": {"lr": 0.1}}
+    }  # no autocast key
+    fp32 = old | {"seed": 2, "config": {"optim": {"lr": 0.1}, "trainer": {"autocast": "none"}}}
+    bf16 = old | {
+        "seed": 3,
+        "test_error": 1.2,
+        "config": {"optim": {"lr": 0.1}, "trainer": {"autocast": "bf16"}},
+    }
+    assert recipe_deviation(old, fast) == recipe_deviation(fp32, fast) == ""  # float32 either way
+    assert recipe_deviation(bf16, fast) == "trainer.autocast=bf16"
+    rows = aggregate([old, fp32, bf16], {("mnist", "fast", "r-cnn-none"): fast})
+    by_recipe = {r["recipe"]: r["n_seeds"] for r in rows}
+    assert by_recipe == {"": 2, "trainer.autocast=bf16": 1}
 
 
 def test_addition_records_scored_on_another_test_set_are_flagged_in_table4():
@@ -450,9 +471,13 @@ def test_each_profile_optimiser_settings_come_from_its_trainer_config():
     assert set(profile_optims("svhn", [run("quick", "svhn64-svhn_cnn", "svhn")])) == {
         ("svhn", "quick", "svhn64-svhn_cnn")
     }
-    # co-localisation compares the length only
+    # co-localisation compares the length (and the precision) only
     assert profile_optims("coloc", [run("paper", "coloc_t-digit3", "coloc")]) == {
-        ("coloc", "paper", "coloc_t-digit3"): {"trainer.iterations": 2000, "trainer.batch_size": 100}
+        ("coloc", "paper", "coloc_t-digit3"): {
+            "trainer.iterations": 2000,
+            "trainer.batch_size": 100,
+            "trainer.autocast": "none",
+        }
     }
     # a record of the cell trained at the profile's TC value is the profile's own; at 0.1 it is set apart
     tc = record("tc", "st_cnn", "affine", 1, 1.5, profile="fast")

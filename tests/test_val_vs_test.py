@@ -8,11 +8,10 @@ import pytest
 import torch
 
 from stn_analysis.diagnostics.val_vs_test import centred, distortion_draws, main, markdown, plain_digit_errors
-from stn_repro.data.mnist import MNIST_MD5, fetch_mnist
+from stn_repro.data.mnist import fetch_mnist
 from stn_repro.data.sets import write_set
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
 R_FCN_RUN = ROOT / "results" / "records" / "mnist_fast" / "r-fcn-none" / "seed1"
 
 
@@ -55,12 +54,10 @@ def test_markdown_gives_each_sets_mean_gaps():
 
 
 @pytest.mark.real_data
-def test_a_committed_run_is_scored_on_its_plain_digits(tmp_path):
-    if not all((SHARED_MNIST / f"{name}.gz").is_file() for name in MNIST_MD5):
-        pytest.skip(f"real MNIST not found at {SHARED_MNIST}")
+def test_a_committed_run_is_scored_on_its_plain_digits(tmp_path, real_mnist):
     if not (R_FCN_RUN / "model.pt").is_file():
         pytest.skip(f"no committed weights at {R_FCN_RUN}")
-    fetch_mnist(tmp_path, SHARED_MNIST)
+    fetch_mnist(tmp_path, real_mnist)
     row = plain_digit_errors(R_FCN_RUN, tmp_path)
     record = json.loads((R_FCN_RUN / "record.json").read_text())
     assert (row["val_error"], row["test_error"]) == (record["val_error"], record["test_error"])

@@ -2,20 +2,21 @@
 finished run record, as the runner overrides that train it.
 
 A run counts as done when ``<cell>/seed<k>/record.json`` says ``finished`` in any of the folders searched
-(committed records, ``results/records/<experiment>_<profile>/``, and live run folders,
-``runs/<experiment>/<profile>/``, share that layout). A run with a checkpoint but no finished record is
-listed with the iteration it resumes from: the same overrides resume it.
+(live run folders, ``runs/<experiment>/<profile>/``, and committed records,
+``results/records/<experiment>_<profile>/``, share that layout). A run with a checkpoint but no finished
+record is listed with the iteration it resumes from: the same overrides resume it.
 
 From the command line: the runs a table still lacks: every (cell, seed) without a finished record, as commands or queue lines.
 
-stn-missing --profile fast                        # Table 1 + TC, seeds 1-3: commands
+stn-missing --profile fast                        # Table 1 + TC, seeds 1-3, in runs/mnist/fast: commands
 stn-missing --experiment addition --profile paper --seeds 1
 stn-missing --experiment coloc --profile paper --seeds 1   # Table 5
+stn-missing --profile fast --records results/records/mnist_fast   # what the committed table lacks
 stn-missing --profile fast --queue > queue.txt    # lines for benchmarks/gpu_queue.sh
 
-`make missing` runs the first. A run counts as done when its record says finished in the committed records
-(results/records/<experiment>_<profile>/) or in the runs folder ($STN_RUNS, else runs/,
-<experiment>/<profile>/); one with a checkpoint is listed with the iteration it resumes from.
+`make missing` runs the first (`RUNS=results/records/mnist_fast` the fourth). By default it looks where the
+runners write and `stn-table` reads, the runs folder ($STN_RUNS, else runs/, <experiment>/<profile>/), and
+says how many of the runs it lists the committed records already hold.
 """
 
 from __future__ import annotations
@@ -160,10 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --seeds {args.seeds!r} is not a comma-separated list of integers", file=sys.stderr)
         return 1
     runs = runs_dir()
-    folders = args.records or [
-        RECORDS / f"{args.experiment}_{args.profile}",
-        runs / args.experiment / args.profile,
-    ]
+    folders = args.records or [runs / args.experiment / args.profile]
     try:
         check_profile(args.experiment, args.profile)
         missing = missing_runs(args.experiment, seeds, folders, other_settings(args.experiment, args.profile))
@@ -177,6 +175,14 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.experiment}, profile {args.profile}, seeds {args.seeds}: {len(missing)} run(s) without a "
         f"finished record in {', '.join(map(str, folders))}"
     )
+    committed_records = RECORDS / f"{args.experiment}_{args.profile}"
+    if missing and not args.records and committed_records.is_dir():
+        held = len(missing) - len(missing_runs(args.experiment, seeds, [committed_records]))
+        if held:
+            print(
+                f"  ({held} of them have a committed record in {committed_records.relative_to(PROJECT_ROOT)}: "
+                "its table is rebuilt with `make tables`; the runners train the ones in the runs folder)"
+            )
     if args.experiment == "coloc" and missing:  # with nothing to run, e()'s state does not matter
         embedding = coloc_embedding_dir(args.profile)
         print(f"  embedding e(), trained by the first job that needs it: {embedding} {run_state(embedding)}")

@@ -9,7 +9,7 @@ share localised (IoU > 0.5, Table 5's metric), the mean IoU, the median of the f
 and of the distance between the centres, and two what-ifs that tell size from place: the share that would be
 localised with the true size at the found centre, and with the found size at the true centre. Means over
 seeds per class, and over classes per set; written as Markdown (``--out``, default
-results/coloc_boxes_<profile>.md) and printed.
+runs/tables/coloc_boxes_<profile>.md; the committed ones: --out results/...) and printed.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from stn_analysis.diagnostics.coloc_landscape import class_images
-from stn_analysis.paths import RESULTS, runs_dir
+from stn_analysis.paths import runs_dir
 from stn_analysis.records import collect_records
 from stn_analysis.tables.coloc import COLOC_DATA, DEFAULT_NEGATIVES
 from stn_repro.io import atomic_write_text
@@ -125,7 +125,12 @@ def main(argv: list[str] | None = None) -> int:
         help="a folder of finished co-localisation runs (default $STN_RUNS/coloc, else runs/coloc)",
     )
     parser.add_argument("--profile", required=True, help="the profile of the runs: paper, fast, ...")
-    parser.add_argument("--out", type=Path, default=None, help="default: results/coloc_boxes_<profile>.md")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="default: $STN_RUNS/tables/coloc_boxes_<profile>.md (runs/tables/)",
+    )
     parser.add_argument(
         "--data-dir", type=Path, default=None, help="the data folder (default: STN_DATA or data/)"
     )
@@ -147,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     for record in sorted(records, key=lambda r: (r["data"], r["digit"], r["seed"])):
         summaries[(record["data"], record["digit"])].append(run_box_summary(record, args.data_dir))
     text = boxes_markdown(summaries, args.profile, sources.pop(), args.runs)
-    out = args.out or RESULTS / f"coloc_boxes_{args.profile}.md"
+    out = args.out or runs_dir() / "tables" / f"coloc_boxes_{args.profile}.md"
     atomic_write_text(out, text)
     print(text)
     print(f"written to {out}")

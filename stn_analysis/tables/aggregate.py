@@ -74,11 +74,13 @@ LOCALISATION_OPTIM_KEYS = ("localisation_lr_multiplier",)
 
 # What a record says at its top level of its training's length, against the profile's ``trainer.<key>``.
 TRAINER_LENGTH_KEYS = ("iterations", "batch_size")
+# The precision a run trained in (trainer.autocast: none = float32, bf16): a record without it is float32.
+PRECISION_KEY = "autocast"
 
 
 def recipe_deviation(record: dict[str, Any], profile_settings: dict[str, Any] | None) -> str:
     """The settings in which ``record`` departs from its profile's own (``profile_settings``: the ``optim``
-    the profile composes, plus ``trainer.iterations`` and ``trainer.batch_size``), as ``"key=value"`` pairs
+    the profile composes, plus ``trainer.iterations``, ``trainer.batch_size`` and ``trainer.autocast``), as ``"key=value"`` pairs
     joined by ``", "``; ``""`` where it follows the profile or no ``profile_settings`` are given. A key the
     record lacks (written before the setting existed) counts as the profile's; a model without a transformer
     ignores the localisation net's settings."""
@@ -100,6 +102,12 @@ def recipe_deviation(record: dict[str, Any], profile_settings: dict[str, Any] | 
         and key in record
         and record[key] != profile_settings[f"trainer.{key}"]
     ]
+    # Another precision (bfloat16 autocast against the profile's float32) is another recipe until runs show
+    # it trains the same (the tables show it apart, with its precision).
+    precision = ((record.get("config") or {}).get("trainer") or {}).get(PRECISION_KEY, "none")
+    wanted = profile_settings.get(f"trainer.{PRECISION_KEY}")
+    if wanted is not None and precision != wanted:
+        differ.append(f"trainer.{PRECISION_KEY}={precision}")
     return ", ".join(differ)
 
 

@@ -1,25 +1,37 @@
 """Write an experiment's tables (CSV + Markdown) against the paper from run records.
 
-stn-table                                   # Table 1: every profile under runs/mnist
-stn-table --profile quick --wandb
-stn-table --experiment svhn --profile quick  # Table 2 (and its synthetic twin)
+stn-table                                        # Table 1 of every profile under runs/mnist -> runs/tables/
+stn-table --profile quick --wandb                # ... and log it to W&B (offline unless WANDB_MODE says)
+stn-table --experiment svhn --profile quick      # Table 2 (and its synthetic twin)
 stn-table --experiment addition --profile quick  # Table 4 (MNIST addition)
-stn-table --experiment coloc --profile quick  # Table 5 (co-localisation)
+stn-table --experiment coloc --profile quick     # Table 5 (co-localisation)
+stn-table --committed                            # every committed table, from results/records into results/
+stn-table --committed --check                    # ... rebuilt elsewhere and compared with the committed files
+
+Tables of one's own runs go to runs/tables/ ($STN_RUNS/tables); only --committed writes into results/. No
+table replaces one that has more cells filled (--force does).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import filecmp
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 from stn_analysis.bookkeeping.recipes import profile_optims
-from stn_analysis.paths import runs_dir
+from stn_analysis.paths import PROJECT_ROOT, RESULTS, check_checkout, runs_dir
 from stn_analysis.records import STORED_TEST_SET_EXPERIMENTS, collect_records, mark_test_set_changes
 from stn_analysis.tables.aggregate import CSV_COLUMNS, EXPERIMENTS, aggregate
 from stn_analysis.tables.coloc import COLOC_CSV_COLUMNS, coloc_rows, write_coloc_tables
-from stn_analysis.tables.write import write_tables
+from stn_analysis.tables.committed import COMMITTED_TABLES
+from stn_analysis.tables.glance import STATUS_BEGIN, STATUS_END, status_markdown, write_table_figure
+from stn_analysis.tables.write import TableWouldLoseCells, write_tables
 from stn_repro.data.sets import stored_set_checksum
+from stn_repro.io import atomic_write_text
 
 # Co-localisation (Table 5) has a layout of its own (stn_repro.coloc_table), not stn_repro.tables' rows.
 ALL_EXPERIMENTS = (*EXPERIMENTS, *(() if "coloc" in EXPERIMENTS else ("coloc",)))
@@ -41,7 +53,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="folder searched for record.json (default $STN_RUNS/<experiment>, else runs/<experiment>)",
     )
-    parser.add_argument("--out", type=Path, default=Path("results"), help="where the tables go")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="where the tables go (default $STN_RUNS/tables; --committed: results/)",
+    )
     parser.add_argument(
         "--data-dir",
         type=Path,
@@ -51,8 +68,41 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--profile", help="only this profile (paper, fast, quick, smoke: configs/profile/)")
     parser.add_argument("--wandb", action="store_true", help="also log each table as a wandb.Table")
-    parser.add_argument("--wandb-mode", default="offline", help="W&B mode for --wandb (offline, online)")
+    parser.add_argument(
+        "--wandb-mode", default=None, help="W&B mode for --wandb (default $WANDB_MODE, else offline)"
+    )
+    parser.add_argument(
+        "--committed", action="store_true", help="rebuild every committed table from results/records"
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="with --committed: compare with the committed files, write none"
+    )
+    parser.add_argument("--force", action="store_true", help="replace a table even where it would lose cells")
+    parser.add_argument(
+        "--quiet", action="store_true", help="name the files written, do not print the tables"
+    )
+    parser.add_argument(
+        "--status",
+        action="store_true",
+        help="write the README's status block from the committed tables' CSVs",
+    )
     args = parser.parse_args(argv)
+    if args.status:
+        return readme_status()
+    if args.committed:
+        return committed_tables(args)
+    if args.check:
+        parser.error("--check goes with --committed")
+    args.out = args.out or runs_dir() / "tables"
+    try:
+        return experiment_tables(args)
+    except TableWouldLoseCells as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+def experiment_tables(args) -> int:
+    """The tables of ``args.experiment`` from ``args.runs`` (default: the runs folder) into ``args.out``."""
     # The runs folder the runners write to: $STN_RUNS (configs/paths), else runs/.
     runs = args.runs or runs_dir() / args.experiment
     made_from = str(args.runs) if args.runs else None  # named in the table's "Made by" line
@@ -76,12 +126,56 @@ def main(argv: list[str] | None = None) -> int:
         if not any(r["profile"] == profile for r in rows):
             print(f"no finished {args.experiment} runs of profile {profile!r} under {runs}", file=sys.stderr)
             return 1
-        for csv_path, md_path in write_tables(rows, args.out, profile, args.experiment, made_from):
+        written = write_tables(rows, args.out, profile, args.experiment, made_from, args.force)
+        for csv_path, md_path in written:
+            write_table_figure(args.out, md_path.stem, csv_path.read_text())
             print(f"{profile}: {csv_path} and {md_path}")
-            print(md_path.read_text())
+            if not args.quiet:
+                print(md_path.read_text())
             if args.wandb:
                 log_table_to_wandb(rows, profile, args.experiment, md_path.stem, runs, args)
     return 0
+
+
+def readme_status() -> int:
+    """Replace the README's status block (between its markers) with :func:`status_markdown` of results/."""
+    check_checkout()
+    readme = PROJECT_ROOT / "README.md"
+    text, block = readme.read_text(), status_markdown(RESULTS)
+    if STATUS_BEGIN not in text or STATUS_END not in text:
+        print(f"error: {readme} has no status block ({STATUS_BEGIN} ... {STATUS_END})", file=sys.stderr)
+        return 1
+    before, rest = text.split(STATUS_BEGIN, 1)
+    after = rest.split(STATUS_END, 1)[1].removeprefix("\n")
+    atomic_write_text(readme, before + block + after)
+    print(block, end="")
+    return 0
+
+
+def committed_tables(args) -> int:
+    """Rebuild every committed table (:data:`COMMITTED_TABLES`) from its records: into ``results/`` (or
+    ``--out``), or, with ``--check``, into a temporary folder compared byte for byte with ``results/``."""
+    check_checkout()
+    with tempfile.TemporaryDirectory() as scratch:
+        out = Path(scratch) if args.check else (args.out or RESULTS)
+        for table in COMMITTED_TABLES:
+            arguments = [*table.arguments(), "--out", str(out), "--force", "--quiet"]
+            if args.data_dir is not None:
+                arguments += ["--data-dir", str(args.data_dir)]
+            with contextlib.chdir(PROJECT_ROOT):  # the records folders are named from the project root
+                if main(arguments) != 0:
+                    return 1
+        if not args.check:
+            print(
+                f"rebuilt {len(COMMITTED_TABLES)} committed tables (and their figures) from results/records into {out}"
+            )
+            return 0
+        made = sorted(p for p in Path(scratch).iterdir() if p.suffix in (".md", ".csv"))
+        differ = [p.name for p in made if not filecmp.cmp(p, RESULTS / p.name, shallow=False)]
+        for name in differ:
+            print(f"differs: results/{name} (rebuild it with `make tables`)", file=sys.stderr)
+        print(f"{len(made) - len(differ)} of {len(made)} committed table files are what their records make")
+        return 1 if differ else 0
 
 
 def coloc_tables(runs: Path, args, made_from: str | None) -> int:
@@ -104,10 +198,12 @@ def coloc_tables(runs: Path, args, made_from: str | None) -> int:
             print(f"no finished coloc runs of profile {profile!r} under {runs}", file=sys.stderr)
             return 1
         for csv_path, md_path in write_coloc_tables(
-            records, args.out, profile, coloc_profile_length(profile), made_from
+            records, args.out, profile, coloc_profile_length(profile), made_from, args.force
         ):
+            write_table_figure(args.out, md_path.stem, csv_path.read_text())
             print(f"{profile}: {csv_path} and {md_path}")
-            print(md_path.read_text())
+            if not args.quiet:
+                print(md_path.read_text())
             if args.wandb:
                 log_coloc_table_to_wandb(records, profile, md_path.stem, runs, args)
     return 0
@@ -130,8 +226,8 @@ def log_coloc_table_to_wandb(records, profile: str, stem: str, runs: Path, args)
         name=stem.replace("_", "-"),
         group=f"coloc-{profile}",
         config={"experiment": "coloc", "profile": profile, "runs": str(runs)},
-        dir=args.out / "wandb",
-        mode=args.wandb_mode,
+        dir=runs_dir(),  # wandb/ beside the run folders, never in results/ (git ignores runs/)
+        mode=args.wandb_mode or os.environ.get("WANDB_MODE", "offline"),
         tags=["table", "coloc", *(["synthetic"] if synthetic else [])],
     )
     rows = [r for r in coloc_rows(records) if r["profile"] == profile and r["synthetic"] == synthetic]
@@ -149,8 +245,8 @@ def log_table_to_wandb(rows, profile: str, experiment: str, stem: str, runs: Pat
         name=stem.replace("_", "-"),
         group=f"{experiment}-{profile}",
         config={"experiment": experiment, "profile": profile, "runs": str(runs)},
-        dir=args.out / "wandb",
-        mode=args.wandb_mode,
+        dir=runs_dir(),  # wandb/ beside the run folders, never in results/ (git ignores runs/)
+        mode=args.wandb_mode or os.environ.get("WANDB_MODE", "offline"),
         tags=["table", experiment, *(["synthetic"] if stem.endswith("_synthetic") else [])],
     )
     synthetic = stem.endswith("_synthetic")

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from stn_analysis.tables.markdown import table_command
-from stn_repro.io import atomic_write_text, file_sha256
+from stn_analysis.tables.write import publish_table
+from stn_repro.io import file_sha256
 from stn_repro.paper import COLOC_SET_LABELS, coloc_paper_localised, coloc_paper_text
 from stn_repro.training.records import run_commits
 
@@ -314,9 +315,11 @@ def write_coloc_tables(
     profile: str,
     length: tuple[int, int] | None = None,
     runs: str | None = None,
+    force: bool = False,
 ) -> list[tuple[Path, Path]]:
     """Write ``coloc_table5_<profile>.{csv,md}`` (and ``..._synthetic`` for synthetic runs); return the pairs.
-    ``length``: the profile's (iterations, batch size), whose runs fill the cells (:func:`coloc_markdown`)."""
+    ``length``: the profile's (iterations, batch size), whose runs fill the cells (:func:`coloc_markdown`);
+    ``force``: as :func:`~stn_analysis.tables.write.publish_table`."""
     rows = [r for r in coloc_rows(records) if r["profile"] == profile]
     if not rows:
         raise ValueError(f"no finished co-localisation runs of profile {profile!r}")
@@ -324,10 +327,8 @@ def write_coloc_tables(
     for synthetic in sorted({r["synthetic"] for r in rows}):
         stem = f"coloc_table5_{profile}" + ("_synthetic" if synthetic else "")
         mine = [r for r in rows if r["synthetic"] == synthetic]
-        csv_path, md_path = Path(out_dir) / f"{stem}.csv", Path(out_dir) / f"{stem}.md"
-        atomic_write_text(csv_path, coloc_csv(mine))
-        atomic_write_text(md_path, coloc_markdown(mine, profile, synthetic, length, runs))
-        written.append((csv_path, md_path))
+        markdown = coloc_markdown(mine, profile, synthetic, length, runs)
+        written.append(publish_table(out_dir, stem, coloc_csv(mine), markdown, force))
     return written
 
 

@@ -1,4 +1,8 @@
-"""Write an experiment's tables (CSV and Markdown) from its aggregated rows."""
+"""Write an experiment's tables (CSV and Markdown) from its aggregated rows, never losing cells.
+
+A table is written only where it keeps every cell the file it replaces had: a table made from a partial runs
+folder (one interrupted quick run) must not replace a complete one (:class:`TableWouldLoseCells`).
+"""
 
 from __future__ import annotations
 
@@ -19,8 +23,11 @@ def write_tables(
     profile: str,
     experiment: str = "mnist",
     runs: str | None = None,
+    force: bool = False,
 ) -> list[tuple[Path, Path]]:
     """Write the experiment's table(s) of ``profile`` as CSV and Markdown; return the ``(csv, md)`` pairs.
+    Raises :class:`TableWouldLoseCells` rather than replace a table that has more cells filled (``force``:
+    replace it anyway).
 
     MNIST: ``mnist_table1_<profile>``. MNIST addition: ``addition_table4_<profile>``. SVHN: ``svhn_table2_<profile>``, and ``svhn_table2_<profile>_synthetic``
     for runs on the synthetic stand-in (never mixed with real SVHN runs).
@@ -65,10 +72,34 @@ def write_tables(
             raise ValueError(f"no finished CUB runs of profile {profile!r}")
     else:
         raise ValueError(f"unknown experiment {experiment!r}; known: {', '.join(EXPERIMENTS)}")
-    written = []
-    for stem, table_rows, markdown in tables:
-        csv_path, md_path = out_dir / f"{stem}.csv", out_dir / f"{stem}.md"
-        atomic_write_text(csv_path, to_csv(table_rows))
-        atomic_write_text(md_path, markdown)
-        written.append((csv_path, md_path))
-    return written
+    return [
+        publish_table(out_dir, stem, to_csv(table_rows), markdown, force)
+        for stem, table_rows, markdown in tables
+    ]
+
+
+# What a table says where a cell has no run: every writer's Markdown uses it.
+NOT_RUN = "not run"
+
+
+class TableWouldLoseCells(ValueError):
+    """A table would replace one with more cells filled (made from fewer records)."""
+
+
+def publish_table(
+    out_dir: Path, stem: str, csv_text: str, markdown: str, force: bool = False
+) -> tuple[Path, Path]:
+    """Write ``<stem>.csv`` and ``<stem>.md`` into ``out_dir``, both or neither: not over a Markdown table with
+    fewer "not run" cells than ``markdown`` (unless ``force``)."""
+    csv_path, md_path = Path(out_dir) / f"{stem}.csv", Path(out_dir) / f"{stem}.md"
+    if md_path.is_file() and not force:
+        before, after = md_path.read_text().count(NOT_RUN), markdown.count(NOT_RUN)
+        if after > before:
+            raise TableWouldLoseCells(
+                f"{md_path} has {before} cell(s) not run, the table made now {after}: writing it would lose "
+                "cells (was it made from a partial runs folder?). Write it elsewhere (--out), rebuild the "
+                "committed tables from their records (`make tables`), or replace it anyway (--force)"
+            )
+    atomic_write_text(csv_path, csv_text)
+    atomic_write_text(md_path, markdown)
+    return csv_path, md_path

@@ -83,8 +83,9 @@ def fetch_mnist(dest_dir: Path, source: Path | None = None) -> Path:
         return out_dir
     if source is not None and not Path(source).is_dir():
         raise DataError(
-            f"MNIST source folder {source} does not exist or is not a folder; "
-            f"fix: point --source or {SOURCE_ENV} at the folder holding the four MNIST files"
+            f"MNIST source folder {Path(source).resolve()} does not exist or is not a folder; fix: point "
+            f"--source or {SOURCE_ENV} at a folder holding the four MNIST files ({', '.join(MNIST_MD5)}, "
+            "gzipped or raw, as the MNIST site and its mirrors serve them), or leave it unset to download them"
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in missing:

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import math
 import platform
+import shutil
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -28,6 +30,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from stn_repro.training.checkpoints import (
     CHECKPOINT_FORMAT,
@@ -270,6 +273,14 @@ def run_training(
         if settings.stop_after is None
         else min(settings.iterations, start + settings.stop_after)
     )
+    bar = progress_bar(settings, start, end, num_models) if write else None
+    if bar is not None:
+        plain_log = log
+
+        def log(text: str) -> None:  # the lines go above the bar, which stays at the bottom
+            with tqdm.external_write_mode(file=sys.stderr):
+                plain_log(text)
+
     t0 = time.perf_counter()
     window_start, window_images, window_paused = t0, 0, 0.0
     errors: list[dict[str, float]] = [{} for _ in range(num_models)]
@@ -295,6 +306,8 @@ def run_training(
                 losses.add(iteration, learner.step())
                 iteration += 1
                 window_images += learner.images_per_step
+                if bar is not None:
+                    bar.update()
 
                 if iteration % settings.log_every == 0 or iteration == end:
                     means = check_losses()
@@ -340,6 +353,8 @@ def run_training(
                         checkpoint(iteration, wall_before + time.perf_counter() - t0)
                     window_paused += time.perf_counter() - paused_from  # not training: kept out of img/s
         except KeyboardInterrupt:
+            if bar is not None:
+                bar.close()
             check_losses()
             checkpoint(iteration, wall_before + time.perf_counter() - t0)
             log(
@@ -347,6 +362,8 @@ def run_training(
             )
             raise
 
+        if bar is not None:
+            bar.close()
         check_losses()
         finished = iteration >= settings.iterations
         if finished:
@@ -378,6 +395,18 @@ def run_training(
         )
         for i in range(num_models)
     ]
+
+
+def progress_bar(settings: TrainSettings, start: int, end: int, num_models: int) -> tqdm | None:
+    """A tqdm bar over the run's iterations (from ``start``, resumed runs included) with its rate and the time
+    left to ``end``, when ``settings.progress_bar`` asks for one; ``None`` otherwise."""
+    if not settings.progress_bar or start >= end:
+        return None
+    what = "train" if num_models == 1 else f"train {num_models} models"
+    width = shutil.get_terminal_size(fallback=(100, 24)).columns  # 0 where the terminal does not say
+    return tqdm(
+        total=end, initial=start, desc=what, unit="it", file=sys.stderr, ncols=width if width >= 40 else 100
+    )
 
 
 def _this_launch(start: int, device: torch.device) -> dict[str, Any]:

@@ -38,6 +38,8 @@ class TrainSettings:
     lr_schedule: str = "step"
     warmup_iterations: int = 0  # the lr rises linearly from lr / warmup to lr over these first iterations
     nesterov: bool = False  # Nesterov momentum (torch.optim.SGD's nesterov)
+    # A progress bar (tqdm: rate and time left) beside the log lines; for a terminal, not for logs.
+    progress_bar: bool = False
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in LR_SCHEDULES:
