@@ -55,3 +55,28 @@ def test_the_check_finds_a_private_import_across_packages(tmp_path):
     (tmp_path / "stn_repro" / "data" / "sets.py").write_text("_FIX = 1\n")
     (tmp_path / "stn_repro" / "data" / "mnist.py").write_text("from stn_repro.data.sets import _FIX\n")
     assert private_imports_across_packages(tmp_path) == ["stn_analysis/leak.py:1: stn_repro.data.sets._FIX"]
+
+
+def test_the_analysis_commands_run_from_outside_the_checkout(tmp_path):
+    # Installed with the library (pyproject's [project.scripts]), they find the configs from their own place.
+    import subprocess
+    import sys
+
+    committed = ROOT / "results" / "records" / "mnist_fast"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stn_analysis.bookkeeping.missing",
+            "--profile",
+            "fast",
+            "--records",
+            str(committed),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "0 run(s) without a finished record" in result.stdout
