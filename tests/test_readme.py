@@ -66,3 +66,30 @@ def test_the_readme_is_a_front_door_and_results_index_rows_are_short():
         line for line in (ROOT / "results" / "README.md").read_text().splitlines() if line.startswith("|")
     ]
     assert rows and max(len(row) for row in rows) <= 300
+
+
+def record_errors() -> set[str]:
+    """Every test and validation error the committed records hold (final and in their histories), as %.2f."""
+    import json
+
+    found = set()
+    for path in (ROOT / "results" / "records").rglob("record.json"):
+        record = json.loads(path.read_text())
+        for entry in [record, *(record.get("history") or [])]:
+            for key in ("test_error", "val_error"):
+                if isinstance(entry.get(key), int | float):
+                    found.add(f"{entry[key]:.2f}")
+    return found
+
+
+def test_the_docs_percentages_come_from_the_committed_tables_or_records():
+    # The findings moved from the README to docs/: a number copied wrong, or left behind when a table
+    # changed, should fail here rather than mislead a reader.
+    tables = "\n".join(
+        p.read_text() for p in [*(ROOT / "results").glob("*.md"), *(ROOT / "results").glob("*.csv")]
+    )
+    errors = record_errors()
+    for page in sorted((ROOT / "docs").glob("*.md")):
+        for number in re.findall(r"(?<![\d.])(\d+\.\d\d)%", page.read_text()):
+            found = re.search(rf"(?<![\d.]){re.escape(number)}(?!\d)", tables) or number in errors
+            assert found, f"docs/{page.name} quotes {number}%, which no committed table or record holds"
