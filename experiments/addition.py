@@ -13,14 +13,8 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.common import (
-    job,
-    refuse_stacked_seeds,
-    run_entry_point,
-    seed_spec_fields,
-    seed_tracker,
-    train_settings,
-)
+from experiments.common import refuse_stacked_seeds, seed_spec_fields, seed_tracker, train_settings
+from experiments.jobs import job, run_entry_point
 from stn_repro.tasks.addition import SET_NAME, AdditionSpec, run_addition_seed
 from stn_repro.training.settings import TrainSettings
 

@@ -19,14 +19,13 @@ from omegaconf import DictConfig, OmegaConf
 from experiments.common import (
     check_seed,
     data_dir,
-    job,
     refuse_stacked_seeds,
-    run_entry_point,
     seed_spec_fields,
     seed_tracker,
     speed_settings,
     train_settings,
 )
+from experiments.jobs import job, run_entry_point
 from stn_repro.io import atomic_write_text
 from stn_repro.tasks.coloc.embedding import EmbeddingSpec
 from stn_repro.tasks.coloc.learner import NEGATIVES, negatives_label

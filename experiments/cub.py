@@ -16,14 +16,13 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.common import (
-    job,
     positive_int,
     refuse_stacked_seeds,
-    run_entry_point,
     seed_spec_fields,
     seed_tracker,
     train_settings,
 )
+from experiments.jobs import job, run_entry_point
 from stn_repro.tasks.cub import CubSpec, run_cub_seed
 from stn_repro.training.data_parallel import init_distributed, leave_distributed
 from stn_repro.training.settings import TrainSettings

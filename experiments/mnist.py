@@ -15,15 +15,14 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.common import (
-    job,
     positive_int,
-    run_entry_point,
     run_folder,
     seed_spec_fields,
     seed_tracker,
     seeds_from_config,
     train_settings,
 )
+from experiments.jobs import job, run_entry_point
 from stn_repro.models.mnist import width_range_budget as solve_width_range_budget
 from stn_repro.tasks.mnist import MnistSpec, run_mnist_seed, run_mnist_seeds_stacked
 from stn_repro.training.settings import TrainSettings

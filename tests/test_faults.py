@@ -680,7 +680,7 @@ def test_a_status_line_reaches_stderr_in_one_write(monkeypatch):
     """Data-parallel processes share one stderr, and under PYTHONUNBUFFERED=1 each write is its own system
     call: a line written in two calls (text, then newline, as ``print`` does) can run into another
     process's line."""
-    from experiments.common import say
+    from experiments.jobs import say
 
     class Recorder:
         def __init__(self):

@@ -1,0 +1,326 @@
+"""How every runner's job starts and ends, the way a user can act on: one ``error:`` line for a mistake (before
+the job, while Hydra composes the config, or during it), the signal's exit status after a checkpoint, the
+terminal's lines in the run folder's log, no stub folder from a launch that failed before training, and
+``[run k of N]`` in a sweep.
+
+Each runner's ``main`` is ``job(cfg, run)`` and its ``if __name__ == "__main__":`` block calls
+``run_entry_point(main)`` (tests/test_faults.py holds every runner to both).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException, MissingConfigException, OverrideParseException
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
+
+from experiments.common import positive_int
+from stn_repro.data.files import DataError
+from stn_repro.training.checkpoints import CheckpointError
+from stn_repro.training.loop import TrainingDiverged
+from stn_repro.training.run_folder import LOCK_NAME, RunLocked
+
+# Mistakes a user can make and fix (a value, a missing or unwritable file, a busy folder): one line, no
+# traceback. STN_TRACEBACK=1 shows the traceback anyway.
+USER_ERRORS = (
+    DataError,
+    RunLocked,
+    CheckpointError,
+    TrainingDiverged,
+    ValueError,
+    FileNotFoundError,
+    PermissionError,
+    NotADirectoryError,
+    IsADirectoryError,
+)
+
+
+def say(line: str) -> None:
+    """Write one line to stderr in one call. ``print`` writes the text and its newline apart, so under
+    ``PYTHONUNBUFFERED=1`` the lines of data-parallel processes sharing one stderr can run together."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def job(cfg: DictConfig, run: Callable[[DictConfig, Path], dict[str, Any] | list[dict[str, Any]]]) -> Any:
+    """Run one Hydra job, ``run(cfg, run_dir) -> record(s)``, and end it the way a user can act on.
+
+    - A user's mistake (:data:`USER_ERRORS`: a bad value, a missing or corrupt file, a diverged run) ends
+      the process with one ``error:`` line and exit status 1.
+    - A run folder owned by another live process: the same line, exit 1; inside a sweep (``-m``) the job
+      is skipped with that line and the sweep goes on.
+    - A run stopped by SIGINT or SIGTERM has checkpointed and said so; the process exits with the
+      signal's conventional status (130, 143), without a traceback.
+    - A signal before or after the training loop (loading data, writing the record) ends the job the same
+      way: one line, the signal's status; a relaunch resumes from the last checkpoint, if any.
+    Returns the test error (the value a Hydra sweeper would optimise) of a finished run, else ``None``.
+
+    What the terminal shows also goes to the run folder's ``<runner>.log`` (appended at each launch; progress
+    bars stay in the terminal). A launch that fails before its run has written anything (no checkpoint,
+    record or weights: a missing data file, a bad value) leaves no folder behind.
+    """
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        with _TerminalCopy(run_dir / f"{HydraConfig.get().job.name}.log"):
+            return _job(cfg, run, run_dir)
+    finally:
+        remove_stub_run_folder(run_dir, Path(cfg.paths.runs_dir))
+
+
+def _job(cfg: DictConfig, run, run_dir: Path) -> Any:
+
+    try:
+        with _stop_on_sigterm():
+            if cfg.trainer.num_threads:
+                torch.set_num_threads(positive_int(cfg.trainer.num_threads, "trainer.num_threads"))
+            outcome = run(cfg, run_dir)
+    except RunLocked as error:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            say(f"skipped: {_one_line(str(error))}")
+            return None
+        _fail(error)
+    except USER_ERRORS as error:
+        _fail(error)
+    except (KeyboardInterrupt, _Terminated) as stop:
+        name = "SIGTERM" if isinstance(stop, _Terminated) else "SIGINT"
+        say(f"stopped on {name}; relaunch to resume (from the last checkpoint, if one was saved)")
+        sys.exit(128 + signal.Signals[name].value)
+    records = outcome if isinstance(outcome, list) else [outcome]
+    stopped_by = next((r.get("stopped_by") for r in records if r.get("stopped_by")), None)
+    if stopped_by:
+        sys.exit(128 + signal.Signals[stopped_by].value)
+    errors = [r["test_error"] for r in records if r.get("finished")]
+    return sum(errors) / len(errors) if errors else None
+
+
+class SweepProgress(Callback):
+    """In a sweep (``-m``), each job starts with ``[run k of N] <cell> seed <s>`` (configs/hydra/default.yaml
+    installs it): N is counted from the sweep's overrides as Hydra's basic sweeper expands them."""
+
+    JOBS_ENV = "STN_SWEEP_JOBS"  # the count, for job processes (a parallel launcher's workers)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        overrides = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+        os.environ[self.JOBS_ENV] = str(sum(len(b) for b in BasicSweeper.split_arguments(overrides, None)))
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        hydra_config = HydraConfig.get()
+        if hydra_config.mode != RunMode.MULTIRUN:
+            return
+        total = os.environ.get(self.JOBS_ENV, "?")
+        seeds = config.get("seeds")
+        which = f"seeds {list(seeds)}" if seeds else f"seed {config.get('seed')}"
+        say(f"[run {hydra_config.job.num + 1} of {total}] {config.get('cell')} {which}")
+
+
+# What a run folder holds once its run has done anything: it is kept (and resumes) from then on.
+RUN_OUTPUTS = ("checkpoint.pt", "record.json", "model.pt", "pictures", "wandb", "boxes.json")
+
+
+def remove_stub_run_folder(run_dir: Path, runs_root: Path) -> bool:
+    """Remove ``run_dir`` if it holds only what Hydra and the lock made before any training (``.hydra/``, an
+    empty ``.lock``, the log), and the folders above it that are left empty, up to ``runs_root``. A folder
+    with any run output, or whose lock names a live owner, is left alone. Returns whether it was removed."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir() or any((run_dir / name).exists() for name in RUN_OUTPUTS):
+        return False
+    lock = run_dir / LOCK_NAME
+    if lock.is_file() and lock.read_text().strip():  # owned (or left by a process that died owning it)
+        return False
+    stub = {".hydra", LOCK_NAME, *(p.name for p in run_dir.glob("*.log"))}
+    if any(p.name not in stub for p in run_dir.iterdir()):
+        return False
+    shutil.rmtree(run_dir, ignore_errors=True)
+    root = Path(runs_root).resolve()
+    parent = run_dir.resolve().parent
+    while parent != root and root in parent.parents:
+        try:
+            parent.rmdir()  # only an empty folder
+        except OSError:
+            break
+        parent = parent.parent
+    return True
+
+
+class _TerminalCopy:
+    """While active, what is written to stdout and stderr also goes to ``path`` (appended), except progress
+    bars (text redrawn with a carriage return), which only a terminal can show."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def __enter__(self) -> _TerminalCopy:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(self.path, "a")
+        self.saved = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = _Tee(sys.stdout, self.file), _Tee(sys.stderr, self.file)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        sys.stdout, sys.stderr = self.saved
+        self.file.close()
+
+
+class _Tee:
+    def __init__(self, stream, file):
+        self.stream, self.file = stream, file
+
+    def write(self, text: str) -> int:
+        written = self.stream.write(text)
+        if "\r" not in text:
+            self.file.write(text)
+            self.file.flush()
+        return written
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def __getattr__(self, name: str):  # isatty, fileno, encoding, ...: the terminal's
+        return getattr(self.stream, name)
+
+
+def run_entry_point(main: Callable[[], Any]) -> None:
+    """Run a ``@hydra.main`` entry point (``main``) so that what goes wrong before the job starts also ends in
+    one ``error:`` line and exit status 1, not in Hydra's report or a traceback.
+
+    Hydra composes the config and makes the run folder before the job (:func:`job`) runs. An unknown config
+    option (``data=foo``), a malformed override or an unknown key, a bad value met while resolving the run
+    folder's name (``seed=abc``) and a run folder that cannot be made (``STN_RUNS`` read-only, or under a
+    file) each end here with one line that names the value and the fix. Any other exception is a bug and
+    keeps its traceback; so does everything with ``STN_TRACEBACK=1`` or ``HYDRA_FULL_ERROR=1``.
+    """
+    full_error = os.environ.get("HYDRA_FULL_ERROR")
+    # Hydra re-raises what it would otherwise print itself (its multi-line report, or a failed attempt at
+    # one: "An error occurred during Hydra's exception formatting"), so that it reaches the handler below.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        main()
+    except Exception as error:
+        message = None if full_error == "1" or os.environ.get("STN_TRACEBACK") else _config_error(error)
+        if message is None:
+            raise
+        say(f"error: {message}")
+        sys.exit(1)
+    finally:
+        if full_error is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = full_error
+
+
+def _config_error(error: Exception) -> str | None:
+    """One line for a mistake met while Hydra composes the config or makes the run folder, else ``None``."""
+    if isinstance(error, MissingConfigException) and error.options and error.missing_cfg_file:
+        group, _, name = error.missing_cfg_file.rpartition("/")
+        options = sorted(error.options)
+        return (
+            f"{group}={name} is not a config option: use one of {', '.join(options)} "
+            f"(e.g. {group}={options[0]}; the files are configs/{group}/<option>.yaml)"
+        )
+    if isinstance(error, OverrideParseException):
+        return f"cannot read the override {error.override!r}: {_one_line(error.message)}"
+    if isinstance(error, HydraException | OmegaConfBaseException):
+        # A bad value (ours, e.g. seed=abc) met while resolving an interpolation: its own message.
+        cause = _user_error_behind(error)
+        if cause is not None:
+            return _one_line(str(cause))
+        if isinstance(error, OmegaConfBaseException):
+            return _omegaconf_line(error)
+        text = _one_line(str(error).split("Config search path:")[0])
+        if isinstance(error.__cause__, OmegaConfBaseException):
+            text += f"; {_omegaconf_line(error.__cause__)}"
+        return text
+    if isinstance(error, OSError):  # Hydra could not make the run folder or write its .hydra/ files in it
+        return _os_error_line(error)
+    return None
+
+
+def _omegaconf_line(error: OmegaConfBaseException) -> str:
+    """An OmegaConf message without the ``full_key:`` and ``object_type=`` lines it appends; the key it
+    concerns, where known, in brackets."""
+    line = _one_line(str(error).splitlines()[0] if str(error) else type(error).__name__)
+    key = getattr(error, "full_key", None)
+    return f"{line} (at {key})" if key else line
+
+
+def _user_error_behind(error: BaseException) -> BaseException | None:
+    """The first of :data:`USER_ERRORS` in ``error``'s chain of causes (OmegaConf wraps what resolvers raise)."""
+    seen = set()
+    cause = error.__cause__ or error.__context__
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, USER_ERRORS) and not isinstance(cause, HydraException | OmegaConfBaseException):
+            return cause
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
+def _os_error_line(error: OSError) -> str:
+    """A file system error in one line: what failed on which path, and the fix."""
+    if error.filename is None or error.strerror is None:
+        what = str(error)
+    else:
+        what = f"{error.strerror}: {error.filename}"
+    return (
+        f"{what}; fix: make that path a writable folder, or point STN_RUNS (run folders) or STN_DATA (data) "
+        "at one"
+    )
+
+
+def _one_line(text: str) -> str:
+    """``text`` with its lines joined: every message a user sees is one line."""
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+class _Terminated(BaseException):
+    """SIGTERM outside the training loop (which stops at a step boundary by itself)."""
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm() -> Iterator[None]:
+    """While the job runs, SIGTERM raises :class:`_Terminated` (as Ctrl-C raises ``KeyboardInterrupt``), so
+    :func:`job` can end it with one line; the training loop installs its own handler over this one."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _fail(error: BaseException) -> None:
+    if os.environ.get("STN_TRACEBACK"):
+        raise error
+    # Our own FileNotFoundErrors say what to do; the file system's other errors get the fix added.
+    system_error = isinstance(error, OSError) and not isinstance(error, FileNotFoundError)
+    if system_error:
+        message = _os_error_line(error)
+    elif isinstance(error, OmegaConfBaseException):  # e.g. an interpolation that does not resolve
+        cause = _user_error_behind(error)
+        message = str(cause) if cause is not None else _omegaconf_line(error)
+    else:
+        message = str(error)
+    say(f"error: {_one_line(message)}")
+    sys.exit(1)
