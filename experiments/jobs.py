@@ -10,6 +10,7 @@ Each runner's ``main`` is ``job(cfg, run)`` and its ``if __name__ == "__main__":
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import signal
@@ -28,6 +29,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from experiments.common import positive_int
+from experiments.config_keys import check_added_keys, unknown_key_line
 from stn_repro.data.files import DataError
 from stn_repro.training.checkpoints import CheckpointError
 from stn_repro.training.loop import TrainingDiverged
@@ -46,6 +48,8 @@ USER_ERRORS = (
     NotADirectoryError,
     IsADirectoryError,
 )
+# A full disk (or quota): every file is written to a temporary name first, so what it was to replace is intact.
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def say(line: str) -> None:
@@ -86,6 +90,7 @@ def _job(cfg: DictConfig, run, run_dir: Path) -> Any:
         with _stop_on_sigterm():
             if cfg.trainer.num_threads:
                 torch.set_num_threads(positive_int(cfg.trainer.num_threads, "trainer.num_threads"))
+            check_added_keys(cfg, list(HydraConfig.get().overrides.task))  # before any work
             outcome = run(cfg, run_dir)
     except RunLocked as error:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
@@ -93,6 +98,10 @@ def _job(cfg: DictConfig, run, run_dir: Path) -> Any:
             return None
         _fail(error)
     except USER_ERRORS as error:
+        _fail(error)
+    except OSError as error:
+        if error.errno not in DISK_FULL:
+            raise  # anything else the file system says is not a user's to fix from here: keep the traceback
         _fail(error)
     except (KeyboardInterrupt, _Terminated) as stop:
         name = "SIGTERM" if isinstance(stop, _Terminated) else "SIGINT"
@@ -235,6 +244,8 @@ def _config_error(error: Exception) -> str | None:
         )
     if isinstance(error, OverrideParseException):
         return f"cannot read the override {error.override!r}: {_one_line(error.message)}"
+    if isinstance(error, HydraException) and (line := unknown_key_line(error)) is not None:
+        return line  # an unknown key given without +: name the nearest known one, not Hydra's "use +key"
     if isinstance(error, HydraException | OmegaConfBaseException):
         # A bad value (ours, e.g. seed=abc) met while resolving an interpolation: its own message.
         cause = _user_error_behind(error)
@@ -273,6 +284,13 @@ def _user_error_behind(error: BaseException) -> BaseException | None:
 
 def _os_error_line(error: OSError) -> str:
     """A file system error in one line: what failed on which path, and the fix."""
+    if error.errno in DISK_FULL:
+        where = f" writing {error.filename}" if error.filename else ""
+        return (
+            f"{error.strerror or 'No space left on device'}{where}; the file it was to replace is intact. Fix: free "
+            "space on that disk (or point STN_RUNS, STN_DATA at another one), then relaunch: the run resumes "
+            "from its last checkpoint"
+        )
     if error.filename is None or error.strerror is None:
         what = str(error)
     else:

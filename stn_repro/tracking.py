@@ -7,6 +7,10 @@ from pathlib import Path
 from typing import Any
 
 
+class TrackerError(ValueError):
+    """A tracker that cannot start (W&B online without a login): the message names the fix."""
+
+
 class Tracker:
     """Does nothing: the interface the training code calls."""
 
@@ -52,18 +56,25 @@ class WandbTracker(Tracker):
 
         self._wandb = wandb
         Path(dir).mkdir(parents=True, exist_ok=True)
-        self.run = wandb.init(
-            project=project,
-            entity=entity,
-            name=name,
-            group=group,
-            tags=tags,
-            config=config,
-            dir=str(dir),
-            mode=mode,
-            reinit=reinit,
-            settings=wandb.Settings(silent=os.environ.get("WANDB_SILENT", "true").lower() != "false"),
-        )
+        try:
+            self.run = wandb.init(
+                project=project,
+                entity=entity,
+                name=name,
+                group=group,
+                tags=tags,
+                config=config,
+                dir=str(dir),
+                mode=mode,
+                reinit=reinit,
+                settings=wandb.Settings(silent=os.environ.get("WANDB_SILENT", "true").lower() != "false"),
+            )
+        except wandb.errors.UsageError as error:  # e.g. online without a login: W&B's own words, then the fix
+            raise TrackerError(
+                f"W&B cannot start the run ({str(error).strip()}): run `wandb login` (or set WANDB_API_KEY), "
+                "or log offline (WANDB_MODE=offline, the default; `wandb sync` uploads later), or not at all "
+                "(logger=none)"
+            ) from None
 
     def log(self, metrics: dict[str, float], step: int | None = None) -> None:
         self.run.log(metrics, step=step)

@@ -42,7 +42,10 @@ def test_the_fixture_tree_is_in_cubs_exact_layout_and_formats(tree):
         assert 0 <= x and 0 <= y and w > 0 and h > 0 and x + w <= width + 0.1 and y + h <= height + 0.1
     assert [line.split()[0] for line in images] == [str(k) for k in range(1, len(images) + 1)]
     paths = [line.split()[1] for line in images]
-    assert paths == sorted(paths)  # class folder, then file name: CUB's id order
+    folders = [path.split("/")[0] for path in paths]
+    assert folders == sorted(folders)  # class folder by class folder, as CUB's ids
+    # ... but, as in CUB's images.txt, not in file-name order within a class: no code may depend on it
+    assert any(paths[k] > paths[k + 1] for k in range(len(paths) - 1) if folders[k] == folders[k + 1])
     classes = (tree / "classes.txt").read_text().splitlines()
     assert [c.split()[0] for c in classes] == ["1", "2", "3"] and classes[0].split()[1].startswith("001.")
     labels = [line.split() for line in (tree / "image_class_labels.txt").read_text().splitlines()]

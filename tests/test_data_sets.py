@@ -335,3 +335,27 @@ def test_sample_sheets_draw_every_set_including_the_study_sets(tmp_path):
     paths = write_sample_sheets(synthetic_mnist(num_train=120, num_test=8, seed=0), tmp_path, rows=2, cols=2)
     assert [p.stem for p in paths] == list(SHEET_NAMES) and "p_4px" in SHEET_NAMES
     assert all(p.stat().st_size > 1000 and p.read_bytes()[:4] == b"\x89PNG" for p in paths)
+
+
+def test_a_full_disk_while_writing_a_set_is_one_error_and_keeps_the_set_it_was_to_replace(
+    tmp_path, monkeypatch
+):
+    import errno
+
+    from stn_repro.data import sets as sets_module
+
+    path = tmp_path / "mnist_sets" / "r_test.h5"
+    data = {"images": torch.zeros(4, 1, 28, 28, dtype=torch.uint8), "labels": torch.arange(4)}
+    write_set(path, data, {"set_name": "r", "seed": 1})
+    before = path.read_bytes()
+    real_file = sets_module.h5py.File
+
+    def full_disk(name, mode="r", **kwargs):
+        handle = real_file(name, mode, **kwargs)
+        handle.close()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(sets_module.h5py, "File", full_disk)
+    with pytest.raises(DataError, match=r"no space left on device writing .*r_test\.h5.*make data-mnist"):
+        write_set(path, {**data, "labels": torch.arange(4) + 1}, {"set_name": "r", "seed": 2})
+    assert path.read_bytes() == before and sorted(p.name for p in path.parent.iterdir()) == ["r_test.h5"]

@@ -55,7 +55,7 @@ LAUNCH_TIMEOUT_S = 120
 # {"op": "start", "args", "env", "stdout", "stderr", "faults"} -> {"pid"};
 # {"op": "wait", "pid", "timeout"} -> {"rc"} (negative: killed by that signal; null: timed out, killed).
 SERVER = r"""
-import io, json, os, runpy, signal, sys, time, traceback
+import errno, io, json, os, runpy, signal, sys, time, traceback
 
 import torch
 
@@ -101,6 +101,31 @@ def install(faults):
             return real_save(obj, f, *args, **kwargs)
 
         torch.save = save
+    if "disk_full" in faults:  # {"name": "checkpoint.pt", "nth": 2}: that write finds the disk full
+        spec, real_save, real_fdopen, seen = faults["disk_full"], torch.save, os.fdopen, [0]
+
+        def full(f):
+            if os.path.basename(str(f)).startswith(f".{spec['name']}."):
+                seen[0] += 1
+                return seen[0] == spec["nth"]
+            return False
+
+        def save(obj, f, *args, **kwargs):
+            if isinstance(f, (str, os.PathLike)) and full(f):
+                with open(f, "wb") as handle:  # part of it written, then no space left
+                    handle.write(b"\0" * 1000)
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(f))
+            return real_save(obj, f, *args, **kwargs)
+
+        def fdopen(fd, *args, **kwargs):
+            handle = real_fdopen(fd, *args, **kwargs)
+            name = os.readlink(f"/proc/self/fd/{fd}")
+            if full(name):
+                handle.close()
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), name)
+            return handle
+
+        torch.save, os.fdopen = save, fdopen
     if "sleep_before_data" in faults:
         real_load = tasks.load_mnist_data
 
@@ -435,6 +460,31 @@ def test_a_signal_checkpoints_and_exits_with_one_line_then_a_relaunch_ends_as_an
     assert_same_outcome(tmp_path / "runs" / CELL, reference["outcome"])
 
 
+@pytest.mark.parametrize(
+    "name,nth",
+    [("checkpoint.pt", 2), ("model.pt", 1), ("record.json", 1)],
+    ids=["checkpoint", "weights", "record"],
+)
+def test_a_full_disk_ends_in_one_line_keeps_what_was_written_and_a_relaunch_resumes(
+    name, nth, server, reference, tmp_path
+):
+    launch = server.run(command(), tmp_path, faults={"disk_full": {"name": name, "nth": nth}})
+    assert launch.rc == 1
+    line = one_error_line(launch)
+    assert "No space left on device" in line and name in line and "relaunch" in line
+    run_dir = tmp_path / "runs" / CELL
+    assert leftovers(tmp_path) == []  # no temporary left behind
+    assert not (run_dir / "record.json").exists()
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=False)  # the previous checkpoint, intact
+    assert state["iteration"] == (2 if name == "checkpoint.pt" else 12)
+    relaunch = server.run(command(), tmp_path)
+    assert relaunch.rc == 0, relaunch.stderr
+    record, weights = run_outcome(run_dir)
+    expected_record, expected_weights = reference["outcome"]
+    assert record == expected_record
+    assert all(torch.equal(weights[k], expected_weights[k]) for k in expected_weights)
+
+
 @pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
 def test_a_signal_before_training_starts_exits_with_one_line(name, server, tmp_path):
     signum = signal.Signals[name]
@@ -449,6 +499,13 @@ def test_a_signal_before_training_starts_exits_with_one_line(name, server, tmp_p
 
 
 # --- every bad value a user can type ---------------------------------------------------------------------------
+
+
+def _wandb_online_without_login(tmp_path: Path) -> dict[str, str]:
+    """W&B asked to log online by a user who never ran `wandb login` (no key anywhere W&B looks)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    return {"WANDB_MODE": "online", "WANDB_API_KEY": "", "HOME": str(home), "WANDB_CONFIG_DIR": str(home)}
 
 
 def _not_a_folder(tmp_path: Path) -> dict[str, str]:
@@ -555,13 +612,27 @@ BAD_INPUT = [
     ("budget too small", {"model.param_budget": "10"}, None, ["budget of 10", "raise model.param_budget"]),
     ("budget not a number", {"model.param_budget": "abc"}, None, ["model.param_budget='abc'", "positive"]),
     ("unknown device", {"trainer.device": "tpu"}, None, ["'tpu'", "trainer.device=auto"]),
-    ("unknown key", {"trainer.itrations": "5"}, None, ["trainer.itrations", "+trainer.itrations=5"]),
+    (
+        "unknown key",
+        {"trainer.itrations": "5"},
+        None,
+        ["trainer.itrations", "did you mean trainer.iterations"],
+    ),
+    ("unknown key in the wrong group", {"trainer.lr": "-1"}, None, ["trainer.lr", "did you mean optim.lr"]),
+    ("unknown key added with +", {"+trainer.lr": "-1"}, None, ["trainer.lr", "did you mean optim.lr"]),
+    ("unknown key added with ++", {"++model.widht": "3"}, None, ["model.widht", "not a config key"]),
     ("malformed override", {"seed": "[1,"}, None, ["seed=[1,", "override_grammar"]),
     (
         "runs folder not writable",
         {},
         lambda tmp_path, reference: _not_a_folder(tmp_path),
         ["runs", "STN_RUNS"],
+    ),
+    (
+        "W&B online without a login",
+        {"logger": "wandb"},
+        lambda tmp_path, reference: _wandb_online_without_login(tmp_path),
+        ["W&B", "wandb login", "WANDB_MODE=offline", "logger=none"],
     ),
     ("corrupt checkpoint", {}, _bad_checkpoint(truncated=False), ["checkpoint.pt", "moved to", "Relaunch"]),
     ("truncated checkpoint", {}, _bad_checkpoint(truncated=True), ["checkpoint.pt", "moved to", "Relaunch"]),
@@ -698,7 +769,13 @@ def test_a_status_line_reaches_stderr_in_one_write(monkeypatch):
     assert stderr.writes == ["skipped: run folder in use by pid 7\n"]
 
 
-BAD_COMMAND_LINES = [("seed=abc", ["seed='abc'", "seed=1"]), ("data=foo", ["data=foo", "use one of"])]
+BAD_COMMAND_LINES = [
+    ("seed=abc", ["seed='abc'", "seed=1"]),
+    ("data=foo", ["data=foo", "use one of"]),
+    # An unknown key, given plainly or added with +: the nearest known key, never a value stored unread.
+    ("trainer.lr=-1", ["trainer.lr", "did you mean optim.lr"]),
+    ("+trainer.lr=-1", ["trainer.lr", "did you mean optim.lr"]),
+]
 
 
 @pytest.mark.parametrize(

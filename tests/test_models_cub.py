@@ -167,3 +167,40 @@ def test_the_part_picture_builds(tmp_path):
     assert len(fig.axes) == 2 * 5
     assert len(fig.axes[0].patches) == 4  # one box per transformer
     assert save_figure(fig, tmp_path / "parts.png").stat().st_size > 0
+
+
+def test_pretrained_weights_bring_their_input_convention_or_are_refused(tmp_path):
+    # The usual public BN-Inception weights are a port of the Caffe model: its 1000-way classifier
+    # (last_linear) beside the Caffe layer names, trained on BGR 0-255 input minus a mean.
+    caffe = tmp_path / "bn_inception_caffe_port.pth"
+    state = BNInception(TINY).state_dict()
+    torch.save(
+        {**state, "last_linear.weight": torch.zeros(1000, 64), "last_linear.bias": torch.zeros(1000)}, caffe
+    )
+    said = []
+    _, info = build_cub_model("cnn", width=TINY, input_size=64, weights=caffe, log=said.append)
+    assert info.convention == "caffe_bgr" and any("input convention caffe_bgr" in line for line in said)
+    # Given explicitly, the setting wins, and the mismatch is said.
+    said.clear()
+    _, info = build_cub_model(
+        "cnn", width=TINY, input_size=64, weights=caffe, input_convention="imagenet", log=said.append
+    )
+    assert info.convention == "imagenet" and any(line.startswith("WARNING") for line in said)
+    # Weights whose keys do not tell: refused, with the fix, rather than normalised as a guess.
+    bare = tmp_path / "bn_inception_no_classifier.pth"
+    torch.save(state, bare)
+    with pytest.raises(
+        ValueError, match=r"cannot tell which input convention.*model.input_convention=caffe_bgr"
+    ):
+        build_cub_model("cnn", width=TINY, input_size=64, weights=bare, log=lambda s: None)
+    # From scratch: the backbone's default; torchvision's own weights: torchvision's convention.
+    assert build_cub_model("cnn", width=TINY, input_size=64)[1].convention == "imagenet"
+    googlenet = tmp_path / "googlenet.pth"
+    torch.save(
+        torchvision.models.googlenet(weights=None, aux_logits=False, init_weights=True).state_dict(),
+        googlenet,
+    )
+    _, info = build_cub_model(
+        "cnn", backbone="googlenet", input_size=64, weights=googlenet, log=lambda s: None
+    )
+    assert info.convention == "tf_inception"

@@ -9,8 +9,10 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -276,6 +278,15 @@ def write_set(
             for key in sorted(all_attrs):
                 handle.attrs[key] = all_attrs[key]
         publish_atomically(tmp, path)
+    except OSError as error:  # h5py reports a full disk as an OSError, not always with its errno
+        Path(tmp).unlink(missing_ok=True)
+        if error.errno in (errno.ENOSPC, errno.EDQUOT) or shutil.disk_usage(path.parent).free < (64 << 20):
+            raise DataError(
+                f"no space left on device writing {path} (the sets written before it are kept; {path.name} "
+                "was not replaced); fix: free space there, or point STN_DATA at another disk, then run "
+                "`make data-mnist` again: it keeps what is current and writes the rest"
+            ) from None
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

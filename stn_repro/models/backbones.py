@@ -284,6 +284,8 @@ class WeightsReport:
     unexpected: list[str] = field(default_factory=list)  # the file's, unknown to the model (ignored)
     classifier: list[str] = field(default_factory=list)  # the file's classifier (ImageNet's; not used)
     source: str = "imagenet"  # "imagenet": an ImageNet state dict; "cub_cnn": a trained CUB CNN's model.pt
+    # The input convention the weights were trained with, as the file tells it (None: it does not).
+    convention: str | None = None
 
     def summary(self) -> str:
         def names(keys: list[str]) -> str:
@@ -327,6 +329,7 @@ def load_backbone_weights(backbone: nn.Module, path: Path | str) -> WeightsRepor
         raise ValueError(
             f"backbone weights {path} cannot be read ({type(error).__name__}: {error})"
         ) from None
+    saved_options = state.get("model_options") if isinstance(state, dict) else None  # a suite's model.pt
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
@@ -367,4 +370,28 @@ def load_backbone_weights(backbone: nn.Module, path: Path | str) -> WeightsRepor
             "of the configured model.backbone"
         )
     target.load_state_dict({k: state[k] for k in matched}, strict=False)
-    return WeightsReport(str(path), len(matched), missing, unexpected, classifier, source)
+    convention = weights_convention(backbone, state, source, saved_options)
+    return WeightsReport(str(path), len(matched), missing, unexpected, classifier, source, convention)
+
+
+def weights_convention(
+    backbone: nn.Module, state: dict[str, Tensor], source: str, saved_options: dict | None
+) -> str | None:
+    """The input convention a weights file was trained with, where its keys (or the suite's own model.pt)
+    tell it; ``None`` where they do not.
+
+    - a CUB CNN trained here: the convention its run used (its ``model.pt`` says);
+    - BN-Inception with the Caffe port's 1000-way ImageNet classifier (``last_linear``, 1000 x 1024): the
+      widely used port of the Caffe model, which expects BGR, 0-255, minus (104, 117, 128): ``caffe_bgr``;
+    - torchvision's networks (their own key names): torchvision's conventions.
+    """
+    if source == "cub_cnn" and saved_options is not None:
+        return saved_options.get("input_convention") or DEFAULT_CONVENTION.get(saved_options.get("backbone"))
+    if isinstance(backbone, BNInception):
+        classifier = state.get("last_linear.weight")
+        if "conv1_7x7_s2.weight" in state and classifier is not None and classifier.shape[0] == 1000:
+            return "caffe_bgr"
+        return None
+    if isinstance(backbone, TorchvisionBackbone):
+        return DEFAULT_CONVENTION.get(backbone.name)
+    return None

@@ -41,6 +41,7 @@ from stn_repro.models.backbones import (
     BN_INCEPTION_STEP,
     DEFAULT_CONVENTION,
     Normalise,
+    WeightsReport,
     build_backbone,
     load_backbone_weights,
 )
@@ -243,7 +244,6 @@ def build_cub_model(
     part net's), else they train from scratch."""
     if kind not in CUB_MODEL_KINDS:
         raise ValueError(f"unknown CUB model {kind!r}; known: {', '.join(CUB_MODEL_KINDS)}")
-    convention = input_convention or DEFAULT_CONVENTION.get(backbone, "imagenet")
     sides = (input_size, part_size) if kind == "st_cnn" else (input_size,)
     if backbone == "bn_inception" and any(side < 32 or side % BN_INCEPTION_STEP for side in sides):
         # Its stride-2 modules (3c, 4e) concatenate a stride-2 convolution with a ceil-mode max pooling,
@@ -257,6 +257,7 @@ def build_cub_model(
     if weights is not None:
         report = load_backbone_weights(first, weights)
         log(f"backbone {backbone}: {report.summary()}")
+    convention = input_convention_for(backbone, input_convention, report, log)
     spare = [first]
 
     def make_backbone() -> nn.Module:  # every copy starts from the same (loaded or initialised) weights
@@ -300,6 +301,33 @@ def build_cub_model(
 
 
 @torch.no_grad()
+def input_convention_for(
+    backbone: str, given: str | None, report: WeightsReport | None, log: Callable[[str], None] = print
+) -> str:
+    """How inputs are normalised for ``backbone``: ``given`` (``model.input_convention``) where set; else the
+    one its weights file says (:func:`~stn_repro.models.backbones.weights_convention`), else, from scratch,
+    the backbone's default. Pretrained weights whose convention cannot be told are refused: normalised the
+    wrong way they load, train and mislead (the Caffe BN-Inception port reads BGR 0-255, not ImageNet RGB)."""
+    told = report.convention if report is not None else None
+    if given is not None:
+        if told is not None and told != given:
+            log(
+                f"WARNING: model.input_convention={given} while {report.path} looks trained with {told}: "
+                "inputs are normalised as you set"
+            )
+        return given
+    if report is None or (report.source == "cub_cnn" and told is None):
+        return DEFAULT_CONVENTION.get(backbone, "imagenet")
+    if told is None:
+        raise ValueError(
+            f"cannot tell which input convention the weights {report.path} were trained with (their keys match "
+            f"no known port); fix: set model.input_convention=caffe_bgr (the Caffe BN-Inception port: BGR, "
+            "0-255, minus its mean) or imagenet (RGB, ImageNet mean and std), whichever the file's source states"
+        )
+    log(f"backbone {backbone}: input convention {told}, as its weights were trained")
+    return told
+
+
 def sample_parts(model: CubSTCNN, images: Tensor) -> tuple[Tensor, Tensor]:
     """``(parts [B, N, 3, P, P], params [B, N, 2])`` of ``images`` in ``[0, 1]``, in eval mode."""
     was_training = model.training

@@ -7,7 +7,9 @@ that must match for a relaunch to resume it (:data:`RESUME_MUST_MATCH`).
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -24,14 +26,26 @@ CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = 2  # 2: one layout for single and stacked runs ({"learner": ..., "histories": ...})
 
 
+# Below this much free space, a failed torch.save is taken for a full disk.
+NEARLY_FULL_BYTES = 256 << 20
+
+
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """``torch.save`` to a temporary file, then ``os.replace``: a crash never leaves half a checkpoint."""
+    """``torch.save`` to a temporary file, then ``os.replace``: a crash never leaves half a checkpoint, and a
+    full disk leaves the previous one as it was (an ``OSError`` with ``errno.ENOSPC`` naming the file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         torch.save(state, tmp)
         publish_atomically(tmp, path)
+    except (
+        RuntimeError
+    ) as error:  # torch's writer reports a failed write (e.g. a full disk) as a RuntimeError
+        Path(tmp).unlink(missing_ok=True)
+        if "write" in str(error) and shutil.disk_usage(path.parent).free < NEARLY_FULL_BYTES:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

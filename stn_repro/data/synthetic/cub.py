@@ -163,22 +163,24 @@ def write_cub_tree(
     jpeg_quality: int = 90,
     synthetic_marker: bool = True,
     workers: int = 1,
+    shuffle_ids: bool = True,
 ) -> Path:
     """Write a CUB-format tree ``dest/CUB_200_2011/`` of synthetic birds and return that folder.
 
-    Exactly CUB's layout and file formats: ``images/<NNN.Class_name>/<Class_Name>_<NNNN>_<id>.jpg`` (JPEG),
-    ``images.txt`` (``<image_id> <class folder>/<file>``), ``image_class_labels.txt`` (``<image_id>
-    <class_id>``, 1-based), ``train_test_split.txt`` (``<image_id> <1|0>``, 1 = training),
-    ``classes.txt`` (``<class_id> <NNN.Class_name>``), ``bounding_boxes.txt`` (``<image_id> <x> <y> <width>
-    <height>``, floats); image ids run 1..N in class-folder then file-name order, as CUB's. Each class has
-    ``images_per_class`` images, ``train_per_class`` of them (default half, at least one) in the training
-    split, chosen at random. Image sides are drawn from ``image_size`` (min, max) px; the images are
-    :func:`render_synthetic_bird` of the class's head and body patterns (:func:`part_patterns`).
+        Exactly CUB's layout and file formats: ``images/<NNN.Class_name>/<Class_Name>_<NNNN>_<id>.jpg`` (JPEG),
+        ``images.txt`` (``<image_id> <class folder>/<file>``), ``image_class_labels.txt`` (``<image_id>
+        <class_id>``, 1-based), ``train_test_split.txt`` (``<image_id> <1|0>``, 1 = training),
+        ``classes.txt`` (``<class_id> <NNN.Class_name>``), ``bounding_boxes.txt`` (``<image_id> <x> <y> <width>
+        <height>``, floats); image ids run 1..N class folder by class folder, as CUB's, and, as CUB's, not in
+    file-name order within a class (``shuffle_ids``: a seeded order; off, file-name order). Each class has
+        ``images_per_class`` images, ``train_per_class`` of them (default half, at least one) in the training
+        split, chosen at random. Image sides are drawn from ``image_size`` (min, max) px; the images are
+        :func:`render_synthetic_bird` of the class's head and body patterns (:func:`part_patterns`).
 
-    With ``synthetic_marker`` a ``synthetic.json`` (generator, version, arguments) marks the tree as the
-    stand-in. Deterministic: the same arguments give the same bytes, for any ``workers``. Written into a
-    temporary folder and renamed into place; an existing ``dest/CUB_200_2011`` is replaced only if it is a
-    synthetic tree.
+        With ``synthetic_marker`` a ``synthetic.json`` (generator, version, arguments) marks the tree as the
+        stand-in. Deterministic: the same arguments give the same bytes, for any ``workers``. Written into a
+        temporary folder and renamed into place; an existing ``dest/CUB_200_2011`` is replaced only if it is a
+        synthetic tree.
     """
     if classes < 1 or images_per_class < 2:
         raise ValueError("write_cub_tree needs at least one class and two images per class")
@@ -224,7 +226,14 @@ def write_cub_tree(
         else:
             boxes = [one(k) for k in range(len(jobs))]
         lines: dict[str, list[str]] = {name: [] for name in INDEX_FILES}
-        for image_id, ((c, folder, file, train), box) in enumerate(zip(jobs, boxes, strict=True), 1):
+        order = []  # the images in id order: class by class; within a class shuffled, as CUB's images.txt
+        for c in range(classes):
+            mine = [k for k, job in enumerate(jobs) if job[0] == c]
+            if shuffle_ids:
+                mine = np.random.default_rng(np.random.SeedSequence([seed, 13, c])).permutation(mine).tolist()
+            order += mine
+        for image_id, k in enumerate(order, 1):
+            (c, folder, file, train), box = jobs[k], boxes[k]
             lines["images.txt"].append(f"{image_id} {folder}/{file}")
             lines["image_class_labels.txt"].append(f"{image_id} {c + 1}")
             lines["train_test_split.txt"].append(f"{image_id} {int(train)}")
@@ -296,6 +305,7 @@ def build_synthetic_cub(
         image_size=(int(image_size[0]), int(image_size[1])),
         seed=seed,
         workers=workers,
+        shuffle_ids=False,  # the stand-in of version 1 as the committed runs read it (ids in file-name order)
     )
     index = read_cub_index(target, synthetic=True)
     log(
