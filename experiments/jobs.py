@@ -85,7 +85,9 @@ def job(cfg: DictConfig, run: Callable[[DictConfig, Path], dict[str, Any] | list
 
 
 def _job(cfg: DictConfig, run, run_dir: Path) -> Any:
-
+    if in_parallel_sweep() and (stop := ParallelSweepStop.requested()) is not None:
+        say(f"not started: the sweep was stopped on {stop}")
+        return None
     try:
         with _stop_on_sigterm():
             if cfg.trainer.num_threads:
@@ -106,18 +108,121 @@ def _job(cfg: DictConfig, run, run_dir: Path) -> Any:
     except (KeyboardInterrupt, _Terminated) as stop:
         name = "SIGTERM" if isinstance(stop, _Terminated) else "SIGINT"
         say(f"stopped on {name}; relaunch to resume (from the last checkpoint, if one was saved)")
-        sys.exit(128 + signal.Signals[name].value)
+        return _stopped(name, run_dir)
     records = outcome if isinstance(outcome, list) else [outcome]
     stopped_by = next((r.get("stopped_by") for r in records if r.get("stopped_by")), None)
     if stopped_by:
-        sys.exit(128 + signal.Signals[stopped_by].value)
+        return _stopped(stopped_by, run_dir)
     errors = [r["test_error"] for r in records if r.get("finished")]
     return sum(errors) / len(errors) if errors else None
 
 
+def _stopped(name: str, run_dir: Path) -> None:
+    """End a job stopped by a signal: exit with the signal's status; in a parallel sweep's worker, tell the
+    sweep (it exits so, once every worker has checkpointed) and return, so the worker is not torn down."""
+    if in_parallel_sweep():
+        ParallelSweepStop.note_stopped(run_dir)
+        return None
+    sys.exit(128 + signal.Signals[name].value)
+
+
+def in_parallel_sweep() -> bool:
+    """Whether this job runs in a worker process of the joblib launcher (``hydra/launcher=parallel``)."""
+    try:
+        hydra_config = HydraConfig.get()
+    except ValueError:
+        return False
+    return hydra_config.mode == RunMode.MULTIRUN and "joblib" in str(
+        hydra_config.launcher.get("_target_", "")
+    )
+
+
+class ParallelSweepStop:
+    """How a parallel sweep stops on SIGTERM or SIGINT as a single run does.
+
+    The joblib launcher's workers are processes of their own: a signal sent to the sweep (``kill``, a
+    cluster's pre-emption) reaches only its driver, and without this the workers trained on after it had
+    gone. The driver's handler writes ``<sweep dir>/.stop`` (the signal's name) and passes the signal on
+    to every worker; each running job checkpoints and returns, noting its run in ``.stopped``; jobs not yet
+    started see ``.stop`` and do not start. When the launcher is done the driver says how many runs stopped
+    and exits with the signal's status (143, 130); relaunching the sweep resumes each from its checkpoint.
+    """
+
+    STOP, STOPPED = ".stop", ".stopped"
+
+    @staticmethod
+    def folder() -> Path:
+        return Path(HydraConfig.get().sweep.dir)
+
+    @classmethod
+    def requested(cls) -> str | None:
+        marker = cls.folder() / cls.STOP
+        return marker.read_text().strip() if marker.is_file() else None
+
+    @classmethod
+    def note_stopped(cls, run_dir: Path) -> None:
+        with open(cls.folder() / cls.STOPPED, "a") as handle:  # one short line per write: no interleaving
+            handle.write(f"{run_dir}\n")
+
+    def __init__(self, sweep_dir: Path):
+        self.sweep_dir = Path(sweep_dir)
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        for name in (self.STOP, self.STOPPED):
+            (self.sweep_dir / name).unlink(missing_ok=True)  # a relaunch starts afresh
+        self.received: str | None = None
+        self.previous = {s: signal.signal(s, self.handle) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def handle(self, signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop waiting for the workers
+        self.received = name
+        (self.sweep_dir / self.STOP).write_text(name + "\n")
+        for pid in worker_pids(catching=signum):  # the busy ones: an idle worker would just die of it
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    def finish(self) -> None:
+        """Put the handlers back; after a stop, say how many runs stopped and exit with the signal's status."""
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        if self.received is None:
+            return
+        marker = self.sweep_dir / self.STOPPED
+        stopped = marker.read_text().splitlines() if marker.is_file() else []
+        say(
+            f"sweep stopped on {self.received}: {len(stopped)} run(s) checkpointed and stopped, the rest not "
+            "started; relaunch the same command to resume them (each from its last checkpoint; finished runs "
+            "are skipped)"
+        )
+        sys.exit(128 + signal.Signals[self.received].value)
+
+
+def worker_pids(catching: int | None = None) -> list[int]:
+    """This process's children that run a parallel launcher's jobs (loky's worker processes); with
+    ``catching``, only those that handle that signal now: the ones running a job (whose handlers checkpoint)."""
+    pids = []
+    for tasks in Path(f"/proc/{os.getpid()}/task").glob("*/children"):
+        for pid in tasks.read_text().split():
+            with contextlib.suppress(OSError):
+                if b"LokyProcess" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    continue
+                if catching is not None:
+                    status = Path(f"/proc/{pid}/status").read_text()
+                    caught = int(
+                        next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")),
+                        16,
+                    )
+                    if not caught >> (catching - 1) & 1:
+                        continue
+                pids.append(int(pid))
+    return pids
+
+
 class SweepProgress(Callback):
     """In a sweep (``-m``), each job starts with ``[run k of N] <cell> seed <s>`` (configs/hydra/default.yaml
-    installs it): N is counted from the sweep's overrides as Hydra's basic sweeper expands them."""
+    installs it): N is counted from the sweep's overrides as Hydra's basic sweeper expands them. With the
+    parallel launcher it also installs :class:`ParallelSweepStop` in the sweep's driver."""
 
     JOBS_ENV = "STN_SWEEP_JOBS"  # the count, for job processes (a parallel launcher's workers)
 
@@ -127,6 +232,12 @@ class SweepProgress(Callback):
 
         overrides = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
         os.environ[self.JOBS_ENV] = str(sum(len(b) for b in BasicSweeper.split_arguments(overrides, None)))
+        launcher = str(config.hydra.launcher.get("_target_", ""))
+        self.stop = ParallelSweepStop(Path(config.hydra.sweep.dir)) if "joblib" in launcher else None
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if getattr(self, "stop", None) is not None:
+            self.stop.finish()
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         hydra_config = HydraConfig.get()

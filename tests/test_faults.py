@@ -788,3 +788,70 @@ def test_every_runner_ends_a_bad_command_line_in_one_line(runner, override, word
     assert launch.rc == 1
     line = one_error_line(launch)
     assert all(word in line for word in words), line
+
+
+# --- a parallel sweep ---------------------------------------------------------------------------------------
+
+PARALLEL_SWEEP = [
+    "-m",
+    "hydra/launcher=parallel",
+    "hydra.launcher.n_jobs=2",
+    "profile=smoke",
+    "data=r",
+    "data.source=synthetic",
+    "model=fcn",
+    "transformer=none",
+    "model.param_budget=50000",
+    "seed=1,2,3,4",
+    "trainer.iterations=5000",
+    "trainer.log_every=100",
+    "trainer.eval_every=0",
+    "trainer.checkpoint_every=100",
+    "trainer.num_threads=1",
+    "logger=none",
+]
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for tasks in Path(f"/proc/{pid}/task").glob("*/children"):
+        found += [int(p) for p in tasks.read_text().split()]
+    return found
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
+def test_a_signal_to_a_parallel_sweep_reaches_every_worker_and_a_relaunch_resumes(name, tmp_path):
+    env = {**os.environ, "STN_RUNS": str(tmp_path / "runs"), "PYTHONUNBUFFERED": "1"}
+    args = [sys.executable, "-m", "experiments.mnist", *PARALLEL_SWEEP]
+    sweep = subprocess.Popen(
+        args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    runs = tmp_path / "runs" / "mnist" / "smoke" / "r-fcn-none"
+    deadline = time.monotonic() + 240
+    while len(list(runs.glob("seed*/checkpoint.pt"))) < 2:  # both workers are training
+        assert sweep.poll() is None and time.monotonic() < deadline, sweep.communicate()
+        time.sleep(0.2)
+    workers = children(sweep.pid)
+    sweep.send_signal(getattr(signal, name))
+    out, err = sweep.communicate(timeout=240)
+    assert sweep.returncode == 128 + getattr(signal, name).value, err[-3000:]
+    assert "Traceback" not in out + err, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert (
+        last.startswith(f"sweep stopped on {name}: 2 run(s) checkpointed and stopped") and "relaunch" in last
+    )
+    assert (out + err).count(f"stopped on {name} at iteration") == 2  # each worker checkpointed after a step
+    checkpoints = {p: p.stat().st_mtime_ns for p in runs.glob("seed*/checkpoint.pt")}
+    deadline = time.monotonic() + 60  # the idle workers notice their driver is gone and leave
+    while [pid for pid in workers if Path(f"/proc/{pid}").exists()] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]
+    assert {p: p.stat().st_mtime_ns for p in checkpoints} == checkpoints  # no worker trained on alone
+    started = sorted(p.parent.name for p in runs.glob("seed*/checkpoint.pt"))
+    assert len(started) == 2 and not list(runs.glob("seed*/record.json"))
+    assert sorted(p.name for p in runs.iterdir()) == started  # the jobs that did not start left no folder
+    if name == "SIGINT":
+        return
+    relaunch = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert relaunch.returncode == 0, relaunch.stderr[-3000:]
+    assert relaunch.stdout.count("resuming") == 2 and len(list(runs.glob("seed*/record.json"))) == 4
