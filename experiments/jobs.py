@@ -77,11 +77,23 @@ def job(cfg: DictConfig, run: Callable[[DictConfig, Path], dict[str, Any] | list
     record or weights: a missing data file, a bad value) leaves no folder behind.
     """
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    log = run_dir / f"{HydraConfig.get().job.name}.log"
     try:
-        with _TerminalCopy(run_dir / f"{HydraConfig.get().job.name}.log"):
+        with _TerminalCopy(log) if process_rank() == 0 else contextlib.nullcontext():
             return _job(cfg, run, run_dir)
     finally:
         remove_stub_run_folder(run_dir, Path(cfg.paths.runs_dir))
+
+
+def process_rank() -> int:
+    """This process's rank in a data-parallel run (torchrun's ``RANK``, SLURM's ``SLURM_PROCID`` with
+    several tasks); 0 for a process on its own. Only rank 0 writes the run folder's Hydra files and log."""
+    env = os.environ
+    if int(env.get("WORLD_SIZE", "1")) > 1:
+        return int(env.get("RANK", "0"))
+    if int(env.get("SLURM_NTASKS", "1")) > 1:
+        return int(env.get("SLURM_PROCID", "0"))
+    return 0
 
 
 def _job(cfg: DictConfig, run, run_dir: Path) -> Any:
@@ -325,6 +337,8 @@ def run_entry_point(main: Callable[[], Any]) -> None:
     file) each end here with one line that names the value and the fix. Any other exception is a bug and
     keeps its traceback; so does everything with ``STN_TRACEBACK=1`` or ``HYDRA_FULL_ERROR=1``.
     """
+    if process_rank() > 0 and not any(a.startswith("hydra.output_subdir=") for a in sys.argv):
+        sys.argv.append("hydra.output_subdir=null")  # the run folder's .hydra/ files: rank 0's alone
     full_error = os.environ.get("HYDRA_FULL_ERROR")
     # Hydra re-raises what it would otherwise print itself (its multi-line report, or a failed attempt at
     # one: "An error occurred during Hydra's exception formatting"), so that it reaches the handler below.

@@ -855,3 +855,19 @@ def test_a_signal_to_a_parallel_sweep_reaches_every_worker_and_a_relaunch_resume
     relaunch = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert relaunch.returncode == 0, relaunch.stderr[-3000:]
     assert relaunch.stdout.count("resuming") == 2 and len(list(runs.glob("seed*/record.json"))) == 4
+
+
+def test_only_rank_0_of_a_data_parallel_run_writes_hydras_files(monkeypatch):
+    from experiments.jobs import run_entry_point
+
+    seen = []
+    for rank, expected in (("0", False), ("1", True)):
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("RANK", rank)
+        monkeypatch.setattr(sys, "argv", ["experiments.cub", "profile=smoke"])
+        run_entry_point(lambda: seen.append(list(sys.argv)))
+        assert ("hydra.output_subdir=null" in seen[-1]) == expected
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setattr(sys, "argv", ["experiments.cub"])
+    run_entry_point(lambda: seen.append(list(sys.argv)))
+    assert seen[-1] == ["experiments.cub"]
