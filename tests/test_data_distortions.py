@@ -34,6 +34,8 @@ FAMILY_KEY = {
     "e": "tps",
     "tc": "affine",
     "p_4px": "projective",
+    "p_diagonal": "projective",
+    "p_digit_frame": "projective",
 }
 CORNERS = torch.tensor([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]])
 
@@ -89,7 +91,16 @@ def test_each_set_has_its_size_dtype_and_8_bit_levels(mnist, set_name):
 
 
 def test_image_sizes_follow_the_spec():
-    assert IMAGE_SIZE == {"r": 28, "rts": 42, "p": 28, "e": 28, "tc": 60, "p_4px": 28}
+    assert IMAGE_SIZE == {
+        "r": 28,
+        "rts": 42,
+        "p": 28,
+        "e": 28,
+        "tc": 60,
+        "p_4px": 28,
+        "p_diagonal": 28,
+        "p_digit_frame": 28,
+    }
     assert set(DISTORTED_SET_NAMES) == set(IMAGE_SIZE) and "p_4px" not in SET_NAMES  # a study set
 
 
@@ -139,7 +150,7 @@ def test_rts_angle_scale_uniform_and_the_scaled_box_inside_the_canvas(many):
         assert stats.kstest(free[:, axis].numpy(), "uniform").pvalue > 0.01
 
 
-@pytest.mark.parametrize(("set_name", "std_px"), [("p", 5.0), ("p_4px", 4.0)])
+@pytest.mark.parametrize(("set_name", "std_px"), [("p", 5.0), ("p_4px", 4.0), ("p_digit_frame", 5.0)])
 def test_p_scale_uniform_corner_offsets_about_their_std_and_quads_convex(many, set_name, std_px):
     params = many[set_name][1]
     assert stats.kstest(params["scale"].numpy(), "uniform", args=(0.75, 0.25)).pvalue > 0.01
@@ -165,6 +176,57 @@ def test_p_4px_draws_the_p_offsets_scaled_by_four_fifths(mnist):
     assert same.float().mean() > 0.9
 
 
+def test_p_diagonal_moves_each_corner_along_its_diagonal_by_one_n0_5px_stretch(many):
+    params = many["p_diagonal"][1]
+    assert stats.kstest(params["scale"].numpy(), "uniform", args=(0.75, 0.25)).pvalue > 0.01
+    stretch, offsets = params["corner_stretch_px"], params["corner_offsets_px"]
+    assert stretch.shape == (3072, 4) and offsets.shape == (3072, 4, 2)
+    # 12,288 stretches: the std's standard error is ~0.03 px (folded draws, rarer than in P, are redrawn)
+    assert abs(stretch.std() - 5.0) < 0.1 and stretch.mean().abs() < 0.15
+    # Each offset is the stretch times the corner's outward unit diagonal: top-left (-1, -1) / sqrt(2), ...
+    torch.testing.assert_close(offsets, stretch.unsqueeze(-1) * CORNERS / 2**0.5, rtol=0, atol=1e-6)
+    # so the rms displacement is 5 px, not the 7.07 px of independent x and y offsets
+    assert abs(offsets.norm(dim=-1).pow(2).mean().sqrt() - 5.0) < 0.1
+    expected = (CORNERS + pixels_to_normalised(offsets, 28)) / params["scale"].view(-1, 1, 1)
+    mapped = get_transform("projective").transform_points(params["projective"], CORNERS)
+    torch.testing.assert_close(mapped, expected, rtol=0, atol=1e-4)
+
+
+def test_p_diagonal_positive_stretch_moves_the_sampled_corner_outwards_by_hand():
+    # One digit, and a generator state whose draw we read back: a corner stretched by +s px along its
+    # diagonal samples the digit at (corner + s (+-1, +-1) / sqrt(2) px) / scale, farther from the centre.
+    digits = torch.zeros(1, 1, 28, 28)
+    _, params = distort("p_diagonal", digits, torch.Generator().manual_seed(5))
+    s, scale = params["corner_stretch_px"][0], float(params["scale"][0])
+    top_left = get_transform("projective").transform_points(params["projective"], CORNERS)[0, 0]
+    step = 2.0 * float(s[0]) / 2**0.5 / 28  # normalised length of each component of the stretch
+    torch.testing.assert_close(top_left, torch.tensor([-1.0 - step, -1.0 - step]) / scale, rtol=0, atol=1e-5)
+
+
+def test_p_digit_frame_adds_the_offsets_after_the_scaling(many):
+    params = many["p_digit_frame"][1]
+    scale = params["scale"].view(-1, 1, 1)
+    expected = CORNERS / scale + pixels_to_normalised(params["corner_offsets_px"], 28)
+    mapped = get_transform("projective").transform_points(params["projective"], CORNERS)
+    torch.testing.assert_close(mapped, expected, rtol=0, atol=1e-4)
+    # and differs from the spec reading, whose offsets are divided by the scale (scale < 1: larger moves)
+    spec = (CORNERS + pixels_to_normalised(params["corner_offsets_px"], 28)) / scale
+    assert (mapped - spec).abs().amax() > 0.01
+
+
+def test_p_readings_share_the_spec_draws(mnist):
+    # The same generator state draws the same scales and normal numbers: the digit-frame reading moves the same
+    # offsets as P (only where they are added differs); the diagonal reading draws 4 numbers per image, not 8.
+    digits = as_digits(mnist.train_images[:64])
+    _, p = distort("p", digits, torch.Generator().manual_seed(11))
+    _, frame = distort("p_digit_frame", digits, torch.Generator().manual_seed(11))
+    _, diagonal = distort("p_diagonal", digits, torch.Generator().manual_seed(11))
+    torch.testing.assert_close(frame["scale"], p["scale"], rtol=0, atol=0)
+    torch.testing.assert_close(diagonal["scale"], p["scale"], rtol=0, atol=0)
+    same = (frame["corner_offsets_px"] - p["corner_offsets_px"]).abs().amax(dim=(1, 2)) < 1e-6
+    assert same.float().mean() > 0.9
+
+
 def test_e_scale_uniform_and_control_offsets_about_1_5px(many):
     params = many["e"][1]
     assert stats.kstest(params["scale"].numpy(), "uniform", args=(0.75, 0.25)).pvalue > 0.01
@@ -184,7 +246,7 @@ def test_tc_has_six_6x6_patches_inside_the_canvas(many):
 # --- stored parameters reproduce the images -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("set_name", ["r", "rts", "p", "e", "p_4px"])
+@pytest.mark.parametrize("set_name", ["r", "rts", "p", "e", "p_4px", "p_diagonal", "p_digit_frame"])
 def test_stored_family_params_regenerate_the_image(mnist, set_name):
     digits = as_digits(mnist.train_images[:64])
     images, params = distort(set_name, digits, torch.Generator().manual_seed(3))

@@ -145,7 +145,7 @@ def test_missing_corrupt_modified_and_outdated_sets_name_the_file_and_the_fix(tm
 
 def test_unknown_set_or_split_lists_the_known_ones(tmp_path):
     with pytest.raises(
-        ValueError, match="unknown stored set 'rotated'; known: r, rts, p, e, tc, p_4px, addition"
+        ValueError, match="unknown stored set 'rotated'; known: r, rts, p, e, tc, p_4px, p_diagonal, p_digit_frame, addition"
     ):
         load_set("rotated", "test", tmp_path)
     with pytest.raises(ValueError, match="has no split 'train'; it has: test, val"):
@@ -161,7 +161,7 @@ def test_build_all_sets_builds_every_file_then_skips_them(tmp_path, mnist):
     logs = []
     paths = build_all_sets(tmp_path, seed=1, log=logs.append, mnist=mnist)
     extra = sum(len(EXTRA_SPLITS[name]) for name in EXTRA_SETS)
-    assert len(paths) == 2 * len(DISTORTED_SET_NAMES) + extra == 16 and all(p.is_file() for p in paths)
+    assert len(paths) == 2 * len(DISTORTED_SET_NAMES) + extra == 20 and all(p.is_file() for p in paths)
     assert sum("wrote" in line for line in logs) == len(paths)
     images, _ = load_set("r", "val", tmp_path)
     assert images.shape == (25, 1, 28, 28)  # a twelfth of 300 synthetic training digits held out

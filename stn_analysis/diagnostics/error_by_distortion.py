@@ -59,6 +59,8 @@ DEFAULT_EDGES = {
     "p": (0, 3, 4, 5, 6, 7, 8),
     "e": (0, 1, 1.25, 1.5, 1.75, 2),
     "p_4px": (0, 3, 4, 5, 6, 7, 8),
+    "p_diagonal": (0, 3, 4, 5, 6, 7, 8),
+    "p_digit_frame": (0, 3, 4, 5, 6, 7, 8),
 }
 INK_LOST_EDGES = (0, 2, 10, 25)  # % of the digit's ink off the frame
 # The sets whose distortion is independent N(0, std) offsets in output pixels: the offsets' key, the std drawn
@@ -67,6 +69,8 @@ GAUSSIAN_OFFSETS = {
     "p": ("corner_offsets_px", P_CORNER_STD_PX, (5.0, 4.5, 4.0, 3.5, 3.0)),
     "e": ("control_offsets_px", E_CONTROL_STD_PX, (1.5, 1.25, 1.0)),
     "p_4px": ("corner_offsets_px", P_4PX_CORNER_STD_PX, (4.0,)),
+    "p_diagonal": ("corner_stretch_px", P_CORNER_STD_PX, (5.0, 4.0)),  # one N(0, 5 px) scalar per corner
+    "p_digit_frame": ("corner_offsets_px", P_CORNER_STD_PX, (5.0, 4.0)),
 }
 
 

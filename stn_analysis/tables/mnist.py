@@ -28,7 +28,11 @@ from stn_repro.paper import (
 )
 
 # The study sets (stn_repro.data.distortions.VARIANT_SETS): what each changes in the paper set it varies.
-VARIANT_LABELS = {"p_4px": "P with N(0, 4 px) corner offsets instead of the spec's 5 px"}
+VARIANT_LABELS = {
+    "p_4px": "P with N(0, 4 px) corner offsets instead of the spec's 5 px",
+    "p_diagonal": "P with one N(0, 5 px) stretch per corner along its diagonal instead of N(0, 5 px) in x and y",
+    "p_digit_frame": "P with the N(0, 5 px) corner offsets in the digit's pixels, not divided by the scale",
+}
 
 
 BUDGET_READINGS = {

@@ -42,13 +42,21 @@ from stn_repro.transformers import (
 
 SET_NAMES = ("r", "rts", "p", "e", "tc")
 """The paper's sets (Table 1 and the 60x60 cluttered column)."""
-VARIANT_SETS = {"p_4px": "p"}
-"""Study sets, not the paper's: a paper set's recipe with one strength changed, to test an explanation of a
-gap to the paper by training (name -> the set it varies). ``p_4px``: P with N(0, 4 px) corner offsets
-instead of the spec's 5 px (results/mnist_p_error_by_offset.md). Their records never fill a Table 1 cell."""
+VARIANT_SETS = {"p_4px": "p", "p_diagonal": "p", "p_digit_frame": "p"}
+"""Study sets, not the paper's: a paper set's recipe with one thing changed, to test an explanation of a
+gap to the paper by training (name -> the set it varies). Their records never fill a Table 1 cell.
+
+- ``p_4px``: P with N(0, 4 px) corner offsets instead of the spec's 5 px (results/mnist_p_error_by_offset.md).
+- ``p_diagonal``: another reading of the paper's "move each corner by N(0, 5 px)": one N(0, 5 px) stretch
+  per corner along its diagonal (outwards for a positive draw), so the rms corner displacement is 5 px
+  instead of the spec reading's 7.07 px (two independent N(0, 5 px) components).
+- ``p_digit_frame``: the spec reading's N(0, 5 px) offsets in x and y, in the digit's own pixels, added after
+  the scaling (not divided by the scale): the sampled corners are ``corner / scale + offset``, displaced
+  ``5 / scale`` times less than ``(corner + offset) / scale`` in the digit's frame.
+"""
 DISTORTED_SET_NAMES = (*SET_NAMES, *VARIANT_SETS)
 """Every set :func:`distort` makes and ``make data-mnist`` stores."""
-IMAGE_SIZE = {"r": 28, "rts": 42, "p": 28, "e": 28, "tc": 60, "p_4px": 28}
+IMAGE_SIZE = {"r": 28, "rts": 42, "p": 28, "e": 28, "tc": 60, "p_4px": 28, "p_diagonal": 28, "p_digit_frame": 28}
 """Output side in pixels of each set (spec Sect. 2; R, P and E keep MNIST's 28 px [choice])."""
 
 DIGIT_SIZE = 28
@@ -75,6 +83,7 @@ _TPS = get_transform("tps", grid_size=4)  # the paper's 16 control points; the f
 # Image corners (the outer edges, +-1 under align_corners=False) in the order top-left, top-right,
 # bottom-right, bottom-left: a closed, counter-clockwise-in-array-coordinates loop.
 _CORNERS = torch.tensor([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]])
+_DIAGONALS = _CORNERS / math.sqrt(2.0)  # each corner's unit direction away from the centre
 
 
 def quantise(images: Tensor) -> Tensor:
@@ -86,7 +95,8 @@ def distort(
     set_name: str, digits: Tensor, generator: torch.Generator, clutter_source: Tensor | None = None
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Distort a batch of digits with the recipe of one set: ``r``, ``rts``, ``p``, ``e`` or ``tc``, or a
-    study set of :data:`VARIANT_SETS` (``p_4px``: returns what ``p`` returns).
+    study set of :data:`VARIANT_SETS` (``p_4px``, ``p_digit_frame``: return what ``p`` returns;
+    ``p_diagonal`` adds ``corner_stretch_px [B, 4]``).
 
     **Convention**: see the module docstring. ``digits [B, 1, 28, 28]`` float in [0, 1];
     returns quantised images ``[B, 1, S, S]`` (``S = IMAGE_SIZE[set_name]``) on the digits' device and a
@@ -96,6 +106,8 @@ def distort(
     - ``rts``: ``angle_deg [B]``, ``scale [B]``, ``centre_px [B, 2]``, ``affine [B, 6]``
     - ``p``: ``scale [B]``, ``corner_offsets_px [B, 4, 2]``, ``projective [B, 8]``; the output corners
       (top-left, top-right, bottom-right, bottom-left) sample the digit at ``(corner + offset) / scale``
+      (``p_digit_frame``: at ``corner / scale + offset``; ``p_diagonal``: the offsets are
+      ``corner_stretch_px`` times the corner's unit diagonal, pointing away from the centre)
     - ``e``: ``scale [B]``, ``control_offsets_px [B, 16, 2]``, ``tps [B, 32]``; the 4x4 control points
       sample the digit at ``(control + offset) / scale`` (offsets in output pixels, as for P)
     - ``tc``: ``centre_px [B, 2]``, ``clutter_xy_px [B, 6, 2]`` (top-left corner of each 6x6 patch),
@@ -126,6 +138,8 @@ DISTORTION_SIZE = {
     "p": "rms corner offset (px)",
     "e": "rms control-point offset (px)",
     "p_4px": "rms corner offset (px)",
+    "p_diagonal": "rms corner offset (px)",
+    "p_digit_frame": "rms corner offset (digit px)",
 }
 
 
@@ -146,7 +160,14 @@ def distortion_size(set_name: str, params: dict[str, Tensor]) -> Tensor:
 
 
 # The sets whose images are their digit under one global target -> source map, and that map's family.
-FRAME_WARPS = {"r": "affine", "rts": "affine", "p": "projective", "p_4px": "projective"}
+FRAME_WARPS = {
+    "r": "affine",
+    "rts": "affine",
+    "p": "projective",
+    "p_4px": "projective",
+    "p_diagonal": "projective",
+    "p_digit_frame": "projective",
+}
 
 
 def ink_in_frame(set_name: str, params: dict[str, Tensor], digits: Tensor) -> Tensor:
@@ -221,8 +242,14 @@ def _rotated_translated_scaled(
 
 
 def _projective(
-    digits: Tensor, generator: torch.Generator, corner_std_px: float = P_CORNER_STD_PX
+    digits: Tensor,
+    generator: torch.Generator,
+    corner_std_px: float = P_CORNER_STD_PX,
+    along_diagonal: bool = False,
+    in_digit_frame: bool = False,
 ) -> tuple[Tensor, dict[str, Tensor]]:
+    """P and its study readings (:data:`VARIANT_SETS`): ``along_diagonal`` draws one scalar per corner and
+    moves the corner along its diagonal; ``in_digit_frame`` adds the offsets after the scaling."""
     batch, size = digits.shape[0], IMAGE_SIZE["p"]
     scale = _uniform(batch, *P_SCALE_RANGE, generator)
     # Scale first, then move the corners, the same construction as E: each output corner samples the
@@ -231,25 +258,39 @@ def _projective(
     # positions (rather than pushing the digit's own corners outwards) keeps the digit in the frame: the
     # other way round, 12% of real digits lose more than half of their ink off the frame or to extreme
     # foreshortening (0.5% this way).
-    offsets_px = torch.randn(batch, 4, 2, generator=generator) * corner_std_px
+    draw_shape = (batch, 4) if along_diagonal else (batch, 4, 2)
+    draws = torch.randn(*draw_shape, generator=generator) * corner_std_px
+
+    def corners_of(draws: Tensor) -> Tensor:
+        offsets_px = draws.unsqueeze(-1) * _DIAGONALS if along_diagonal else draws
+        return _sampled_corners(scale, offsets_px, size, in_digit_frame)
+
     # A large draw can fold the quadrilateral (non-convex or self-crossing); no homography maps the square
     # onto it without sending part of the output through the horizon, which paints a mirrored ghost of the
     # digit. Such draws are redrawn, corners only, until every quadrilateral is convex: a slightly truncated
     # Gaussian: 0.3% of draws are redrawn, and the kept offsets' std is 4.99 px instead of 5.
-    folded = ~_is_convex(_sampled_corners(scale, offsets_px, size))
+    folded = ~_is_convex(corners_of(draws))
     while folded.any():
-        offsets_px[folded] = torch.randn(int(folded.sum()), 4, 2, generator=generator) * corner_std_px
-        folded = ~_is_convex(_sampled_corners(scale, offsets_px, size))
+        draws[folded] = torch.randn(int(folded.sum()), *draw_shape[1:], generator=generator) * corner_std_px
+        folded = ~_is_convex(corners_of(draws))
+    offsets_px = draws.unsqueeze(-1) * _DIAGONALS if along_diagonal else draws
     homography = projective_from_points(
-        _CORNERS.expand(batch, 4, 2), _sampled_corners(scale, offsets_px, size)
+        _CORNERS.expand(batch, 4, 2), _sampled_corners(scale, offsets_px, size, in_digit_frame)
     )
     images = _warp(digits, _PROJECTIVE, homography, size)
-    return quantise(images), {"scale": scale, "corner_offsets_px": offsets_px, "projective": homography}
+    params = {"scale": scale, "corner_offsets_px": offsets_px, "projective": homography}
+    if along_diagonal:
+        params["corner_stretch_px"] = draws
+    return quantise(images), params
 
 
-def _sampled_corners(scale: Tensor, offsets_px: Tensor, size: int) -> Tensor:
-    """Source positions ``[B, 4, 2]`` (normalised) that the output's corners sample: moved, then scaled."""
-    return (_CORNERS + pixels_to_normalised(offsets_px, size)) / scale.view(-1, 1, 1)
+def _sampled_corners(scale: Tensor, offsets_px: Tensor, size: int, in_digit_frame: bool = False) -> Tensor:
+    """Source positions ``[B, 4, 2]`` (normalised) that the output's corners sample: moved, then scaled
+    (``in_digit_frame``: scaled, then moved by the offsets in the digit's own pixels)."""
+    offsets = pixels_to_normalised(offsets_px, size)
+    if in_digit_frame:
+        return _CORNERS / scale.view(-1, 1, 1) + offsets
+    return (_CORNERS + offsets) / scale.view(-1, 1, 1)
 
 
 def _is_convex(quad: Tensor) -> Tensor:
@@ -446,4 +487,6 @@ _RECIPES: dict[str, Callable[[Tensor, torch.Generator], tuple[Tensor, dict[str, 
     "e": _elastic,
     "tc": _translated_cluttered,  # called with its clutter source by distort()
     "p_4px": partial(_projective, corner_std_px=P_4PX_CORNER_STD_PX),
+    "p_diagonal": partial(_projective, along_diagonal=True),
+    "p_digit_frame": partial(_projective, in_digit_frame=True),
 }

@@ -93,6 +93,10 @@ _TITLES = {
     "p": "P: scaled U[0.75, 1], corners moved N(0, 5 px), projective, 28x28 | label | scale, rms corner offset (px)",
     "p_4px": "P 4 px (study set, NOT the paper's): corners moved N(0, 4 px), else as P | label | scale, rms corner "
     "offset (px)",
+    "p_diagonal": "P diagonal (study set, NOT the paper's): each corner stretched N(0, 5 px) along its diagonal | "
+    "label | scale, rms corner offset (px)",
+    "p_digit_frame": "P digit frame (study set, NOT the paper's): offsets N(0, 5 px) not divided by the scale | "
+    "label | scale, rms corner offset (digit px)",
     "e": "E: scaled U[0.75, 1], 16 TPS control points moved N(0, 1.5 px), 28x28 | label | scale, rms offset (px)",
     "tc": "TC: translated in 60x60, six 6x6 clutter patches | label | digit centre (px)",
     "addition": "Addition: two RTS channels (42x42 each) | digits and their sum (19 classes)",
@@ -108,7 +112,7 @@ def _caption(name: str, data: dict[str, Tensor], i: int) -> str:
     if name == "rts":
         x, y = data["centre_px"][i].tolist()
         return f"{label} | {data['angle_deg'][i]:+.0f}° s{data['scale'][i]:.2f} ({x:.0f},{y:.0f})"
-    if name in ("p", "p_4px"):
+    if name.startswith("p"):
         rms = data["corner_offsets_px"][i].pow(2).mean().sqrt()
         return f"{label} | s{data['scale'][i]:.2f} off {rms:.1f}"
     if name == "e":
