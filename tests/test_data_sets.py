@@ -145,7 +145,8 @@ def test_missing_corrupt_modified_and_outdated_sets_name_the_file_and_the_fix(tm
 
 def test_unknown_set_or_split_lists_the_known_ones(tmp_path):
     with pytest.raises(
-        ValueError, match="unknown stored set 'rotated'; known: r, rts, p, e, tc, p_4px, p_diagonal, p_digit_frame, addition"
+        ValueError,
+        match="unknown stored set 'rotated'; known: r, rts, p, e, tc, p_4px, p_diagonal, p_digit_frame, addition",
     ):
         load_set("rotated", "test", tmp_path)
     with pytest.raises(ValueError, match="has no split 'train'; it has: test, val"):

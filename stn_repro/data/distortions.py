@@ -56,7 +56,16 @@ gap to the paper by training (name -> the set it varies). Their records never fi
 """
 DISTORTED_SET_NAMES = (*SET_NAMES, *VARIANT_SETS)
 """Every set :func:`distort` makes and ``make data-mnist`` stores."""
-IMAGE_SIZE = {"r": 28, "rts": 42, "p": 28, "e": 28, "tc": 60, "p_4px": 28, "p_diagonal": 28, "p_digit_frame": 28}
+IMAGE_SIZE = {
+    "r": 28,
+    "rts": 42,
+    "p": 28,
+    "e": 28,
+    "tc": 60,
+    "p_4px": 28,
+    "p_diagonal": 28,
+    "p_digit_frame": 28,
+}
 """Output side in pixels of each set (spec Sect. 2; R, P and E keep MNIST's 28 px [choice])."""
 
 DIGIT_SIZE = 28
