@@ -30,6 +30,14 @@ from omegaconf.errors import OmegaConfBaseException
 
 from experiments.common import positive_int
 from experiments.config_keys import check_added_keys, unknown_key_line
+from experiments.rank_failures import (
+    collective_lost,
+    is_peer,
+    note_failure,
+    peer_failure_line,
+    process_rank,
+    world_size,
+)
 from stn_repro.data.files import DataError
 from stn_repro.training.checkpoints import CheckpointError
 from stn_repro.training.loop import TrainingDiverged
@@ -70,6 +78,8 @@ def job(cfg: DictConfig, run: Callable[[DictConfig, Path], dict[str, Any] | list
       signal's conventional status (130, 143), without a traceback.
     - A signal before or after the training loop (loading data, writing the record) ends the job the same
       way: one line, the signal's status; a relaunch resumes from the last checkpoint, if any.
+    - In a data-parallel run (torchrun, SLURM tasks) rank 0 alone speaks: another rank's failure ends the
+      job with one line from rank 0 naming that rank, its error and the fix (:mod:`experiments.rank_failures`).
     Returns the test error (the value a Hydra sweeper would optimise) of a finished run, else ``None``.
 
     What the terminal shows also goes to the run folder's ``<runner>.log`` (appended at each launch; progress
@@ -80,20 +90,32 @@ def job(cfg: DictConfig, run: Callable[[DictConfig, Path], dict[str, Any] | list
     log = run_dir / f"{HydraConfig.get().job.name}.log"
     try:
         with _TerminalCopy(log) if process_rank() == 0 else contextlib.nullcontext():
-            return _job(cfg, run, run_dir)
+            try:
+                return _job(cfg, run, run_dir)
+            except Exception as error:
+                if world_size() > 1:
+                    _end_data_parallel(run_dir, error)
+                raise
     finally:
         remove_stub_run_folder(run_dir, Path(cfg.paths.runs_dir))
 
 
-def process_rank() -> int:
-    """This process's rank in a data-parallel run (torchrun's ``RANK``, SLURM's ``SLURM_PROCID`` with
-    several tasks); 0 for a process on its own. Only rank 0 writes the run folder's Hydra files and log."""
-    env = os.environ
-    if int(env.get("WORLD_SIZE", "1")) > 1:
-        return int(env.get("RANK", "0"))
-    if int(env.get("SLURM_NTASKS", "1")) > 1:
-        return int(env.get("SLURM_PROCID", "0"))
-    return 0
+def _end_data_parallel(run_dir: Path, error: Exception) -> None:
+    """A data-parallel job ended by an error that is not a user's mistake (those end in :func:`_fail`): a
+    rank other than 0 leaves its traceback for rank 0 (or, when its collective failed because another rank
+    has gone, nothing) and exits quietly; rank 0 reports a peer's failure in one line. Returns only when rank
+    0's own error is the cause: it keeps its traceback."""
+    if is_peer():
+        if not collective_lost(error):
+            note_failure(run_dir)
+        sys.exit(1)
+    # Rank 0 is about to say what happened: torchrun's SIGTERM, sent as soon as it sees a peer's exit, must not
+    # kill it before it does (it exits right after anyway).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    line = peer_failure_line(run_dir, error)
+    if line is not None:
+        say(f"error: {line}")
+        sys.exit(1)
 
 
 def _job(cfg: DictConfig, run, run_dir: Path) -> Any:
@@ -119,7 +141,11 @@ def _job(cfg: DictConfig, run, run_dir: Path) -> Any:
         _fail(error)
     except (KeyboardInterrupt, _Terminated) as stop:
         name = "SIGTERM" if isinstance(stop, _Terminated) else "SIGINT"
-        say(f"stopped on {name}; relaunch to resume (from the last checkpoint, if one was saved)")
+        if world_size() > 1 and not is_peer() and (line := peer_failure_line(run_dir, None)) is not None:
+            say(f"error: {line}")  # torchrun stops rank 0 because another rank failed: that is the news
+            sys.exit(1)
+        if not is_peer():
+            say(f"stopped on {name}; relaunch to resume (from the last checkpoint, if one was saved)")
         return _stopped(name, run_dir)
     records = outcome if isinstance(outcome, list) else [outcome]
     stopped_by = next((r.get("stopped_by") for r in records if r.get("stopped_by")), None)
@@ -349,7 +375,8 @@ def run_entry_point(main: Callable[[], Any]) -> None:
         message = None if full_error == "1" or os.environ.get("STN_TRACEBACK") else _config_error(error)
         if message is None:
             raise
-        say(f"error: {message}")
+        if not is_peer():  # every process of a data-parallel run composes the same config: rank 0 says it
+            say(f"error: {message}")
         sys.exit(1)
     finally:
         if full_error is None:
@@ -465,5 +492,8 @@ def _fail(error: BaseException) -> None:
         message = str(cause) if cause is not None else _omegaconf_line(error)
     else:
         message = str(error)
+    if is_peer():  # rank 0 speaks for the run (experiments.rank_failures)
+        note_failure(Path(HydraConfig.get().runtime.output_dir), _one_line(message))
+        sys.exit(1)
     say(f"error: {_one_line(message)}")
     sys.exit(1)

@@ -392,6 +392,62 @@ def test_a_two_process_4x_st_cnn_run_finishes_and_resumes(data_dir, tmp_path):
     assert len(checkpoint["learner"]["rng"]) == 2 and checkpoint["learner"]["world_size"] == 2
 
 
+def test_a_data_error_on_one_rank_ends_the_job_with_one_line_from_rank_0(tmp_path):
+    """Issue 49: a corrupt image read by rank 1 only. Before, rank 1 printed its line, rank 0 a 60-line
+    traceback about the lost gloo connection; now rank 0 alone speaks, naming the rank, the file and the
+    fix (torchrun's own summary of exit codes still follows: it is torchrun's)."""
+    data = tmp_path / "data"
+    write_cub_tree(data / "synthetic-cub", 6, 3, image_size=(40, 56), seed=3)
+    root = data / "synthetic-cub" / "CUB_200_2011"
+    first = root.joinpath("images.txt").read_text().splitlines()[0].split()[1]
+    (root / "images" / first).write_bytes(b"not a jpeg")  # image 1: in rank 1's share of the first batch
+    env = {**ENV, "STN_DATA": str(data), "STN_RUNS": str(tmp_path / "runs")}
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        "-m", "experiments.cub", "experiment=cub/2x_st_cnn_448px", "data=synthetic_cub448",
+        "profile=smoke", "logger=none", "trainer.num_threads=1", "seed=1",
+    ]  # fmt: skip
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode != 0
+    workers = "\n".join(
+        line
+        for line in (done.stdout + done.stderr).splitlines()
+        if not line.startswith(("W1", "E1", "I1"))  # torchrun's own log lines
+    )
+    ours = workers.split("Traceback (most recent call last)")[0]  # torchrun's summary comes last
+    errors = [line for line in ours.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, ours
+    assert errors[0].startswith("error: rank 1 of 2 failed: CUB image ") and first.split("/")[1] in errors[0]
+    assert "cannot be decoded" in errors[0] and "fix:" in errors[0] and "relaunch" in errors[0]
+    assert "[rank0]" not in workers and "[rank1]" not in workers and "closed by peer" not in ours
+    run_dir = tmp_path / "runs" / "cub" / "smoke" / "synthetic-cub448-st_cnn_2x" / "seed1"
+    assert not list(run_dir.glob("rank*-error.txt"))  # read and reported: gone
+
+
+def test_rank_0_names_a_peers_bug_by_its_note_and_ignores_a_former_launchs(tmp_path, monkeypatch):
+    from experiments import rank_failures
+
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "0")
+    lost = RuntimeError("[gloo/transport/tcp/pair.cc:561] Connection closed by peer [127.0.0.1]:5000")
+    # no note: a peer that died without a word (killed for memory, say), or rank 0's own error
+    assert "ended without a report" in rank_failures.peer_failure_line(tmp_path, lost, wait_s=0.2)
+    assert rank_failures.peer_failure_line(tmp_path, ZeroDivisionError("x"), wait_s=0.2) is None
+    stale = tmp_path / "rank2-error.txt"
+    stale.write_text("an old launch's note\n")
+    os.utime(stale, (1.0, 1.0))
+    assert rank_failures.peer_failure_line(tmp_path, None) is None
+    monkeypatch.setenv("RANK", "3")
+    try:
+        raise KeyError("boxes")
+    except KeyError:
+        rank_failures.note_failure(tmp_path)
+    monkeypatch.setenv("RANK", "0")
+    line = rank_failures.peer_failure_line(tmp_path, lost)
+    assert line.startswith("rank 3 of 4 failed: KeyError: 'boxes' (a bug: its traceback is in ")
+    assert (tmp_path / "rank3-error.txt").read_text().startswith("Traceback")  # kept for the reader
+
+
 # --- SLURM -----------------------------------------------------------------------------------------------------
 
 
