@@ -2,13 +2,17 @@
 
 In one process, with the same threads:
 
-1. **Peak.** A square float32 matmul (``--matmul-size``), and every convolution shape of the benchmarked
-   cells' models at the training batch, forward and backward (input and weight gradients), each timed
-   alone. The machine's peak is the best of these: what this CPU reaches on these very operators.
+1. **Peak, in float32 and in bfloat16.** A square matmul (``--matmul-size``), and every convolution shape of
+   the benchmarked cells' models at the training batch, forward and backward (input and weight gradients),
+   each timed alone, once in float32 and once under ``torch.autocast("cpu", dtype=torch.bfloat16)`` (as
+   ``trainer.autocast=bf16`` trains; in the cells' memory layout). Each precision's peak is the best of its
+   column: what this CPU reaches on these very operators. On a CPU with AMX tiles the bfloat16 peak is
+   several times the float32 one.
 2. **Per cell.** The FLOPs of one training step of the engine (forward and backward; counted by
    ``torch.utils.flop_counter.FlopCounterMode``: convolutions and matrix products, the work that bounds
    these models), its measured time (``SingleModel.step``, exactly what training runs), and so the
-   achieved GFLOP/s and the fraction of the peak.
+   achieved GFLOP/s and the fraction of the peak of the precision the step runs in (``--autocast``), and of
+   the bfloat16 peak (this machine's limit).
 3. **Where the time goes** (``--profile``): the step split into its phases (distortions, forward, backward,
    optimiser), each timed, and the operators' own time from ``torch.profiler``, grouped as the first
    convolution (9x9 on one channel), the other convolutions, pooling, the sampler (``grid_sample``),
@@ -82,9 +86,13 @@ def counted_flops(call) -> float:
     return float(counter.get_total_flops())
 
 
-def matmul_rate(n: int, calls: int) -> Rate:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    return Rate(f"matmul {n}x{n} float32", 2.0 * n**3, mean_ms(lambda: a @ b, calls, 2))
+PRECISIONS = ("float32", "bf16")
+
+
+def matmul_rate(n: int, calls: int, precision: str = "float32") -> Rate:
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    return Rate(f"matmul {n}x{n}", 2.0 * n**3, mean_ms(lambda: a @ b, calls, 2))
 
 
 def conv_shapes(model: nn.Module, example: torch.Tensor) -> list[tuple[tuple[int, ...], nn.Conv2d, bool]]:
@@ -104,15 +112,25 @@ def conv_shapes(model: nn.Module, example: torch.Tensor) -> list[tuple[tuple[int
     return seen
 
 
-def conv_rate(shape: tuple[int, ...], conv: nn.Conv2d, input_grad: bool, calls: int) -> Rate:
+def conv_rate(
+    shape: tuple[int, ...],
+    conv: nn.Conv2d,
+    input_grad: bool,
+    calls: int,
+    precision: str = "float32",
+    channels_last: bool = False,
+) -> Rate:
     """One convolution forward and backward alone, at ``shape``, as training computes it: the weight and
-    bias gradients, and the input gradient where training needs it."""
-    x = torch.randn(shape, requires_grad=input_grad)
-    weight = conv.weight.detach().clone().requires_grad_(True)
+    bias gradients, and the input gradient where training needs it; in ``precision`` (``bf16``: under CPU
+    autocast, float32 parameters and input cast to bfloat16 by the convolution, as training runs it)."""
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(shape).to(memory_format=layout).requires_grad_(input_grad)
+    weight = conv.weight.detach().clone().to(memory_format=layout).requires_grad_(True)
     bias = conv.bias.detach().clone().requires_grad_(True) if conv.bias is not None else None
 
     def call() -> None:
-        out = F.conv2d(x, weight, bias, conv.stride, conv.padding)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            out = F.conv2d(x, weight, bias, conv.stride, conv.padding)
         out.backward(torch.ones_like(out))
 
     kernel = "x".join(map(str, conv.kernel_size))
@@ -281,8 +299,8 @@ def main(argv: list[str] | None = None) -> None:
         cell: make_learner(digits, *cell, args.batch_size, 1, device, speed_settings(args)) for cell in cells
     }
 
-    # 1. Peak: the matmul and every convolution shape of the cells, alone.
-    peaks = [matmul_rate(args.matmul_size, args.calls)]
+    # 1. Peak: the matmul and every convolution shape of the cells, alone, in each precision.
+    operators = [("matmul", args.matmul_size)]
     seen: set[tuple] = set()
     for learner in learners.values():
         x, _ = learner.stream.next_batch()
@@ -290,23 +308,48 @@ def main(argv: list[str] | None = None) -> None:
             key = (shape, tuple(conv.weight.shape), conv.padding, input_grad)
             if key not in seen:
                 seen.add(key)
-                peaks.append(conv_rate(shape, conv, input_grad, args.calls))
-    peak = max(peaks, key=lambda r: r.gflops)
-    say("\n## Peak: each operator alone, forward and backward (convolutions), float32")
-    say(f"{'operator':48s} {'GFLOP':>8s} {'ms':>8s} {'GFLOP/s':>8s}")
-    for rate in peaks:
-        say(f"{rate.name:48s} {rate.flops / 1e9:8.2f} {rate.ms:8.2f} {rate.gflops:8.1f}")
-    say(f"peak: {peak.gflops:.1f} GFLOP/s ({peak.name})")
+                operators.append(("conv", (shape, conv, input_grad)))
+    rates: list[dict[str, Rate]] = []
+    for kind, what in operators:
+        rates.append(
+            {
+                precision: matmul_rate(what, args.calls, precision)
+                if kind == "matmul"
+                else conv_rate(*what, args.calls, precision, args.channels_last)
+                for precision in PRECISIONS
+            }
+        )
+    peak = {p: max((r[p] for r in rates), key=lambda r: r.gflops) for p in PRECISIONS}
+    layout = "channels-last" if args.channels_last else "row-major"
+    say(f"\n## Peak: each operator alone, forward and backward (convolutions), {layout}")
+    say(
+        f"{'operator':48s} {'GFLOP':>8s} {'f32 ms':>8s} {'GFLOP/s':>8s} {'bf16 ms':>8s} {'GFLOP/s':>8s} "
+        f"{'bf16/f32':>8s}"
+    )
+    for rate in rates:
+        f32, bf16 = rate["float32"], rate["bf16"]
+        say(
+            f"{f32.name:48s} {f32.flops / 1e9:8.2f} {f32.ms:8.2f} {f32.gflops:8.1f} {bf16.ms:8.2f} "
+            f"{bf16.gflops:8.1f} {bf16.gflops / f32.gflops:7.2f}x"
+        )
+    for precision in PRECISIONS:
+        say(f"peak {precision}: {peak[precision].gflops:.1f} GFLOP/s ({peak[precision].name})")
+    own_peak = peak["bf16" if args.autocast == "bf16" else "float32"]
 
     # 2. Each cell's training step against that peak (and against a baseline engine, with --versus).
-    say("\n## Training steps (SingleModel.step: distortions, forward, backward, SGD)")
+    say(
+        "\n## Training steps (SingleModel.step: distortions, forward, backward, SGD); of peak: of the peak of "
+        f"the step's own precision ({args.autocast if args.autocast == 'bf16' else 'float32'}); of bf16: of "
+        "the bfloat16 peak"
+    )
     versus = (
         f" {'baseline ms':>11s} {'GFLOP/s':>8s} {'of peak':>8s} {'speed-up':>8s}  (baseline: {args.versus})"
         if args.versus
         else ""
     )
     say(
-        f"{'cell':22s} {'GFLOP/step':>10s} {'ms/step':>8s} {'img/s':>8s} {'GFLOP/s':>8s} {'of peak':>8s}{versus}"
+        f"{'cell':22s} {'GFLOP/step':>10s} {'ms/step':>8s} {'img/s':>8s} {'GFLOP/s':>8s} {'of peak':>8s} "
+        f"{'of bf16':>8s}{versus}"
     )
     step_ms: dict[tuple[str, str], float] = {}
     base_step_ms: dict[tuple[str, str], float] = {}
@@ -320,7 +363,7 @@ def main(argv: list[str] | None = None) -> None:
             ms = (ms + time_learner(learner, args, lambda: None, args.steps, args.warmup)) / 2  # around it
             base_rate = Rate("baseline", flops, base_ms)
             extra = (
-                f" {base_ms:11.1f} {base_rate.gflops:8.1f} {base_rate.gflops / peak.gflops:8.1%} "
+                f" {base_ms:11.1f} {base_rate.gflops:8.1f} {base_rate.gflops / own_peak.gflops:8.1%} "
                 f"{base_ms / ms:7.2f}x"
             )
             base_step_ms[cell] = base_ms
@@ -328,7 +371,8 @@ def main(argv: list[str] | None = None) -> None:
         rate = Rate("/".join(cell), flops, ms)
         say(
             f"{rate.name:22s} {flops / 1e9:10.2f} {ms:8.1f} {args.batch_size / (ms / 1e3):8,.0f} "
-            f"{rate.gflops:8.1f} {rate.gflops / peak.gflops:8.1%}{extra}"
+            f"{rate.gflops:8.1f} {rate.gflops / own_peak.gflops:8.1%} {rate.gflops / peak['bf16'].gflops:8.1%}"
+            f"{extra}"
         )
 
     if args.project:
