@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from stn_repro.tracking import Tracker, WandbTracker
 from stn_repro.training.runs import check_seeds, resolve_device
-from stn_repro.training.settings import LR_SCHEDULES, SpeedSettings, TrainSettings
+from stn_repro.training.settings import LR_SCHEDULES, SpeedSettings, TrainSettings, resolve_autocast
 
 SEEDS_FIX = (
     "give a list of distinct positive integers, e.g. seeds=[1,2,3] (stacked in one process), "
@@ -111,7 +111,7 @@ def progress_bar(value: Any) -> bool:
 def speed_settings(cfg: DictConfig) -> SpeedSettings:
     return SpeedSettings(
         channels_last=channels_last(cfg),
-        autocast=cfg.trainer.autocast,
+        autocast=resolve_autocast(cfg.trainer.autocast, resolve_device(cfg.trainer.device)),
         compile=cfg.trainer.compile,
         compile_mode=cfg.trainer.compile_mode,
     )

@@ -444,7 +444,9 @@ def test_the_peak_benchmark_prints_each_cells_fraction_of_the_measured_peak(caps
     main("--synthetic --cells r/cnn --batch-size 4 --steps 1 --warmup 1 --calls 1 --matmul-size 64 "
          "--autocast bf16".split())  # fmt: skip
     bf16 = capsys.readouterr().out
-    peaks = {line.split()[1]: float(line.split()[2]) for line in bf16.splitlines() if line.startswith("peak ")}
+    peaks = {
+        line.split()[1]: float(line.split()[2]) for line in bf16.splitlines() if line.startswith("peak ")
+    }
     (cell,) = [line.split() for line in bf16.splitlines() if line.startswith("r/cnn ")]
     assert cell[5] == cell[6] and abs(float(cell[5][:-1]) - 100 * float(cell[4]) / peaks["bf16:"]) < 0.2
     assert out.count("phases: distortions") == 2 and "conv 9x9 on one channel" in out

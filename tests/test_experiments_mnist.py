@@ -318,10 +318,13 @@ def test_a_stacked_run_writes_each_seeds_record_and_wandb_run_in_its_seed_folder
     assert [(r["seeds"], r["n_seeds"]) for r in rows] == [("1 2", 2)]
 
 
-def test_single_records_say_their_engine(tmp_path):
+def test_single_records_say_their_engine_and_precision(tmp_path):
     cfg = compose_mnist(STACKED_SMOKE)
     spec, settings = cell_from_config(cfg)
-    assert run_mnist_seed(spec, settings, tmp_path, log=lambda s: None)["engine"] == {"name": "single"}
+    record = run_mnist_seed(spec, settings, tmp_path / "f32", log=lambda s: None)
+    assert record["engine"] == {"name": "single"} and record["precision"] == "none"
+    spec, settings = cell_from_config(compose_mnist([*STACKED_SMOKE, "trainer.autocast=bf16"]))
+    assert run_mnist_seed(spec, settings, tmp_path / "bf16", log=lambda s: None)["precision"] == "bf16"
 
 
 def test_a_stacked_relaunch_trains_only_the_unfinished_seeds(tmp_path):

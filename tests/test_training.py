@@ -309,3 +309,24 @@ def test_the_history_holds_the_train_loss_at_every_log_point_and_the_errors_at_e
     assert all("test_error" in by_iteration[i] for i in (6, 12))
     assert by_iteration[12]["test_error"] == result.errors["test"]
     assert "train_loss" not in by_iteration[6]
+
+
+def test_autocast_auto_is_bf16_on_a_cpu_with_amx_tiles_only(tmp_path, monkeypatch):
+    from stn_repro.training import settings
+
+    amx, plain = tmp_path / "amx", tmp_path / "plain"
+    amx.write_text("processor\t: 0\nflags\t\t: fpu sse avx512f amx_bf16 amx_tile\n")
+    plain.write_text("processor\t: 0\nflags\t\t: fpu sse avx512f avx512_bf16\n")
+    assert settings.cpu_has_bf16_tiles(amx) and not settings.cpu_has_bf16_tiles(plain)
+    assert not settings.cpu_has_bf16_tiles(tmp_path / "absent")
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    for value in ("none", "bf16"):
+        assert settings.resolve_autocast(value, cpu) == settings.resolve_autocast(value, cuda) == value
+    monkeypatch.setattr(settings, "cpu_has_bf16_tiles", lambda: True)
+    assert (
+        settings.resolve_autocast("auto", cpu) == "bf16" and settings.resolve_autocast("auto", cuda) == "none"
+    )
+    monkeypatch.setattr(settings, "cpu_has_bf16_tiles", lambda: False)
+    assert settings.resolve_autocast("auto", cpu) == "none"
+    with pytest.raises(ValueError, match=r"trainer.autocast='fp16': use none, bf16, auto"):
+        settings.resolve_autocast("fp16", cpu)

@@ -54,7 +54,7 @@ def coloc_embedding_dir(profile: str) -> Path:
 
 def profile_optims(experiment: str, records: list[dict]) -> dict[tuple[str, str, str], dict]:
     """(experiment, profile, cell) -> the ``optim`` settings (and ``trainer.iterations``,
-    ``trainer.batch_size``, ``trainer.autocast``) that ``profile=<profile>`` composes for that cell of ``experiment``
+    ``trainer.batch_size``) that ``profile=<profile>`` composes for that cell of ``experiment``
     (configs/<experiment>.yaml with ``cell=<cell>``: a profile may set a value per cell, as `fast` does the
     localisation lr of the TC cells), for each record's profile that the experiment has; for
     co-localisation the length only. The tables set runs of other settings apart
@@ -77,8 +77,6 @@ def profile_optims(experiment: str, records: list[dict]) -> dict[tuple[str, str,
                     # the training's length (stn_analysis.tables.aggregate.TRAINER_LENGTH_KEYS)
                     "trainer.iterations": cfg.trainer.iterations,
                     "trainer.batch_size": cfg.trainer.batch_size,
-                    # the precision it trains in (stn_analysis.tables.aggregate.PRECISION_KEY)
-                    "trainer.autocast": cfg.trainer.autocast,
                 }
     return optims
 

@@ -78,12 +78,22 @@ TRAINER_LENGTH_KEYS = ("iterations", "batch_size")
 PRECISION_KEY = "autocast"
 
 
+def record_precision(record: dict[str, Any]) -> str:
+    """The precision ``record`` trained in, as ``trainer.autocast`` names it: ``"none"`` (float32) or
+    ``"bf16"``. A record of ``autocast=auto`` stores what it resolved to (``precision``); older ones
+    predate the setting and trained in float32."""
+    if record.get("precision"):
+        return record["precision"]
+    return ((record.get("config") or {}).get("trainer") or {}).get(PRECISION_KEY, "none")
+
+
 def recipe_deviation(record: dict[str, Any], profile_settings: dict[str, Any] | None) -> str:
     """The settings in which ``record`` departs from its profile's own (``profile_settings``: the ``optim``
-    the profile composes, plus ``trainer.iterations``, ``trainer.batch_size`` and ``trainer.autocast``), as ``"key=value"`` pairs
+    the profile composes, plus ``trainer.iterations`` and ``trainer.batch_size``), as ``"key=value"`` pairs
     joined by ``", "``; ``""`` where it follows the profile or no ``profile_settings`` are given. A key the
     record lacks (written before the setting existed) counts as the profile's; a model without a transformer
-    ignores the localisation net's settings."""
+    ignores the localisation net's settings. The precision is not part of the recipe (bfloat16 and float32
+    seeds agree, docs/speed.md): :func:`aggregate` sets a cell's runs of a second precision apart."""
     if not profile_settings:
         return ""
     optim = (record.get("config") or {}).get("optim") or {}
@@ -102,12 +112,6 @@ def recipe_deviation(record: dict[str, Any], profile_settings: dict[str, Any] | 
         and key in record
         and record[key] != profile_settings[f"trainer.{key}"]
     ]
-    # Another precision (bfloat16 autocast against the profile's float32) is another recipe until runs show
-    # it trains the same (the tables show it apart, with its precision).
-    precision = ((record.get("config") or {}).get("trainer") or {}).get(PRECISION_KEY, "none")
-    wanted = profile_settings.get(f"trainer.{PRECISION_KEY}")
-    if wanted is not None and precision != wanted:
-        differ.append(f"trainer.{PRECISION_KEY}={precision}")
     return ", ".join(differ)
 
 
@@ -120,16 +124,26 @@ def aggregate(
     (:func:`stn_analysis.bookkeeping.missing.profile_optims`): runs trained with other settings (a per-cell override such
     as ``optim.localisation_lr_multiplier=0.03``, or ``trainer.iterations=3000``) form
     rows of their own, whose ``recipe`` names the difference (:func:`recipe_deviation`), and the tables show
-    them apart, never averaged with the profile's runs."""
+    them apart, never averaged with the profile's runs.
+
+    Precision likewise: a cell's runs are never averaged across precisions. The cell's row holds the runs of
+    the precision it has most seeds of (float32 on a tie: the reference); the runs of the other precision
+    form a row of their own, whose ``recipe`` names it (``trainer.autocast=bf16``)."""
     profile_optims = profile_optims or {}
-    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    by_precision: dict[tuple, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     for record in records:
         experiment = record.get("experiment", "mnist")  # records made before the field are MNIST's
         reading = record.get("budget_reading", "about_400k") if experiment == "mnist" else ""
         expected = profile_optims.get((experiment, record["profile"], record_cell(record)))
         recipe = recipe_deviation(record, expected)
         key = (experiment, record["profile"], reading, record["data"], record["model"], record["transform"])
-        groups[(*key, recipe)].append(record)
+        by_precision[(*key, recipe)][record_precision(record)].append(record)
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for (*key, recipe), precisions in by_precision.items():
+        main = max(precisions, key=lambda p: (len(precisions[p]), p == "none"))
+        for precision, runs in precisions.items():
+            other = "" if precision == main else f"trainer.{PRECISION_KEY}={precision}"
+            groups[(*key, ", ".join(filter(None, (recipe, other))))] = runs
     rows = []
     for (experiment, profile, reading, data, model, transform, recipe), runs in groups.items():
         runs = sorted(runs, key=lambda r: r["seed"])

@@ -138,6 +138,7 @@ def run_record(
         "finished": True,
         "metric": run.objective.error_name,
         "test_error": result.errors["test"],
+        "precision": run.speed.autocast,  # trainer.autocast as it ran (auto resolved): none = float32
         "val_error": result.errors.get("val"),
         "param_count": run.param_count,
         "iterations": result.iterations,
