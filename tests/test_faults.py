@@ -873,10 +873,13 @@ def test_only_rank_0_of_a_data_parallel_run_writes_hydras_files(monkeypatch):
     assert seen[-1] == ["experiments.cub"]
 
 
-def test_the_faults_page_states_the_figures_of_this_test():
+def test_the_faults_page_and_the_readme_state_the_figures_of_this_test():
     page = (ROOT / "docs" / "faults.md").read_text()
     assert f"| bad input, MNIST runner | {len(BAD_INPUT)} values" in page
     per_runner = f"{len(BAD_COMMAND_LINES)} command lines"
     assert (
         per_runner in page and f"x {len(RUNNERS)} runners = {len(BAD_COMMAND_LINES) * len(RUNNERS)} |" in page
     )
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert f"{len(BAD_INPUT)} bad inputs to the MNIST runner" in readme
+    assert f"{len(BAD_COMMAND_LINES) * len(RUNNERS)} bad command lines across the {len(RUNNERS)} runners" in readme
