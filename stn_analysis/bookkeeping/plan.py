@@ -28,7 +28,7 @@ from stn_analysis.paths import CONFIGS, check_checkout, runs_dir
 from stn_repro.training.learners import TrainStep, make_optimizer
 from stn_repro.training.run_folder import read_finished_record
 from stn_repro.training.runs import resolve_device
-from stn_repro.training.settings import SpeedSettings, TrainSettings
+from stn_repro.training.settings import SpeedSettings, TrainSettings, resolve_autocast
 
 TIMED_RUNNERS = ("mnist", "addition")
 STEPS_TIMED = 3  # after one untimed warm-up step
@@ -149,7 +149,7 @@ def step_seconds(options: dict) -> float:
     channels_last = options["channels_last"] is True or (
         options["channels_last"] == "cpu" and device.type == "cpu"
     )
-    speed = SpeedSettings(channels_last=channels_last, autocast=options["autocast"])
+    speed = SpeedSettings(channels_last=channels_last, autocast=resolve_autocast(options["autocast"], device))
     step = TrainStep(model, make_optimizer(model, TrainSettings(lr=0.01)), speed)
     x = torch.rand(options["batch_size"], *shape, device=device)
     y = torch.randint(0, classes, (options["batch_size"],), device=device)
