@@ -1,29 +1,39 @@
 """The synthetic SVHN stand-in (version 2): the same bytes for a seed with any number of workers, every
 draw inside the range the renderer's docstring states, annotation boxes that are the ink boxes moved by
 exactly those draws, crops whose ink varies in place and size (where exact boxes, version 1's
-construction, centre it), and the real importer reading the tree."""
+construction, centre it), the real importer reading the tree, and outdated stand-ins refused, flagged
+and set apart in the table."""
 
 import json
+import shutil
+from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from stn_analysis.tables.cli import main as table_main
 from stn_repro.data import synthetic_mnist
+from stn_repro.data.files import DataError
 from stn_repro.data.svhn.crops import encode_labels
 from stn_repro.data.svhn.digit_struct import read_digit_struct
-from stn_repro.data.svhn.stored import load_svhn_set, read_svhn_attrs
+from stn_repro.data.svhn.stored import load_svhn_set, read_svhn_attrs, svhn_set_path
 from stn_repro.data.synthetic import house_numbers
 from stn_repro.data.synthetic.house_numbers import CHOICES, RANGES, glyph_bank, render_house_number
 from stn_repro.data.synthetic.svhn import (
     STAND_IN_ATTR,
     SYNTHETIC_VERSION,
     build_synthetic_svhn,
+    check_stand_in_version,
     ink_in_crop,
     make_synthetic_svhn_tree,
     read_truth,
 )
+from stn_repro.tasks.svhn import SvhnSpec, load_svhn_data
 
+ROOT = Path(__file__).resolve().parents[1]
 NUM_PICTURES = 240
 
 
@@ -188,3 +198,78 @@ def test_the_real_importer_reads_the_tree(tmp_path, digits):
     logs = []
     build_synthetic_svhn(tmp_path, *digits, counts=counts, seed=1, num_validation=4, log=logs.append)
     assert logs and all("up to date" in line for line in logs)
+
+
+def test_a_stored_set_of_an_older_stand_in_is_refused_and_rebuilt(tmp_path, digits):
+    counts = {"train": 10, "test": 4}
+    build_synthetic_svhn(tmp_path, *digits, counts=counts, sizes=(64,), num_validation=3, log=quiet)
+    spec = SvhnSpec(
+        data="synthetic-svhn64",
+        set_name="synthetic-svhn",
+        size=64,
+        model="cnn",
+        seed=1,
+        batch_size=2,
+        profile="smoke",
+        reduced_budget=True,
+        synthetic=True,
+        data_dir=tmp_path,
+    )
+    assert load_svhn_data(spec, torch.device("cpu")).stand_in_version == SYNTHETIC_VERSION
+    path = svhn_set_path("synthetic-svhn", 64, "test", tmp_path)
+    with h5py.File(path, "a") as handle:  # a set as version 1 wrote it: no stand-in attribute
+        del handle.attrs[STAND_IN_ATTR]
+    with pytest.raises(
+        DataError, match=r"stand-in version 1, this code draws version 2.*make data-svhn-synthetic"
+    ):
+        load_svhn_data(spec, torch.device("cpu"))
+    with pytest.raises(DataError, match="version 1"):
+        check_stand_in_version({}, path)
+    logs = []
+    build_synthetic_svhn(tmp_path, *digits, counts=counts, sizes=(64,), num_validation=3, log=logs.append)
+    assert any("synthetic-svhn_64px_test.h5: wrote" in line for line in logs)
+    assert load_svhn_data(spec, torch.device("cpu")).stand_in_version == SYNTHETIC_VERSION
+
+
+def test_the_table_flags_older_stand_ins_and_never_averages_across_versions(tmp_path):
+    committed = ROOT / "results" / "records" / "svhn_quick"
+    runs = tmp_path / "runs"
+    shutil.copytree(committed, runs / "v1")
+    # The committed records were scored on version 1: they say no stand-in version.
+    v1 = json.loads((runs / "v1" / "synthetic-svhn64-cnn" / "seed1" / "record.json").read_text())
+    assert STAND_IN_ATTR not in v1["test_set"]
+    out = tmp_path / "tables"
+    assert (
+        table_main(
+            ["--experiment", "svhn", "--runs", str(runs), "--profile", "quick", "--out", str(out), "--quiet"]
+        )
+        == 0
+    )
+    only_v1 = (out / "svhn_table2_quick_synthetic.md").read_text()
+    assert "| CNN | 22.62† (4.0) |" in only_v1 and "older version of the synthetic stand-in" in only_v1
+    # A run of today's stand-in in the same cell: its own row; version 1 set apart, not averaged in.
+    v2 = v1 | {"test_error": 10.0, "test_set": v1["test_set"] | {STAND_IN_ATTR: SYNTHETIC_VERSION}}
+    (runs / "v2").mkdir()
+    (runs / "v2" / "record.json").write_text(json.dumps(v2))
+    assert (
+        table_main(
+            [
+                "--experiment",
+                "svhn",
+                "--runs",
+                str(runs),
+                "--profile",
+                "quick",
+                "--out",
+                str(out),
+                "--quiet",
+                "--force",
+            ]
+        )
+        == 0
+    )
+    table = (out / "svhn_table2_quick_synthetic.md").read_text()
+    assert "| CNN | 10.00 (4.0) |" in table and "| ST-CNN Single | 25.78† (3.7) |" in table
+    assert "- synthetic-svhn64 CNN (`stand-in v1`): 22.62†" in table
+    csv = (out / "svhn_table2_quick_synthetic.csv").read_text()
+    assert ",stand-in v1\n" in csv and ",not checked,0,0,,,\n" in csv
