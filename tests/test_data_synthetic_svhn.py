@@ -273,3 +273,13 @@ def test_the_table_flags_older_stand_ins_and_never_averages_across_versions(tmp_
     assert "- synthetic-svhn64 CNN (`stand-in v1`): 22.62†" in table
     csv = (out / "svhn_table2_quick_synthetic.csv").read_text()
     assert ",stand-in v1\n" in csv and ",not checked,0,0,,,\n" in csv
+
+
+def test_the_sample_sheets_draw_both_sizes(tmp_path):
+    from stn_repro.data.sheets import write_svhn_sheets
+
+    paths = write_svhn_sheets(synthetic_mnist(num_train=16, num_test=16, seed=0), tmp_path, rows=2, cols=2)
+    assert [p.name for p in paths] == ["synthetic_svhn64.png", "synthetic_svhn128.png"]
+    for path in paths:
+        with Image.open(path) as sheet:
+            assert sheet.size[0] > 200 and sheet.size[1] > 200
