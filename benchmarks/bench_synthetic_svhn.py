@@ -14,6 +14,7 @@ as annotation (version 1's construction, whose boxes were the ink boxes).
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import subprocess
 import tempfile
@@ -68,6 +69,7 @@ def main(argv: list[str] | None = None) -> None:
         f"commit {commit or 'unknown'}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}"
     )
     say(f"{counts['train']} train + {counts['test']} test pictures, {args.workers} worker thread(s)")
+    say(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start (other jobs slow it)")
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
         quiet = lambda _line: None  # noqa: E731
@@ -93,6 +95,7 @@ def main(argv: list[str] | None = None) -> None:
             records += read_digit_struct(tree / split / DIGIT_STRUCT)
             truth += read_truth(tree / split)
     n, full = args.count, sum(SYNTHETIC_COUNTS.values())
+    say(f"load average {os.getloadavg()[0]:.1f} at the end")
     say()
     say(
         f"tree: {tree_s:.1f} s ({tree_s / n * 1000:.1f} ms a picture), {tree_bytes / n / 1000:.0f} kB a picture"
