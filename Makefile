@@ -56,7 +56,7 @@ clean:  ## remove caches (keeps .venv, data/ and runs/)
 data-mnist:  ## fetch MNIST (offline: STN_MNIST_SOURCE=<folder with the 4 files>) into STN_DATA or data/, build every distorted set; idempotent
 	$(PY) data_scripts/build_mnist_sets.py
 
-sample-sheets:  ## draw results/samples/<set>.png sample grids of every set from the real MNIST (after data-mnist)
+sample-sheets:  ## draw results/samples/<set>.png sample grids of every set from the real MNIST, and of the synthetic SVHN stand-in's crops (after data-mnist)
 	$(PY) data_scripts/sample_sheets.py
 
 SVHN_ARGS ?=
@@ -65,7 +65,7 @@ SVHN_ARGS ?=
 data-svhn:  ## import SVHN format 1 (offline: STN_SVHN_SOURCE=dir with train/test[/extra] .tar.gz or folders; else download) into svhn_sets/; SVHN_ARGS="--extra"
 	$(PY) data_scripts/build_svhn_sets.py $(SVHN_ARGS)
 
-data-svhn-synthetic:  ## build the synthetic SVHN-format stand-in from MNIST (after data-mnist; minutes on a CPU) and import it; not SVHN
+data-svhn-synthetic:  ## build the synthetic SVHN-format stand-in (version 2: off-centre digits, clutter) from MNIST (after data-mnist; about 23 min on one core, 2.0 GB) and import it; not SVHN
 	$(PY) data_scripts/build_svhn_sets.py --synthetic $(SVHN_ARGS)
 
 # --- Tables -------------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """SVHN data: the digitStruct.mat layout (checked against the raw HDF5, and read from a file written
 independently of ``write_digit_struct``), the crop recipe against hand-computed boxes, the importer end to
 end on a tiny format-1 tree (folders and archives), every bad input's error, the training stream
-(determinism, exact resume) and the synthetic stand-in (determinism, end to end)."""
+(determinism, exact resume); the synthetic stand-in has tests/test_data_synthetic_svhn.py."""
 
 import io
 import tarfile
@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from stn_repro.data import mnist as mnist_module
-from stn_repro.data import set_checksum, synthetic_mnist
+from stn_repro.data import set_checksum
 from stn_repro.data.files import DataError
 from stn_repro.data.svhn.crops import (
     MAX_DIGITS,
@@ -28,7 +28,6 @@ from stn_repro.data.svhn.digit_struct import SvhnImage, read_digit_struct, write
 from stn_repro.data.svhn.importer import download_svhn, import_svhn
 from stn_repro.data.svhn.stored import SVHN_VERSION, load_svhn_set, read_svhn_attrs, svhn_set_path
 from stn_repro.data.svhn.stream import SvhnStream
-from stn_repro.data.synthetic.svhn import build_synthetic_svhn, make_synthetic_svhn_tree
 
 # name, image (width, height), boxes (left, top, width, height), raw labels (10 = digit 0)
 TRAIN = [
@@ -438,62 +437,7 @@ def test_center_crop():
     assert center_crop(images, None) is images
 
 
-# --- synthetic stand-in ---------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def digits():
-    mnist = synthetic_mnist(num_train=64, num_test=32, seed=0)
-    return mnist.train_images, mnist.train_labels
-
-
-def tree_bytes(root):
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def test_synthetic_tree_is_deterministic_and_svhn_shaped(tmp_path, digits):
-    counts = {"train": 12, "test": 6}
-    make_synthetic_svhn_tree(tmp_path / "a", *digits, counts, seed=1, log=quiet)
-    make_synthetic_svhn_tree(tmp_path / "b", *digits, counts, seed=1, workers=2, log=quiet)
-    make_synthetic_svhn_tree(tmp_path / "c", *digits, counts, seed=2, log=quiet)
-    a, b, c = (tree_bytes(tmp_path / name) for name in "abc")
-    assert a == b and a.keys() == c.keys() and a != c
-    assert "train/12.png" in a and "test/digitStruct.mat" in a
-    assert a["train/digitStruct.mat"] != c["train/digitStruct.mat"]
-    for image in read_digit_struct(tmp_path / "a" / "train" / "digitStruct.mat"):
-        assert 1 <= len(image.labels) <= 5 and all(1 <= label <= 10 for label in image.labels)
-        with Image.open(tmp_path / "a" / "train" / image.name) as png:
-            width, height = png.size
-        left, top, box_w, box_h = image.boxes.T
-        assert (left >= 0).all() and (top >= 0).all() and (box_w > 0).all() and (box_h > 0).all()
-        assert (left + box_w <= width).all() and (top + box_h <= height).all()
-        assert (np.diff(left) > 0).all()  # left to right
-    logs = []
-    make_synthetic_svhn_tree(tmp_path / "a", *digits, counts, seed=1, log=logs.append)
-    assert all("up to date" in line for line in logs) and tree_bytes(tmp_path / "a") == a
-
-
-def test_synthetic_end_to_end_is_labelled_synthetic(tmp_path, digits):
-    counts = {"train": 14, "test": 5}
-    paths = build_synthetic_svhn(
-        tmp_path, *digits, counts=counts, sizes=(64,), seed=1, num_validation=4, log=quiet
-    )
-    assert sorted(p.name for p in paths) == [
-        "synthetic-svhn_64px_test.h5",
-        "synthetic-svhn_64px_train.h5",
-        "synthetic-svhn_64px_val.h5",
-    ]
-    data = load_svhn_set("synthetic-svhn", 64, "train", tmp_path)
-    assert data["images"].shape == (10, 3, 64, 64)
-    assert ((data["labels"] < 10).sum(1) == data["length"]).all()
-    attrs = read_svhn_attrs("synthetic-svhn", 64, "val", tmp_path)
-    assert attrs["synthetic"] == True and "synthetic" in attrs["source"]  # noqa: E712
-    assert "synthetic-svhn" in attrs["source_path"]
-    logs = []
-    build_synthetic_svhn(
-        tmp_path, *digits, counts=counts, sizes=(64,), seed=1, num_validation=4, log=logs.append
-    )
-    assert all("up to date" in line for line in logs)
+# --- synthetic stand-in: tests/test_data_synthetic_svhn.py ------------------------------------------------
 
 
 def test_cli_reports_one_error_line(tmp_path, tree, capsys):

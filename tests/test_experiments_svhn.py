@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from experiments.svhn import spec_from_config
 from stn_analysis.tables.cli import main as table_main
 from stn_repro.data import synthetic_mnist
-from stn_repro.data.synthetic.svhn import build_synthetic_svhn
+from stn_repro.data.synthetic.svhn import SYNTHETIC_VERSION, build_synthetic_svhn
 from stn_repro.paper import svhn_paper_error
 from stn_repro.tasks.svhn import load_svhn_data, load_trained_svhn_model, run_svhn_seed
 from stn_repro.training.learners import evaluate
@@ -114,6 +114,7 @@ def test_every_svhn_experiment_runs_the_smoke_profile(experiment, data_dir, tmp_
     assert record["experiment"] == "svhn" and record["synthetic"] and record["metric"] == "% sequence error"
     assert record["paper_error"] == svhn_paper_error(spec.model, spec.size)
     assert record["test_set"]["source"] == "synthetic-svhn" and record["test_set"]["size"] == 10
+    assert record["test_set"]["stand_in_version"] == SYNTHETIC_VERSION  # which stand-in it was scored on
     assert "synthetic" in record["cell"] and (tmp_path / "model.pt").exists()
     pictures = list((tmp_path / "pictures").glob("*.png"))
     assert len(pictures) == (0 if spec.model == "cnn" else 1)

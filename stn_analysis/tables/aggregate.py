@@ -10,7 +10,7 @@ import statistics
 from collections import defaultdict
 from typing import Any
 
-from stn_analysis.records import record_cell
+from stn_analysis.records import record_cell, stand_in_version
 from stn_analysis.tables.cub import _cub_initialisation
 from stn_analysis.tables.svhn import SVHN_ROWS
 from stn_repro.data.distortions import VARIANT_SETS
@@ -128,7 +128,11 @@ def aggregate(
 
     Precision likewise: a cell's runs are never averaged across precisions. The cell's row holds the runs of
     the precision it has most seeds of (float32 on a tie: the reference); the runs of the other precision
-    form a row of their own, whose ``recipe`` names it (``trainer.autocast=bf16``)."""
+    form a row of their own, whose ``recipe`` names it (``trainer.autocast=bf16``).
+
+    And the synthetic SVHN stand-in's version (:func:`stand_in_version`): the cell's row holds the runs of
+    the newest version it has; runs of an older one form a row whose ``recipe`` names it
+    (``stand-in v1``): another task, never averaged with today's."""
     profile_optims = profile_optims or {}
     by_precision: dict[tuple, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     for record in records:
@@ -137,13 +141,19 @@ def aggregate(
         expected = profile_optims.get((experiment, record["profile"], record_cell(record)))
         recipe = recipe_deviation(record, expected)
         key = (experiment, record["profile"], reading, record["data"], record["model"], record["transform"])
-        by_precision[(*key, recipe)][record_precision(record)].append(record)
+        kind = (record_precision(record), stand_in_version(record))
+        by_precision[(*key, recipe)][kind].append(record)
     groups: dict[tuple, list[dict[str, Any]]] = {}
-    for (*key, recipe), precisions in by_precision.items():
-        main = max(precisions, key=lambda p: (len(precisions[p]), p == "none"))
-        for precision, runs in precisions.items():
+    for (*key, recipe), kinds in by_precision.items():
+        newest = max(version or 0 for _, version in kinds)
+        precisions = {p for p, v in kinds if (v or 0) == newest}
+        main = max(
+            precisions, key=lambda p: (sum(len(r) for (q, _), r in kinds.items() if q == p), p == "none")
+        )
+        for (precision, version), runs in kinds.items():
             other = "" if precision == main else f"trainer.{PRECISION_KEY}={precision}"
-            groups[(*key, ", ".join(filter(None, (recipe, other))))] = runs
+            older = "" if (version or 0) == newest else f"stand-in v{version}"
+            groups[(*key, ", ".join(filter(None, (recipe, other, older))))] = runs
     rows = []
     for (experiment, profile, reading, data, model, transform, recipe), runs in groups.items():
         runs = sorted(runs, key=lambda r: r["seed"])

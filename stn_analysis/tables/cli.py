@@ -24,7 +24,12 @@ from pathlib import Path
 
 from stn_analysis.bookkeeping.recipes import profile_optims
 from stn_analysis.paths import PROJECT_ROOT, RESULTS, check_checkout, runs_dir
-from stn_analysis.records import STORED_TEST_SET_EXPERIMENTS, collect_records, mark_test_set_changes
+from stn_analysis.records import (
+    STORED_TEST_SET_EXPERIMENTS,
+    collect_records,
+    mark_stand_in_changes,
+    mark_test_set_changes,
+)
 from stn_analysis.tables.aggregate import CSV_COLUMNS, EXPERIMENTS, aggregate
 from stn_analysis.tables.coloc import COLOC_CSV_COLUMNS, coloc_rows, write_coloc_tables
 from stn_analysis.tables.committed import COMMITTED_TABLES
@@ -113,6 +118,8 @@ def experiment_tables(args) -> int:
     if args.experiment in STORED_TEST_SET_EXPERIMENTS:  # flag records scored on another test set than today's
         names = {r["data"] for r in records}
         mark_test_set_changes(records, {n: stored_set_checksum(n, "test", args.data_dir) for n in names})
+    if args.experiment == "svhn":  # flag synthetic records scored on another version of the stand-in
+        mark_stand_in_changes(records)
     if not records:
         print(
             f"no finished {args.experiment} runs under {runs}: run `make reproduce-{args.experiment}` "

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from stn_analysis.tables.markdown import (
+    TEST_SET_CHANGED_MARK,
     _budget,
     _cell_text,
     _collapse_lines,
@@ -12,6 +13,7 @@ from stn_analysis.tables.markdown import (
     _runs_of,
     table_command,
 )
+from stn_repro.data.synthetic.svhn import SYNTHETIC_VERSION
 from stn_repro.paper import (
     SVHN_MODEL_LABELS,
     TABLE2_ERROR,
@@ -22,7 +24,10 @@ SVHN_ROWS = ("cnn", "st_cnn_single", "st_cnn_multi")
 
 
 def svhn_markdown(rows: list[dict[str, Any]], profile: str, synthetic: bool, runs: str | None = None) -> str:
-    """Table 2 in the paper's layout: ours ± std over seeds (paper), % sequence error, at 64 and 128 px."""
+    """Table 2 in the paper's layout: ours ± std over seeds (paper), % sequence error, at 64 and 128 px.
+    Rows of other settings (precision, an older synthetic stand-in: see
+    :func:`~stn_analysis.tables.aggregate.aggregate`) are listed below the table, not in it."""
+    apart = [r for r in _runs_of(rows, "svhn", profile, "SVHN ", synthetic, recipe=None) if r.get("recipe")]
     rows = _runs_of(rows, "svhn", profile, "SVHN ", synthetic)
     by_key = {(r["model"], r["size"]): r for r in rows}
     source = "the SYNTHETIC stand-in" if synthetic else "SVHN"
@@ -61,5 +66,33 @@ def svhn_markdown(rows: list[dict[str, Any]], profile: str, synthetic: bool, run
         counts = sorted({f"{by_key[(key, s)]['param_count']:,}" for s in sizes if (key, s) in by_key})
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {', '.join(counts)} |")
     lines += _collapse_lines(rows)
+    lines += _stand_in_lines(rows)
+    lines += _apart_lines(apart)
     lines += _provenance_lines(rows, table_command("svhn", profile, runs))
     return "\n".join(lines) + "\n"
+
+
+def _stand_in_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The note on cells scored on an older synthetic stand-in than this code draws (marked †)."""
+    changed = [r for r in rows if r["synthetic"] and r["test_set_check"].startswith("differs")]
+    if not changed:
+        return []
+    cells = ", ".join(f"{r['data']}-{r['model']} {r['test_set_check']}" for r in changed)
+    return [
+        "",
+        f"{TEST_SET_CHANGED_MARK} Scored on an older version of the synthetic stand-in than `make "
+        f"data-svhn-synthetic` builds now (version {SYNTHETIC_VERSION}; {cells}): another task (docs/data.md), "
+        "not comparable with runs on today's stand-in; rerun on it to compare.",
+    ]
+
+
+def _apart_lines(apart: list[dict[str, Any]]) -> list[str]:
+    """Rows of other settings than the table's (another precision, an older stand-in), listed."""
+    if not apart:
+        return []
+    lines = ["", "Set apart, not in the table (other settings than its cells'):", ""]
+    for r in apart:
+        lines.append(
+            f"- {r['data']} {r['label']} (`{r['recipe']}`): {_cell_text(r, None).removesuffix(' (-)')}"
+        )
+    return lines

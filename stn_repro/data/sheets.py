@@ -1,11 +1,13 @@
 """Sample sheets: a PNG grid of generated samples per set, each captioned with its label and true params.
 
 For checking by eye that the generators do what the spec describes (rotated digits, RTS in a 42 px canvas,
-perspective, elastic, cluttered 60 px, addition pairs, co-localisation with its box).
+perspective, elastic, cluttered 60 px, addition pairs, co-localisation with its box), and the synthetic
+SVHN stand-in's crops as the importer cuts them, with the digits' true ink (:func:`write_svhn_sheets`).
 """
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -23,6 +25,16 @@ from .sets import (
     generate_colocalisation_set,
     generate_set,
     train_indices,
+)
+from .svhn.digit_struct import DIGIT_STRUCT, read_digit_struct
+from .svhn.importer import import_svhn
+from .svhn.stored import load_svhn_set
+from .synthetic.svhn import (
+    SYNTHETIC_NAME,
+    SYNTHETIC_VERSION,
+    ink_in_crop,
+    make_synthetic_svhn_tree,
+    read_truth,
 )
 
 SHEET_NAMES = (*DISTORTED_SET_NAMES, "addition", "coloc", "coloc_tc")
@@ -126,3 +138,58 @@ def _caption(name: str, data: dict[str, Tensor], i: int) -> str:
         return f"{a}+{b}={label}"
     x0, y0 = data["boxes"][i, :2].tolist()
     return f"{label} | {x0:.0f},{y0:.0f}"
+
+
+SVHN_SHEET_SIZES = (64, 128)
+
+
+def write_svhn_sheets(mnist: MnistArrays, out_dir: Path, rows: int = 6, cols: int = 8) -> list[Path]:
+    """Write ``<out_dir>/synthetic_svhn<size>.png`` for 64 and 128 px: the first ``rows * cols`` test
+    images of the default synthetic SVHN stand-in (its seed; drawn from ``mnist``'s test digits), as the
+    real importer crops them, each with the union of its digits' true ink boxes in red (``truth.json``)
+    and its label and style."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    count = rows * cols
+    quiet = lambda _line: None  # noqa: E731
+    paths = []
+    with tempfile.TemporaryDirectory() as scratch:
+        tree = make_synthetic_svhn_tree(
+            Path(scratch) / SYNTHETIC_NAME, mnist.test_images, mnist.test_labels, {"test": count}, log=quiet
+        )
+        import_svhn(
+            tree,
+            Path(scratch),
+            splits=("test",),
+            sizes=SVHN_SHEET_SIZES,
+            name=SYNTHETIC_NAME,
+            expect_official_counts=False,
+            log=quiet,
+        )
+        records = read_digit_struct(tree / "test" / DIGIT_STRUCT)
+        truth = read_truth(tree / "test")
+        for size in SVHN_SHEET_SIZES:
+            images = load_svhn_set(SYNTHETIC_NAME, size, "test", Path(scratch))["images"]
+            fig, axes = plt.subplots(rows, cols, figsize=(1.25 * cols, 1.4 * rows), squeeze=False)
+            for index, ax in enumerate(axes.flat):
+                ax.set_axis_off()
+                ax.imshow(images[index].permute(1, 2, 0).numpy(), interpolation="nearest")
+                cx, cy, w, h = ink_in_crop(records[index].boxes, truth[index]["ink_boxes"], size) * size
+                # imshow puts pixel i's centre at i: a box of pixel edges [x0, x1] starts at x0 - 0.5.
+                ax.add_patch(
+                    Rectangle((cx - w / 2 - 0.5, cy - h / 2 - 0.5), w, h, fill=False, edgecolor="red", lw=0.6)
+                )
+                params = truth[index]["params"]
+                label = "".join(map(str, params["labels"]))
+                ax.set_title(f"{label} | {params['style']}", fontsize=5, pad=1.5)
+            fig.suptitle(
+                f"Synthetic SVHN stand-in v{SYNTHETIC_VERSION}, {size} px crops (the importer's): first {count} "
+                "test images | red: the digits' true ink | label | style",
+                fontsize=8,
+            )
+            fig.tight_layout(pad=0.3, rect=(0, 0, 1, 0.97))
+            path = out_dir / f"synthetic_svhn{size}.png"
+            fig.savefig(path, dpi=110, metadata={"Software": None})  # no version stamp: stable files
+            plt.close(fig)
+            paths.append(path)
+    return paths

@@ -17,8 +17,9 @@ from torch import Tensor, nn
 
 from stn_repro.data.sets import set_checksum
 from stn_repro.data.svhn.crops import center_crop
-from stn_repro.data.svhn.stored import SVHN_VERSION, load_svhn_set
+from stn_repro.data.svhn.stored import SVHN_VERSION, load_svhn_set, read_svhn_attrs, svhn_set_path
 from stn_repro.data.svhn.stream import SvhnStream
+from stn_repro.data.synthetic.svhn import STAND_IN_ATTR, check_stand_in_version
 from stn_repro.models.svhn import SVHN_MODEL_KINDS, build_svhn_model, transformer_outputs
 from stn_repro.paper import svhn_paper_error
 from stn_repro.tracking import Tracker
@@ -83,15 +84,23 @@ class SvhnData:
     test_images: Tensor  # uint8, centrally cropped to the model's input (CPU)
     test_labels: Tensor
     test_checksum: str  # of the stored test set, as built
+    stand_in_version: int | None  # the synthetic stand-in's version the sets were made from; None: real SVHN
     eval_sets: dict[str, tuple[Tensor, Tensor]]  # name -> (images, labels) on the training device
     picture_inputs: Tensor  # the first test images, float in [0, 1] on the training device
 
 
 def load_svhn_data(spec: SvhnSpec, device: torch.device) -> SvhnData:
-    """Load the stored sets of ``spec`` (verified; a missing one raises ``DataError`` naming the make target)."""
+    """Load the stored sets of ``spec`` (verified; a missing one, or a synthetic one of another stand-in
+    version than this code draws, raises ``DataError`` naming the make target)."""
+    stand_in = {}
 
     def load(split: str) -> dict[str, Tensor]:
-        return load_svhn_set(spec.set_name, spec.size, split, spec.data_dir)
+        data = load_svhn_set(spec.set_name, spec.size, split, spec.data_dir)
+        if spec.synthetic:
+            attrs = read_svhn_attrs(spec.set_name, spec.size, split, spec.data_dir)
+            path = svhn_set_path(spec.set_name, spec.size, split, spec.data_dir)
+            stand_in[split] = check_stand_in_version(attrs, path)
+        return data
 
     parts = [load(split) for split in spec.train_splits]
     train_images = torch.cat([p["images"] for p in parts]) if len(parts) > 1 else parts[0]["images"]
@@ -112,6 +121,7 @@ def load_svhn_data(spec: SvhnSpec, device: torch.device) -> SvhnData:
         test_images=test_images,
         test_labels=test_labels,
         test_checksum=set_checksum(test["images"], test["labels"]),
+        stand_in_version=stand_in.get("test"),
         eval_sets=eval_sets,
         picture_inputs=test_images[:NUM_PICTURES].to(device).float() / 255.0,
     )
@@ -158,6 +168,8 @@ def prepare_svhn_seed(spec: SvhnSpec, data: SvhnData, device: torch.device) -> P
                 "size": int(data.test_labels.shape[0]),
                 "sha256": data.test_checksum,
                 "generator_version": SVHN_VERSION,
+                # The synthetic stand-in's version (records without it: version 1); absent for real SVHN.
+                **({STAND_IN_ATTR: data.stand_in_version} if spec.synthetic else {}),
             },
         },
         weights={"kind": spec.model, "input_shape": list(in_shape), "model_options": spec.model_options},

@@ -13,7 +13,7 @@ import shutil
 import tarfile
 import tempfile
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,6 +102,7 @@ def import_svhn(
     num_validation: int = NUM_VALIDATION,
     expect_official_counts: bool = True,
     description: str | None = None,
+    attrs: Mapping[str, int | str] | None = None,
     workers: int = 1,
     log: Callable[[str], None] = print,
 ) -> list[Path]:
@@ -114,8 +115,9 @@ def import_svhn(
     Images with more than :data:`MAX_DIGITS` digits are dropped and counted (attribute
     ``dropped_over_5_digits``). Crops: :func:`crop_and_resize`.
 
+    ``attrs`` are further attributes written into every stored set (the synthetic stand-in's version).
     Idempotent: a split whose files all verify and were made with the same name, seed, sizes,
-    ``num_validation`` and ``description`` is skipped without reading its source. Everything is checked
+    ``num_validation``, ``description`` and ``attrs`` is skipped without reading its source. Everything is checked
     (digitStruct, every PNG's presence and size, every box against its image) before anything is
     written; each file is written to a temporary name and renamed, so no partial file is left where a
     later run would trust it. With ``expect_official_counts`` (a real import) the image counts must equal
@@ -138,10 +140,10 @@ def import_svhn(
     source = Path(source)
 
     def expected(split: str, stored: str, size: int) -> dict:
-        attrs = {"set_name": name, "split": stored, "size": size, "seed": seed, "source": description}
+        wanted = {"set_name": name, "split": stored, "size": size, "seed": seed, "source": description}
         if split == "train":
-            attrs["num_validation"] = num_validation
-        return attrs
+            wanted["num_validation"] = num_validation
+        return wanted | dict(attrs or {})
 
     outputs = {split: [(s, size) for s in _stored_splits(split) for size in sizes] for split in splits}
     todo = {}
@@ -197,7 +199,7 @@ def import_svhn(
                     "length": torch.from_numpy(length[index]),
                     "names": names[index],
                 }
-                attrs = {
+                set_attrs = {
                     **expected(job.split, stored, size),
                     "source_split": job.split,
                     "source_path": str(job.origin),
@@ -208,7 +210,7 @@ def import_svhn(
                     f"outside = black, bilinear resize to {size}x{size}",
                 }
                 path = svhn_set_path(name, size, stored, data_dir)
-                write_set(path, data, attrs, version=SVHN_VERSION)
+                write_set(path, data, set_attrs, version=SVHN_VERSION)
                 log(f"  {path.name}: wrote {tuple(data['images'].shape)}")
             del crops, data  # one split's images in memory at a time
     finally:
