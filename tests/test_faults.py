@@ -882,4 +882,7 @@ def test_the_faults_page_and_the_readme_state_the_figures_of_this_test():
     )
     readme = " ".join((ROOT / "README.md").read_text().split())
     assert f"{len(BAD_INPUT)} bad inputs to the MNIST runner" in readme
-    assert f"{len(BAD_COMMAND_LINES) * len(RUNNERS)} bad command lines across the {len(RUNNERS)} runners" in readme
+    assert (
+        f"{len(BAD_COMMAND_LINES) * len(RUNNERS)} bad command lines across the {len(RUNNERS)} runners"
+        in readme
+    )
