@@ -101,26 +101,34 @@ def _slurm(*command: str, timeout: float = 30) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
 
 
+def unavailable(reason: str) -> None:
+    """Skip, saying why; fail where a cluster must be there (``STN_REQUIRE_SLURM=1``: CI, after bringing
+    one up), so that its tests cannot pass by skipping."""
+    if os.environ.get("STN_REQUIRE_SLURM") == "1":
+        pytest.fail(f"STN_REQUIRE_SLURM=1 and {reason}")
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="module")
 def cluster() -> dict[str, object]:
-    """The default partition of a SLURM cluster that answers, with its CPUs per node and whether it keeps
-    accounts; else the test skips saying why and how to bring one up."""
+    """The default partition (or ``$STN_SLURM_PARTITION``) of a SLURM cluster that answers, with its CPUs
+    per node and whether it keeps accounts; else the test skips saying why and how to bring one up."""
     if shutil.which("sinfo") is None:
-        pytest.skip(f"no SLURM here (sinfo not found); {HOW_TO_START}")
+        unavailable(f"no SLURM here (sinfo not found); {HOW_TO_START}")
     try:
         found = _slurm("sinfo", "-h", "-o", "%P|%a|%c|%t")
     except subprocess.TimeoutExpired:
-        pytest.skip(f"sinfo did not answer in 30 s; {HOW_TO_START}")
+        unavailable(f"sinfo did not answer in 30 s; {HOW_TO_START}")
     if found.returncode != 0:
         reason = (found.stderr.strip().splitlines() or ["no output"])[-1]
-        pytest.skip(f"sinfo failed ({reason}); {HOW_TO_START}")
+        unavailable(f"sinfo failed ({reason}); {HOW_TO_START}")
     partitions = [line.split("|") for line in found.stdout.split()]
     default = next((p for p in partitions if p[0].endswith("*")), partitions[0] if partitions else None)
     wanted = os.environ.get("STN_SLURM_PARTITION")
     if wanted:
         default = next((p for p in partitions if p[0].rstrip("*") == wanted), None)
     if default is None or default[1] != "up" or default[3] not in ("idle", "mix", "alloc"):
-        pytest.skip(
+        unavailable(
             f"no SLURM partition up with a node that answers (sinfo: {found.stdout.split()}); {HOW_TO_START}"
         )
     config = _slurm("scontrol", "show", "config").stdout
@@ -297,7 +305,7 @@ def test_a_run_that_hits_its_time_limit_is_requeued_and_resumes_to_the_uninterru
 @SLURM
 def test_scancel_ends_the_sweep_driver_with_one_line_and_a_relaunch_resumes(cluster, tmp_path):
     if not cluster["accounting"]:
-        pytest.skip(
+        unavailable(
             "the cluster keeps no accounts (AccountingStorageType is not slurmdbd): submitit cannot learn a "
             f"cancelled job's state and the driver polls forever; {HOW_TO_START}"
         )
@@ -336,7 +344,7 @@ def test_scancel_ends_the_sweep_driver_with_one_line_and_a_relaunch_resumes(clus
 @SLURM
 def test_cub_trains_data_parallel_as_two_slurm_tasks_and_a_relaunch_resumes(cluster, tmp_path):
     if cluster["cpus"] < 2:
-        pytest.skip(
+        unavailable(
             f"two SLURM tasks of one CPU each need a node with 2 CPUs; partition has {cluster['cpus']}"
         )
     data = tmp_path / "data"
