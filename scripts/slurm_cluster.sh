@@ -38,7 +38,7 @@ die() {
 
 # --- helpers ------------------------------------------------------------------------------------------------
 
-# pid_of NAME: the pid in NAME's pid file if that process is alive and is NAME's program, else nothing.
+# pid_file NAME: where NAME writes its pid. pid_of NAME: that pid if the process is alive and is NAME, else nothing.
 pid_file() { [[ $1 == mariadb ]] && echo "$DIR/run/mariadb/mariadb.pid" || echo "$DIR/run/$1.pid"; }
 
 pid_of() {
@@ -50,7 +50,7 @@ pid_of() {
     comm=$(cat "/proc/$pid/comm" 2>/dev/null || true)
     case $name in
         mariadb) [[ $comm == mariadbd || $comm == mysqld ]] ;;
-        *) [[ $comm == "$name"* ]] ;;
+        *) [[ $comm == "$name" ]] ;;
     esac && echo "$pid"
     return 0
 }
