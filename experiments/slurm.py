@@ -1,10 +1,11 @@
 """How a sweep on SLURM (``hydra/launcher=slurm``: Hydra's submitit launcher) ends when one of its jobs ends
 without a result: one line naming the job, its run, its state and how to resume, not submitit's traceback.
 
-The sweep's driver waits for each job's result in turn. A job cancelled (``scancel``), timed out more often
-than ``hydra.launcher.max_num_timeout`` allows, killed for memory or lost with its node leaves none, and
-submitit raises ``UncompletedJobError`` in the driver; :func:`run_entry_point
-<experiments.jobs.run_entry_point>` turns it into the line from :func:`uncompleted_job_line` and exit status 1.
+The sweep's driver waits for each job's result in turn. A job cancelled (``scancel``), killed for memory or
+lost with its node leaves none, and submitit raises ``UncompletedJobError`` in the driver; a job timed out
+more often than ``hydra.launcher.max_num_timeout`` allows ends with submitit's own "not requeued" error,
+which reaches the driver as a ``FailedJobError``. :func:`run_entry_point <experiments.jobs.run_entry_point>`
+turns either into the line from :func:`uncompleted_job_line` and exit status 1.
 A run stopped by SLURM's SIGTERM has checkpointed (as on Ctrl-C), so relaunching the same command resumes
 it; the sweep's other jobs are SLURM's and run on. A job that raised an error of its own (a bug) keeps
 submitit's report, which holds the job's traceback.

@@ -288,7 +288,9 @@ def test_a_run_that_hits_its_time_limit_is_requeued_and_resumes_to_the_uninterru
     assert_same_learning(a, b, tmp_path / "slurm", tmp_path / "local")
     seed = Path("mnist", "smoke", "r-fcn-none", "seed1")
     assert same_weights(tmp_path / "slurm" / seed, tmp_path / "local" / seed)
-    # SLURM's account of it: requeued after its time-limit warning, then completed.
+    # SLURM's account of it: each resume followed a requeue after the time-limit warning. (The last start may
+    # be warned too, as its run ends: then SLURM counts that start FAILED or requeues it once more, and the
+    # run, finished, is skipped; either way the driver has the job's result. So its last state is not checked.)
     [job] = submitit_jobs(tmp_path / "slurm" / "mnist" / "smoke")
     log = job_log(tmp_path / "slurm" / "mnist" / "smoke", job)
     assert "Caught signal SIGUSR2" in log and "Requeued job" in log
@@ -296,10 +298,10 @@ def test_a_run_that_hits_its_time_limit_is_requeued_and_resumes_to_the_uninterru
     deadline = time.time() + 60  # the accounts follow the job's end by a few seconds
     while True:
         states = _slurm("sacct", "-n", "-X", "-D", "-j", job.split("_")[0], "-o", "State").stdout.split()
-        if states[-1:] == ["COMPLETED"] or time.time() > deadline:
+        if (states and states[-1] not in ("PENDING", "RUNNING")) or time.time() > deadline:
             break
         time.sleep(1)
-    assert states.count("REQUEUED") == len(starts) - 1 and states[-1] == "COMPLETED", states
+    assert states.count("REQUEUED") >= len(starts) - 1, states
 
 
 @SLURM
