@@ -38,6 +38,20 @@ test:  ## run the default test suite (CPU, a few minutes; slow/GPU tests deselec
 test-all:  ## run every test, slow ones included
 	$(PY) -m pytest -m "" $(PYTEST_ARGS)
 
+# --- SLURM (issue 51): a single-node test cluster with accounting, and the tests that need one --------------
+# STN_SLURM_DIR: the cluster's folder (configs, database, logs; default /tmp/stn-slurm). docs/slurm.md.
+STN_SLURM_DIR ?= /tmp/stn-slurm
+.PHONY: slurm-up slurm-down test-slurm
+
+slurm-up:  ## bring up a single-node SLURM cluster with accounting on this Debian machine (root; apt-get the first time); idempotent
+	STN_SLURM_DIR=$(STN_SLURM_DIR) bash scripts/slurm_cluster.sh up
+
+slurm-down:  ## stop that cluster's jobs and the daemons slurm-up started
+	STN_SLURM_DIR=$(STN_SLURM_DIR) bash scripts/slurm_cluster.sh down
+
+test-slurm:  ## run the tests marked slurm on the cluster slurm-up brought up (they skip, saying why, where none answers)
+	SLURM_CONF=$${SLURM_CONF:-$(STN_SLURM_DIR)/slurm.conf} $(PY) -m pytest -m slurm -p no:cacheprovider $(PYTEST_ARGS)
+
 lint:  ## ruff check and format check, then the layering contract (import-linter: pyproject.toml [tool.importlinter])
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .

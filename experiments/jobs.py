@@ -38,6 +38,7 @@ from experiments.rank_failures import (
     process_rank,
     world_size,
 )
+from experiments.slurm import uncompleted_job_line
 from stn_repro.data.files import DataError
 from stn_repro.training.checkpoints import CheckpointError
 from stn_repro.training.loop import TrainingDiverged
@@ -360,7 +361,8 @@ def run_entry_point(main: Callable[[], Any]) -> None:
     Hydra composes the config and makes the run folder before the job (:func:`job`) runs. An unknown config
     option (``data=foo``), a malformed override or an unknown key, a bad value met while resolving the run
     folder's name (``seed=abc``) and a run folder that cannot be made (``STN_RUNS`` read-only, or under a
-    file) each end here with one line that names the value and the fix. Any other exception is a bug and
+    file) each end here with one line that names the value and the fix; so does a SLURM sweep whose job ended
+    without its result (``scancel``, a time limit: :mod:`experiments.slurm`). Any other exception is a bug and
     keeps its traceback; so does everything with ``STN_TRACEBACK=1`` or ``HYDRA_FULL_ERROR=1``.
     """
     if process_rank() > 0 and not any(a.startswith("hydra.output_subdir=") for a in sys.argv):
@@ -372,7 +374,9 @@ def run_entry_point(main: Callable[[], Any]) -> None:
     try:
         main()
     except Exception as error:
-        message = None if full_error == "1" or os.environ.get("STN_TRACEBACK") else _config_error(error)
+        quiet = not (full_error == "1" or os.environ.get("STN_TRACEBACK"))
+        # A config mistake, or a SLURM sweep's job that ended without its result (scancel, a time limit).
+        message = (_config_error(error) or uncompleted_job_line(error)) if quiet else None
         if message is None:
             raise
         if not is_peer():  # every process of a data-parallel run composes the same config: rank 0 says it
