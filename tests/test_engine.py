@@ -14,7 +14,7 @@ from stn_repro.models.mnist import build_mnist_model
 from stn_repro.training.checkpoints import CHECKPOINT_NAME
 from stn_repro.training.learners import TrainStep, make_optimizer
 from stn_repro.training.loop import LossWindow, TrainingDiverged, train
-from stn_repro.training.settings import SpeedSettings, TrainSettings
+from stn_repro.training.settings import SpeedSettings, TrainSettings, cpu_has_bf16_tiles
 from stn_repro.training.stacked import StackedModels, train_stacked
 
 DIGITS = synthetic_mnist(num_train=256, num_test=64, seed=0)
@@ -341,14 +341,16 @@ def test_the_profiles_carry_the_speed_settings_to_the_cell():
 
     configs = Path(__file__).resolve().parents[1] / "configs"
     with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
-        on_cpu = SpeedSettings(channels_last=True)  # the measured defaults: NHWC on the CPU, else plain
-        for profile in ("paper", "quick", "fast"):
+        # The measured defaults: NHWC on the CPU, else plain; fast and quick in bfloat16 on a CPU with AMX tiles.
+        amx = "bf16" if cpu_has_bf16_tiles() else "none"
+        for profile, autocast in (("paper", "none"), ("quick", amx), ("fast", amx)):
             spec, _ = cell_from_config(
                 compose("mnist", overrides=[f"profile={profile}", "trainer.device=cpu"])
             )
-            assert spec.speed == on_cpu
+            assert spec.speed == SpeedSettings(channels_last=True, autocast=autocast), profile
             stacked = compose("mnist", overrides=[f"profile={profile}", "trainer.device=cpu", "seeds=[1,2]"])
-            assert cell_from_config(stacked)[0].speed == SpeedSettings()  # the stacked engine: plain path
+            # the stacked engine: the plain path but for autocast
+            assert cell_from_config(stacked)[0].speed == SpeedSettings(autocast=autocast)
         smoke, _ = cell_from_config(compose("mnist", overrides=["profile=smoke", "trainer.device=cpu"]))
         assert smoke.speed == SpeedSettings()
         with pytest.raises(ValueError, match=r"trainer.channels_last='yes': use true, false or cpu"):
