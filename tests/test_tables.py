@@ -320,6 +320,11 @@ def test_a_cells_runs_of_a_second_precision_are_set_apart_never_averaged():
     auto = bf16(5) | {"config": {"optim": {"lr": 0.1}, "trainer": {"autocast": "auto"}}, "precision": "bf16"}
     rows = aggregate([old, fp32, bf16(3), auto], profiles)
     assert {r["recipe"]: r["n_seeds"] for r in rows} == {"": 2, "trainer.autocast=bf16": 2}
+    # a cell trained in bfloat16 alone says so in the table; one in float32 adds nothing
+    assert "Trained in bfloat16 (`trainer.autocast`; float32 elsewhere): r CNN." in to_markdown(
+        aggregate([bf16(3)], profiles), "fast"
+    )
+    assert "bfloat16" not in to_markdown(aggregate([old, fp32], profiles), "fast")
 
 
 def test_addition_records_scored_on_another_test_set_are_flagged_in_table4():

@@ -195,6 +195,7 @@ def aggregate(
                 "test_set_check": _test_set_check(runs),
                 "collapsed_seeds": sum(collapsed(r) for r in runs),
                 "recipe": recipe,
+                "precision": record_precision(runs[0]),
                 # A study set's runs are timed to the paper's number on the set it varies (its lines say so).
                 **_reaching_paper(
                     runs, paper_error(VARIANT_SETS[data], model, transform) if data in VARIANT_SETS else paper

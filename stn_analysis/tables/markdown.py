@@ -240,6 +240,10 @@ def _provenance_lines(rows: list[dict[str, Any]], command: str) -> list[str]:
     fewer = [f"{_cell_name(r)} ({r['n_seeds']})" for r in own if r["n_seeds"] < most]
     if fewer:
         lines.append(f"- Cells with fewer than {most} seeds: {', '.join(fewer)}.")
+    # A cell trained in bfloat16 (and no other precision) says so here; a second precision has its own row.
+    bf16 = [_cell_name(r) for r in own if r.get("precision") == "bf16"]
+    if bf16:
+        lines.append(f"- Trained in bfloat16 (`trainer.autocast`; float32 elsewhere): {', '.join(bf16)}.")
     return [
         *lines,
         f"- Commits: {', '.join(sorted({c for r in rows for c in r['commits'].split()}))}.",
