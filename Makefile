@@ -186,12 +186,15 @@ reproduce-addition:  ## run Table 4, MNIST addition (PROFILE=paper|fast|quick, S
 COLOC_DIGITS ?= 0,1,2,3,4,5,6,7,8,9
 COLOC_SETS ?= coloc_t,coloc_tc
 COLOC_SEEDS ?= 1
-# COLOC_EMBEDDING=results/records/coloc_paper/embedding uses the committed e() instead of training one (9.01 h).
+# e(): a finished Table 1 CNN run (configs/embedding/table1.yaml, the committed `fast` P CNN by default);
+# COLOC_EMBEDDING=<another CNN run> names another. COLOC_E=plain is the suite's first e() (a CNN on undistorted
+# digits, trained by the first job; COLOC_EMBEDDING=results/records/coloc_paper/embedding: the committed one).
+COLOC_E ?= table1
 COLOC_EMBEDDING ?=
 .PHONY: reproduce-coloc
 
 reproduce-coloc:  ## run Table 5, co-localisation: every digit class on T and TC (PROFILE=paper|fast|quick, COLOC_SEEDS=1,2,3), then its table and the found boxes' analysis in runs/tables/
-	$(PY) -m experiments.coloc -m $(LAUNCH_ARG) profile=$(PROFILE) seed=$(COLOC_SEEDS) digit=$(COLOC_DIGITS) data=$(COLOC_SETS) $(if $(COLOC_EMBEDDING),embedding.run_dir=$(COLOC_EMBEDDING))
+	$(PY) -m experiments.coloc -m $(LAUNCH_ARG) profile=$(PROFILE) seed=$(COLOC_SEEDS) digit=$(COLOC_DIGITS) data=$(COLOC_SETS) embedding=$(COLOC_E) $(if $(COLOC_EMBEDDING),embedding.run_dir=$(COLOC_EMBEDDING))
 	$(MAKE) table EXPERIMENT=coloc PROFILE=$(PROFILE)
 	$(BIN)/stn-coloc-boxes --profile $(PROFILE)
 

@@ -4,8 +4,9 @@ python -m experiments.coloc data=coloc_t digit=3
 python -m experiments.coloc -m digit=0,1,2,3,4,5,6,7,8,9 data=coloc_t,coloc_tc profile=quick
 python -m experiments.coloc data.source=synthetic profile=smoke logger=none   # no real MNIST needed
 
-The first job that needs the embedding CNN (e()) trains it in runs/coloc/embedding/<profile>/<source>/seed<k>/;
-every later job reuses it (a job started while another trains it waits for it).
+e() is a finished Table 1 CNN run (embedding=table1, configs/embedding/table1.yaml). With embedding=plain the
+first job that needs it trains it in runs/coloc/embedding/<profile>/<source>/seed<k>/ and every later job
+reuses it (a job started while another trains it waits for it).
 """
 
 from __future__ import annotations
@@ -43,12 +44,19 @@ EMBEDDING_TRAINER_KEYS = (
 )
 
 
-def coloc_cell(data: str, source: str, digit: Any, negatives: str = "crop", window_from: Any = None) -> str:
+def coloc_cell(
+    data: str,
+    source: str,
+    digit: Any,
+    negatives: str = "crop",
+    window_from: Any = None,
+    oracle_steps: Any = 0,
+) -> str:
     """The run's cell name, ``<data>[-synthetic][-<negatives>]-digit<k>`` (the ``stn_coloc_cell`` resolver of
     configs/coloc.yaml): as :attr:`ColocSpec.cell`, so runs with other negatives (and, for
     ``crop_then_window``, another switch step) get folders of their own."""
     label = negatives_label(negatives, window_from) if negatives in NEGATIVES else negatives
-    return ColocSpec.cell_name(data, source == "synthetic", digit, label)
+    return ColocSpec.cell_name(data, source == "synthetic", digit, label, oracle_steps or 0)
 
 
 OmegaConf.register_new_resolver("stn_coloc_cell", coloc_cell, replace=True)
@@ -63,7 +71,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     spec, settings, embedding_spec, embedding_settings, embedding_dir = specs_from_config(cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
     tags = [spec.data, f"digit{spec.digit}", spec.profile, *(["synthetic"] if spec.synthetic else [])]
-    leave_launch_overrides(run_dir, embedding_dir)
+    if embedding_spec is not None:
+        leave_launch_overrides(run_dir, embedding_dir)
     return run_coloc_seed(
         spec,
         settings,
@@ -73,9 +82,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         embedding_dir=embedding_dir,
         config=config,
         make_tracker=seed_tracker(cfg, spec, tags, config, run_dir),
-        make_embedding_tracker=seed_tracker(
-            cfg, embedding_spec, ["embedding", spec.profile], config, embedding_dir
-        ),
+        make_embedding_tracker=None
+        if embedding_spec is None
+        else seed_tracker(cfg, embedding_spec, ["embedding", spec.profile], config, embedding_dir),
     )
 
 
@@ -97,9 +106,10 @@ def leave_launch_overrides(run_dir: Path, embedding_dir: Path) -> None:
 
 def specs_from_config(
     cfg: DictConfig,
-) -> tuple[ColocSpec, TrainSettings, EmbeddingSpec, TrainSettings, Path]:
+) -> tuple[ColocSpec, TrainSettings, EmbeddingSpec | None, TrainSettings | None, Path]:
     """Translate the composed config into the library's explicit arguments: the co-localisation run's spec
-    and settings, the embedding run's, and the embedding's folder."""
+    and settings, the embedding run's (None for embedding=table1: a finished run, nothing to train), and the
+    embedding's folder."""
     if "source" not in cfg.data or cfg.data.name not in ("coloc_t", "coloc_tc"):
         raise ValueError(
             f"data={cfg.data.name} is not a co-localisation set: use data=coloc_t or data=coloc_tc "
@@ -110,6 +120,8 @@ def specs_from_config(
         data=cfg.data.name,
         digit=cfg.digit,
         num_images=cfg.coloc.num_images,
+        image_offset=cfg.coloc.image_offset,
+        oracle_steps=cfg.coloc.oracle_steps,
         init_scale=float(cfg.coloc.init_scale),
         init_translation=tuple(float(t) for t in cfg.coloc.init_translation),
         scale_range=None if cfg.coloc.scale_range is None else tuple(float(v) for v in cfg.coloc.scale_range),
@@ -124,6 +136,10 @@ def specs_from_config(
         **seed_spec_fields(cfg, speed=False),
     )
     settings = train_settings(cfg)
+    if cfg.embedding.kind == "table1":
+        return spec, settings, None, None, Path(cfg.embedding.run_dir)
+    if cfg.embedding.kind != "plain":
+        raise ValueError(f"embedding.kind={cfg.embedding.kind!r}: use embedding=table1 or embedding=plain")
     trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
     embedding_trainer = {**trainer, **{key: trainer["embedding"][key] for key in EMBEDDING_TRAINER_KEYS}}
     # A profile may give the embedding an optimiser of its own (trainer.embedding.optim: coloc_fast's).

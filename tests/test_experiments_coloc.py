@@ -63,6 +63,7 @@ SMOKE = [
     "profile=smoke",
     "data.source=synthetic",
     "logger=none",
+    "embedding=plain",
     "embedding.param_budget=5000",
     "coloc.num_images=10",
 ]
@@ -291,12 +292,19 @@ def test_paper_numbers_are_the_specs():
 @pytest.mark.parametrize("data", ["coloc_t", "coloc_tc"])
 @pytest.mark.parametrize("profile", ["paper", "fast", "quick", "smoke"])
 @pytest.mark.parametrize("source", ["mnist", "synthetic"])
-def test_every_coloc_config_composes_and_resolves(data, profile, source, tmp_path):
-    cfg = compose_coloc([f"data={data}", f"profile={profile}", f"data.source={source}", "digit=7"])
+@pytest.mark.parametrize("embedding", ["table1", "plain"])
+def test_every_coloc_config_composes_and_resolves(data, profile, source, embedding, tmp_path):
+    overrides = [f"data={data}", f"profile={profile}", f"data.source={source}", "digit=7"]
+    cfg = compose_coloc([*overrides, f"embedding={embedding}"])
     OmegaConf.to_container(cfg, resolve=True)
     spec, _, embedding_spec, embedding_settings, embedding_dir = specs_from_config(cfg)
     assert spec.data == data and spec.digit == 7 and spec.synthetic == (source == "synthetic")
     assert cfg.cell == spec.cell and ("synthetic" in spec.cell) == spec.synthetic
+    assert spec.batch_size <= spec.num_images == 100
+    if embedding == "table1":  # a finished Table 1 CNN run: nothing to train
+        assert embedding_spec is None and embedding_settings is None
+        assert embedding_dir.parts[-3:] == ("mnist_fast", "r-cnn-none", "seed1")
+        return
     assert embedding_dir.parts[-4:] == ("embedding", cfg.trainer.profile, source, "seed1")
     assert embedding_settings.iterations == cfg.trainer.embedding.iterations
     assert embedding_spec.batch_size == cfg.trainer.embedding.batch_size
@@ -304,7 +312,9 @@ def test_every_coloc_config_composes_and_resolves(data, profile, source, tmp_pat
 
 
 def test_paper_profile_is_what_the_config_says():
-    spec, settings, embedding_spec, embedding_settings, _ = specs_from_config(compose_coloc([]))
+    spec, settings, embedding_spec, embedding_settings, _ = specs_from_config(
+        compose_coloc(["embedding=plain"])
+    )
     # The embedding: the Sect. 2 protocol (150k x 256, SGD 0.01, /10 every 50k); the CNN of Table 1's budget.
     assert (embedding_settings.iterations, embedding_spec.batch_size, embedding_settings.lr) == (
         150_000,
@@ -732,7 +742,7 @@ def test_the_landscape_command_prints_every_window_for_every_norm(runs, capsys):
 
 def test_the_fast_profile_trains_the_embedding_with_the_fast_optimiser():
     spec, settings, embedding_spec, embedding_settings, embedding_dir = specs_from_config(
-        compose_coloc(["profile=fast"])
+        compose_coloc(["profile=fast", "embedding=plain"])
     )
     assert (settings.iterations, spec.batch_size, spec.profile, spec.reduced_budget) == (
         2000,
@@ -749,7 +759,7 @@ def test_the_fast_profile_trains_the_embedding_with_the_fast_optimiser():
     assert embedding_settings.warmup_iterations == 300
     assert embedding_dir.parts[-4:] == ("embedding", "fast", "mnist", "seed1")
     # The other profiles keep configs/coloc.yaml's embedding optimiser (the Sect. 2 protocol's SGD).
-    _, _, _, paper_settings, _ = specs_from_config(compose_coloc(["profile=paper"]))
+    _, _, _, paper_settings, _ = specs_from_config(compose_coloc(["profile=paper", "embedding=plain"]))
     assert (paper_settings.lr, paper_settings.lr_schedule, paper_settings.nesterov) == (0.01, "step", False)
 
 

@@ -115,11 +115,23 @@ def test_coloc_runs_and_the_state_of_their_embedding(tmp_path, capsys, monkeypat
     monkeypatch.setattr(missing, "RECORDS", tmp_path / "results" / "records")
     runs = tmp_path / "runs"
     monkeypatch.setenv("STN_RUNS", str(runs))
+    write_record(runs / "coloc" / "paper", "coloc_t-digit3", 1, finished=True)
+    records = ["--records", str(runs / "coloc" / "paper")]
+    # The default e() is a finished Table 1 CNN run (configs/embedding/table1.yaml): its state, nothing to train.
+    assert main(["--experiment", "coloc", "--seeds", "1", *records]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert (
+        out[1] == "  embedding e(), the Table 1 CNN run: results/records/mnist_fast/r-cnn-none/seed1 finished"
+    )
+    # embedding=plain: a run the first job trains, and its progress.
+    monkeypatch.setattr(
+        missing,
+        "coloc_embedding_dir",
+        lambda profile: ("plain", runs / "coloc" / "embedding" / profile / "mnist" / "seed1"),
+    )
     embedding = runs / "coloc" / "embedding" / "paper" / "mnist" / "seed1"
     embedding.mkdir(parents=True)
     torch.save({"iteration": 26335, "settings": {"iterations": 150000}}, embedding / "checkpoint.pt")
-    write_record(runs / "coloc" / "paper", "coloc_t-digit3", 1, finished=True)
-    records = ["--records", str(runs / "coloc" / "paper")]
     assert main(["--experiment", "coloc", "--seeds", "1", *records]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("coloc, profile paper, seeds 1: 19 run(s)")

@@ -184,7 +184,15 @@ def main(argv: list[str] | None = None) -> int:
                 "its table is rebuilt with `make tables`; the runners train the ones in the runs folder)"
             )
     if args.experiment == "coloc" and missing:  # with nothing to run, e()'s state does not matter
-        embedding = coloc_embedding_dir(args.profile)
+        kind, embedding = coloc_embedding_dir(args.profile)
+        if kind == "table1":
+            state = (
+                "finished"
+                if read_finished_record(embedding) is not None
+                else "missing: train it or commit it"
+            )
+            print(f"  embedding e(), the Table 1 CNN run: {embedding} {state}")
+    if args.experiment == "coloc" and missing and kind == "plain":
         print(f"  embedding e(), trained by the first job that needs it: {embedding} {run_state(embedding)}")
         committed = RECORDS / f"coloc_{args.profile}" / "embedding"
         if read_finished_record(embedding) is None and read_finished_record(committed) is not None:

@@ -41,15 +41,16 @@ def check_profile(experiment: str, profile: str) -> None:
         )
 
 
-def coloc_embedding_dir(profile: str) -> Path:
-    """Where ``profile`` keeps the co-localisation embedding e(): configs/coloc.yaml's ``embedding.run_dir``,
-    composed as ``python -m experiments.coloc`` would (real MNIST, the default embedding seed, $STN_RUNS)."""
+def coloc_embedding_dir(profile: str) -> tuple[str, Path]:
+    """The co-localisation embedding e() of ``profile``: its kind (``table1``: a finished Table 1 CNN run;
+    ``plain``: a run the first job trains) and configs/coloc.yaml's ``embedding.run_dir``, composed as
+    ``python -m experiments.coloc`` would (real MNIST, the default embedding, $STN_RUNS)."""
     from hydra import compose, initialize_config_dir
 
     check_checkout()
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         cfg = compose("coloc", overrides=[f"profile={profile}"])
-    return Path(cfg.embedding.run_dir)
+    return str(cfg.embedding.kind), Path(cfg.embedding.run_dir)
 
 
 def profile_optims(experiment: str, records: list[dict]) -> dict[tuple[str, str, str], dict]:

@@ -30,9 +30,15 @@ SHIFT_PX = 10.0
 
 
 def class_images(
-    data: str, digit: int, source: str = "mnist", data_dir: Path | None = None, num_images: int = 100
+    data: str,
+    digit: int,
+    source: str = "mnist",
+    data_dir: Path | None = None,
+    num_images: int = 100,
+    offset: int = 0,
 ) -> tuple[Tensor, Tensor]:
-    """The images ``[N, 1, S, S]`` and true boxes ``[N, 4]`` a co-localisation run of this class sees."""
+    """The images ``[N, 1, S, S]`` and true boxes ``[N, 4]`` a co-localisation run of this class sees
+    (``offset=100``: the tuning draw)."""
     spec = ColocSpec(
         data=data,
         digit=digit,
@@ -41,6 +47,7 @@ def class_images(
         profile="landscape",
         reduced_budget=True,
         num_images=num_images,
+        image_offset=offset,
         data_source=source,
         data_dir=data_dir,
     )

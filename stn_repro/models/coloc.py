@@ -20,8 +20,9 @@ from stn_repro.transformers import ALIGN_CORNERS, RegressionHead, SpatialTransfo
 COLOC_IMAGE_SIZE = 84
 COLOC_OUTPUT_SIZE = 28  # the transformer's output: what e() reads, an MNIST-sized digit
 # How e(x) is scaled: "none" (the activations as they are), "unit" (e(x) / |e(x)|), "per_layer" (each of the
-# three parts scaled to length 1/sqrt(3), so |e(x)| = 1 and the three layers weigh the same).
-EMBEDDING_NORMS = ("none", "unit", "per_layer")
+# three parts scaled to length 1/sqrt(3), so |e(x)| = 1 and the three layers weigh the same), "logits" (the
+# classification layer alone, as it is: hidden layer 1 has ~900x its values and dominates the other scalings).
+EMBEDDING_NORMS = ("none", "unit", "per_layer", "logits")
 
 
 def colocalisation_localisation(
@@ -160,17 +161,35 @@ class CnnEmbedding(nn.Module):
     def train(self, mode: bool = True) -> CnnEmbedding:
         return super().train(False)  # frozen: always in eval mode
 
-    def forward(self, x: Tensor) -> Tensor:
+    @property
+    def input_side(self) -> int:
+        """The side of the square images the CNN reads (its classification layer fixes it)."""
+        return int(self.cnn.in_shape[-1])
+
+    def layers(self, x: Tensor) -> list[Tensor]:
+        """The three parts of e(x), unscaled: hidden layer 1, hidden layer 2, the logits, each ``[B, n_k]``."""
         parts = []
         for index, layer in enumerate(self.cnn):
             x = layer(x)
             if index in self.taps:
                 parts.append(x.flatten(1))
         parts.append(x.flatten(1))  # the logits
-        if self.normalise == "per_layer":
-            parts = [F.normalize(part, dim=1) / len(parts) ** 0.5 for part in parts]
-        e = torch.cat(parts, dim=1)
-        return F.normalize(e, dim=1) if self.normalise == "unit" else e
+        return parts
+
+    def forward(self, x: Tensor) -> Tensor:
+        return combine_layers(self.layers(x), self.normalise)
+
+
+def combine_layers(parts: Sequence[Tensor], normalise: str) -> Tensor:
+    """e(x) from its three unscaled parts (:meth:`CnnEmbedding.layers`) under one of :data:`EMBEDDING_NORMS`."""
+    if normalise == "logits":
+        return parts[-1]
+    if normalise == "per_layer":
+        parts = [F.normalize(part, dim=1) / len(parts) ** 0.5 for part in parts]
+    elif normalise not in ("none", "unit"):
+        raise ValueError(f"normalise={normalise!r}: use one of {', '.join(EMBEDDING_NORMS)}")
+    e = torch.cat(list(parts), dim=1)
+    return F.normalize(e, dim=1) if normalise == "unit" else e
 
 
 def attention_boxes(

@@ -79,6 +79,7 @@ class CNN(nn.Sequential):
             nn.Flatten(),
             nn.Linear(widths[1] * size_h * size_w, num_classes),
         )
+        self.in_shape = (int(c), int(h), int(w))  # what the classification layer's size fixes
 
 
 class TransformedClassifier(nn.Module):

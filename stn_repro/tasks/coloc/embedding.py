@@ -1,8 +1,15 @@
 """Co-localisation's embedding e(): the CNN whose activations compare two views of a digit.
 
-One run per (profile, data source, seed), shared by every co-localisation run of that profile:
-:func:`ensure_embedding` trains it once (or waits for the process training it) and every later call reuses
-its ``model.pt``; :func:`load_embedding` gives it frozen, as :class:`~stn_repro.models.coloc.CnnEmbedding`.
+Two kinds (``embedding=`` in configs/coloc.yaml):
+
+- ``table1`` (the paper's): "the CNN trained for digit classification from Sect. 4.1", a finished Table 1
+  CNN run on distorted MNIST (``python -m experiments.mnist model=cnn ...``); nothing is trained here,
+  :func:`read_table1_embedding` checks the run and returns its record;
+- ``plain`` (the suite's first reading): the same CNN trained on undistorted 28x28 digits, one run per
+  (profile, data source, seed), shared by every co-localisation run of that profile: :func:`ensure_embedding`
+  trains it once (or waits for the process training it) and every later call reuses its ``model.pt``.
+
+:func:`load_embedding` gives either frozen, as :class:`~stn_repro.models.coloc.CnnEmbedding`.
 """
 
 from __future__ import annotations
@@ -40,9 +47,13 @@ DATA_SOURCES = ("mnist", "synthetic")
 SYNTHETIC_DIGITS = {"num_train": 1024, "num_test": 1500, "seed": 0}
 
 
+EMBEDDING_KINDS = ("table1", "plain")
+
+
 @dataclass
 class EmbeddingSpec:
-    """The embedding CNN's run: the Sect. 2 CNN on undistorted 28x28 digits (all 60k training digits)."""
+    """The ``plain`` embedding CNN's run: the Table 1 CNN trained on undistorted 28x28 digits (all 60k
+    training digits)."""
 
     seed: int
     batch_size: int
@@ -162,6 +173,34 @@ def ensure_embedding(
                 log(f"waiting for the embedding another process is training: {error}")
                 announced = True
             time.sleep(wait_s)
+
+
+def read_table1_embedding(run_dir: Path | str) -> dict[str, Any]:
+    """The record of the finished Table 1 CNN run in ``run_dir`` that serves as e() (``embedding=table1``).
+
+    Refuses, naming the fix, a folder without a finished run or its weights, and a run of anything but a
+    Table 1 CNN (no transformer) on distorted MNIST."""
+    run_dir = Path(run_dir)
+    example = "results/records/mnist_fast/r-cnn-none/seed1"
+    record = read_finished_record(run_dir)
+    if record is None:
+        raise FileNotFoundError(
+            f"embedding.run_dir={run_dir} holds no finished run: e() is a finished Table 1 CNN run (record.json "
+            f"and model.pt), e.g. {example}, or one you train with "
+            "`python -m experiments.mnist data=r model=cnn transformer=none profile=fast`"
+        )
+    if record.get("experiment") != "mnist" or record.get("model") != "cnn" or record.get("transform"):
+        raise ValueError(
+            f"{run_dir} holds a finished {record.get('experiment')!r} run of model {record.get('model')!r} "
+            f"(transform {record.get('transform')!r}), not a Table 1 CNN: point embedding.run_dir at a CNN run "
+            f"such as {example}, or use embedding=plain (the CNN on undistorted digits)"
+        )
+    if not (run_dir / record.get("weights", "model.pt")).is_file():
+        raise FileNotFoundError(
+            f"{run_dir} has the record of a finished CNN run but not its weights "
+            f"({record.get('weights', 'model.pt')}): e() needs them; retrain the run or copy its model.pt there"
+        )
+    return record
 
 
 def load_embedding(

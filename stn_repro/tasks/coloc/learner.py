@@ -91,6 +91,18 @@ def random_crops(images: Tensor, size: int, generator: torch.Generator) -> tuple
     return crops.contiguous(), torch.stack([x0, y0], dim=1)
 
 
+def random_negatives(images: Tensor, crop_size: int, output_side: int, generator: torch.Generator) -> Tensor:
+    """``I_n^rand`` as the ``crop`` negatives: a ``crop_size`` crop of each image at a random place, as e()
+    reads it (``output_side`` px): the pixels themselves (:func:`random_crops`) where the sizes agree, else a
+    window of side ``crop_size`` resampled to ``output_side`` (:func:`random_windows`)."""
+    if crop_size == output_side:
+        return random_crops(images, crop_size, generator)[0]
+    if not 0 < crop_size <= images.shape[-1]:
+        raise ValueError(f"crop size {crop_size} does not fit {images.shape[-1]} px images")
+    scales = torch.full((images.shape[0],), crop_size / images.shape[-1])
+    return random_windows(images, scales, output_side, generator)
+
+
 def random_windows(images: Tensor, scales: Tensor, output_side: int, generator: torch.Generator) -> Tensor:
     """One attention window of each image at its given scale and a uniformly random place inside the image,
     resampled to ``output_side x output_side`` (``I_n^rand`` when :data:`NEGATIVES` is ``window``).
@@ -239,8 +251,17 @@ class ColocLearner:
         optimizer: str = "adam",
         negatives: str = "crop",
         window_from: int | None = None,
+        oracle_boxes: Tensor | None = None,
+        oracle_steps: int = 0,
     ):
         count = images.shape[0]
+        if oracle_steps and (oracle_boxes is None or oracle_boxes.shape != (count, 4)):
+            raise ValueError(
+                f"oracle_steps={oracle_steps} needs the true boxes of the {count} images, [{count}, 4]"
+            )
+        self.oracle_steps = int(oracle_steps)
+        # The attention parameters of each true box (what box_centred_windows gives at the box's own scale).
+        self._oracle_params = None if not oracle_steps else _box_params(oracle_boxes, images.shape[-1])
         negatives_label(negatives, window_from)  # checks both
         self.negatives, self.window_from = negatives, window_from
         self.steps = 0  # steps taken (crop_then_window switches on it; checkpointed)
@@ -258,7 +279,10 @@ class ColocLearner:
         self.transformer.train()
 
     def step(self) -> Tensor:
-        x = self.images[self._order.take(self.batch_size)]
+        chosen = self._order.take(self.batch_size)
+        x = self.images[chosen]
+        if self.steps < self.oracle_steps:
+            return self._oracle_step(x, self._oracle_params[chosen])
         views = self.transformer(x)
         windows = self.negatives == "window" or (
             self.negatives == "crop_then_window" and self.steps >= self.window_from
@@ -268,11 +292,20 @@ class ColocLearner:
                 scales = self.transformer.last_params[:, 0]
                 r = self.embedding(random_windows(x, scales, views.shape[-1], self._generator))
             else:
-                r = self.embedding(random_crops(x, self.crop_size, self._generator)[0])
+                r = self.embedding(random_negatives(x, self.crop_size, views.shape[-1], self._generator))
         z = self.embedding(views)
         loss = colocalisation_hinge(z, r, self.margin)
-        if self.negatives == "crop_then_window" and self.steps == self.window_from:
+        switch = self.negatives == "crop_then_window" and self.steps == self.window_from
+        if switch or (self.oracle_steps and self.steps == self.oracle_steps):
             self.optimizer.state.clear()  # a new loss, a fresh optimiser (see NEGATIVES); a no-op at step 0
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.steps += 1
+        return loss.detach().reshape(1)
+
+    def _oracle_step(self, x: Tensor, target: Tensor) -> Tensor:
+        loss = F.mse_loss(self.transformer.localisation(x), target)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -315,6 +348,13 @@ class ColocLearner:
         self._order.load(state["order"]["epoch"], state["order"]["position"])
         self._generator.set_state(state["generator"].cpu())
         self.steps = state.get("steps", 0)
+
+
+def _box_params(boxes: Tensor, image_size: int) -> Tensor:
+    """Attention parameters ``(s, tx, ty)`` ``[N, 3]`` of windows equal to the (square) boxes ``[N, 4]``."""
+    side = (boxes[:, 2:] - boxes[:, :2]).float().mean(1, keepdim=True)
+    centre = (boxes[:, :2] + boxes[:, 2:]).float() / 2
+    return torch.cat([side / image_size, 2 * centre / image_size - 1], dim=1)
 
 
 def _output_side(transformer: SpatialTransformer) -> int:

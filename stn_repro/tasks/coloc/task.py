@@ -1,16 +1,13 @@
 """Co-localisation (Appendix A.2, Table 5): one digit class's 100 images, an attention transformer, no labels.
 
-Two kinds of run, both through :func:`stn_repro.runs.run_seed` (resume, lock, weights, record, tracker,
-pictures):
-
-- the **embedding** e(): the Sect. 2 CNN trained on undistorted 28x28 MNIST digits
-  (:class:`~stn_repro.data.plain.PlainStream`), one run per (profile, data source, seed), shared by every
-  co-localisation run of that profile; :func:`ensure_embedding` trains it once (or waits for the process
-  training it) and every later call reuses its ``model.pt``;
-- a **co-localisation** run: for one digit class of ``coloc`` (T) or ``coloc_tc`` (TC), the first
-  ``num_images`` (100) images of that class in the stored test set are the whole data; the attention
-  transformer is trained by :class:`~stn_repro.training.colocalisation.ColocLearner` on the hinge loss with
-  e() frozen, and scored on the same images: % whose predicted box has IoU > 0.5 with the true box.
+A run trains the attention transformer by :class:`~stn_repro.tasks.coloc.learner.ColocLearner` on the hinge
+loss with e() frozen, for one digit class of ``coloc`` (T) or ``coloc_tc`` (TC): ``num_images`` (100) images
+of that class in the stored test set are the whole data, and it is scored on the same images: % whose
+predicted box has IoU > 0.5 with the true box. e() is a finished Table 1 CNN run (``embedding=table1``, the
+paper's) or the suite's CNN on undistorted digits (``embedding=plain``, trained first by
+:func:`~stn_repro.tasks.coloc.embedding.ensure_embedding` where it is not finished); see
+:mod:`stn_repro.tasks.coloc.embedding`. Both go through :func:`stn_repro.training.runs.run_seed` (resume,
+lock, weights, record, tracker, pictures).
 """
 
 from __future__ import annotations
@@ -48,6 +45,7 @@ from stn_repro.tasks.coloc.embedding import (
     _synthetic_digits,
     ensure_embedding,
     load_embedding,
+    read_table1_embedding,
 )
 from stn_repro.tasks.coloc.learner import (
     LOCALISATION,
@@ -83,7 +81,8 @@ class ColocSpec:
     batch_size: int  # images per step; the loss averages over all ordered pairs of them
     profile: str
     reduced_budget: bool
-    num_images: int = 100  # the first num_images of the class in the stored test set
+    num_images: int = 100  # num_images of the class in the stored test set, from its image_offset-th on
+    image_offset: int = 0  # 0: the scored draw (the first 100); 100: the tuning draw (the next 100)
     init_scale: float = 0.95  # about the identity (whole image); 1/3: a 28 px window
     init_translation: tuple[float, float] = (0.0, 0.0)
     scale_range: tuple[float, float] | None = (0.25, 1.0)  # None: s unbounded
@@ -94,6 +93,10 @@ class ColocSpec:
     negatives: str = "crop"  # what I_n^rand is (stn_repro.training.colocalisation.NEGATIVES)
     window_from: int | None = None  # negatives="crop_then_window": the step from which windows are used
     optimizer: str = "adam"
+    # A study of the loss, not of the search: the first oracle_steps steps fit the transformer to the true
+    # boxes (squared error on (s, tx, ty)), then the hinge loss takes over. If the boxes then stay, the loss is
+    # right and only the search fails.
+    oracle_steps: int = 0
     data_source: str = "mnist"
     data_dir: Path | None = None
     device: str = "auto"
@@ -114,6 +117,18 @@ class ColocSpec:
         negatives_label(self.negatives, self.window_from)  # crop_then_window needs its switch step
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer={self.optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
+        if (
+            isinstance(self.oracle_steps, bool)
+            or not isinstance(self.oracle_steps, int)
+            or self.oracle_steps < 0
+        ):
+            raise ValueError(f"oracle_steps={self.oracle_steps!r} must be a whole number >= 0")
+        if (
+            isinstance(self.image_offset, bool)
+            or not isinstance(self.image_offset, int)
+            or self.image_offset < 0
+        ):
+            raise ValueError(f"image_offset={self.image_offset!r} must be a whole number >= 0")
         if not 2 <= self.num_images or not 2 <= self.batch_size <= self.num_images:
             raise ValueError(
                 f"need 2 <= batch_size <= num_images, got batch_size={self.batch_size}, "
@@ -136,18 +151,22 @@ class ColocSpec:
 
     @property
     def cell(self) -> str:
-        return self.cell_name(self.data, self.synthetic, self.digit, self.negatives_label)
+        return self.cell_name(self.data, self.synthetic, self.digit, self.negatives_label, self.oracle_steps)
 
     @property
     def negatives_label(self) -> str:
         return negatives_label(self.negatives, self.window_from)
 
     @staticmethod
-    def cell_name(data: str, synthetic: bool, digit: object, negatives: str = "crop") -> str:
-        """``<data>[-synthetic][-<negatives>]-digit<k>``, ``negatives`` as :func:`negatives_label` names it;
-        the default negatives (crop) are not named."""
+    def cell_name(
+        data: str, synthetic: bool, digit: object, negatives: str = "crop", oracle_steps: int = 0
+    ) -> str:
+        """``<data>[-synthetic][-<negatives>][-oracle<n>]-digit<k>``, ``negatives`` as :func:`negatives_label`
+        names it; the default negatives (crop) and no oracle start are not named. An oracle run is a study of
+        the loss (it sees the true boxes): its own cell, never a Table 5 one."""
         kind = "" if negatives == "crop" else f"-{negatives}"
-        return f"{data}{'-synthetic' if synthetic else ''}{kind}-digit{digit}"
+        oracle = f"-oracle{oracle_steps}" if oracle_steps else ""
+        return f"{data}{'-synthetic' if synthetic else ''}{kind}{oracle}-digit{digit}"
 
 
 @dataclass
@@ -161,12 +180,14 @@ class ColocData:
 
 
 def load_coloc_data(spec: ColocSpec) -> ColocData:
-    """The first ``spec.num_images`` images of class ``spec.digit`` in the stored ``coloc`` / ``coloc_tc``
-    test set (``make data-mnist``), with their true boxes; for ``data_source="synthetic"`` the same from
-    synthetic digits, placed (and cluttered for TC) by the real generator with a fixed seed."""
+    """``spec.num_images`` images of class ``spec.digit`` in the stored ``coloc`` / ``coloc_tc`` test set
+    (``make data-mnist``), the class's ``image_offset``-th on, with their true boxes; for
+    ``data_source="synthetic"`` the same from synthetic digits, placed (and cluttered for TC) by the real
+    generator with a fixed seed."""
+    wanted = slice(spec.image_offset, spec.image_offset + spec.num_images)
     if spec.synthetic:
         digits = _synthetic_digits()
-        chosen = (digits.test_labels == spec.digit).nonzero().squeeze(1)[: spec.num_images]
+        chosen = (digits.test_labels == spec.digit).nonzero().squeeze(1)[wanted]
         _check_enough(chosen, spec, f"the synthetic stand-in ({SYNTHETIC_DIGITS['num_test']} digits)")
         data = generate_colocalisation_set(
             digits.test_images[chosen],
@@ -177,7 +198,7 @@ def load_coloc_data(spec: ColocSpec) -> ColocData:
         images, boxes = data["images"], data["boxes"]
     else:
         stored = load_set_arrays(spec.set_name, "test", spec.data_dir)
-        chosen = (stored["labels"] == spec.digit).nonzero().squeeze(1)[: spec.num_images]
+        chosen = (stored["labels"] == spec.digit).nonzero().squeeze(1)[wanted]
         _check_enough(chosen, spec, f"the stored set {spec.set_name}")
         images, boxes = stored["images"][chosen], stored["boxes"][chosen].float()
     labels = torch.full((len(chosen),), spec.digit, dtype=torch.int64)
@@ -187,8 +208,8 @@ def load_coloc_data(spec: ColocSpec) -> ColocData:
 def _check_enough(chosen: Tensor, spec: ColocSpec, where: str) -> None:
     if len(chosen) < spec.num_images:
         raise ValueError(
-            f"{where} has only {len(chosen)} images of digit {spec.digit}; lower num_images "
-            f"(asked for {spec.num_images})"
+            f"{where} has only {len(chosen)} images of digit {spec.digit} from its {spec.image_offset}-th on; "
+            f"lower num_images or image_offset (asked for {spec.num_images} from {spec.image_offset})"
         )
 
 
@@ -204,6 +225,12 @@ def prepare_coloc_seed(
     """The transformer (built after ``torch.manual_seed(spec.seed)``) and the learner of one run, with what
     its record says. ``box_history``: a JSON file where each picture step adds the found boxes of the pictured
     images (:func:`update_box_history`), so each picture also shows the boxes over training so far."""
+    if embedding.input_side != COLOC_OUTPUT_SIZE:
+        raise ValueError(
+            f"e() from {embedding_dir} reads {embedding.input_side}x{embedding.input_side} images, but the "
+            f"transformer passes on {COLOC_OUTPUT_SIZE}x{COLOC_OUTPUT_SIZE} windows: use a Table 1 CNN of 28 px "
+            "digits (data r, p or e), not rts (42 px) or tc (60 px)"
+        )
     torch.manual_seed(spec.seed)
     transformer = colocalisation_transformer(
         spec.init_scale, spec.init_translation, scale_range=spec.scale_range, inside=spec.inside
@@ -226,6 +253,8 @@ def prepare_coloc_seed(
             optimizer=spec.optimizer,
             negatives=spec.negatives,
             window_from=spec.window_from,
+            oracle_boxes=boxes if spec.oracle_steps else None,
+            oracle_steps=spec.oracle_steps,
         )
         learners.append(learner)
         return learner
@@ -264,7 +293,8 @@ def prepare_coloc_seed(
             "paper_localised": paper,
             "choices": {
                 "num_images": spec.num_images,
-                "images": "the first num_images of the digit class, in the stored test set's order",
+                "image_offset": spec.image_offset,
+                "images": "num_images of the digit class from its image_offset-th on, in the stored test set's order",
                 "init": {"scale": spec.init_scale, "translation": list(spec.init_translation)},
                 "scale_range": None if spec.scale_range is None else list(spec.scale_range),
                 "inside": spec.inside,
@@ -276,8 +306,12 @@ def prepare_coloc_seed(
                 "negatives": spec.negatives_label,
                 "window_from": spec.window_from,
                 "optimizer": spec.optimizer,
+                "oracle_steps": spec.oracle_steps,
             },
             "embedding": {
+                # table1: a Table 1 CNN on distorted MNIST (the paper's); plain: the CNN on undistorted digits
+                "kind": "plain" if embedding_record.get("experiment") == "coloc_embedding" else "table1",
+                "data": embedding_record.get("data"),
                 "run_dir": str(embedding_dir),
                 "test_error": embedding_record["test_error"],
                 "profile": embedding_record["profile"],
@@ -319,32 +353,36 @@ def run_coloc_seed(
     settings: TrainSettings,
     run_dir: Path,
     *,
-    embedding_spec: EmbeddingSpec,
-    embedding_settings: TrainSettings,
+    embedding_spec: EmbeddingSpec | None,
+    embedding_settings: TrainSettings | None,
     embedding_dir: Path,
     config: dict[str, Any] | None = None,
     make_tracker: Callable[[], Tracker] | None = None,
     make_embedding_tracker: Callable[[], Tracker] | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """One co-localisation run in ``run_dir`` (resuming), after making sure its embedding exists in
-    ``embedding_dir`` (trained there first if needed); returns the co-localisation record (or the
-    embedding's ``{"finished": False, ...}`` if that stopped early)."""
-    if embedding_spec.data_source != spec.data_source:
-        raise ValueError(
-            f"the embedding is trained on {embedding_spec.data_source!r} digits but the images are "
-            f"{spec.data_source!r}: use one data source for both"
+    """One co-localisation run in ``run_dir`` (resuming). e(): with ``embedding_spec`` None, the finished
+    Table 1 CNN run in ``embedding_dir`` (``embedding=table1``); else the ``plain`` embedding run there,
+    trained first if needed. Returns the co-localisation record (or the plain embedding's
+    ``{"finished": False, ...}`` if that stopped early)."""
+    if embedding_spec is None:
+        embedding_record = read_table1_embedding(embedding_dir)
+    else:
+        if embedding_spec.data_source != spec.data_source:
+            raise ValueError(
+                f"the embedding is trained on {embedding_spec.data_source!r} digits but the images are "
+                f"{spec.data_source!r}: use one data source for both"
+            )
+        embedding_record = ensure_embedding(
+            embedding_spec,
+            embedding_settings,
+            embedding_dir,
+            config=config,
+            make_tracker=make_embedding_tracker,
+            log=log,
         )
-    embedding_record = ensure_embedding(
-        embedding_spec,
-        embedding_settings,
-        embedding_dir,
-        config=config,
-        make_tracker=make_embedding_tracker,
-        log=log,
-    )
-    if not embedding_record.get("finished"):
-        return embedding_record
+        if not embedding_record.get("finished"):
+            return embedding_record
 
     def prepare(device: torch.device) -> PreparedRun:
         return prepare_coloc_seed(

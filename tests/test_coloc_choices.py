@@ -1,0 +1,217 @@
+"""Co-localisation's e() as the paper's (a Table 1 CNN run), and the choices issue 46 measures: the logits-only
+weighting, the tuning draw, resampled negatives, the oracle start, and the loss-surface diagnostic."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from experiments.coloc import specs_from_config
+from stn_analysis.diagnostics.coloc_surface import relative_windows, window_iou
+from stn_repro.models.coloc import (
+    CnnEmbedding,
+    attention_boxes,
+    box_iou,
+    colocalisation_transformer,
+    combine_layers,
+)
+from stn_repro.models.mnist import build_mnist_model
+from stn_repro.tasks.coloc.embedding import load_embedding, read_table1_embedding
+from stn_repro.tasks.coloc.learner import (
+    ColocLearner,
+    _box_params,
+    random_crops,
+    random_negatives,
+    random_windows,
+)
+from stn_repro.tasks.coloc.task import ColocSpec, load_coloc_data, run_coloc_seed
+from stn_repro.training.settings import TrainSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMITTED_CNN = ROOT / "results" / "records" / "mnist_fast" / "r-cnn-none" / "seed1"
+COMMITTED_RTS_CNN = ROOT / "results" / "records" / "mnist_fast" / "rts-cnn-none" / "seed1"
+
+
+def compose_coloc(overrides):
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        return compose("coloc", overrides=overrides)
+
+
+def small_cnn():
+    torch.manual_seed(0)
+    model, _ = build_mnist_model("cnn", (1, 28, 28), param_budget=5000)
+    return model.classifier
+
+
+# --- e() ---------------------------------------------------------------------------------------------------------
+
+
+def test_the_logits_weighting_is_the_classification_layer_alone():
+    embedding = CnnEmbedding(small_cnn(), normalise="logits")
+    x = torch.rand(3, 1, 28, 28)
+    assert torch.equal(embedding(x), embedding.cnn(x))
+    parts = embedding.layers(x)
+    assert [p.shape[1] for p in parts][-1] == 10 and len(parts) == 3
+    assert torch.equal(combine_layers(parts, "none"), torch.cat(parts, dim=1))
+    assert embedding.input_side == 28
+
+
+def test_the_default_e_is_a_committed_table1_cnn_and_nothing_is_trained():
+    _, _, embedding_spec, embedding_settings, embedding_dir = specs_from_config(compose_coloc([]))
+    assert embedding_spec is None and embedding_settings is None
+    record = read_table1_embedding(embedding_dir)
+    assert (record["experiment"], record["model"], record["transform"]) == ("mnist", "cnn", None)
+    # embedding=plain keeps the suite's first reading: a CNN trained on undistorted digits.
+    _, _, plain_spec, plain_settings, plain_dir = specs_from_config(compose_coloc(["embedding=plain"]))
+    assert plain_spec is not None and plain_settings.iterations == 150_000 and "embedding" in plain_dir.parts
+
+
+@pytest.mark.skipif(not COMMITTED_CNN.is_dir(), reason="the committed fast R CNN record is absent")
+def test_a_table1_e_is_refused_clearly_when_it_is_not_a_finished_cnn(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no finished run"):
+        read_table1_embedding(tmp_path)
+    other = tmp_path / "fcn"
+    other.mkdir()
+    record = json.loads((COMMITTED_CNN / "record.json").read_text())
+    (other / "record.json").write_text(json.dumps({**record, "model": "fcn"}))
+    with pytest.raises(ValueError, match="not a Table 1 CNN"):
+        read_table1_embedding(other)
+    no_weights = tmp_path / "cnn"
+    no_weights.mkdir()
+    shutil.copy(COMMITTED_CNN / "record.json", no_weights / "record.json")
+    with pytest.raises(FileNotFoundError, match="weights"):
+        read_table1_embedding(no_weights)
+
+
+@pytest.mark.skipif(not COMMITTED_RTS_CNN.is_dir(), reason="the committed fast RTS CNN record is absent")
+def test_a_cnn_of_another_input_size_is_refused(tmp_path):
+    assert load_embedding(COMMITTED_RTS_CNN).input_side == 42
+    spec = ColocSpec(
+        data="coloc_t",
+        digit=3,
+        seed=1,
+        batch_size=4,
+        profile="smoke",
+        reduced_budget=True,
+        num_images=4,
+        data_source="synthetic",
+    )
+    settings = TrainSettings(iterations=2, lr=1e-3, log_every=1, eval_every=0, checkpoint_every=0)
+    with pytest.raises(ValueError, match="42x42"):
+        run_coloc_seed(
+            spec,
+            settings,
+            tmp_path / "run",
+            embedding_spec=None,
+            embedding_settings=None,
+            embedding_dir=COMMITTED_RTS_CNN,
+            log=lambda s: None,
+        )
+
+
+# --- the draws and the negatives ------------------------------------------------------------------------------------
+
+
+def test_the_tuning_draw_is_the_classes_next_images():
+    def spec(offset, count):
+        return ColocSpec(
+            data="coloc_t",
+            digit=4,
+            seed=1,
+            batch_size=2,
+            profile="smoke",
+            reduced_budget=True,
+            num_images=count,
+            image_offset=offset,
+            data_source="synthetic",
+        )
+
+    both, scored, tuning = (
+        load_coloc_data(spec(0, 20)),
+        load_coloc_data(spec(0, 10)),
+        load_coloc_data(spec(10, 10)),
+    )
+    assert torch.equal(both.indices, torch.cat([scored.indices, tuning.indices]))
+    assert not set(tuning.indices.tolist()) & set(scored.indices.tolist())  # other digits than Table 5's
+    with pytest.raises(ValueError, match="image_offset"):
+        spec(-1, 10)
+    with pytest.raises(ValueError, match="from its 10000-th on"):
+        load_coloc_data(spec(10_000, 10))
+
+
+def test_negatives_of_another_size_are_resampled_windows_and_equal_crops_at_the_output_size():
+    images = torch.rand(5, 1, 84, 84)
+    same = random_negatives(images, 28, 28, torch.Generator().manual_seed(3))
+    assert torch.equal(same, random_crops(images, 28, torch.Generator().manual_seed(3))[0])
+    wide = random_negatives(images, 42, 28, torch.Generator().manual_seed(3))
+    scales = torch.full((5,), 42 / 84)
+    assert wide.shape == (5, 1, 28, 28)
+    assert torch.equal(wide, random_windows(images, scales, 28, torch.Generator().manual_seed(3)))
+    # The whole image as the "crop": every output pixel's centre falls on the centre of every third pixel.
+    whole = random_negatives(images, 84, 28, torch.Generator().manual_seed(0))
+    assert torch.allclose(whole, images[..., 1::3, 1::3], atol=1e-5)
+
+
+# --- the oracle start ---------------------------------------------------------------------------------------------------
+
+
+def test_box_params_are_the_windows_of_the_boxes():
+    boxes = torch.tensor([[10.0, 20.0, 38.0, 48.0], [0.0, 56.0, 28.0, 84.0]])
+    assert torch.allclose(attention_boxes(_box_params(boxes, 84)), boxes, atol=1e-4)
+
+
+def test_the_oracle_start_fits_the_true_boxes_then_hands_over_to_the_hinge_loss():
+    torch.manual_seed(0)
+    images = torch.zeros(8, 1, 84, 84)
+    boxes = torch.zeros(8, 4)
+    for i in range(8):  # a bright 28 px square at a different place in each image
+        x0, y0 = 4 + 7 * i, 50 - 6 * i
+        images[i, 0, y0 : y0 + 28, x0 : x0 + 28] = 1.0
+        boxes[i] = torch.tensor([x0, y0, x0 + 28, y0 + 28], dtype=torch.float32)
+    transformer = colocalisation_transformer(0.95, scale_range=(0.25, 1.0), inside=True)
+    embedding = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 4)).requires_grad_(False)
+    settings = TrainSettings(iterations=300, lr=1e-2, log_every=100, eval_every=0, checkpoint_every=0)
+    learner = ColocLearner(
+        transformer,
+        embedding,
+        images,
+        settings,
+        batch_size=8,
+        seed=1,
+        oracle_boxes=boxes,
+        oracle_steps=300,
+    )
+    start = box_iou(attention_boxes(transformer.localisation(images)), boxes).mean().item()
+    losses = [learner.step().item() for _ in range(300)]
+    fitted = box_iou(attention_boxes(transformer.localisation(images)), boxes).mean().item()
+    assert losses[-1] < 0.1 * losses[0] and fitted > 0.6 > start
+    assert learner.optimizer.state_dict()["state"][0]["step"].item() == 300  # Adam's moments from the fit ...
+    learner.step()  # ... and the first hinge step starts it afresh (a new loss)
+    assert learner.steps == 301 and learner.optimizer.state_dict()["state"][0]["step"].item() == 1
+    with pytest.raises(ValueError, match="true boxes"):
+        ColocLearner(transformer, embedding, images, settings, batch_size=8, seed=1, oracle_steps=5)
+
+
+def test_oracle_runs_have_cells_of_their_own():
+    cfg = compose_coloc(["coloc.oracle_steps=500", "digit=5"])
+    spec = specs_from_config(cfg)[0]
+    assert spec.cell == cfg.cell == "coloc_t-oracle500-digit5"
+    assert specs_from_config(compose_coloc(["digit=5"]))[0].cell == "coloc_t-digit5"
+
+
+# --- the surface diagnostic ----------------------------------------------------------------------------------------------
+
+
+def test_surface_windows_are_placed_relative_to_each_box():
+    boxes = torch.tensor([[10.0, 20.0, 38.0, 48.0], [40.0, 0.0, 68.0, 28.0]])
+    grid, params = relative_windows(boxes)
+    true_index = grid.index((1.0, 0.0, 0.0))
+    assert torch.allclose(attention_boxes(params[true_index]), boxes, atol=1e-4)
+    assert window_iou(1.0, 0.0, 0.0) == pytest.approx(1.0)
+    assert window_iou(2.0, 0.0, 0.0) == pytest.approx(0.25)  # a window twice the side: a quarter of its area
+    assert window_iou(1.0, 14.0, 0.0) == pytest.approx(14 * 28 / (2 * 28 * 28 - 14 * 28))
