@@ -303,7 +303,7 @@ def test_every_coloc_config_composes_and_resolves(data, profile, source, embeddi
     assert spec.batch_size <= spec.num_images == 100
     if embedding == "table1":  # a finished Table 1 CNN run: nothing to train
         assert embedding_spec is None and embedding_settings is None
-        assert embedding_dir.parts[-3:] == ("mnist_fast", "r-cnn-none", "seed1")
+        assert embedding_dir.parts[-3:] == ("mnist_fast", "p-cnn-none", "seed1")
         return
     assert embedding_dir.parts[-4:] == ("embedding", cfg.trainer.profile, source, "seed1")
     assert embedding_settings.iterations == cfg.trainer.embedding.iterations
@@ -565,7 +565,7 @@ def test_the_table_has_every_class_the_mean_and_the_papers_numbers(runs, tmp_pat
     rows = coloc_rows(records)
     assert all(r["synthetic"] and r["profile"] == "smoke" for r in rows)
     [(csv_path, md_path)] = write_coloc_tables(records, tmp_path / "results", "smoke")
-    assert md_path.name == "coloc_table5_smoke_synthetic.md" and csv_path.exists()
+    assert md_path.name == "coloc_table5_smoke_plain_e_synthetic.md" and csv_path.exists()
     text = md_path.read_text()
     assert "SYNTHETIC" in text and "REDUCED BUDGET" in text and "| **mean** |" in text
     assert "(100)" in text and "(75-93)" in text and "not run (75-93)" in text

@@ -121,7 +121,7 @@ def test_coloc_runs_and_the_state_of_their_embedding(tmp_path, capsys, monkeypat
     assert main(["--experiment", "coloc", "--seeds", "1", *records]) == 0
     out = capsys.readouterr().out.splitlines()
     assert (
-        out[1] == "  embedding e(), the Table 1 CNN run: results/records/mnist_fast/r-cnn-none/seed1 finished"
+        out[1] == "  embedding e(), the Table 1 CNN run: results/records/mnist_fast/p-cnn-none/seed1 finished"
     )
     # embedding=plain: a run the first job trains, and its progress.
     monkeypatch.setattr(

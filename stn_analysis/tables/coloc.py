@@ -20,8 +20,13 @@ from stn_repro.training.records import run_commits
 COLOC_DATA = ("coloc_t", "coloc_tc")
 DEFAULT_NEGATIVES = "crop"  # configs/coloc.yaml's coloc.negatives: the runs Table 5 is made of
 DIGITS = tuple(range(10))
+# e()'s kind (stn_repro.tasks.coloc.embedding.EMBEDDING_KINDS): each kind has a table of its own, the paper's
+# (table1) under the plain name, the suite's first reading (plain: records made before the choice existed).
+TABLE_STEM_SUFFIX = {"table1": "", "plain": "_plain_e"}
 COLOC_CSV_COLUMNS = [
     "profile",
+    "embedding",
+    "embedding_data",
     "data",
     "digit",
     "synthetic",
@@ -38,6 +43,8 @@ COLOC_CSV_COLUMNS = [
     "reduced_budget",
     "embedding_test_error",
     "embedding_iterations",
+    "embedding_profile",
+    "embedding_run_dir",
     "embedding_wall_time_s",
     "embedding_devices",
     "embedding_commits",
@@ -63,6 +70,8 @@ def coloc_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             negatives = record.get("choices", {}).get("negatives", DEFAULT_NEGATIVES)
             key = (
                 record["profile"],
+                record["embedding"].get("kind", "plain"),
+                record["embedding"].get("data"),
                 bool(record.get("synthetic")),
                 record["data"],
                 record["digit"],
@@ -72,7 +81,9 @@ def coloc_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             )
             groups[key].append(record)
     rows = []
-    for (profile, synthetic, data, digit, negatives, _, _), runs in sorted(groups.items()):
+    for (profile, kind, embedding_data, synthetic, data, digit, negatives, _, _), runs in sorted(
+        groups.items(), key=lambda item: tuple(str(k) for k in item[0])
+    ):
         runs = sorted(runs, key=lambda r: r["seed"])
         localised = [100.0 - r["test_error"] for r in runs]
         paper = coloc_paper_localised(data)
@@ -81,6 +92,8 @@ def coloc_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         rows.append(
             {
                 "profile": profile,
+                "embedding": kind,
+                "embedding_data": embedding_data,
                 "data": data,
                 "digit": digit,
                 "synthetic": synthetic,
@@ -97,6 +110,8 @@ def coloc_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "reduced_budget": any(r["reduced_budget"] for r in runs),
                 "embedding_test_error": _single(r["embedding"]["test_error"] for r in runs),
                 "embedding_iterations": _single(r["embedding"].get("iterations") for r in runs),
+                "embedding_profile": _single(r["embedding"].get("profile") for r in runs),
+                "embedding_run_dir": _single(r["embedding"].get("run_dir") for r in runs),
                 # None: an embedding record is not among ``records`` (its cost is then not stated).
                 "embedding_wall_time_s": _single(e["wall_time_s"] for e in trained) if trained else None,
                 "embedding_devices": "; ".join(sorted({d for e in trained for d in launch_devices(e)}))
@@ -255,14 +270,30 @@ def coloc_markdown(
         f"{', '.join(sorted({str(r['iterations']) for r in rows}))} iterations of batch "
         f"{', '.join(sorted({str(r['batch_size']) for r in rows}))}; wall time "
         f"{sum(r['wall_time_s'] for r in rows) / 3600:.2f} h in total (the embedding's own training not counted here: next line).",
-        f"- Embedding e() (Sect. 2 CNN on undistorted digits): {', '.join(embedding)} % test error"
-        + (f" after {', '.join(embedding_iterations)} iterations" if embedding_iterations else "")
-        + f" (the Sect. 2 protocol: 150,000 of 256); {embedding_cost}.",
+        _embedding_line(rows, embedding, embedding_iterations, embedding_cost),
         f"- Commits: {', '.join(sorted({c for r in rows for c in r['commits'].split()}))}.",
         f"- Devices: {'; '.join(sorted({d for r in rows for d in r['devices'].split('; ')}))}.",
         f"- Made by `{table_command('coloc', profile, runs)}` from the run records.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _embedding_line(rows, errors: list[str], iterations: list[str], cost: str) -> str:
+    """What e() was: a Table 1 CNN run (the paper's) or the suite's CNN on undistorted digits."""
+    done = f" after {', '.join(iterations)} iterations" if iterations else ""
+    if {r["embedding"] for r in rows} == {"plain"}:
+        return (
+            f"- Embedding e() (Sect. 2 CNN on undistorted digits): {', '.join(errors)} % test error{done}"
+            f" (the Sect. 2 protocol: 150,000 of 256); {cost}."
+        )
+    sets = ", ".join(sorted({str(r["embedding_data"]).upper() for r in rows}))
+    profiles = ", ".join(sorted({f"`{r['embedding_profile']}`" for r in rows}))
+    runs = ", ".join(sorted({f"`{r['embedding_run_dir']}`" for r in rows}))
+    return (
+        f"- Embedding e() (the paper's: a Table 1 CNN, trained on distorted MNIST {sets} under {profiles}): "
+        f"{', '.join(errors)} % test error on {sets}{done} (the paper's protocol: 150,000 of 256); the run "
+        f"{runs}, trained once for Table 1 (its cost is Table 1's)."
+    )
 
 
 def _embedding_cost_text(rows: list[dict[str, Any]]) -> str:
@@ -317,16 +348,17 @@ def write_coloc_tables(
     runs: str | None = None,
     force: bool = False,
 ) -> list[tuple[Path, Path]]:
-    """Write ``coloc_table5_<profile>.{csv,md}`` (and ``..._synthetic`` for synthetic runs); return the pairs.
+    """Write ``coloc_table5_<profile>.{csv,md}`` for runs with the paper's e() (``..._plain_e`` for the old e(),
+    ``..._synthetic`` for synthetic runs); return the pairs.
     ``length``: the profile's (iterations, batch size), whose runs fill the cells (:func:`coloc_markdown`);
     ``force``: as :func:`~stn_analysis.tables.write.publish_table`."""
     rows = [r for r in coloc_rows(records) if r["profile"] == profile]
     if not rows:
         raise ValueError(f"no finished co-localisation runs of profile {profile!r}")
     written = []
-    for synthetic in sorted({r["synthetic"] for r in rows}):
-        stem = f"coloc_table5_{profile}" + ("_synthetic" if synthetic else "")
-        mine = [r for r in rows if r["synthetic"] == synthetic]
+    for synthetic, kind in sorted({(r["synthetic"], r["embedding"]) for r in rows}):
+        stem = f"coloc_table5_{profile}{TABLE_STEM_SUFFIX[kind]}" + ("_synthetic" if synthetic else "")
+        mine = [r for r in rows if (r["synthetic"], r["embedding"]) == (synthetic, kind)]
         markdown = coloc_markdown(mine, profile, synthetic, length, runs)
         written.append(publish_table(out_dir, stem, coloc_csv(mine), markdown, force))
     return written

@@ -30,6 +30,7 @@ STATUS_TABLES = (
     ("Table 4, MNIST addition", "addition_table4_paper"),
     ("Table 4, MNIST addition", "addition_table4_fast"),
     ("Table 5, co-localisation", "coloc_table5_paper"),
+    ("Table 5, co-localisation, the suite's first e() (undistorted digits)", "coloc_table5_paper_plain_e"),
 )
 STATUS_BEGIN = "<!-- status: made by `stn-table --status` from results/*.csv; do not edit by hand -->"
 STATUS_END = "<!-- status end -->"
