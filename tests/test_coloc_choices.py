@@ -215,3 +215,31 @@ def test_surface_windows_are_placed_relative_to_each_box():
     assert window_iou(1.0, 0.0, 0.0) == pytest.approx(1.0)
     assert window_iou(2.0, 0.0, 0.0) == pytest.approx(0.25)  # a window twice the side: a quarter of its area
     assert window_iou(1.0, 14.0, 0.0) == pytest.approx(14 * 28 / (2 * 28 * 28 - 14 * 28))
+
+
+@pytest.mark.skipif(
+    not (ROOT / "results/records/mnist_fast/p-cnn-none/seed1").is_dir(), reason="no committed P CNN"
+)
+def test_a_run_with_the_papers_e_names_it_and_inherits_its_reduced_budget(tmp_path):
+    from omegaconf import OmegaConf
+
+    cfg = compose_coloc(
+        ["profile=smoke", "data.source=synthetic", "logger=none", "coloc.num_images=8", "digit=1"]
+    )
+    OmegaConf.update(cfg, "paths.runs_dir", str(tmp_path))
+    spec, settings, embedding_spec, embedding_settings, embedding_dir = specs_from_config(cfg)
+    assert not spec.reduced_budget or spec.profile == "smoke"
+    record = run_coloc_seed(
+        spec,
+        settings,
+        tmp_path / "run",
+        embedding_spec=None,
+        embedding_settings=None,
+        embedding_dir=embedding_dir,
+        log=lambda s: None,
+    )
+    assert (
+        record["finished"] and record["embedding"]["kind"] == "table1" and record["embedding"]["data"] == "p"
+    )
+    assert record["embedding"]["profile"] == "fast" and record["reduced_budget"]  # e() had the fast budget
+    assert record["choices"]["image_offset"] == 0 and record["choices"]["oracle_steps"] == 0

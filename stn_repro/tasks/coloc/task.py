@@ -13,7 +13,7 @@ lock, weights, record, tracker, pictures).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -367,6 +367,8 @@ def run_coloc_seed(
     ``{"finished": False, ...}`` if that stopped early)."""
     if embedding_spec is None:
         embedding_record = read_table1_embedding(embedding_dir)
+        # A Table 1 CNN trained on fewer images than the paper's protocol makes this a reduced-budget run too.
+        spec = replace(spec, reduced_budget=spec.reduced_budget or bool(embedding_record.get("reduced_budget")))
     else:
         if embedding_spec.data_source != spec.data_source:
             raise ValueError(
