@@ -122,6 +122,8 @@ def specs_from_config(
         num_images=cfg.coloc.num_images,
         image_offset=cfg.coloc.image_offset,
         oracle_steps=cfg.coloc.oracle_steps,
+        extra_starts=tuple(tuple(float(v) for v in start) for start in cfg.coloc.extra_starts),
+        start_steps=cfg.coloc.start_steps,
         init_scale=float(cfg.coloc.init_scale),
         init_translation=tuple(float(t) for t in cfg.coloc.init_translation),
         scale_range=None if cfg.coloc.scale_range is None else tuple(float(v) for v in cfg.coloc.scale_range),

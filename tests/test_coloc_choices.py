@@ -243,3 +243,54 @@ def test_a_run_with_the_papers_e_names_it_and_inherits_its_reduced_budget(tmp_pa
     )
     assert record["embedding"]["profile"] == "fast" and record["reduced_budget"]  # e() had the fast budget
     assert record["choices"]["image_offset"] == 0 and record["choices"]["oracle_steps"] == 0
+
+
+def _squares(count=6):
+    images = torch.zeros(count, 1, 84, 84)
+    for i in range(count):
+        images[i, 0, 10 + 9 * i : 38 + 9 * i, 50 - 8 * i : 78 - 8 * i] = 1.0
+    return images
+
+
+def _multi_start(images, starts, start_steps=4):
+    from stn_repro.tasks.coloc.learner import MultiStartLearner
+
+    torch.manual_seed(0)
+    embedding = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 4)).requires_grad_(False)
+    settings = TrainSettings(iterations=8, lr=1e-2, log_every=1, eval_every=0, checkpoint_every=0)
+    candidates = [
+        ColocLearner(
+            colocalisation_transformer(s, (tx, ty)), embedding, images, settings, batch_size=6, seed=1
+        )
+        for s, tx, ty in starts
+    ]
+    return MultiStartLearner(candidates, start_steps)
+
+
+def test_several_starts_keep_the_lowest_loss_and_resume_exactly():
+    images = _squares()
+    starts = [(0.95, 0.0, 0.0), (0.5, 0.3, -0.3), (0.4, -0.4, 0.4)]
+    learner = _multi_start(images, starts)
+    sums = [0.0, 0.0, 0.0]
+    for _ in range(4):
+        learner.step()
+    assert learner.chosen is not None and len(learner.candidates) == 1
+    # The kept start is the one whose own loss was lowest over the last quarter of the start phase (step 4).
+    alone = [_multi_start(images, starts).candidates[k] for k in range(3)]
+    for k, candidate in enumerate(alone):
+        for _ in range(4):
+            loss = candidate.step().item()
+        sums[k] = loss
+    assert learner.chosen == min(range(3), key=sums.__getitem__)
+    kept = alone[learner.chosen].transformer.state_dict()
+    assert all(torch.equal(v, kept[k]) for k, v in learner.transformer.state_dict().items())
+    # Stopped in the start phase and resumed: the same as uninterrupted.
+    whole = _multi_start(images, starts)
+    losses = [whole.step().item() for _ in range(7)]
+    first = _multi_start(images, starts)
+    head = [first.step().item() for _ in range(2)]
+    resumed = _multi_start(images, starts)
+    resumed.load_state_dict(first.state_dict())
+    assert head + [resumed.step().item() for _ in range(5)] == losses
+    with pytest.raises(ValueError, match="two candidates"):
+        _multi_start(images, starts[:1])

@@ -371,3 +371,74 @@ class Localisation:
 
 
 LOCALISATION = Localisation()
+
+
+class MultiStartLearner:
+    """Several starts, the lowest loss kept: ``candidates`` (one :class:`ColocLearner` each, the same images,
+    settings and seed, transformers that differ only in where they start) all train for ``start_steps``
+    steps; then the one with the lowest mean loss over the last quarter of those steps is copied, with its
+    optimiser's state, into the first candidate (whose transformer is the run's model), and only it trains
+    on. Costs ``len(candidates) x start_steps`` steps more than one start."""
+
+    num_models = 1
+
+    def __init__(self, candidates: list[ColocLearner], start_steps: int):
+        if len(candidates) < 2 or start_steps < 1:
+            raise ValueError("several starts need at least two candidates and start_steps >= 1")
+        self.candidates, self.start_steps = candidates, int(start_steps)
+        self.images_per_step = candidates[0].images_per_step
+        self.device = candidates[0].device
+        self.steps, self.chosen = 0, None
+        self._recent = [0.0] * len(candidates)  # loss sums over the last quarter of the start phase
+        self.transformer = candidates[0].transformer
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.candidates[0].optimizer  # the loop sets its lr; step() passes it on
+
+    def step(self) -> Tensor:
+        if self.chosen is not None:
+            loss = self.candidates[0].step()
+            self.steps += 1
+            return loss
+        lrs = [group["lr"] for group in self.optimizer.param_groups]
+        losses = []
+        for candidate in self.candidates:
+            for group, lr in zip(candidate.optimizer.param_groups, lrs, strict=True):
+                group["lr"] = lr
+            losses.append(candidate.step())
+        self.steps += 1
+        if self.steps > self.start_steps - max(1, self.start_steps // 4):
+            self._recent = [total + float(loss) for total, loss in zip(self._recent, losses, strict=True)]
+        if self.steps == self.start_steps:
+            self._choose()
+        return torch.stack(losses).min().reshape(1)
+
+    def _choose(self) -> None:
+        self.chosen = min(range(len(self.candidates)), key=self._recent.__getitem__)
+        if self.chosen:
+            self.candidates[0].load_state_dict(self.candidates[self.chosen].state_dict())
+        self.candidates = self.candidates[:1]
+
+    def export(self) -> None:
+        pass
+
+    def evaluate(
+        self, eval_sets: dict[str, tuple[Tensor, Tensor]], batch_size: int
+    ) -> list[dict[str, float]]:
+        return self.candidates[0].evaluate(eval_sets, batch_size)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "steps": self.steps,
+            "chosen": self.chosen,
+            "recent": list(self._recent),
+            "candidates": [candidate.state_dict() for candidate in self.candidates],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.steps, self.chosen, self._recent = state["steps"], state["chosen"], list(state["recent"])
+        if self.chosen is not None:
+            self.candidates = self.candidates[:1]
+        for candidate, saved in zip(self.candidates, state["candidates"], strict=True):
+            candidate.load_state_dict(saved)

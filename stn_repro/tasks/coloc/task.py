@@ -52,6 +52,7 @@ from stn_repro.tasks.coloc.learner import (
     NEGATIVES,
     OPTIMIZERS,
     ColocLearner,
+    MultiStartLearner,
     negatives_label,
 )
 from stn_repro.tasks.coloc.pictures import BOX_HISTORY_NAME, boxes_picture
@@ -97,6 +98,10 @@ class ColocSpec:
     # boxes (squared error on (s, tx, ty)), then the hinge loss takes over. If the boxes then stay, the loss is
     # right and only the search fails.
     oracle_steps: int = 0
+    # Several starts, the lowest loss kept (MultiStartLearner): besides (init_scale, init_translation), each
+    # (s, tx, ty) of extra_starts trains for start_steps steps beside it; the lowest-loss one goes on.
+    extra_starts: tuple[tuple[float, float, float], ...] = ()
+    start_steps: int = 0
     data_source: str = "mnist"
     data_dir: Path | None = None
     device: str = "auto"
@@ -134,10 +139,13 @@ class ColocSpec:
                 f"need 2 <= batch_size <= num_images, got batch_size={self.batch_size}, "
                 f"num_images={self.num_images}"
             )
-        try:  # the start and the bounds agree (cheap: the net is tiny)
-            colocalisation_transformer(
-                self.init_scale, self.init_translation, scale_range=self.scale_range, inside=self.inside
-            )
+        if self.extra_starts and self.start_steps < 1:
+            raise ValueError("coloc.extra_starts needs coloc.start_steps >= 1 (how long every start trains)")
+        try:  # the starts and the bounds agree (cheap: the net is tiny)
+            for scale, *translation in [(self.init_scale, *self.init_translation), *self.extra_starts]:
+                colocalisation_transformer(
+                    scale, translation, scale_range=self.scale_range, inside=self.inside
+                )
         except ValueError as error:
             raise ValueError(f"coloc.init_scale / init_translation / scale_range / inside: {error}") from None
 
@@ -239,9 +247,20 @@ def prepare_coloc_seed(
     images, boxes = data.images.to(device), data.boxes.to(device)
     shown = slice(0, NUM_PICTURES)
     learners: list[ColocLearner] = []  # the picture reads the step count of the learner in use
+    others = [
+        colocalisation_transformer(scale, translation, scale_range=spec.scale_range, inside=spec.inside).to(
+            device
+        )
+        for scale, *translation in spec.extra_starts
+    ]
 
-    def make_learner(settings: TrainSettings) -> ColocLearner:
-        learner = ColocLearner(
+    def make_learner(settings: TrainSettings) -> ColocLearner | MultiStartLearner:
+        candidates = [one_learner(settings, t) for t in [transformer, *others]]
+        learners.append(candidates[0])
+        return candidates[0] if not others else MultiStartLearner(candidates, spec.start_steps)
+
+    def one_learner(settings: TrainSettings, transformer: SpatialTransformer) -> ColocLearner:
+        return ColocLearner(
             transformer,
             embedding,
             images,
@@ -256,8 +275,6 @@ def prepare_coloc_seed(
             oracle_boxes=boxes if spec.oracle_steps else None,
             oracle_steps=spec.oracle_steps,
         )
-        learners.append(learner)
-        return learner
 
     def figure():
         step = learners[-1].steps if learners else 0
@@ -307,6 +324,8 @@ def prepare_coloc_seed(
                 "window_from": spec.window_from,
                 "optimizer": spec.optimizer,
                 "oracle_steps": spec.oracle_steps,
+                "extra_starts": [list(start) for start in spec.extra_starts],
+                "start_steps": spec.start_steps,
             },
             "embedding": {
                 # table1: a Table 1 CNN on distorted MNIST (the paper's); plain: the CNN on undistorted digits
@@ -368,7 +387,9 @@ def run_coloc_seed(
     if embedding_spec is None:
         embedding_record = read_table1_embedding(embedding_dir)
         # A Table 1 CNN trained on fewer images than the paper's protocol makes this a reduced-budget run too.
-        spec = replace(spec, reduced_budget=spec.reduced_budget or bool(embedding_record.get("reduced_budget")))
+        spec = replace(
+            spec, reduced_budget=spec.reduced_budget or bool(embedding_record.get("reduced_budget"))
+        )
     else:
         if embedding_spec.data_source != spec.data_source:
             raise ValueError(
