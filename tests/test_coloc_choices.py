@@ -227,7 +227,7 @@ def test_a_run_with_the_papers_e_names_it_and_inherits_its_reduced_budget(tmp_pa
         ["profile=smoke", "data.source=synthetic", "logger=none", "coloc.num_images=8", "digit=1"]
     )
     OmegaConf.update(cfg, "paths.runs_dir", str(tmp_path))
-    spec, settings, embedding_spec, embedding_settings, embedding_dir = specs_from_config(cfg)
+    spec, settings, _, _, embedding_dir = specs_from_config(cfg)
     assert not spec.reduced_budget or spec.profile == "smoke"
     record = run_coloc_seed(
         spec,
