@@ -322,10 +322,11 @@ def test_paper_profile_is_what_the_config_says():
         0.01,
     )
     assert embedding_settings.lr_step_every == 50_000 and embedding_spec.param_budget == 400_000
-    # Co-localisation: all 100 images every step, Adam, a constant lr, starting about the identity attention,
-    # the window bounded (21-84 px, inside the image), e() at unit length.
+    # Co-localisation: all 100 images every step, Adam at 0.01, a constant lr, starting next to the identity
+    # attention, the paper's plain (unbounded) attention, e() at unit length.
     assert (spec.num_images, spec.batch_size, spec.optimizer, spec.init_scale) == (100, 100, "adam", 0.95)
-    assert (spec.scale_range, spec.inside, spec.embedding_norm) == ((0.25, 1.0), True, "unit")
+    assert (spec.scale_range, spec.inside, spec.embedding_norm) == (None, False, "unit")
+    assert settings.lr == 0.01 and (spec.extra_starts, spec.oracle_steps, spec.image_offset) == ((), 0, 0)
     assert settings.lr_step_every >= settings.iterations and not spec.reduced_budget
     assert (spec.margin, spec.crop_size) == (1.0, 28)
 
@@ -338,7 +339,9 @@ def test_a_wrong_set_or_digit_is_refused_clearly():
     with pytest.raises(ValueError, match="batch_size"):
         specs_from_config(compose_coloc(["trainer.batch_size=101"]))
     with pytest.raises(ValueError, match="strictly inside"):
-        specs_from_config(compose_coloc(["coloc.init_scale=1.0"]))
+        specs_from_config(compose_coloc(["coloc.init_scale=1.0", "coloc.scale_range=[0.25,1.0]"]))
+    with pytest.raises(ValueError, match="start_steps"):
+        specs_from_config(compose_coloc(["coloc.extra_starts=[[0.5,0.0,0.0]]"]))
 
 
 # --- runs ------------------------------------------------------------------------------------------------------
