@@ -294,3 +294,18 @@ def test_several_starts_keep_the_lowest_loss_and_resume_exactly():
     assert head + [resumed.step().item() for _ in range(5)] == losses
     with pytest.raises(ValueError, match="two candidates"):
         _multi_start(images, starts[:1])
+
+
+def test_the_search_probe_reports_the_boxes_as_it_trains(monkeypatch, capsys):
+    from stn_analysis.diagnostics import coloc_search
+
+    images = _squares()
+    boxes = torch.tensor(
+        [[50 - 8 * i, 10 + 9 * i, 78 - 8 * i, 38 + 9 * i] for i in range(6)], dtype=torch.float32
+    )
+    embedding = CnnEmbedding(small_cnn(), normalise="unit")
+    line = coloc_search.search(embedding, (images * 255).to(torch.uint8), boxes, "free0.95_lr1e-2", steps=4)
+    parts = line.split(" | ")
+    assert line.startswith("free0.95_lr1e-2 (") and len(parts) == 4 and parts[-1].startswith("4: side ")
+    with pytest.raises(SystemExit):
+        coloc_search.main(["--variants", "nope"])
