@@ -25,7 +25,7 @@ from stn_repro.tasks.coloc.learner import ColocLearner
 from stn_repro.training.settings import TrainSettings
 
 BOUNDED = {"scale_range": (0.25, 1.0), "inside": True}
-# name -> (transformer keywords, lr, optimiser, images per step)
+# name -> (transformer keywords, lr, optimiser, images per step[, negatives: crop unless given])
 VARIANTS = {
     "bounded0.95_lr1e-3": ({"init_scale": 0.95, **BOUNDED}, 1e-3, "adam", 100),
     "bounded0.95_lr1e-2": ({"init_scale": 0.95, **BOUNDED}, 1e-2, "adam", 100),
@@ -35,6 +35,9 @@ VARIANTS = {
     "free0.6_lr1e-2": ({"init_scale": 0.6}, 1e-2, "adam", 100),
     "free0.45_lr1e-2": ({"init_scale": 0.45}, 1e-2, "adam", 100),
     "free0.95_sgd_b16_lr1e-1": ({"init_scale": 0.95}, 1e-1, "sgd", 16),
+    # I_n^rand a window of the transformer's own scale (coloc.negatives=window), not a 28 px crop
+    "free0.95_lr1e-2_window": ({"init_scale": 0.95}, 1e-2, "adam", 100, "window"),
+    "bounded0.95_lr1e-2_window": ({"init_scale": 0.95, **BOUNDED}, 1e-2, "adam", 100, "window"),
 }
 DEFAULT_EMBEDDING = Path("results/records/mnist_fast/p-cnn-none/seed1")
 
@@ -43,7 +46,7 @@ def search(
     embedding, images: torch.Tensor, boxes: torch.Tensor, variant: str, steps: int, seed: int = 101
 ) -> str:
     """One variant's line: the boxes four times over ``steps`` steps."""
-    keywords, lr, optimizer, batch = VARIANTS[variant]
+    keywords, lr, optimizer, batch, *negatives = VARIANTS[variant]
     torch.manual_seed(seed)
     transformer = colocalisation_transformer(**keywords)
     settings = TrainSettings(
