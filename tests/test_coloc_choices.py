@@ -309,3 +309,22 @@ def test_the_search_probe_reports_the_boxes_as_it_trains(monkeypatch, capsys):
     assert line.startswith("free0.95_lr1e-2 (") and len(parts) == 4 and parts[-1].startswith("4: side ")
     with pytest.raises(SystemExit):
         coloc_search.main(["--variants", "nope"])
+
+
+def test_the_search_probes_negatives_reach_the_learner(monkeypatch):
+    from stn_analysis.diagnostics import coloc_search
+
+    seen = []
+    original = coloc_search.ColocLearner
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("negatives"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(coloc_search, "ColocLearner", spy)
+    images = (_squares() * 255).to(torch.uint8)
+    boxes = torch.zeros(6, 4)
+    embedding = CnnEmbedding(small_cnn(), normalise="unit")
+    for variant in ("free0.95_lr1e-2", "free0.95_lr1e-2_window"):
+        coloc_search.search(embedding, images, boxes, variant, steps=1)
+    assert seen == ["crop", "window"]

@@ -60,6 +60,7 @@ def search(
         batch_size=min(batch, len(images)),
         seed=seed,
         optimizer=optimizer,
+        negatives=negatives[0] if negatives else "crop",
     )
     x = images.float() / 255.0
     started, out = time.time(), []
