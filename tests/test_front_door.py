@@ -72,7 +72,10 @@ def test_every_committed_table_is_registered():
             "paper": ["mnist_table1_paper", "mnist_table1_paper_width_ranges"],
         },
         # The records of the suite's first e() (a CNN on undistorted digits) make their own tables.
-        "coloc": {"fast": ["coloc_table5_fast_plain_e"], "paper": ["coloc_table5_paper_plain_e", "coloc_table5_paper"]},
+        "coloc": {
+            "fast": ["coloc_table5_fast_plain_e"],
+            "paper": ["coloc_table5_paper_plain_e", "coloc_table5_paper"],
+        },
     }
     stems = set()
     for table in COMMITTED_TABLES:

@@ -32,8 +32,12 @@ COMMITTED_TABLES = (
     CommittedTable("addition", "results/records/addition_paper", "paper"),
     CommittedTable("addition", "results/records/addition_quick", "quick"),
     CommittedTable("coloc", "results/records/coloc_fast", "fast"),
-    CommittedTable("coloc", "results/records/coloc_paper", "paper"),  # the first e(): coloc_table5_paper_plain_e
-    CommittedTable("coloc", "results/records/coloc_paper_table1_e", "paper"),  # the paper's e(): coloc_table5_paper
+    CommittedTable(
+        "coloc", "results/records/coloc_paper", "paper"
+    ),  # the first e(): coloc_table5_paper_plain_e
+    CommittedTable(
+        "coloc", "results/records/coloc_paper_table1_e", "paper"
+    ),  # the paper's e(): coloc_table5_paper
     CommittedTable("svhn", "results/records/svhn_quick", "quick"),
     CommittedTable("cub", "results/records/cub_quick", "quick"),
 )
