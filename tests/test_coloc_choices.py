@@ -42,6 +42,21 @@ def compose_coloc(overrides):
         return compose("coloc", overrides=overrides)
 
 
+def synthetic_spec(**changes) -> ColocSpec:
+    """A small co-localisation spec on the synthetic digits (no real MNIST needed)."""
+    fields = {
+        "data": "coloc_t",
+        "digit": 3,
+        "seed": 1,
+        "batch_size": 2,
+        "profile": "smoke",
+        "reduced_budget": True,
+        "num_images": 4,
+        "data_source": "synthetic",
+    }
+    return ColocSpec(**{**fields, **changes})
+
+
 def small_cnn():
     torch.manual_seed(0)
     model, _ = build_mnist_model("cnn", (1, 28, 28), param_budget=5000)
@@ -91,16 +106,7 @@ def test_a_table1_e_is_refused_clearly_when_it_is_not_a_finished_cnn(tmp_path):
 @pytest.mark.skipif(not COMMITTED_RTS_CNN.is_dir(), reason="the committed fast RTS CNN record is absent")
 def test_a_cnn_of_another_input_size_is_refused(tmp_path):
     assert load_embedding(COMMITTED_RTS_CNN).input_side == 42
-    spec = ColocSpec(
-        data="coloc_t",
-        digit=3,
-        seed=1,
-        batch_size=4,
-        profile="smoke",
-        reduced_budget=True,
-        num_images=4,
-        data_source="synthetic",
-    )
+    spec = synthetic_spec(batch_size=4)
     settings = TrainSettings(iterations=2, lr=1e-3, log_every=1, eval_every=0, checkpoint_every=0)
     with pytest.raises(ValueError, match="42x42"):
         run_coloc_seed(
@@ -119,17 +125,7 @@ def test_a_cnn_of_another_input_size_is_refused(tmp_path):
 
 def test_the_tuning_draw_is_the_classes_next_images():
     def spec(offset, count):
-        return ColocSpec(
-            data="coloc_t",
-            digit=4,
-            seed=1,
-            batch_size=2,
-            profile="smoke",
-            reduced_budget=True,
-            num_images=count,
-            image_offset=offset,
-            data_source="synthetic",
-        )
+        return synthetic_spec(digit=4, num_images=count, image_offset=offset)
 
     both, scored, tuning = (
         load_coloc_data(spec(0, 20)),

@@ -192,13 +192,15 @@ def main(argv: list[str] | None = None) -> int:
                 else "missing: train it or commit it"
             )
             print(f"  embedding e(), the Table 1 CNN run: {embedding} {state}")
-    if args.experiment == "coloc" and missing and kind == "plain":
-        print(f"  embedding e(), trained by the first job that needs it: {embedding} {run_state(embedding)}")
-        committed = RECORDS / f"coloc_{args.profile}" / "embedding"
-        if read_finished_record(embedding) is None and read_finished_record(committed) is not None:
+        else:
             print(
-                f"  (or add embedding.run_dir={committed.relative_to(PROJECT_ROOT)} to each: the committed e(), trained once)"
+                f"  embedding e(), trained by the first job that needs it: {embedding} {run_state(embedding)}"
             )
+            committed = RECORDS / f"coloc_{args.profile}" / "embedding"
+            if read_finished_record(embedding) is None and read_finished_record(committed) is not None:
+                print(
+                    f"  (or add embedding.run_dir={committed.relative_to(PROJECT_ROOT)} to each: the committed e(), trained once)"
+                )
     for run in missing:
         resumes = "" if run.resumes_at is None else f"  # resumes at iteration {run.resumes_at:,}"
         if run.other_settings:
