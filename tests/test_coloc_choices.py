@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -239,6 +240,27 @@ def test_a_run_with_the_papers_e_names_it_and_inherits_its_reduced_budget(tmp_pa
     )
     assert record["embedding"]["profile"] == "fast" and record["reduced_budget"]  # e() had the fast budget
     assert record["choices"]["image_offset"] == 0 and record["choices"]["oracle_steps"] == 0
+
+    # The folder is named by the cell only: run again, the same setup is the finished run; another setup
+    # (a choice or e()) is refused rather than reported as the old run.
+    def again(changed_spec, changed_embedding_dir=embedding_dir):
+        return run_coloc_seed(
+            changed_spec,
+            settings,
+            tmp_path / "run",
+            embedding_spec=None,
+            embedding_settings=None,
+            embedding_dir=changed_embedding_dir,
+            log=lambda s: None,
+        )
+
+    assert again(spec)["test_error"] == record["test_error"]
+    with pytest.raises(ValueError, match=r"another setup \(init: .*0\.8.*paths.runs_dir"):
+        again(replace(spec, init_scale=0.8))
+    other_e = tmp_path / "other_e"
+    shutil.copytree(COMMITTED_CNN, other_e)
+    with pytest.raises(ValueError, match=r"e\(\): weights .* there"):
+        again(spec, other_e)
 
 
 def _squares(count=6):

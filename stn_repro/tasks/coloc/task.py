@@ -12,6 +12,7 @@ lock, weights, record, tracker, pictures).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -57,6 +58,7 @@ from stn_repro.tasks.coloc.learner import (
 )
 from stn_repro.tasks.coloc.pictures import BOX_HISTORY_NAME, boxes_picture
 from stn_repro.tracking import Tracker
+from stn_repro.training.run_folder import read_finished_record
 from stn_repro.training.runs import PreparedRun, run_seed
 from stn_repro.training.settings import TrainSettings
 from stn_repro.training.weights import WEIGHTS_NAME, load_trained
@@ -308,25 +310,7 @@ def prepare_coloc_seed(
             # test_error is the % NOT localised; the paper's 100% localised on T is 0.0 here. TC: a range.
             "paper_error": None if paper["low"] != paper["high"] else 100.0 - paper["high"],
             "paper_localised": paper,
-            "choices": {
-                "num_images": spec.num_images,
-                "image_offset": spec.image_offset,
-                "images": "num_images of the digit class from its image_offset-th on, in the stored test set's order",
-                "init": {"scale": spec.init_scale, "translation": list(spec.init_translation)},
-                "scale_range": None if spec.scale_range is None else list(spec.scale_range),
-                "inside": spec.inside,
-                "embedding_norm": spec.embedding_norm,
-                "batch_size": spec.batch_size,
-                "pairs_per_step": spec.batch_size * (spec.batch_size - 1),
-                "margin": spec.margin,
-                "crop_size": spec.crop_size,
-                "negatives": spec.negatives_label,
-                "window_from": spec.window_from,
-                "optimizer": spec.optimizer,
-                "oracle_steps": spec.oracle_steps,
-                "extra_starts": [list(start) for start in spec.extra_starts],
-                "start_steps": spec.start_steps,
-            },
+            "choices": coloc_choices(spec),
             "embedding": {
                 # table1: a Table 1 CNN on distorted MNIST (the paper's); plain: the CNN on undistorted digits
                 "kind": "plain" if embedding_record.get("experiment") == "coloc_embedding" else "table1",
@@ -360,6 +344,58 @@ def prepare_coloc_seed(
         figure=figure,
         make_learner=make_learner,
     )
+
+
+def coloc_choices(spec: ColocSpec) -> dict[str, Any]:
+    """The run's open choices as its record keeps them (``record["choices"]``)."""
+    return {
+        "num_images": spec.num_images,
+        "image_offset": spec.image_offset,
+        "images": "num_images of the digit class from its image_offset-th on, in the stored test set's order",
+        "init": {"scale": spec.init_scale, "translation": list(spec.init_translation)},
+        "scale_range": None if spec.scale_range is None else list(spec.scale_range),
+        "inside": spec.inside,
+        "embedding_norm": spec.embedding_norm,
+        "batch_size": spec.batch_size,
+        "pairs_per_step": spec.batch_size * (spec.batch_size - 1),
+        "margin": spec.margin,
+        "crop_size": spec.crop_size,
+        "negatives": spec.negatives_label,
+        "window_from": spec.window_from,
+        "optimizer": spec.optimizer,
+        "oracle_steps": spec.oracle_steps,
+        "extra_starts": [list(start) for start in spec.extra_starts],
+        "start_steps": spec.start_steps,
+    }
+
+
+def refuse_other_finished_run(run_dir: Path, spec: ColocSpec, embedding_dir: Path) -> None:
+    """Refuse, naming the fix, a finished run in ``run_dir`` made with other choices or another e().
+
+    The folder is named by the cell (set, class, negatives), not by every choice or by e(), so a finished
+    run of an older setup (e.g. ``embedding=plain``, the first default) would otherwise be taken as this
+    run and its record reported as this setup's. e() is compared by its weights' checksum. Choices an old
+    record lacks (added later, with the old behaviour as their default) are not compared.
+    """
+    record = read_finished_record(Path(run_dir))
+    if record is None:
+        return
+    theirs, ours = record.get("choices") or {}, json.loads(json.dumps(coloc_choices(spec)))
+    differ = [
+        f"{key}: {theirs[key]!r} there, {ours[key]!r} here"
+        for key in ours
+        if key in theirs and theirs[key] != ours[key]
+    ]
+    their_weights = (record.get("embedding") or {}).get("weights_sha256")
+    our_weights = Path(embedding_dir) / WEIGHTS_NAME
+    if their_weights and our_weights.is_file() and file_sha256(our_weights) != their_weights:
+        differ.append(f"e(): weights {their_weights[:12]}... there, {embedding_dir}'s here")
+    if differ:
+        raise ValueError(
+            f"{run_dir} holds a finished run of {record.get('cell')} seed {record.get('seed')} made with another "
+            f"setup ({'; '.join(differ)}): it would be reported as this one. Move that folder away, or give this "
+            "setup a runs folder of its own (paths.runs_dir=... or STN_RUNS=...)"
+        )
 
 
 def embedding_dim(embedding: CnnEmbedding, device: torch.device) -> int:
@@ -406,6 +442,8 @@ def run_coloc_seed(
         )
         if not embedding_record.get("finished"):
             return embedding_record
+
+    refuse_other_finished_run(run_dir, spec, embedding_dir)
 
     def prepare(device: torch.device) -> PreparedRun:
         return prepare_coloc_seed(
