@@ -270,7 +270,7 @@ def _squares(count=6):
     return images
 
 
-def _multi_start(images, starts, start_steps=4):
+def _multi_start(images, starts, start_steps=4, on_choose=None):
     from stn_repro.tasks.coloc.learner import MultiStartLearner
 
     torch.manual_seed(0)
@@ -282,7 +282,7 @@ def _multi_start(images, starts, start_steps=4):
         )
         for s, tx, ty in starts
     ]
-    return MultiStartLearner(candidates, start_steps)
+    return MultiStartLearner(candidates, start_steps, on_choose)
 
 
 def test_several_starts_keep_the_lowest_loss_and_resume_exactly():
@@ -310,6 +310,15 @@ def test_several_starts_keep_the_lowest_loss_and_resume_exactly():
     resumed = _multi_start(images, starts)
     resumed.load_state_dict(first.state_dict())
     assert head + [resumed.step().item() for _ in range(5)] == losses
+    # The choice is told once it is made (for the record), and again to a run resumed after it.
+    told = []
+    chooser = _multi_start(images, starts, on_choose=lambda *choice: told.append(choice))
+    for _ in range(4):
+        chooser.step()
+    assert told == [(learner.chosen, sums)]
+    after = _multi_start(images, starts, on_choose=lambda *choice: told.append(choice))
+    after.load_state_dict(chooser.state_dict())
+    assert told[1] == told[0] and after.chosen == learner.chosen
     with pytest.raises(ValueError, match="two candidates"):
         _multi_start(images, starts[:1])
 
@@ -346,3 +355,33 @@ def test_the_search_probes_negatives_reach_the_learner(monkeypatch):
     for variant in ("free0.95_lr1e-2", "free0.95_lr1e-2_window"):
         coloc_search.search(embedding, images, boxes, variant, steps=1)
     assert seen == ["crop", "window"]
+
+
+def test_a_run_of_several_starts_records_which_start_it_kept(tmp_path):
+    from omegaconf import OmegaConf
+
+    cfg = compose_coloc(
+        [
+            "profile=smoke",
+            "data.source=synthetic",
+            "logger=none",
+            "coloc.num_images=8",
+            "coloc.extra_starts=[[0.5,0.25,-0.25]]",
+            "coloc.start_steps=2",
+        ]
+    )
+    OmegaConf.update(cfg, "paths.runs_dir", str(tmp_path))
+    spec, settings, _, _, embedding_dir = specs_from_config(cfg)
+    record = run_coloc_seed(
+        spec,
+        settings,
+        tmp_path / "run",
+        embedding_spec=None,
+        embedding_settings=None,
+        embedding_dir=embedding_dir,
+        log=lambda s: None,
+    )
+    kept = record["start_kept"]
+    assert kept["start"] == [[0.95, 0.0, 0.0], [0.5, 0.25, -0.25]][kept["index"]]
+    assert len(kept["mean_losses"]) == 2 and kept["mean_losses"][kept["index"]] == min(kept["mean_losses"])
+    assert json.loads((tmp_path / "run" / "record.json").read_text())["start_kept"] == kept

@@ -8,6 +8,7 @@ frozen embedding ``e()`` of its crops agree with each other more than with a ran
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -378,14 +379,22 @@ class MultiStartLearner:
     settings and seed, transformers that differ only in where they start) all train for ``start_steps``
     steps; then the one with the lowest mean loss over the last quarter of those steps is copied, with its
     optimiser's state, into the first candidate (whose transformer is the run's model), and only it trains
-    on. Costs ``len(candidates) x start_steps`` steps more than one start."""
+    on. Costs ``len(candidates) x start_steps`` steps more than one start. ``on_choose(index, mean_losses)``
+    is told the choice (the candidate's index and every candidate's mean loss over the last quarter), also
+    when a resumed run had made it before."""
 
     num_models = 1
 
-    def __init__(self, candidates: list[ColocLearner], start_steps: int):
+    def __init__(
+        self,
+        candidates: list[ColocLearner],
+        start_steps: int,
+        on_choose: Callable[[int, list[float]], None] | None = None,
+    ):
         if len(candidates) < 2 or start_steps < 1:
             raise ValueError("several starts need at least two candidates and start_steps >= 1")
         self.candidates, self.start_steps = candidates, int(start_steps)
+        self.on_choose = on_choose
         self.images_per_step = candidates[0].images_per_step
         self.device = candidates[0].device
         self.steps, self.chosen = 0, None
@@ -419,6 +428,12 @@ class MultiStartLearner:
         if self.chosen:
             self.candidates[0].load_state_dict(self.candidates[self.chosen].state_dict())
         self.candidates = self.candidates[:1]
+        self._tell_choice()
+
+    def _tell_choice(self) -> None:
+        if self.on_choose is not None:
+            quarter = max(1, self.start_steps // 4)
+            self.on_choose(self.chosen, [total / quarter for total in self._recent])
 
     def export(self) -> None:
         pass
@@ -442,3 +457,5 @@ class MultiStartLearner:
             self.candidates = self.candidates[:1]
         for candidate, saved in zip(self.candidates, state["candidates"], strict=True):
             candidate.load_state_dict(saved)
+        if self.chosen is not None:
+            self._tell_choice()

@@ -259,7 +259,17 @@ def prepare_coloc_seed(
     def make_learner(settings: TrainSettings) -> ColocLearner | MultiStartLearner:
         candidates = [one_learner(settings, t) for t in [transformer, *others]]
         learners.append(candidates[0])
-        return candidates[0] if not others else MultiStartLearner(candidates, spec.start_steps)
+        if not others:
+            return candidates[0]
+        return MultiStartLearner(candidates, spec.start_steps, on_choose=record_start)
+
+    def record_start(index: int, mean_losses: list[float]) -> None:
+        starts = [[spec.init_scale, *spec.init_translation], *(list(start) for start in spec.extra_starts)]
+        record["start_kept"] = {
+            "start": starts[index],
+            "index": index,
+            "mean_losses": [round(loss, 6) for loss in mean_losses],  # over each start's last quarter
+        }
 
     def one_learner(settings: TrainSettings, transformer: SpatialTransformer) -> ColocLearner:
         return ColocLearner(
@@ -285,6 +295,37 @@ def prepare_coloc_seed(
     param_count = count_params(transformer)
     paper = coloc_paper_localised(spec.data)
     synthetic = " | SYNTHETIC digits" if spec.synthetic else ""
+    record = {
+        "experiment": "coloc",
+        "data": spec.data,
+        "digit": spec.digit,
+        "model": "attention_st",
+        "transform": "attention",
+        "synthetic": spec.synthetic,
+        # test_error is the % NOT localised; the paper's 100% localised on T is 0.0 here. TC: a range.
+        "paper_error": None if paper["low"] != paper["high"] else 100.0 - paper["high"],
+        "paper_localised": paper,
+        "choices": coloc_choices(spec),
+        "embedding": {
+            # table1: a Table 1 CNN on distorted MNIST (the paper's); plain: the CNN on undistorted digits
+            "kind": "plain" if embedding_record.get("experiment") == "coloc_embedding" else "table1",
+            "data": embedding_record.get("data"),
+            "run_dir": str(embedding_dir),
+            "test_error": embedding_record["test_error"],
+            "profile": embedding_record["profile"],
+            "iterations": embedding_record["iterations"],
+            "param_count": embedding_record["param_count"],
+            "weights_sha256": file_sha256(Path(embedding_dir) / WEIGHTS_NAME),
+            "dim": embedding_dim(embedding, device),
+        },
+        "test_set": {
+            "source": "synthetic" if spec.synthetic else spec.set_name,
+            "size": len(images),
+            "indices_first": data.indices[:5].tolist(),
+            "sha256": data.checksum,
+            "generator_version": GENERATOR_VERSION,
+        },
+    }
     return PreparedRun(
         cell=spec.cell,
         seed=spec.seed,
@@ -300,37 +341,7 @@ def prepare_coloc_seed(
             f"error) | {device} | "
             f"profile {spec.profile}{synthetic}"
         ),
-        record={
-            "experiment": "coloc",
-            "data": spec.data,
-            "digit": spec.digit,
-            "model": "attention_st",
-            "transform": "attention",
-            "synthetic": spec.synthetic,
-            # test_error is the % NOT localised; the paper's 100% localised on T is 0.0 here. TC: a range.
-            "paper_error": None if paper["low"] != paper["high"] else 100.0 - paper["high"],
-            "paper_localised": paper,
-            "choices": coloc_choices(spec),
-            "embedding": {
-                # table1: a Table 1 CNN on distorted MNIST (the paper's); plain: the CNN on undistorted digits
-                "kind": "plain" if embedding_record.get("experiment") == "coloc_embedding" else "table1",
-                "data": embedding_record.get("data"),
-                "run_dir": str(embedding_dir),
-                "test_error": embedding_record["test_error"],
-                "profile": embedding_record["profile"],
-                "iterations": embedding_record["iterations"],
-                "param_count": embedding_record["param_count"],
-                "weights_sha256": file_sha256(Path(embedding_dir) / WEIGHTS_NAME),
-                "dim": embedding_dim(embedding, device),
-            },
-            "test_set": {
-                "source": "synthetic" if spec.synthetic else spec.set_name,
-                "size": len(images),
-                "indices_first": data.indices[:5].tolist(),
-                "sha256": data.checksum,
-                "generator_version": GENERATOR_VERSION,
-            },
-        },
+        record=record,
         weights={
             "kind": "coloc_attention",
             "init_scale": spec.init_scale,
