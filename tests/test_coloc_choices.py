@@ -214,6 +214,29 @@ def test_surface_windows_are_placed_relative_to_each_box():
     assert window_iou(1.0, 14.0, 0.0) == pytest.approx(14 * 28 / (2 * 28 * 28 - 14 * 28))
 
 
+def test_surface_scores_each_negatives_size_and_the_empty_view():
+    from stn_analysis.diagnostics.coloc_surface import summarise, surface
+
+    embedding = CnnEmbedding(small_cnn(), normalise="none")
+    images = (_squares(4) * 255).to(torch.uint8)
+    boxes = torch.tensor([[50.0 - 8 * i, 10.0 + 9 * i, 78.0 - 8 * i, 38.0 + 9 * i] for i in range(4)])
+    result = surface(embedding, images, boxes, ["unit"], seed=3, crop_sizes=(28, 56))
+    assert set(result["by_crop"]) == {28, 56} and len(result["by_crop"][28]["unit"]["losses"]) == 81
+    # The empty view is the same for every image, so every pair agrees: loss = mean_n max(0, 1 - |z0 - r_n|^2).
+    x = images.float() / 255.0
+    for crop in (28, 56):
+        r = combine_layers(
+            embedding.layers(random_negatives(x, crop, 28, torch.Generator().manual_seed(3))), "unit"
+        )
+        z0 = combine_layers(embedding.layers(torch.zeros(1, 1, 28, 28)), "unit")
+        expected = torch.relu(1 - (z0 - r).pow(2).sum(1)).mean().item()
+        assert result["by_crop"][crop]["unit"]["empty"] == pytest.approx(expected, rel=1e-5)
+    assert result["by_crop"][28]["unit"]["losses"] != result["by_crop"][56]["unit"]["losses"]
+    summary = summarise({5: result}, "unit", 56)
+    assert summary["rows"][0][-1] == result["by_crop"][56]["unit"]["empty"]
+    assert summary["true_below_empty"] in (0, 1)
+
+
 @pytest.mark.skipif(
     not (ROOT / "results/records/mnist_fast/p-cnn-none/seed1").is_dir(), reason="no committed P CNN"
 )
