@@ -35,6 +35,7 @@ VARIANTS = {
     "free0.6_lr1e-2": ({"init_scale": 0.6}, 1e-2, "adam", 100),
     "free0.45_lr1e-2": ({"init_scale": 0.45}, 1e-2, "adam", 100),
     "free0.95_sgd_b16_lr1e-1": ({"init_scale": 0.95}, 1e-1, "sgd", 16),
+    "free0.95_sgd_b16_lr1e-2": ({"init_scale": 0.95}, 1e-2, "sgd", 16),
     # I_n^rand a window of the transformer's own scale (coloc.negatives=window), not a 28 px crop
     "free0.95_lr1e-2_window": ({"init_scale": 0.95}, 1e-2, "adam", 100, "window"),
     "bounded0.95_lr1e-2_window": ({"init_scale": 0.95, **BOUNDED}, 1e-2, "adam", 100, "window"),
