@@ -58,6 +58,19 @@ def synthetic_spec(**changes) -> ColocSpec:
     return ColocSpec(**{**fields, **changes})
 
 
+def run_with_table1_e(spec, settings, run_dir, embedding_dir):
+    """One co-localisation run with a finished Table 1 CNN as e(), quietly."""
+    return run_coloc_seed(
+        spec,
+        settings,
+        run_dir,
+        embedding_spec=None,
+        embedding_settings=None,
+        embedding_dir=embedding_dir,
+        log=lambda s: None,
+    )
+
+
 def small_cnn():
     torch.manual_seed(0)
     model, _ = build_mnist_model("cnn", (1, 28, 28), param_budget=5000)
@@ -110,15 +123,7 @@ def test_a_cnn_of_another_input_size_is_refused(tmp_path):
     spec = synthetic_spec(batch_size=4)
     settings = TrainSettings(iterations=2, lr=1e-3, log_every=1, eval_every=0, checkpoint_every=0)
     with pytest.raises(ValueError, match="42x42"):
-        run_coloc_seed(
-            spec,
-            settings,
-            tmp_path / "run",
-            embedding_spec=None,
-            embedding_settings=None,
-            embedding_dir=COMMITTED_RTS_CNN,
-            log=lambda s: None,
-        )
+        run_with_table1_e(spec, settings, tmp_path / "run", COMMITTED_RTS_CNN)
 
 
 # --- the draws and the negatives ------------------------------------------------------------------------------------
@@ -249,15 +254,7 @@ def test_a_run_with_the_papers_e_names_it_and_inherits_its_reduced_budget(tmp_pa
     OmegaConf.update(cfg, "paths.runs_dir", str(tmp_path))
     spec, settings, _, _, embedding_dir = specs_from_config(cfg)
     assert not spec.reduced_budget or spec.profile == "smoke"
-    record = run_coloc_seed(
-        spec,
-        settings,
-        tmp_path / "run",
-        embedding_spec=None,
-        embedding_settings=None,
-        embedding_dir=embedding_dir,
-        log=lambda s: None,
-    )
+    record = run_with_table1_e(spec, settings, tmp_path / "run", embedding_dir)
     assert (
         record["finished"] and record["embedding"]["kind"] == "table1" and record["embedding"]["data"] == "p"
     )
@@ -267,15 +264,7 @@ def test_a_run_with_the_papers_e_names_it_and_inherits_its_reduced_budget(tmp_pa
     # The folder is named by the cell only: run again, the same setup is the finished run; another setup
     # (a choice or e()) is refused rather than reported as the old run.
     def again(changed_spec, changed_embedding_dir=embedding_dir):
-        return run_coloc_seed(
-            changed_spec,
-            settings,
-            tmp_path / "run",
-            embedding_spec=None,
-            embedding_settings=None,
-            embedding_dir=changed_embedding_dir,
-            log=lambda s: None,
-        )
+        return run_with_table1_e(changed_spec, settings, tmp_path / "run", changed_embedding_dir)
 
     assert again(spec)["test_error"] == record["test_error"]
     with pytest.raises(ValueError, match=r"another setup \(init: .*0\.8.*paths.runs_dir"):
@@ -395,15 +384,7 @@ def test_a_run_of_several_starts_records_which_start_it_kept(tmp_path):
     )
     OmegaConf.update(cfg, "paths.runs_dir", str(tmp_path))
     spec, settings, _, _, embedding_dir = specs_from_config(cfg)
-    record = run_coloc_seed(
-        spec,
-        settings,
-        tmp_path / "run",
-        embedding_spec=None,
-        embedding_settings=None,
-        embedding_dir=embedding_dir,
-        log=lambda s: None,
-    )
+    record = run_with_table1_e(spec, settings, tmp_path / "run", embedding_dir)
     kept = record["start_kept"]
     assert kept["start"] == [[0.95, 0.0, 0.0], [0.5, 0.25, -0.25]][kept["index"]]
     assert len(kept["mean_losses"]) == 2 and kept["mean_losses"][kept["index"]] == min(kept["mean_losses"])
