@@ -218,6 +218,35 @@ def test_under_st_init_cnn_an_st_cnn_starts_from_the_cnn_run_of_its_seed(smoke_r
     )
 
 
+def test_the_control_a_cnn_trained_on_from_the_cnn_is_a_row_of_its_own(smoke_runs, data_dir, tmp_path):
+    _, records = smoke_runs
+    cnn, cnn_dir, spec = records["cub/cnn_224px"]
+    settings = spec_from_config(smoke("cub/cnn_224px", data_dir))[1]
+    # What `task_name=cub_control model.weights=<the CNN's run>` trains: the CNN on from its own weights.
+    control_dir = tmp_path / "cub_control" / "smoke" / spec.cell / "seed1"
+    control = run_cub_seed(replace(spec, weights=str(cnn_dir / "model.pt")), settings, control_dir, **QUIET)
+    assert control["pretrained"]["source"] == "cub_cnn"
+    cnn_copy = tmp_path / "cub" / "smoke" / spec.cell / "seed1"
+    cnn_copy.mkdir(parents=True)
+    (cnn_copy / "record.json").write_text((cnn_dir / "record.json").read_text())
+    out = tmp_path / "results"
+    assert table_main(["--experiment", "cub", "--runs", str(tmp_path), "--out", str(out)]) == 0
+    text = (out / "cub_table3_smoke_synthetic.md").read_text()
+    lines = text.splitlines()
+    row = lines.index(next(line for line in lines if line.startswith("| CNN 224px |")))
+    assert (
+        lines[row]
+        == f"| CNN 224px | {100 - cnn['test_error']:.2f} | 82.3 | {cnn['param_count']:,} | from scratch |"
+    )
+    assert lines[row + 1] == (  # right below the CNN, never averaged with it, no paper number
+        f"| CNN 224px, 4 more iterations (control) | {100 - control['test_error']:.2f} | - | "
+        f"{control['param_count']:,} | the 224px CNN's |"
+    )
+    assert "- Runs: 2 (1 seed(s) per cell)" in text
+    rows = (out / "cub_table3_smoke_synthetic.csv").read_text().splitlines()
+    assert [r.split(",")[5] for r in rows[1:]] == ["CNN 224px", "CNN 224px (control)"]
+
+
 def test_box_coverage_counts_the_object_pixels_inside_the_parts():
     objects = torch.tensor([[0.0, 0.0, 4.0, 4.0], [2.0, 2.0, 6.0, 4.0]])
     parts = torch.tensor(

@@ -11,7 +11,7 @@ from collections import defaultdict
 from typing import Any
 
 from stn_analysis.records import record_cell, stand_in_version
-from stn_analysis.tables.cub import _cub_initialisation
+from stn_analysis.tables.cub import CUB_CONTROL_RECIPE, _cub_initialisation, is_cub_control
 from stn_analysis.tables.svhn import SVHN_ROWS
 from stn_repro.data.distortions import VARIANT_SETS
 from stn_repro.paper import (
@@ -140,6 +140,8 @@ def aggregate(
         reading = record.get("budget_reading", "about_400k") if experiment == "mnist" else ""
         expected = profile_optims.get((experiment, record["profile"], record_cell(record)))
         recipe = recipe_deviation(record, expected)
+        if experiment == "cub" and is_cub_control(record):
+            recipe = ", ".join(filter(None, (recipe, CUB_CONTROL_RECIPE)))
         key = (experiment, record["profile"], reading, record["data"], record["model"], record["transform"])
         kind = (record_precision(record), stand_in_version(record))
         by_precision[(*key, recipe)][kind].append(record)
@@ -163,6 +165,8 @@ def aggregate(
             paper, label = paper_error(data, model, transform), model_label(model, transform)
         elif experiment == "addition":
             paper, label = addition_paper_error(model, transform), addition_model_label(model, transform)
+        elif experiment == "cub" and CUB_CONTROL_RECIPE in recipe:  # a row the paper does not have
+            paper, label = None, f"{cub_model_label(model, runs[0]['size'])} (control)"
         elif experiment == "cub":  # paper_error: 100 - the paper's Table 3 accuracy
             paper, label = runs[0].get("paper_error"), cub_model_label(model, runs[0]["size"])
         else:
