@@ -13,8 +13,10 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from experiments.svhn import spec_from_config
+from stn_analysis.diagnostics.svhn_windows import describe, ink_boxes_in_inputs, window_overlaps
 from stn_analysis.tables.cli import main as table_main
 from stn_repro.data import synthetic_mnist
+from stn_repro.data.svhn.stored import load_svhn_set
 from stn_repro.data.synthetic.svhn import SYNTHETIC_VERSION, build_synthetic_svhn
 from stn_repro.paper import svhn_paper_error
 from stn_repro.tasks.svhn import load_svhn_data, load_trained_svhn_model, run_svhn_seed
@@ -187,3 +189,59 @@ def test_a_missing_set_names_the_make_target_and_an_mnist_set_is_refused(tmp_pat
         (line,) = done.stderr.strip().splitlines()
         assert line.startswith("error:") and words in line
     assert not list((tmp_path / "runs").rglob("record.json"))
+
+
+def test_window_overlaps_match_hand_computed_boxes():
+    identity = torch.tensor([[1.0, 0.0, 0.0, 0.0, 1.0, 0.0]], dtype=torch.float64)
+    centre_quarter = torch.tensor([[-0.5, -0.5, 0.5, 0.5]], dtype=torch.float64)
+    kept, window_ink = window_overlaps(identity, centre_quarter)
+    assert kept.item() == 1.0 and window_ink.item() == 0.25  # the whole input keeps it; a quarter is ink
+    # Half the side, shifted right: the window covers x in [0, 1], y in [-0.5, 0.5].
+    right_half = torch.tensor([[0.5, 0.0, 0.5, 0.0, 0.5, 0.0]], dtype=torch.float64)
+    assert [
+        t.item() for t in window_overlaps(right_half, torch.tensor([[0.0, -0.5, 1.0, 0.5]]).double())
+    ] == [
+        1.0,
+        1.0,
+    ]
+    assert [
+        t.item() for t in window_overlaps(right_half, torch.tensor([[-1.0, -0.5, 0.0, 0.5]]).double())
+    ] == [
+        0.0,
+        0.0,
+    ]
+    # Half of an ink box that straddles the window's left edge.
+    kept, window_ink = window_overlaps(right_half, torch.tensor([[-0.5, -0.5, 0.5, 0.5]]).double())
+    assert (kept.item(), window_ink.item()) == (0.5, 0.5)
+
+
+def test_the_ink_boxes_agree_between_the_64_and_128_px_inputs(data_dir):
+    tree = data_dir / "synthetic-svhn" / "test"
+    names = [bytes(n).decode() for n in load_svhn_set("synthetic-svhn", 64, "test", data_dir)["names"]]
+    assert names == [
+        bytes(n).decode() for n in load_svhn_set("synthetic-svhn", 128, "test", data_dir)["names"]
+    ]
+    at_64 = ink_boxes_in_inputs(tree, names, 64, 54)  # the 64 px set's central 54 px crop
+    at_128 = ink_boxes_in_inputs(tree, names, 128, None)
+    assert ((at_64 > -2) & (at_64 < 2)).all() and (at_64[:, 2:] > at_64[:, :2]).all()
+    # The 128 px crop box is the 64 px one at twice the side about the same centre: a 54 px central crop of
+    # the 64 px image spans 54/64 of its box, so its normalised coordinates are 64/54 x those of the 64 px
+    # box, which are 2 x those of the 128 px image (up to the crop boxes' rounding to whole pixels).
+    assert torch.allclose(at_64 * 54 / 64 / 2, at_128, atol=0.03)
+
+
+def test_the_window_analysis_describes_a_finished_st_cnn_run(data_dir, tmp_path):
+    cfg = smoke("svhn/64px_st_cnn_multi", data_dir)
+    spec, settings = spec_from_config(cfg)
+    run_svhn_seed(spec, settings, tmp_path, config=OmegaConf.to_container(cfg, resolve=True), **QUIET)
+    text = describe(tmp_path, data_dir)
+    assert "## synthetic-svhn64-st_cnn_multi seed 1" in text and "10 test images, " in text
+    identity = next(line for line in text.splitlines() if line.startswith("| identity"))
+    assert identity.count("%") == 2
+    cnn = smoke("svhn/64px_cnn", data_dir)
+    cnn_spec, cnn_settings = spec_from_config(cnn)
+    run_svhn_seed(
+        cnn_spec, cnn_settings, tmp_path / "cnn", config=OmegaConf.to_container(cnn, resolve=True), **QUIET
+    )
+    with pytest.raises(ValueError, match="not an SVHN ST-CNN run"):
+        describe(tmp_path / "cnn", data_dir)
