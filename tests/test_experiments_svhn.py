@@ -105,6 +105,20 @@ def test_paper_profile_is_the_papers_protocol():
     assert spec.crop == 54 and list(spec.train_splits) == ["train", "extra"] and not spec.reduced_budget
 
 
+def test_the_quick_profile_trains_with_the_optimiser_chosen_on_validation():
+    spec, settings = spec_from_config(compose_svhn(["profile=quick", "data=synthetic_svhn128"]))
+    assert (settings.lr, settings.nesterov, settings.lr_schedule, settings.warmup_iterations) == (
+        0.01,
+        True,
+        "cosine",
+        200,
+    )
+    assert settings.lr_at(100) == pytest.approx(0.01 * 101 / 200)  # warming up
+    assert settings.lr_at(settings.iterations - 1) < 1e-3 * settings.lr  # decayed to about nothing
+    assert (settings.iterations, spec.batch_size, spec.model_options["width"]) == (4000, 32, 0.25)
+    assert settings.localisation_lr_multiplier == 0.1  # the paper's
+
+
 @pytest.mark.parametrize("experiment", SVHN_EXPERIMENTS)
 def test_every_svhn_experiment_runs_the_smoke_profile(experiment, data_dir, tmp_path):
     cfg = smoke(experiment, data_dir)
