@@ -232,47 +232,38 @@ def test_a_stored_set_of_an_older_stand_in_is_refused_and_rebuilt(tmp_path, digi
 
 
 def test_the_table_flags_older_stand_ins_and_never_averages_across_versions(tmp_path):
-    committed = ROOT / "results" / "records" / "svhn_quick"
+    committed = ROOT / "results" / "records" / "svhn_quick_standin_v1"
     runs = tmp_path / "runs"
     shutil.copytree(committed, runs / "v1")
-    # The committed records were scored on version 1: they say no stand-in version.
+    # The committed version-1 records say no stand-in version, and trained with the paper's lr steps, which
+    # the quick profile no longer uses.
     v1 = json.loads((runs / "v1" / "synthetic-svhn64-cnn" / "seed1" / "record.json").read_text())
-    assert STAND_IN_ATTR not in v1["test_set"]
-    out = tmp_path / "tables"
-    assert (
-        table_main(
-            ["--experiment", "svhn", "--runs", str(runs), "--profile", "quick", "--out", str(out), "--quiet"]
-        )
-        == 0
-    )
-    only_v1 = (out / "svhn_table2_quick_synthetic.md").read_text()
-    assert "| CNN | 22.62† (4.0) |" in only_v1 and "older version of the synthetic stand-in" in only_v1
-    # A run of today's stand-in in the same cell: its own row; version 1 set apart, not averaged in.
-    v2 = v1 | {"test_error": 10.0, "test_set": v1["test_set"] | {STAND_IN_ATTR: SYNTHETIC_VERSION}}
+    assert STAND_IN_ATTR not in v1["test_set"] and "lr_schedule" not in v1["config"]["optim"]
+
+    def table(*extra):
+        out = tmp_path / "tables"
+        arguments = ["--experiment", "svhn", "--runs", str(runs), "--profile", "quick", "--out", str(out)]
+        assert table_main([*arguments, "--quiet", *extra]) == 0
+        return (out / "svhn_table2_quick_synthetic.md").read_text(), (out / "svhn_table2_quick_synthetic.csv")
+
+    only_v1, _ = table()
+    old = "lr_schedule=step, nesterov=False, warmup_iterations=0"
+    assert "| CNN | not run (4.0) |" in only_v1  # another optimiser than the profile's: set apart
+    assert f"- synthetic-svhn64 CNN (`{old}`): 22.62†" in only_v1
+    # A run of today's stand-in and profile in the same cell: its own row; version 1 set apart, not averaged.
+    profile_optim = {"nesterov": True, "lr_schedule": "cosine", "warmup_iterations": 200}
+    v2 = v1 | {
+        "test_error": 10.0,
+        "test_set": v1["test_set"] | {STAND_IN_ATTR: SYNTHETIC_VERSION},
+        "config": v1["config"] | {"optim": v1["config"]["optim"] | profile_optim},
+    }
     (runs / "v2").mkdir()
     (runs / "v2" / "record.json").write_text(json.dumps(v2))
-    assert (
-        table_main(
-            [
-                "--experiment",
-                "svhn",
-                "--runs",
-                str(runs),
-                "--profile",
-                "quick",
-                "--out",
-                str(out),
-                "--quiet",
-                "--force",
-            ]
-        )
-        == 0
-    )
-    table = (out / "svhn_table2_quick_synthetic.md").read_text()
-    assert "| CNN | 10.00 (4.0) |" in table and "| ST-CNN Single | 25.78† (3.7) |" in table
-    assert "- synthetic-svhn64 CNN (`stand-in v1`): 22.62†" in table
-    csv = (out / "svhn_table2_quick_synthetic.csv").read_text()
-    assert ",stand-in v1\n" in csv and ",not checked,0,0,,,\n" in csv
+    both, csv = table("--force")
+    assert "| CNN | 10.00 (4.0) |" in both and "| ST-CNN Single | not run (3.7) |" in both
+    assert f"- synthetic-svhn64 CNN (`{old}, stand-in v1`): 22.62†" in both
+    assert f"- synthetic-svhn64 ST-CNN Single (`{old}, stand-in v1`): 25.78†" in both
+    assert f'{old}, stand-in v1"\n' in csv.read_text() and ",not checked,0,0,,,\n" in csv.read_text()
 
 
 def test_the_sample_sheets_draw_both_sizes(tmp_path):

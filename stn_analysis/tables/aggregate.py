@@ -8,6 +8,7 @@ import csv
 import io
 import statistics
 from collections import defaultdict
+from dataclasses import fields
 from typing import Any
 
 from stn_analysis.records import record_cell, stand_in_version
@@ -27,6 +28,7 @@ from stn_repro.paper import (
     paper_error,
 )
 from stn_repro.training.records import collapsed, run_commits
+from stn_repro.training.settings import TrainSettings
 
 CSV_COLUMNS = [
     "experiment",
@@ -72,6 +74,15 @@ def first_reaching(history: list[dict[str, Any]], target: float, key: str = "val
 LOCALISATION_OPTIM_KEYS = ("localisation_lr_multiplier",)
 
 
+# Optimiser settings the runners read with a default where a config leaves them out (TrainSettings' own).
+OPTIM_DEFAULTS = {
+    key: field.default
+    for field in fields(TrainSettings)
+    for key in ("lr_schedule", "warmup_iterations", "nesterov")
+    if field.name == key
+}
+
+
 # What a record says at its top level of its training's length, against the profile's ``trainer.<key>``.
 TRAINER_LENGTH_KEYS = ("iterations", "batch_size")
 # The precision a run trained in (trainer.autocast: none = float32, bf16): a record without it is float32.
@@ -91,7 +102,8 @@ def recipe_deviation(record: dict[str, Any], profile_settings: dict[str, Any] | 
     """The settings in which ``record`` departs from its profile's own (``profile_settings``: the ``optim``
     the profile composes, plus ``trainer.iterations`` and ``trainer.batch_size``), as ``"key=value"`` pairs
     joined by ``", "``; ``""`` where it follows the profile or no ``profile_settings`` are given. A key the
-    record lacks (written before the setting existed) counts as the profile's; a model without a transformer
+    record lacks (written before the setting existed) counts as the profile's, or, where the runner reads it
+    with a default (:data:`OPTIM_DEFAULTS`), as that default; a model without a transformer
     ignores the localisation net's settings. The precision is not part of the recipe (bfloat16 and float32
     seeds agree, docs/speed.md): :func:`aggregate` sets a cell's runs of a second precision apart."""
     if not profile_settings:
@@ -99,6 +111,9 @@ def recipe_deviation(record: dict[str, Any], profile_settings: dict[str, Any] | 
     optim = (record.get("config") or {}).get("optim") or {}
     # A model without a transformer has no localisation net: its settings for one change nothing.
     unused = () if record.get("transform") else LOCALISATION_OPTIM_KEYS
+    # A key the record lacks but the runner reads with a default (TrainSettings' own: the step schedule, no
+    # Nesterov, no warm-up) trained with that default, whatever the profile says today.
+    optim = {**{k: v for k, v in OPTIM_DEFAULTS.items() if k in profile_settings}, **optim}
     differ = [
         f"{key}={optim[key]}"
         for key in sorted(optim)
@@ -131,8 +146,8 @@ def aggregate(
     form a row of their own, whose ``recipe`` names it (``trainer.autocast=bf16``).
 
     And the synthetic SVHN stand-in's version (:func:`stand_in_version`): the cell's row holds the runs of
-    the newest version it has; runs of an older one form a row whose ``recipe`` names it
-    (``stand-in v1``): another task, never averaged with today's."""
+    the newest version among the experiment's runs; runs of an older one form a row whose ``recipe`` names
+    it (``stand-in v1``): another task, never averaged with today's."""
     profile_optims = profile_optims or {}
     by_precision: dict[tuple, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     for record in records:
@@ -145,16 +160,25 @@ def aggregate(
         key = (experiment, record["profile"], reading, record["data"], record["model"], record["transform"])
         kind = (record_precision(record), stand_in_version(record))
         by_precision[(*key, recipe)][kind].append(record)
+    # The newest stand-in version among an experiment's runs: runs of an older one are another task, named
+    # so in every recipe (a cell with only older runs is not a cell of today's table).
+    newest_of: dict[str, int] = defaultdict(int)
+    for (experiment, *_), kinds in by_precision.items():
+        newest_of[experiment] = max(newest_of[experiment], *(version or 0 for _, version in kinds))
+
+    def is_older(version: int | None, newest: int) -> bool:  # None: real data, of no stand-in version
+        return version is not None and version < newest
+
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for (*key, recipe), kinds in by_precision.items():
-        newest = max(version or 0 for _, version in kinds)
-        precisions = {p for p, v in kinds if (v or 0) == newest}
+        newest = newest_of[key[0]]
+        precisions = {p for p, v in kinds if not is_older(v, newest)} or {p for p, _ in kinds}
         main = max(
             precisions, key=lambda p: (sum(len(r) for (q, _), r in kinds.items() if q == p), p == "none")
         )
         for (precision, version), runs in kinds.items():
             other = "" if precision == main else f"trainer.{PRECISION_KEY}={precision}"
-            older = "" if (version or 0) == newest else f"stand-in v{version}"
+            older = f"stand-in v{version}" if is_older(version, newest) else ""
             groups[(*key, ", ".join(filter(None, (recipe, other, older))))] = runs
     rows = []
     for (experiment, profile, reading, data, model, transform, recipe), runs in groups.items():

@@ -27,9 +27,11 @@ def svhn_markdown(rows: list[dict[str, Any]], profile: str, synthetic: bool, run
     """Table 2 in the paper's layout: ours ± std over seeds (paper), % sequence error, at 64 and 128 px.
     Rows of other settings (precision, an older synthetic stand-in: see
     :func:`~stn_analysis.tables.aggregate.aggregate`) are listed below the table, not in it."""
-    apart = [r for r in _runs_of(rows, "svhn", profile, "SVHN ", synthetic, recipe=None) if r.get("recipe")]
-    rows = _runs_of(rows, "svhn", profile, "SVHN ", synthetic)
-    by_key = {(r["model"], r["size"]): r for r in rows}
+    every = _runs_of(rows, "svhn", profile, "SVHN ", synthetic, recipe=None)
+    apart = [r for r in every if r.get("recipe")]
+    # The banners and provenance describe the table's own runs; where every run is set apart, those.
+    rows = [r for r in every if not r.get("recipe")] or apart
+    by_key = {(r["model"], r["size"]): r for r in rows if not r.get("recipe")}
     source = "the SYNTHETIC stand-in" if synthetic else "SVHN"
     lines = [f"# SVHN multi-digit on {source}: % sequence error, profile `{profile}`", ""]
     if synthetic:
