@@ -449,6 +449,14 @@ def test_the_tuning_table_shows_the_varied_settings_and_validation_errors_only(t
     assert "| cell | seed | optim.lr | images |" not in text  # lr is the same in both: no column
     assert "| cell | seed | images |" in text and "eval_every" not in text
     assert "| r-fcn-none | 2 | 256,000 | 2.60 | 2.60 |" in text
+    # A record without an optimiser key the runner defaults trained with that default (SGD's step schedule).
+    cosine = tuning_run(0.05, [3.0, 2.5])
+    cosine["config"]["optim"] |= {"lr_schedule": "cosine"}
+    runs = write_records(tmp_path / "schedules", [cosine, tuning_run(0.05, [3.0, 2.4], seed=2)])
+    assert tuning_main(["--runs", str(runs), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "| r-fcn-none | 1 | cosine |" in text and "| r-fcn-none | 2 | step |" in text
+    assert "5k held-out training digits" in text  # MNIST's validation split
     empty = write_records(tmp_path / "none", [record("r", "fcn", None, 1, 2.0)])
     assert tuning_main(["--runs", str(empty), "--out", str(out)]) == 1
     assert "no finished runs with a validation history" in capsys.readouterr().err

@@ -19,10 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from stn_analysis.records import collect_records
-from stn_analysis.tables.aggregate import first_reaching
+from stn_analysis.tables.aggregate import OPTIM_DEFAULTS, first_reaching
+from stn_repro.data.svhn.stored import NUM_VALIDATION as SVHN_VALIDATION
 from stn_repro.io import atomic_write_text
 
-PAPER_IMAGES = 150_000 * 256
+PAPER_IMAGES = {"mnist": 150_000 * 256, "svhn": 400_000 * 128}  # the paper's training, per experiment
+VALIDATION = {
+    "mnist": "5k held-out training digits, distorted as the test set",
+    "svhn": f"the {SVHN_VALIDATION:,} training pictures held out as the validation split",
+}
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -33,6 +38,12 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+def run_settings(record: dict[str, Any]) -> dict[str, Any]:
+    """A record's config, flat, with the optimiser keys it lacks at the runner's defaults (it trained so)."""
+    flat = flatten(record.get("config") or {})
+    return {f"optim.{key}": value for key, value in OPTIM_DEFAULTS.items()} | flat
 
 
 # Keys that do not change the training (where it runs, how often it is scored), or that hold the per-cell
@@ -50,7 +61,7 @@ IGNORED = (
 
 def varying_keys(records: list[dict[str, Any]]) -> list[str]:
     """The optimisation and trainer keys whose values differ between records of the same cell."""
-    flat = [flatten(r.get("config") or {}) for r in records]
+    flat = [run_settings(r) for r in records]
     keys = sorted({k for f in flat for k in f if k.startswith(("optim.", "trainer."))})
     by_cell: dict[str, list[dict[str, Any]]] = {}
     for record, f in zip(records, flat, strict=True):
@@ -74,10 +85,11 @@ def tuning_markdown(records: list[dict[str, Any]], title: str) -> str:
         )
     keys = varying_keys(records)
     seeded = len({r["seed"] for r in records}) > 1  # a seed column where the runs have several
+    experiment = records[0].get("experiment", "mnist")  # records made before the field are MNIST's
     lines = [
         f"# {title}",
         "",
-        "Validation error (5k held-out training digits, distorted as the test set) of each tuning run; test "
+        f"Validation error ({VALIDATION.get(experiment, 'the validation split')}) of each tuning run; test "
         "errors are not shown: the choice is made on these numbers only. `reached` is the first evaluation "
         "where the validation error was at or below the paper's test error.",
         "",
@@ -86,14 +98,14 @@ def tuning_markdown(records: list[dict[str, Any]], title: str) -> str:
     ]
     for record in sorted(
         records,
-        key=lambda r: (r["cell"], repr([flatten(r["config"]).get(k) for k in keys]), r["seed"]),
+        key=lambda r: (r["cell"], repr([run_settings(r).get(k) for k in keys]), r["seed"]),
     ):
-        flat = flatten(record["config"])
+        flat = run_settings(record)
         vals = [e for e in record["history"] if "val_error" in e]
         paper = record.get("paper_error")
         hit = first_reaching(record["history"], paper) if paper is not None else None
         reached = (
-            f"{hit['iteration'] * record['batch_size']:,} ({100 * hit['iteration'] * record['batch_size'] / PAPER_IMAGES:.1f}%)"
+            f"{hit['iteration'] * record['batch_size']:,} ({100 * hit['iteration'] * record['batch_size'] / PAPER_IMAGES[experiment]:.1f}%)"
             if hit
             else "not reached"
         )
