@@ -283,3 +283,26 @@ def test_hidden_layers_start_he_initialised_so_the_logits_depend_on_the_image():
     logits = model.eval()(torch.rand(16, 3, 54, 54))
     # Across images, every logit moves by a fair fraction of its own scale (PyTorch's default init: ~1%).
     assert (logits.std(0) / logits.abs().mean(0)).mean() > 0.05
+
+
+def test_the_svhn_bench_times_every_model_and_size_in_one_process(tmp_path, capsys):
+    from benchmarks.bench_svhn import main
+
+    out = tmp_path / "bench.txt"
+    quick = ["--rounds", "1", "--steps-per-round", "1", "--warmup", "0", "--batch-size", "2"]
+    main([*quick, "--width", "0.125", "--size", "54", "128", "--models", "st_cnn_multi", "--out", str(out)])
+    text = out.read_text()
+    rows = [
+        line.split()
+        for line in text.splitlines()
+        if line.startswith("  ") and "px " in line and "ms" not in line
+    ]
+    timed = [row for row in rows if len(row) >= 8 and row[2].replace(".", "").isdigit()]
+    assert [(row[0], row[1]) for row in timed] == [
+        ("cnn", "54px"),
+        ("st_cnn_multi", "54px"),
+        ("cnn", "128px"),
+        ("st_cnn_multi", "128px"),
+    ]
+    assert all(row[5] == "1.000" for row in timed if row[0] == "cnn")  # each size against its own CNN
+    assert "ST-CNN Multi / CNN at 54px" in text and "ST-CNN Multi / CNN at 128px" in text
