@@ -145,7 +145,7 @@ def _status_row(table: str, stem: str, csv_text: str) -> str:
     seeds = sorted({r["n_seeds"] for r in cells}, key=int)
     what = f"{len(cells)} cells, {'/'.join(seeds)} seed(s)"
     if stem.endswith("_synthetic"):
-        order = ", ".join(f"{r['label']} {float(r['error_mean']):.1f}%" for r in cells)
+        order = "% error: " + ", ".join(f"{r['label']} {float(r['error_mean']):.1f}" for r in cells)
         return (
             f"| {table} | {profile} | {what} | {order} (a stand-in: not comparable with the paper) | {link} |"
         )
