@@ -249,7 +249,7 @@ def test_the_window_analysis_describes_a_finished_st_cnn_run(data_dir, tmp_path)
     spec, settings = spec_from_config(cfg)
     run_svhn_seed(spec, settings, tmp_path, config=OmegaConf.to_container(cfg, resolve=True), **QUIET)
     text = describe(tmp_path, data_dir)
-    assert "## synthetic-svhn64-st_cnn_multi seed 1" in text and "10 test images, " in text
+    assert "## synthetic-svhn64-st_cnn_multi seed 1" in text and "10 test images, 54 px inputs" in text
     identity = next(line for line in text.splitlines() if line.startswith("| identity"))
     assert identity.count("%") == 2
     cnn = smoke("svhn/64px_cnn", data_dir)

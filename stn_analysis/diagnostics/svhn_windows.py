@@ -149,10 +149,11 @@ def placement_markdown(record: dict, placement: WindowPlacement) -> str:
     side = placement.area.sqrt()
     ink_side = ((placement.ink[:, 2:] - placement.ink[:, :2]).prod(1) / 4).sqrt()
     pct = 100.0
+    data = record["config"]["data"]
     lines = [
         f"## {record['cell']} seed {record['seed']}",
         "",
-        f"{len(placement.params):,} test images, {record.get('input_px', '?')} px inputs; sequence error "
+        f"{len(placement.params):,} test images, {data.get('crop') or data['size']} px inputs; sequence error "
         f"{record['test_error']:.2f}%; commit {record['commit'][:12]}, profile {record['profile']}"
         f"{', SYNTHETIC data' if record.get('synthetic') else ''}. Coordinates are normalised (-1 and 1: the "
         "input's edges); sides and areas are shares of the input's.",
