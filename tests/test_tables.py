@@ -520,3 +520,23 @@ def test_the_table_names_the_cells_with_fewer_seeds_than_the_rest():
     text = to_markdown(aggregate(records), "fast")
     assert "- Cells with fewer than 3 seeds: tc CNN (1)." in text
     assert "fewer than" not in to_markdown(aggregate(records[:3]), "fast")
+
+
+def test_the_collapse_note_says_when_one_of_several_transformers_is_fixed():
+    from stn_analysis.tables.markdown import _collapse_lines
+
+    def row(model, label):
+        return {
+            "data": "synthetic-svhn64",
+            "label": label,
+            "model": model,
+            "collapsed_seeds": 1,
+            "n_seeds": 3,
+        }
+
+    single = _collapse_lines([row("st_cnn_single", "ST-CNN Single")])[-1]
+    assert "(synthetic-svhn64 ST-CNN Single (1 of 3))" in single
+    assert single.endswith("fixed warp and the number is not a spatial transformer's.")
+    multi = _collapse_lines([row("st_cnn_multi", "ST-CNN Multi")])[-1]
+    assert multi.endswith("one of its four transformers, the others may still move.")
+    assert _collapse_lines([row("st_cnn_multi", "ST-CNN Multi") | {"collapsed_seeds": 0}]) == []

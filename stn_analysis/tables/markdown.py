@@ -42,11 +42,18 @@ def _collapse_lines(rows: list[dict[str, Any]]) -> list[str]:
     if not hit:
         return []
     cells = ", ".join(f"{_cell_name(r)} ({r['collapsed_seeds']} of {r['n_seeds']})" for r in hit)
+    # ST-CNN Multi has four transformers: one of them fixed leaves the others free to move.
+    several = any(r.get("model") == "st_cnn_multi" for r in hit)
+    ending = (
+        "; in ST-CNN Multi that is one of its four transformers, the others may still move."
+        if several
+        else " and the number is not a spatial transformer's."
+    )
     return [
         "",
         f"{COLLAPSED_MARK} A run of the cell ({cells}) ended with a localisation net that predicts the same "
         "transform for every test image (`localisation_spread` 0 in its record: dead hidden units), so its "
-        "transformer is a fixed warp and the number is not a spatial transformer's.",
+        f"transformer is a fixed warp{ending}",
     ]
 
 
