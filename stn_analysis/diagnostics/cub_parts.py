@@ -11,14 +11,12 @@ follow it (r near 1) and cover more of it than the fixed layouts do. Nothing is 
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
+from stn_analysis.diagnostics.run_report import run_report_main
 from stn_repro.data.cub.dataset import CubCrops, CubDataset
 from stn_repro.data.cub.index import load_cub_index
-from stn_repro.data.files import DataError
-from stn_repro.io import atomic_write_text
 from stn_repro.tasks.cub import PartPlacement, load_trained_cub_model, part_placement
 from stn_repro.training.records import RECORD_NAME, read_record
 
@@ -68,32 +66,7 @@ def describe(run_dir: Path, data_dir: Path | None = None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "runs", nargs="+", type=Path, help="finished ST-CNN run folders (record.json, model.pt)"
-    )
-    parser.add_argument(
-        "--data-dir", type=Path, default=None, help="data folder (default $STN_DATA or data/)"
-    )
-    parser.add_argument("--out", type=Path, default=None, help="also write the tables to this Markdown file")
-    args = parser.parse_args(argv)
-    sections = ["# Where the CUB ST-CNNs' parts go", ""]
-    failed = 0
-    for run_dir in args.runs:
-        try:
-            sections.append(describe(run_dir, args.data_dir))
-        except (FileNotFoundError, DataError, ValueError) as error:
-            print(f"error: {error}", file=sys.stderr)
-            failed += 1
-    command = "stn-cub-parts " + " ".join(str(r) for r in args.runs)
-    sections.append(f"Made by `{command}`.\n")
-    text = "\n".join(sections)
-    print(text)
-    if args.out is not None and not failed:
-        atomic_write_text(args.out, text)
-    return 1 if failed else 0
+    return run_report_main(argv, __doc__, "stn-cub-parts", "Where the CUB ST-CNNs' parts go", describe)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ whole input, what the CNN sees). Transformers that find the digits follow them (
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,12 +22,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from stn_analysis.diagnostics.run_report import run_report_main
 from stn_repro.data.files import DataError, default_data_dir
 from stn_repro.data.svhn.crops import center_crop
 from stn_repro.data.svhn.digit_struct import DIGIT_STRUCT, read_digit_struct
 from stn_repro.data.svhn.stored import load_svhn_set
 from stn_repro.data.synthetic.svhn import ink_in_crop, read_truth
-from stn_repro.io import atomic_write_text
 from stn_repro.models.svhn import composed_affine
 from stn_repro.tasks.svhn import load_trained_svhn_model
 from stn_repro.training.records import RECORD_NAME, read_record
@@ -197,32 +196,13 @@ def describe(run_dir: Path, data_dir: Path | None = None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    return run_report_main(
+        argv,
+        __doc__,
+        "stn-svhn-windows",
+        "Where the SVHN ST-CNNs look, against the digits' true ink (synthetic stand-in)",
+        describe,
     )
-    parser.add_argument(
-        "runs", nargs="+", type=Path, help="finished ST-CNN run folders (record.json, model.pt)"
-    )
-    parser.add_argument(
-        "--data-dir", type=Path, default=None, help="data folder (default $STN_DATA or data/)"
-    )
-    parser.add_argument("--out", type=Path, default=None, help="also write the tables to this Markdown file")
-    args = parser.parse_args(argv)
-    sections = ["# Where the SVHN ST-CNNs look, against the digits' true ink (synthetic stand-in)", ""]
-    failed = 0
-    for run_dir in args.runs:
-        try:
-            sections.append(describe(run_dir, args.data_dir))
-        except (FileNotFoundError, DataError, ValueError) as error:
-            print(f"error: {error}", file=sys.stderr)
-            failed += 1
-    command = "stn-svhn-windows " + " ".join(str(r) for r in args.runs)
-    sections.append(f"Made by `{command}`.\n")
-    text = "\n".join(sections)
-    print(text)
-    if args.out is not None and not failed:
-        atomic_write_text(args.out, text)
-    return 1 if failed else 0
 
 
 if __name__ == "__main__":
