@@ -53,7 +53,7 @@ from benchmarks.bench_mnist import (
 )
 from stn_repro.data import load_mnist, synthetic_mnist
 from stn_repro.data.files import default_data_dir
-from stn_repro.models.one_channel_conv import OneChannelConv2d
+from stn_repro.models.cpu_conv import CpuConv2d
 from stn_repro.training.records import git_commit
 from stn_repro.training.settings import COMPILE_MODES
 
@@ -197,18 +197,27 @@ def operator_profile(learner, steps: int) -> dict[str, float]:
     return dict(groups)
 
 
-VERSUS = ("plain-first-conv", "row-major")
+VERSUS = ("plain-first-conv", "onednn-weight-grad", "row-major")
 
 
 def plain_first_convs(model: nn.Module) -> nn.Module:
-    """``model`` with every ``OneChannelConv2d`` replaced, in place, by ``nn.Conv2d`` on the same parameters
-    (the engine before the matrix-product input gradient)."""
+    """``model`` with every one-channel ``CpuConv2d`` replaced, in place, by ``nn.Conv2d`` on the same
+    parameters (the engine before the matrix-product input gradient)."""
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
-            if isinstance(child, OneChannelConv2d):
+            if isinstance(child, CpuConv2d) and child.in_channels == 1:
                 plain = nn.Conv2d(1, child.out_channels, child.kernel_size, padding=child.padding)
                 plain.weight, plain.bias = child.weight, child.bias
                 setattr(module, name, plain)
+    return model
+
+
+def onednn_weight_grads(model: nn.Module) -> nn.Module:
+    """``model`` with oneDNN's weight gradient in every ``CpuConv2d`` (the engine before the one-channel
+    im2col and the small-output forward-convolution weight gradients)."""
+    for module in model.modules():
+        if isinstance(module, CpuConv2d):
+            module.fast_weight_grad = False
     return model
 
 
@@ -229,6 +238,8 @@ def baseline_learner(digits, cell: tuple[str, str], args, device):
     learner = make_learner(digits, *cell, args.batch_size, 1, device, speed)
     if "plain-first-conv" in changes:
         plain_first_convs(learner.model)
+    if "onednn-weight-grad" in changes:
+        onednn_weight_grads(learner.model)
     return learner
 
 
@@ -255,6 +266,7 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="also time each cell with these changes undone (comma list), in this process, and print the "
         "speed-up: plain-first-conv (nn.Conv2d's input gradient for the one-channel first layer), "
+        "onednn-weight-grad (oneDNN's weight gradient in every convolution), "
         "row-major (without --channels-last)",
     )
     parser.add_argument(

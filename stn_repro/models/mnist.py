@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from stn_repro.models.one_channel_conv import OneChannelConv2d
+from stn_repro.models.cpu_conv import CpuConv2d
 from stn_repro.transformers import SpatialTransformer, cnn_localisation, get_transform, mlp_localisation
 
 MODEL_KINDS = ("fcn", "cnn", "st_fcn", "st_cnn")
@@ -66,14 +66,13 @@ class CNN(nn.Sequential):
             # Pooling before the ReLU computes the same values and gradients (a ReLU commutes with a max)
             # on a quarter of the elements: less memory traffic, which bounds these small layers on a GPU.
             # Out of place: in place on a pooled output makes vmap (stacked seeds) copy it.
-            # One channel in (the digits): the input gradient that a transformer before this layer needs
-            # is a matrix product here, several times faster on a CPU than oneDNN's (one_channel_conv).
-            OneChannelConv2d(widths[0], 9, padding=pads[0])
-            if c == 1
-            else nn.Conv2d(c, widths[0], 9, padding=pads[0]),
+            # CpuConv2d: the same numbers as nn.Conv2d, with the gradients that oneDNN computes slowly here
+            # (the one-channel input gradient behind a transformer, the weight gradient of a 4x4 or 5x5
+            # output) as operators several times faster on a CPU (cpu_conv).
+            CpuConv2d(c, widths[0], 9, padding=pads[0]),
             nn.MaxPool2d(2),
             nn.ReLU(),
-            nn.Conv2d(widths[0], widths[1], 7, padding=pads[1]),
+            CpuConv2d(widths[0], widths[1], 7, padding=pads[1]),
             nn.MaxPool2d(2),
             nn.ReLU(),
             nn.Flatten(),

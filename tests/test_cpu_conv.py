@@ -1,0 +1,130 @@
+"""CpuConv2d: nn.Conv2d's numbers, with the CPU's faster gradient formulations (one-channel input gradient,
+small-output weight gradient)."""
+
+import pytest
+import torch
+from torch import nn
+
+from stn_repro.models.cpu_conv import (
+    SMALL_OUTPUT,
+    CpuConv2d,
+    _CpuConv2d,
+    input_grad_one_channel,
+    weight_grad_as_forward_conv,
+    weight_grad_one_channel,
+)
+
+
+@pytest.mark.parametrize(
+    "in_channels,size,kernel,padding",
+    [(1, 9, 5, 0), (1, 8, 5, 2), (3, 6, 3, 0), (3, 5, 3, 1)],  # one channel; 4x4 and 5x5 outputs
+)
+def test_the_convolution_passes_gradcheck_in_float64(in_channels, size, kernel, padding):
+    torch.manual_seed(0)
+    x = torch.randn(2, in_channels, size, size, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(4, in_channels, kernel, kernel, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    pad = (padding, padding)
+    assert torch.autograd.gradcheck(lambda x, w, b: _CpuConv2d.apply(x, w, b, pad, True), (x, weight, bias))
+    assert torch.autograd.gradcheck(lambda x, w: _CpuConv2d.apply(x, w, None, pad, True), (x, weight))
+
+
+def test_the_weight_gradient_as_a_forward_convolution_matches_a_hand_computed_one():
+    # One image, one channel each way: dW[i, j] = sum_(y, x) input[y + i, x + j] * grad[y, x].
+    image = torch.arange(16.0).view(1, 1, 4, 4)
+    grad = torch.tensor([[[[1.0, 0.0], [0.0, 2.0]]]])
+    expected = image[0, 0, :3, :3] + 2 * image[0, 0, 1:, 1:]
+    assert torch.equal(weight_grad_as_forward_conv(image, grad, (0, 0))[0, 0], expected)
+
+
+def test_the_one_channel_weight_gradient_matches_a_hand_computed_one():
+    image = torch.arange(16.0).view(1, 1, 4, 4)
+    grad = torch.tensor([[[[1.0, 0.0], [0.0, 2.0]]], [[[0.0, 0.0], [0.0, 0.0]]]]).transpose(
+        0, 1
+    )  # [1, 2, 2, 2]
+    expected = image[0, 0, :3, :3] + 2 * image[0, 0, 1:, 1:]
+    got = weight_grad_one_channel(image, grad, (3, 3), (0, 0))
+    assert got.shape == (2, 1, 3, 3)
+    assert torch.equal(got[0, 0], expected) and torch.equal(got[1, 0], torch.zeros(3, 3))
+
+
+def test_the_one_channel_input_gradient_matches_a_hand_computed_one():
+    # A 2x2 kernel on a 3x3 image: each output's gradient lands on the four pixels under the kernel.
+    weight = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])
+    grad = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]])
+    expected = torch.tensor([[1.0, 2.0, 0.0], [3.0, 4.0, 0.0], [0.0, 0.0, 0.0]])
+    assert torch.equal(input_grad_one_channel(weight, grad, (3, 3), (0, 0))[0, 0], expected)
+
+
+def run_both(fast: CpuConv2d, x: torch.Tensor, layout=torch.contiguous_format, autocast=False):
+    plain = nn.Conv2d(fast.in_channels, fast.out_channels, fast.kernel_size, padding=fast.padding)
+    plain.load_state_dict(fast.state_dict())  # the same parameters under the same names
+    results = []
+    for conv in (fast, plain):
+        conv.to(memory_format=layout)
+        xi = x.clone().contiguous(memory_format=layout).requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = conv(xi)
+        (out.float() * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        results.append((out.detach().float(), xi.grad, conv.weight.grad, conv.bias.grad))
+    return results
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize(
+    "in_channels,size,padding", [(1, 21, 4), (1, 28, 0), (6, 10, 0), (6, 11, 0), (6, 12, 0), (6, 10, 3)]
+)
+def test_it_computes_what_nn_conv2d_computes_in_float32(in_channels, size, padding, layout):
+    """Both special paths (one channel; 7x7 with a 4x4 or 5x5 output) and the plain one (a 6x6 output,
+    padded 10x10) give nn.Conv2d's output and gradients up to rounding."""
+    torch.manual_seed(0)
+    fast = CpuConv2d(in_channels, 5, 7, padding=padding)
+    for a, b in zip(*run_both(fast, torch.rand(4, in_channels, size, size), layout), strict=True):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        # Float32 sums of a few thousand terms in another order: within 1e-5 of the largest entry.
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * b.abs().max().item())
+    with torch.no_grad():  # no gradient wanted: plain nn.Conv2d
+        assert torch.equal(
+            fast(torch.ones(1, in_channels, size, size)),
+            fast._conv_forward(torch.ones(1, in_channels, size, size), fast.weight, fast.bias),
+        )
+
+
+@pytest.mark.parametrize("in_channels,size", [(1, 28), (8, 10), (8, 11)])
+def test_under_bf16_autocast_it_runs_in_bf16_and_agrees_with_nn_conv2d(in_channels, size):
+    torch.manual_seed(0)
+    fast = CpuConv2d(in_channels, 8, 7)
+    (out, gx, gw, gb), (out_ref, gx_ref, gw_ref, gb_ref) = run_both(
+        fast, torch.rand(16, in_channels, size, size), torch.channels_last, autocast=True
+    )
+    assert gw.dtype == gb.dtype == gx.dtype == torch.float32  # back in the parameters' and input's dtype
+    for a, b in ((out, out_ref), (gx, gx_ref), (gw, gw_ref), (gb, gb_ref)):
+        # bf16 keeps 8 bits: a difference of a few units in the last place of the largest entry.
+        assert (a - b).abs().max() <= 2e-2 * b.abs().max()
+
+
+def test_each_convolution_takes_the_weight_gradient_measured_fastest_for_its_shape():
+    seen = []
+    original = _CpuConv2d.setup_context
+
+    def spy(ctx, inputs, output):
+        original(ctx, inputs, output)
+        seen.append((inputs[0].shape[1], output.shape[-1], ctx.weight_grad))
+
+    _CpuConv2d.setup_context = staticmethod(spy)
+    try:
+        for in_channels, size in ((1, 30), (2, 6), (2, 7), (2, 8)):  # one channel; outputs 4x4, 5x5, 6x6
+            conv = CpuConv2d(in_channels, 3, 3)
+            conv(torch.rand(1, in_channels, size, size, requires_grad=True)).sum().backward()
+        conv.fast_weight_grad = False
+        conv(torch.rand(1, 2, 7, 7, requires_grad=True)).sum().backward()
+    finally:
+        _CpuConv2d.setup_context = staticmethod(original)
+    assert SMALL_OUTPUT == 25
+    assert seen == [
+        (1, 28, "im2col"),
+        (2, 4, "forward conv"),
+        (2, 5, "forward conv"),
+        (2, 6, "onednn"),
+        (2, 5, "onednn"),  # switched off
+    ]
