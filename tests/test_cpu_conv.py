@@ -9,6 +9,7 @@ from stn_repro.models.cpu_conv import (
     SMALL_OUTPUT,
     CpuConv2d,
     _CpuConv2d,
+    bias_grad,
     input_grad_one_channel,
     weight_grad_as_forward_conv,
     weight_grad_one_channel,
@@ -46,6 +47,12 @@ def test_the_one_channel_weight_gradient_matches_a_hand_computed_one():
     got = weight_grad_one_channel(image, grad, (3, 3), (0, 0))
     assert got.shape == (2, 1, 3, 3)
     assert torch.equal(got[0, 0], expected) and torch.equal(got[1, 0], torch.zeros(3, 3))
+
+
+def test_the_bias_gradient_is_the_sum_over_batch_and_positions():
+    grad = torch.arange(2 * 3 * 2 * 2, dtype=torch.float32).view(2, 3, 2, 2)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        assert torch.equal(bias_grad(grad.contiguous(memory_format=layout)), grad.sum((0, 2, 3)))
 
 
 def test_the_one_channel_input_gradient_matches_a_hand_computed_one():

@@ -439,10 +439,16 @@ def test_the_peak_benchmark_prints_each_cells_fraction_of_the_measured_peak(caps
     cells = [line.split() for line in out.splitlines() if line.startswith(("r/cnn ", "rts/st_cnn:affine "))]
     assert len(cells) == 2 and all(c[-1].endswith("%") and float(c[-1][:-1]) > 0 for c in cells)
     peaks = {line.split()[1]: float(line.split()[2]) for line in out.splitlines() if line.startswith("peak ")}
+
+    def rounding(gflops: float, peak: float) -> float:
+        """How far a fraction printed to 0.1% can be from one recomputed from GFLOP/s and a peak printed to
+        0.1 GFLOP/s (tiny at batch 4 on a busy machine, where the rounding weighs)."""
+        return 0.06 + 100 * 0.05 / peak * (1 + gflops / peak)
+
     for cell in cells:  # GFLOP/s, then its fraction of the float32 peak (its precision), then of the bf16 one
         gflops, own, of_bf16 = float(cell[4]), float(cell[5][:-1]), float(cell[6][:-1])
-        assert abs(own - 100 * gflops / peaks["float32:"]) < 0.1 + 0.01 * own
-        assert abs(of_bf16 - 100 * gflops / peaks["bf16:"]) < 0.1 + 0.01 * of_bf16
+        assert abs(own - 100 * gflops / peaks["float32:"]) < rounding(gflops, peaks["float32:"])
+        assert abs(of_bf16 - 100 * gflops / peaks["bf16:"]) < rounding(gflops, peaks["bf16:"])
     main("--synthetic --cells r/cnn --batch-size 4 --steps 1 --warmup 1 --calls 1 --matmul-size 64 "
          "--autocast bf16".split())  # fmt: skip
     bf16 = capsys.readouterr().out
@@ -450,7 +456,10 @@ def test_the_peak_benchmark_prints_each_cells_fraction_of_the_measured_peak(caps
         line.split()[1]: float(line.split()[2]) for line in bf16.splitlines() if line.startswith("peak ")
     }
     (cell,) = [line.split() for line in bf16.splitlines() if line.startswith("r/cnn ")]
-    assert cell[5] == cell[6] and abs(float(cell[5][:-1]) - 100 * float(cell[4]) / peaks["bf16:"]) < 0.2
+    assert cell[5] == cell[6]
+    assert abs(float(cell[5][:-1]) - 100 * float(cell[4]) / peaks["bf16:"]) < rounding(
+        float(cell[4]), peaks["bf16:"]
+    )
     assert out.count("phases: distortions") == 2 and "conv 9x9 on one channel" in out
     assert operator_group("aten::convolution_backward", [[4, 8, 20, 20], [4, 1, 28, 28], [8, 1, 9, 9]]) == (
         "conv 9x9 on one channel"

@@ -12,7 +12,8 @@ to float rounding); ``benchmarks/bench_conv_paths.py`` times each against oneDNN
 - **One input channel, weight gradient** (every first convolution): the image's 9x9 patches as rows (im2col,
   in NHWC order, so that a channels-last output gradient needs no copy) and one matrix product,
   ``grad_out^T @ patches``: 1.3-2x faster than oneDNN in bfloat16 and 1.1-2.5x in float32, at 28x28, 42x42
-  and 60x60.
+  and 60x60. The bias gradient beside it is a vector-matrix product (``ones @ grad_out``), 4x faster than a
+  sum in bfloat16.
 - **Small output, weight gradient** (the 7x7 convolution of R, P and E, whose output is 4x4 or 5x5): the
   weight gradient is the correlation of the input with the output gradient summed over the batch, i.e. a
   forward convolution of the input with the batch and channel axes swapped by the output gradient taken as
@@ -64,6 +65,13 @@ def weight_grad_one_channel(x: Tensor, grad_out: Tensor, kernel: tuple[int, int]
     patches = x[:, 0].unfold(1, kh, 1).unfold(2, kw, 1).reshape(-1, kh * kw)  # [B * h * w, kh * kw]
     rows = grad_out.permute(0, 2, 3, 1).reshape(-1, channels)  # [B * h * w, C_out]: a view if channels-last
     return (rows.t() @ patches).view(channels, 1, kh, kw)
+
+
+def bias_grad(grad_out: Tensor) -> Tensor:
+    """``d loss / d bias``: ``grad_out [B, C_out, h, w]`` summed over batch and positions, as one
+    vector-matrix product (in bfloat16 4x faster here than the reduction ``grad_out.sum((0, 2, 3))``)."""
+    rows = grad_out.permute(0, 2, 3, 1).reshape(-1, grad_out.shape[1])  # a view if channels-last
+    return (rows.new_ones(1, rows.shape[0]) @ rows)[0]
 
 
 def input_grad_one_channel(weight: Tensor, grad_out: Tensor, size: tuple[int, int], padding) -> Tensor:
@@ -137,7 +145,7 @@ class _CpuConv2d(torch.autograd.Function):
                     else weight_grad_as_forward_conv(x, grad_out, ctx.padding)
                 )
             if need_b:
-                grad_b = grad_out.sum((0, 2, 3))
+                grad_b = bias_grad(grad_out)
         return grad_x, grad_w, grad_b, None, None
 
 
