@@ -63,7 +63,10 @@ def test_the_one_channel_input_gradient_matches_a_hand_computed_one():
     assert torch.equal(input_grad_one_channel(weight, grad, (3, 3), (0, 0))[0, 0], expected)
 
 
-def run_both(fast: CpuConv2d, x: torch.Tensor, layout=torch.contiguous_format, autocast=False):
+def run_both(fast: CpuConv2d, x: torch.Tensor, layout=torch.contiguous_format, autocast=False, force=False):
+    """``fast`` and an ``nn.Conv2d`` on the same parameters, forward and backward: outputs and gradients.
+    ``force``: every gradient formulation of the Function, whatever the dtype (the module takes the weight
+    gradient's only in bfloat16)."""
     plain = nn.Conv2d(fast.in_channels, fast.out_channels, fast.kernel_size, padding=fast.padding)
     plain.load_state_dict(fast.state_dict())  # the same parameters under the same names
     results = []
@@ -71,7 +74,10 @@ def run_both(fast: CpuConv2d, x: torch.Tensor, layout=torch.contiguous_format, a
         conv.to(memory_format=layout)
         xi = x.clone().contiguous(memory_format=layout).requires_grad_(True)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            out = conv(xi)
+            if force and conv is fast:
+                out = _CpuConv2d.apply(xi, conv.weight, conv.bias, conv.padding, True)
+            else:
+                out = conv(xi)
         (out.float() * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
         results.append((out.detach().float(), xi.grad, conv.weight.grad, conv.bias.grad))
     return results
@@ -81,12 +87,14 @@ def run_both(fast: CpuConv2d, x: torch.Tensor, layout=torch.contiguous_format, a
 @pytest.mark.parametrize(
     "in_channels,size,padding", [(1, 21, 4), (1, 28, 0), (6, 10, 0), (6, 11, 0), (6, 12, 0), (6, 10, 3)]
 )
-def test_it_computes_what_nn_conv2d_computes_in_float32(in_channels, size, padding, layout):
-    """Both special paths (one channel; 7x7 with a 4x4 or 5x5 output) and the plain one (a 6x6 output,
-    padded 10x10) give nn.Conv2d's output and gradients up to rounding."""
+@pytest.mark.parametrize("force", [False, True])
+def test_it_computes_what_nn_conv2d_computes_in_float32(in_channels, size, padding, layout, force):
+    """Each path (one channel; 7x7 with a 4x4 or 5x5 output; a 6x6 output, padded 10x10) gives nn.Conv2d's
+    output and gradients up to rounding, as the module runs float32 and with every formulation forced."""
     torch.manual_seed(0)
     fast = CpuConv2d(in_channels, 5, 7, padding=padding)
-    for a, b in zip(*run_both(fast, torch.rand(4, in_channels, size, size), layout), strict=True):
+    x = torch.rand(4, in_channels, size, size)
+    for a, b in zip(*run_both(fast, x, layout, force=force), strict=True):
         assert a.dtype == b.dtype and a.shape == b.shape
         # Float32 sums of a few thousand terms in another order: within 1e-5 of the largest entry.
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * b.abs().max().item())
@@ -116,22 +124,32 @@ def test_each_convolution_takes_the_weight_gradient_measured_fastest_for_its_sha
 
     def spy(ctx, inputs, output):
         original(ctx, inputs, output)
-        seen.append((inputs[0].shape[1], output.shape[-1], ctx.weight_grad))
+        seen.append((inputs[0].shape[1], output.shape[-1], inputs[0].dtype, ctx.weight_grad))
 
+    def step(conv: CpuConv2d, size: int, autocast: bool = True) -> None:
+        x = torch.rand(1, conv.in_channels, size, size, requires_grad=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = conv(x)
+        out.float().sum().backward()
+
+    bf16, f32 = torch.bfloat16, torch.float32
     _CpuConv2d.setup_context = staticmethod(spy)
     try:
-        for in_channels, size in ((1, 30), (2, 6), (2, 7), (2, 8)):  # one channel; outputs 4x4, 5x5, 6x6
-            conv = CpuConv2d(in_channels, 3, 3)
-            conv(torch.rand(1, in_channels, size, size, requires_grad=True)).sum().backward()
-        conv.fast_weight_grad = False
-        conv(torch.rand(1, 2, 7, 7, requires_grad=True)).sum().backward()
+        step(CpuConv2d(1, 3, 3), 30)
+        for size in (6, 7, 8):  # outputs 4x4, 5x5, 6x6
+            step(CpuConv2d(2, 3, 3), size)
+        step(CpuConv2d(2, 3, 3), 6, autocast=False)  # float32: oneDNN (not faster there)
+        switched_off = CpuConv2d(2, 3, 3)
+        switched_off.fast_weight_grad = False
+        step(switched_off, 7)
     finally:
         _CpuConv2d.setup_context = staticmethod(original)
     assert SMALL_OUTPUT == 25
     assert seen == [
-        (1, 28, "im2col"),
-        (2, 4, "forward conv"),
-        (2, 5, "forward conv"),
-        (2, 6, "onednn"),
-        (2, 5, "onednn"),  # switched off
+        (1, 28, bf16, "im2col"),
+        (2, 4, bf16, "forward conv"),
+        (2, 5, bf16, "forward conv"),
+        (2, 6, bf16, "onednn"),
+        (2, 4, f32, "onednn"),
+        (2, 5, bf16, "onednn"),
     ]

@@ -2,24 +2,27 @@
 
 oneDNN computes a convolution's gradients much more slowly than its forward pass at the shapes of the
 distorted-MNIST CNNs, so :class:`CpuConv2d` computes them as other operators that give the same numbers (up
-to float rounding); ``benchmarks/bench_conv_paths.py`` times each against oneDNN (batch 256, one thread):
+to float rounding). ``benchmarks/bench_conv_paths.py`` times each against oneDNN, operator by operator;
+``benchmarks/bench_peak.py --versus onednn-weight-grad`` the whole training step with and without them.
 
 - **One input channel, input gradient** (the classifier's first 9x9 convolution behind a spatial
   transformer: its input gradient flows back through the sampler to the localisation net). oneDNN runs it as
   a transposed convolution with one output channel; ``weight^T @ grad_out`` and ``fold`` (col2im) is 4-7x
   faster in float32 (9x9 to 88 channels on 28x28, 2 threads: 129 ms against 18 ms). Float32 only: under
   bfloat16 autocast oneDNN's path is kept (its fold would add up in bfloat16).
-- **One input channel, weight gradient** (every first convolution): the image's 9x9 patches as rows (im2col,
-  in NHWC order, so that a channels-last output gradient needs no copy) and one matrix product,
-  ``grad_out^T @ patches``: 1.3-2x faster than oneDNN in bfloat16 and 1.1-2.5x in float32, at 28x28, 42x42
-  and 60x60. The bias gradient beside it is a vector-matrix product (``ones @ grad_out``), 4x faster than a
-  sum in bfloat16.
+- **One input channel, weight gradient** (every first convolution): the image's 9x9 patches as rows
+  (im2col, in NHWC order, so that a channels-last output gradient needs no copy) and one matrix product,
+  ``grad_out^T @ patches``; the bias gradient a vector-matrix product, ``ones @ grad_out`` (in bfloat16 4x
+  faster than the reduction ``grad_out.sum((0, 2, 3))`` here).
 - **Small output, weight gradient** (the 7x7 convolution of R, P and E, whose output is 4x4 or 5x5): the
-  weight gradient is the correlation of the input with the output gradient summed over the batch, i.e. a
-  forward convolution of the input with the batch and channel axes swapped by the output gradient taken as
-  kernels. oneDNN's forward kernels run that 2-4x faster than its weight-gradient kernel where the output has
-  at most :data:`SMALL_OUTPUT` positions (7x7 89->89 on 10x10 in bfloat16: 26.5 ms against 6.7-13.1 ms; in
-  float32 61 ms against 31 ms); on larger outputs slower (9x9 and up: 1.2-8x), so oneDNN keeps those.
+  correlation of the input with the output gradient summed over the batch, i.e. a forward convolution of the
+  input, batch and channel axes swapped, by the output gradient taken as kernels. Where the output has at
+  most :data:`SMALL_OUTPUT` positions oneDNN's forward kernels run that about 3x faster than its
+  weight-gradient kernel (bfloat16, batch 256, one thread: 7x7 89->89 on 10x10, 22.5 ms against 7.0 ms); on
+  larger outputs slower (9x9 and up: 1.2-7x), so oneDNN keeps those.
+
+The two weight-gradient formulations run only where the convolution runs in bfloat16 (under autocast): there
+the whole training step measured 1.03-1.23x faster with them; in float32 it was not faster (0.93-1.08x).
 
 **Convention**: the same as ``nn.Conv2d`` with stride 1, no dilation and one group: input ``[B, C_in, H,
 W]``, output ``[B, C_out, H + 2p - k + 1, W + 2p - k + 1]``, in either memory layout (contiguous or
@@ -153,7 +156,8 @@ class CpuConv2d(nn.Conv2d):
     """``nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding)`` (stride 1) whose gradients, on
     the CPU, take the formulations of the module docstring. Same parameters and state dict as ``nn.Conv2d``.
 
-    ``fast_weight_grad = False`` leaves the weight gradient to oneDNN (``benchmarks/bench_peak.py --versus
+    The weight-gradient formulations run in bfloat16 only (the module docstring); ``fast_weight_grad =
+    False`` leaves every weight gradient to oneDNN (``benchmarks/bench_peak.py --versus
     onednn-weight-grad`` times the cells so). Off the CPU (not measured there) and where no gradient is
     wanted it is ``nn.Conv2d``.
     """
@@ -172,4 +176,5 @@ class CpuConv2d(nn.Conv2d):
             dtype = torch.get_autocast_dtype("cpu")
             x, weight = x.to(dtype), weight.to(dtype)
             bias = bias.to(dtype) if bias is not None else None
-        return _CpuConv2d.apply(x, weight, bias, self.padding, self.fast_weight_grad)
+        fast_weight_grad = self.fast_weight_grad and x.dtype == torch.bfloat16
+        return _CpuConv2d.apply(x, weight, bias, self.padding, fast_weight_grad)
