@@ -7,15 +7,17 @@ same numbers is faster here, operator by operator, at every convolution and pool
 
 - **engine**: ``F.conv2d`` forward and backward as oneDNN runs them, split into forward, input gradient
   (where training needs it) and weight + bias gradient;
-- **weight gradient as a forward convolution**: the weight gradient is a correlation of the input with the
-  output gradient, which is a forward convolution with the batch and channel axes swapped;
+- **weight gradient as a forward convolution** (``CpuConv2d``'s where the output is 5x5 or smaller): the
+  weight gradient is a correlation of the input with the output gradient, which is a forward convolution
+  with the batch and channel axes swapped; the bias gradient ``ones @ grad_out``;
+- **one-channel weight gradient as im2col + one matrix product** (``CpuConv2d``'s for one input channel);
 - **im2col + one matrix product** per pass, in NHWC (the output of the forward product is NHWC already);
   the input gradient is folded back (col2im) with ``F.fold``;
 - **max-pooling 2x2** as four strided slices, their maxima and the first maximum's position (the same
   values and gradients as ``F.max_pool2d``, which the bench checks), against ``F.max_pool2d``.
 
 Each line prints the milliseconds of the engine and of each alternative, and the ratio (alternative time
-over engine time: below 1 is faster). The largest difference from the engine's result is printed beside it
+over engine time, the weight gradients' over oneDNN's weight and bias gradients: below 1 is faster). The largest difference from the engine's result is printed beside it
 (bfloat16 rounding: a few units in the last place of the largest value).
 
     python benchmarks/bench_conv_paths.py --threads 1 --cells r/cnn,r/st_cnn:affine,rts/cnn --out results/bench
@@ -40,7 +42,7 @@ from benchmarks.bench_mnist import make_learner, parse_cells
 from benchmarks.bench_peak import conv_shapes
 from stn_repro.data import load_mnist, synthetic_mnist
 from stn_repro.data.files import default_data_dir
-from stn_repro.models.cpu_conv import weight_grad_as_forward_conv
+from stn_repro.models.cpu_conv import bias_grad, weight_grad_as_forward_conv, weight_grad_one_channel
 from stn_repro.training.records import git_commit
 from stn_repro.training.settings import SpeedSettings
 
@@ -100,10 +102,12 @@ class ConvCase:
     # The weight gradient as a forward convolution (the library's, which CpuConv2d runs where the output is
     # small); the bias gradient a sum.
     def weight_grad_as_forward(self) -> tuple[Tensor, Tensor]:
-        padding = (self.pad, self.pad)
-        return weight_grad_as_forward_conv(self.x, self.g, padding), self.g.sum(
-            (0, 2, 3), dtype=torch.float32
-        )
+        return weight_grad_as_forward_conv(self.x, self.g, (self.pad, self.pad)), bias_grad(self.g)
+
+    # The one-channel weight gradient as im2col + one matrix product (the library's); one channel only.
+    def weight_grad_im2col(self) -> tuple[Tensor, Tensor]:
+        kernel, padding = (self.k, self.k), (self.pad, self.pad)
+        return weight_grad_one_channel(self.x, self.g, kernel, padding), bias_grad(self.g)
 
     # im2col in NHWC: one row per output pixel, (kh, kw, C_in) per column.
     def columns(self) -> Tensor:
@@ -166,12 +170,18 @@ def conv_line(case: ConvCase, calls: int) -> str:
     engine = fwd + dx + dw
     trick = mean_ms(case.weight_grad_as_forward, calls)
     matmul = mean_ms(case.matmul_pass, calls)
-    trick_diff = largest_difference(case.backward((False, True, False))[1], case.weight_grad_as_forward()[0])
+    onednn_w = case.backward((False, True, False))[1]
+    trick_diff = largest_difference(onednn_w, case.weight_grad_as_forward()[0])
+    im2col = "-"
+    if case.x.shape[1] == 1:
+        ms = mean_ms(case.weight_grad_im2col, calls)
+        im2col = f"{ms:.1f} {ms / dw:.2f}x {largest_difference(onednn_w, case.weight_grad_im2col()[0])}"
     reference = case.forward()
     out = case.matmul_pass()[0].view(reference.shape[0], *reference.shape[2:], -1).permute(0, 3, 1, 2)
     return (
         f"{case.name:44s} {fwd:6.1f} {dx:6.1f} {dw:6.1f} {engine:7.1f} | {trick:9.1f} {trick / dw:5.2f}x "
-        f"{trick_diff:>16s} | {matmul:7.1f} {matmul / engine:5.2f}x {largest_difference(reference, out):>16s}"
+        f"{trick_diff:>16s} | {im2col:>28s} | {matmul:7.1f} {matmul / engine:5.2f}x "
+        f"{largest_difference(reference, out):>16s}"
     )
 
 
@@ -245,7 +255,7 @@ def main(argv: list[str] | None = None) -> None:
     say("\n## Convolutions: ms per call; ratio = alternative / engine (below 1: faster)")
     say(
         f"{'operator':44s} {'fwd':>6s} {'dx':>6s} {'dW+db':>6s} {'engine':>7s} | {'dW as fwd':>9s} {'ratio':>6s} "
-        f"{'diff':>16s} | {'im2col':>7s} {'ratio':>6s} {'diff (out)':>16s}"
+        f"{'diff':>16s} | {'dW im2col: ms, ratio, diff':>28s} | {'im2col':>7s} {'ratio':>6s} {'diff (out)':>16s}"
     )
     for shape, conv, input_grad in convs.values():
         say(conv_line(ConvCase(shape, conv, input_grad), args.calls))

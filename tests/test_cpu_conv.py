@@ -153,3 +153,20 @@ def test_each_convolution_takes_the_weight_gradient_measured_fastest_for_its_sha
         (2, 4, f32, "onednn"),
         (2, 5, bf16, "onednn"),
     ]
+
+
+def test_the_conv_paths_bench_times_every_shape_and_checks_the_pool_is_the_same(capsys):
+    from benchmarks.bench_conv_paths import main
+
+    main("--synthetic --cells r/st_cnn:affine --batch-size 4 --calls 1".split())
+    out = capsys.readouterr().out
+    convs = [line for line in out.splitlines() if line.startswith("conv ")]
+    assert [c.split(" on ")[0] for c in convs] == [
+        "conv 5x5 1->20",
+        "conv 5x5 20->20",
+        "conv 9x9 1->88",
+        "conv 7x7 88->88",
+    ]
+    assert all(" - " in c for c in convs if "20->20" in c or "88->88" in c)  # im2col dW: one channel only
+    pools = [line for line in out.splitlines() if line.startswith("[4, ")]
+    assert len(pools) == 3 and all(line.endswith("True") for line in pools)
