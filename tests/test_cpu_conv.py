@@ -170,3 +170,24 @@ def test_the_conv_paths_bench_times_every_shape_and_checks_the_pool_is_the_same(
     assert all(" - " in c for c in convs if "20->20" in c or "88->88" in c)  # im2col dW: one channel only
     pools = [line for line in out.splitlines() if line.startswith("[4, ")]
     assert len(pools) == 3 and all(line.endswith("True") for line in pools)
+
+
+@pytest.mark.parametrize("model", ["cnn", "st_cnn:affine"])
+def test_the_stacked_seeds_engine_trains_it_under_bf16_autocast(model):
+    """vmap over the seeds runs the bfloat16 gradient formulations (one channel in, a 4x4 output)."""
+    from benchmarks.bench_mnist import make_learner
+    from stn_repro.data import synthetic_mnist
+    from stn_repro.training.settings import SpeedSettings
+
+    digits, cpu = synthetic_mnist(seed=0), torch.device("cpu")
+    learner = make_learner(digits, "r", model, 8, 2, cpu, SpeedSettings(autocast="bf16"))
+    before = {name: p.detach().clone() for name, p in learner.stacked.params.items()}
+    losses = [learner.step() for _ in range(2)]
+    assert all(torch.isfinite(loss).all() for loss in losses)
+    convs = [
+        name
+        for name in before
+        if "classifier" in name and name.endswith("weight") and before[name].dim() == 5
+    ]
+    assert len(convs) == 2  # both CpuConv2d of the classifier, stacked over the two seeds
+    assert all(not torch.equal(before[name], learner.stacked.params[name]) for name in convs)
