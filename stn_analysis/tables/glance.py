@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from pathlib import Path
 
 import matplotlib
@@ -120,6 +121,13 @@ def write_table_figure(out_dir: Path, stem: str, csv_text: str) -> Path | None:
     return save_figure(fig, Path(out_dir) / "figures" / f"{stem}.png")  # closes it
 
 
+def _data_label(data: str) -> str:
+    """A data set's short name in the status row: its size where the name ends in one (``synthetic-svhn128``
+    -> ``128 px``), else the name."""
+    size = re.search(r"(\d+)$", data)
+    return f"{size.group(1)} px" if size else data
+
+
 def _status_row(table: str, stem: str, csv_text: str) -> str:
     link = f"[{stem}](results/{stem}.md)"
     rows = read_rows(csv_text)
@@ -145,7 +153,14 @@ def _status_row(table: str, stem: str, csv_text: str) -> str:
     seeds = sorted({r["n_seeds"] for r in cells}, key=int)
     what = f"{len(cells)} cells, {'/'.join(seeds)} seed(s)"
     if stem.endswith("_synthetic"):
-        order = "% error: " + ", ".join(f"{r['label']} {float(r['error_mean']):.1f}" for r in cells)
+        groups: dict[str, list[str]] = {}
+        for r in cells:  # one group per data set (SVHN's 64 and 128 px), in the table's order
+            groups.setdefault(r["data"], []).append(f"{r['label']} {float(r['error_mean']):.1f}")
+        order = "% error: " + (
+            "; ".join(f"{_data_label(data)}: {', '.join(labels)}" for data, labels in groups.items())
+            if len(groups) > 1
+            else ", ".join(next(iter(groups.values()), []))
+        )
         return (
             f"| {table} | {profile} | {what} | {order} (a stand-in: not comparable with the paper) | {link} |"
         )
