@@ -93,3 +93,17 @@ def test_the_docs_percentages_come_from_the_committed_tables_or_records():
         for number in re.findall(r"(?<![\d.])(\d+\.\d\d)%", page.read_text()):
             found = re.search(rf"(?<![\d.]){re.escape(number)}(?!\d)", tables) or number in errors
             assert found, f"docs/{page.name} quotes {number}%, which no committed table or record holds"
+
+
+def test_a_stand_in_status_row_names_each_size_of_a_table_with_two():
+    from stn_analysis.tables.glance import _status_row
+
+    header = "experiment,profile,data,model,label,error_mean,paper_error,n_seeds\n"
+    two = (
+        header
+        + "svhn,quick,synthetic-svhn64,cnn,CNN,33.19,4.0,3\nsvhn,quick,synthetic-svhn128,cnn,CNN,35.84,5.6,2\n"
+    )
+    row = _status_row("Table 2", "svhn_table2_quick_synthetic", two)
+    assert "| 2 cells, 2/3 seed(s) | % error: 64 px: CNN 33.2; 128 px: CNN 35.8 (a stand-in" in row
+    one = header + "cub,quick,synthetic-cub,cnn,CNN 224px,61.1,17.9,3\n"
+    assert "% error: CNN 224px 61.1 (a stand-in" in _status_row("Table 3", "cub_table3_quick_synthetic", one)
