@@ -13,7 +13,7 @@ to float rounding). ``benchmarks/bench_conv_paths.py`` times each against oneDNN
 - **One input channel, weight gradient** (every first convolution): the image's 9x9 patches as rows
   (im2col, in NHWC order, so that a channels-last output gradient needs no copy) and one matrix product,
   ``grad_out^T @ patches``; the bias gradient a vector-matrix product, ``ones @ grad_out`` (in bfloat16 4x
-  faster than the reduction ``grad_out.sum((0, 2, 3))`` here).
+  faster than the reduction ``grad_out.sum((0, 2, 3))`` in a trial here with the other core busy).
 - **Small output, weight gradient** (the 7x7 convolution of R, P and E, whose output is 4x4 or 5x5): the
   correlation of the input with the output gradient summed over the batch, i.e. a forward convolution of the
   input, batch and channel axes swapped, by the output gradient taken as kernels. Where the output has at
@@ -72,7 +72,7 @@ def weight_grad_one_channel(x: Tensor, grad_out: Tensor, kernel: tuple[int, int]
 
 def bias_grad(grad_out: Tensor) -> Tensor:
     """``d loss / d bias``: ``grad_out [B, C_out, h, w]`` summed over batch and positions, as one
-    vector-matrix product (in bfloat16 4x faster here than the reduction ``grad_out.sum((0, 2, 3))``)."""
+    vector-matrix product (4x faster than ``grad_out.sum((0, 2, 3))`` in bfloat16, in a trial with the other core busy)."""
     rows = grad_out.permute(0, 2, 3, 1).reshape(-1, grad_out.shape[1])  # a view if channels-last
     return (rows.new_ones(1, rows.shape[0]) @ rows)[0]
 
