@@ -26,10 +26,7 @@ over engine time, the weight gradients' over oneDNN's weight and bias gradients:
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -39,7 +36,7 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repository root
 from benchmarks.bench_mnist import make_learner, parse_cells
-from benchmarks.bench_peak import conv_shapes
+from benchmarks.bench_peak import conv_shapes, mean_ms, report_header
 from stn_repro.data import load_mnist, synthetic_mnist
 from stn_repro.data.files import default_data_dir
 from stn_repro.models.cpu_conv import bias_grad, weight_grad_as_forward_conv, weight_grad_one_channel
@@ -48,15 +45,6 @@ from stn_repro.training.settings import SpeedSettings
 
 BF16 = torch.bfloat16
 CL = torch.channels_last
-
-
-def mean_ms(call: Callable[[], object], calls: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        call()
-    start = time.perf_counter()
-    for _ in range(calls):
-        call()
-    return 1e3 * (time.perf_counter() - start) / calls
 
 
 def largest_difference(a: Tensor, b: Tensor) -> str:
@@ -227,11 +215,7 @@ def main(argv: list[str] | None = None) -> None:
         print(text, flush=True)
         lines.append(text)
 
-    say(
-        f"# bench_conv_paths {datetime.now(UTC):%Y-%m-%d %H:%M} UTC | commit {git_commit()[:12]} | "
-        f"{platform.machine()} {torch.backends.cpu.get_cpu_capability()} | torch {torch.__version__} | "
-        f"{torch.get_num_threads()} threads | batch {args.batch_size} | bf16, channels-last | cells {args.cells}"
-    )
+    say(report_header("bench_conv_paths", args.batch_size, f"bf16, channels-last | cells {args.cells}"))
     convs: dict[tuple, ConvCase] = {}
     pools: set[tuple[int, ...]] = set()
     speed = SpeedSettings(channels_last=True, autocast="bf16")

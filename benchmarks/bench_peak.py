@@ -71,13 +71,22 @@ class Rate:
         return self.flops / (self.ms / 1e3) / 1e9
 
 
-def mean_ms(call, calls: int, warmup: int) -> float:
+def mean_ms(call, calls: int, warmup: int = 2) -> float:
     for _ in range(warmup):
         call()
     start = time.perf_counter()
     for _ in range(calls):
         call()
     return 1e3 * (time.perf_counter() - start) / calls
+
+
+def report_header(bench: str, batch_size: int, settings: str) -> str:
+    """A bench report's first line: when, which commit, which machine, threads, batch and settings."""
+    return (
+        f"# {bench} {datetime.now(UTC):%Y-%m-%d %H:%M} UTC | commit {git_commit()[:12]} | "
+        f"{platform.machine()} {torch.backends.cpu.get_cpu_capability()} | torch {torch.__version__} | "
+        f"{torch.get_num_threads()} threads | batch {batch_size} | {settings}"
+    )
 
 
 def counted_flops(call) -> float:
@@ -302,9 +311,7 @@ def main(argv: list[str] | None = None) -> None:
         lines.append(text)
 
     say(
-        f"# bench_peak {datetime.now(UTC):%Y-%m-%d %H:%M} UTC | commit {git_commit()[:12]} | "
-        f"{platform.machine()} {torch.backends.cpu.get_cpu_capability()} | torch {torch.__version__} | "
-        f"{torch.get_num_threads()} threads | batch {args.batch_size} | {describe(args)}"
+        report_header("bench_peak", args.batch_size, describe(args))
         + (" | oneDNN off" if args.no_mkldnn else "")
     )
     learners = {
