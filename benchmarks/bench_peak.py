@@ -21,6 +21,7 @@ In one process, with the same threads:
     python benchmarks/bench_peak.py                               # R and RTS CNN and ST-CNN affine
     python benchmarks/bench_peak.py --cells all --profile --out results/bench/
     python benchmarks/bench_peak.py --channels-last --cells r/cnn # a speed setting against the default
+    python benchmarks/bench_peak.py --autocast bf16 --versus float32 # bfloat16 steps against float32 here
 
 The FLOP count ignores element-wise work, pooling and sampling (they are memory bound, and counted by time
 in the profile): the fraction of peak says how well the step uses the arithmetic units, not more.
@@ -206,7 +207,7 @@ def operator_profile(learner, steps: int) -> dict[str, float]:
     return dict(groups)
 
 
-VERSUS = ("plain-first-conv", "onednn-weight-grad", "row-major")
+VERSUS = ("plain-first-conv", "onednn-weight-grad", "row-major", "float32")
 
 
 def plain_first_convs(model: nn.Module) -> nn.Module:
@@ -244,6 +245,8 @@ def baseline_learner(digits, cell: tuple[str, str], args, device):
     speed = speed_settings(args)
     if "row-major" in changes:
         speed = replace(speed, channels_last=False)
+    if "float32" in changes:
+        speed = replace(speed, autocast="none")
     learner = make_learner(digits, *cell, args.batch_size, 1, device, speed)
     if "plain-first-conv" in changes:
         plain_first_convs(learner.model)
@@ -276,7 +279,8 @@ def main(argv: list[str] | None = None) -> None:
         help="also time each cell with these changes undone (comma list), in this process, and print the "
         "speed-up: plain-first-conv (nn.Conv2d's input gradient for the one-channel first layer), "
         "onednn-weight-grad (oneDNN's weight gradient in every convolution), "
-        "row-major (without --channels-last)",
+        "row-major (without --channels-last), float32 (without --autocast bf16: the step's precision against "
+        "float32, on this CPU)",
     )
     parser.add_argument(
         "--project",

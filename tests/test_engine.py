@@ -1,5 +1,6 @@
 """The fast training engine: speed settings, stacked seeds, and the on-device stream's distributions."""
 
+import argparse
 import copy
 import math
 from pathlib import Path
@@ -420,7 +421,7 @@ def test_cuda_training_steps_never_make_the_host_wait(data, model, stacked):
 
 
 def test_the_peak_benchmark_prints_each_cells_fraction_of_the_measured_peak(capsys):
-    from benchmarks.bench_peak import main, operator_group
+    from benchmarks.bench_peak import baseline_learner, main, operator_group
 
     main("--synthetic --cells r/cnn,rts/st_cnn:affine --batch-size 4 --steps 1 --warmup 1 --calls 1 "
          "--matmul-size 64 --profile".split())  # fmt: skip
@@ -429,6 +430,13 @@ def test_the_peak_benchmark_prints_each_cells_fraction_of_the_measured_peak(caps
          "--versus plain-first-conv,row-major --channels-last --project 15000".split())  # fmt: skip
     versus = capsys.readouterr().out
     assert "(baseline: plain-first-conv,row-major)" in versus
+    args = argparse.Namespace(
+        versus="float32", autocast="bf16", channels_last=True, compile=False, compile_mode="default",
+        batch_size=4,
+    )  # fmt: skip
+    base = baseline_learner(synthetic_mnist(seed=0), ("r", "cnn"), args, torch.device("cpu"))
+    speed = base.train_step.speed
+    assert speed.autocast == "none" and speed.channels_last  # only the precision is undone
     assert (
         "projected: 1 cells x 3 seeds x 15,000 iterations of 4 = " in versus
         and "(the baseline engine: " in versus
