@@ -56,7 +56,7 @@ from stn_repro.data import load_mnist, synthetic_mnist
 from stn_repro.data.files import default_data_dir
 from stn_repro.models.cpu_conv import CpuConv2d
 from stn_repro.training.records import git_commit
-from stn_repro.training.settings import COMPILE_MODES
+from stn_repro.training.settings import COMPILE_MODES, cpu_bf16_flags
 
 DEFAULT_CELLS = "r/cnn,r/st_cnn:affine,rts/cnn,rts/st_cnn:affine"
 
@@ -81,10 +81,21 @@ def mean_ms(call, calls: int, warmup: int = 2) -> float:
     return 1e3 * (time.perf_counter() - start) / calls
 
 
+def cpu_name(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
+    """The CPU's model and its native bfloat16 flags, e.g. ``AMD EPYC (bf16: avx512_bf16)``: what decides
+    the bfloat16 column (``platform.processor()`` is empty on Linux)."""
+    try:
+        lines = Path(cpuinfo).read_text().splitlines()
+    except OSError:
+        return platform.processor() or "unknown CPU"
+    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
+    return f"{model or 'unknown CPU'} (bf16: {', '.join(cpu_bf16_flags(cpuinfo)) or 'emulated'})"
+
+
 def report_header(bench: str, batch_size: int, settings: str) -> str:
     """A bench report's first line: when, which commit, which machine, threads, batch and settings."""
     return (
-        f"# {bench} {datetime.now(UTC):%Y-%m-%d %H:%M} UTC | commit {git_commit()[:12]} | "
+        f"# {bench} {datetime.now(UTC):%Y-%m-%d %H:%M} UTC | commit {git_commit()[:12]} | {cpu_name()} | "
         f"{platform.machine()} {torch.backends.cpu.get_cpu_capability()} | torch {torch.__version__} | "
         f"{torch.get_num_threads()} threads | batch {batch_size} | {settings}"
     )

@@ -15,7 +15,7 @@ from stn_repro.models.mnist import build_mnist_model
 from stn_repro.training.checkpoints import CHECKPOINT_NAME
 from stn_repro.training.learners import TrainStep, make_optimizer
 from stn_repro.training.loop import LossWindow, TrainingDiverged, train
-from stn_repro.training.settings import SpeedSettings, TrainSettings, cpu_has_bf16_tiles
+from stn_repro.training.settings import SpeedSettings, TrainSettings, cpu_has_fast_bf16
 from stn_repro.training.stacked import StackedModels, train_stacked
 
 DIGITS = synthetic_mnist(num_train=256, num_test=64, seed=0)
@@ -342,9 +342,9 @@ def test_the_profiles_carry_the_speed_settings_to_the_cell():
 
     configs = Path(__file__).resolve().parents[1] / "configs"
     with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
-        # The measured defaults: NHWC on the CPU, else plain; fast and quick in bfloat16 on a CPU with AMX tiles.
-        amx = "bf16" if cpu_has_bf16_tiles() else "none"
-        for profile, autocast in (("paper", "none"), ("quick", amx), ("fast", amx)):
+        # The measured defaults: NHWC on the CPU, else plain; fast and quick in bfloat16 on a CPU that has it.
+        bf16 = "bf16" if cpu_has_fast_bf16() else "none"
+        for profile, autocast in (("paper", "none"), ("quick", bf16), ("fast", bf16)):
             spec, _ = cell_from_config(
                 compose("mnist", overrides=[f"profile={profile}", "trainer.device=cpu"])
             )
@@ -420,8 +420,12 @@ def test_cuda_training_steps_never_make_the_host_wait(data, model, stacked):
     assert all(math.isfinite(v) for v in window.check(TrainSettings(), Path("unused")))
 
 
-def test_the_peak_benchmark_prints_each_cells_fraction_of_the_measured_peak(capsys):
-    from benchmarks.bench_peak import baseline_learner, main, operator_group
+def test_the_peak_benchmark_prints_each_cells_fraction_of_the_measured_peak(capsys, tmp_path):
+    from benchmarks.bench_peak import baseline_learner, cpu_name, main, operator_group
+
+    zen4 = tmp_path / "cpuinfo"
+    zen4.write_text("model name\t: AMD EPYC 9R14\nflags\t\t: fpu avx512f avx512_bf16\n")
+    assert cpu_name(zen4) == "AMD EPYC 9R14 (bf16: avx512_bf16)"  # the report's header names the CPU
 
     main("--synthetic --cells r/cnn,rts/st_cnn:affine --batch-size 4 --steps 1 --warmup 1 --calls 1 "
          "--matmul-size 64 --profile".split())  # fmt: skip

@@ -311,22 +311,25 @@ def test_the_history_holds_the_train_loss_at_every_log_point_and_the_errors_at_e
     assert "train_loss" not in by_iteration[6]
 
 
-def test_autocast_auto_is_bf16_on_a_cpu_with_amx_tiles_only(tmp_path, monkeypatch):
+def test_autocast_auto_is_bf16_on_a_cpu_with_native_bf16_only(tmp_path, monkeypatch):
     from stn_repro.training import settings
 
-    amx, plain = tmp_path / "amx", tmp_path / "plain"
+    amx, avx512_bf16, plain = tmp_path / "amx", tmp_path / "avx512_bf16", tmp_path / "plain"
     amx.write_text("processor\t: 0\nflags\t\t: fpu sse avx512f amx_bf16 amx_tile\n")
-    plain.write_text("processor\t: 0\nflags\t\t: fpu sse avx512f avx512_bf16\n")
-    assert settings.cpu_has_bf16_tiles(amx) and not settings.cpu_has_bf16_tiles(plain)
-    assert not settings.cpu_has_bf16_tiles(tmp_path / "absent")
+    avx512_bf16.write_text("processor\t: 0\nflags\t\t: fpu sse avx512f avx512_bf16\n")  # AMD Zen 4
+    plain.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_vnni\nbugs\t\t: amx_bf16\n")
+    assert settings.cpu_has_fast_bf16(amx) and settings.cpu_has_fast_bf16(avx512_bf16)
+    assert settings.cpu_bf16_flags(amx) == ("amx_bf16",) and settings.cpu_bf16_flags(plain) == ()
+    assert not settings.cpu_has_fast_bf16(plain)  # emulated bfloat16; a flag outside "flags" does not count
+    assert not settings.cpu_has_fast_bf16(tmp_path / "absent")
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     for value in ("none", "bf16"):
         assert settings.resolve_autocast(value, cpu) == settings.resolve_autocast(value, cuda) == value
-    monkeypatch.setattr(settings, "cpu_has_bf16_tiles", lambda: True)
+    monkeypatch.setattr(settings, "cpu_has_fast_bf16", lambda: True)
     assert (
         settings.resolve_autocast("auto", cpu) == "bf16" and settings.resolve_autocast("auto", cuda) == "none"
     )
-    monkeypatch.setattr(settings, "cpu_has_bf16_tiles", lambda: False)
+    monkeypatch.setattr(settings, "cpu_has_fast_bf16", lambda: False)
     assert settings.resolve_autocast("auto", cpu) == "none"
     with pytest.raises(ValueError, match=r"trainer.autocast='fp16': use none, bf16, auto"):
         settings.resolve_autocast("fp16", cpu)
