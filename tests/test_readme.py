@@ -107,3 +107,23 @@ def test_a_stand_in_status_row_names_each_size_of_a_table_with_two():
     assert "| 2 cells, 2/3 seed(s) | % error: 64 px: CNN 33.2; 128 px: CNN 35.8 (a stand-in" in row
     one = header + "cub,quick,synthetic-cub,cnn,CNN 224px,61.1,17.9,3\n"
     assert "% error: CNN 224px 61.1 (a stand-in" in _status_row("Table 3", "cub_table3_quick_synthetic", one)
+
+
+def heading_anchors(page: Path) -> set[str]:
+    """The anchors GitHub gives a page's headings: lower case, punctuation dropped, spaces to hyphens."""
+    headings = re.findall(r"^#+\s+(.*)$", page.read_text(), re.MULTILINE)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
+def test_every_relative_link_in_the_docs_reaches_its_file_and_heading():
+    pages = [README, *(ROOT / "docs").glob("*.md"), *(ROOT / "results").glob("*.md")]
+    broken = []
+    for page in pages:
+        for target, anchor in re.findall(r"\]\(([^()\s#]*)(?:#([^()\s]+))?\)", page.read_text()):
+            if target.startswith(("http://", "https://", "mailto:")):
+                continue
+            path = (page.parent / target).resolve() if target else page
+            if not path.exists() or (anchor and path.suffix == ".md" and anchor not in heading_anchors(path)):
+                link = f"{target}#{anchor}" if anchor else target
+                broken.append(f"{page.relative_to(ROOT)}: ({link})")
+    assert not broken, "links to no file or heading:\n" + "\n".join(broken)
