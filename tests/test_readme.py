@@ -1,6 +1,7 @@
 """The README is a front door that stays true: its example runs, its status block is what the committed
 tables say, and every time or iteration count it (or the Makefile) states comes from a committed file."""
 
+import functools
 import re
 from pathlib import Path
 
@@ -109,6 +110,7 @@ def test_a_stand_in_status_row_names_each_size_of_a_table_with_two():
     assert "% error: CNN 224px 61.1 (a stand-in" in _status_row("Table 3", "cub_table3_quick_synthetic", one)
 
 
+@functools.cache
 def heading_anchors(page: Path) -> set[str]:
     """The anchors GitHub gives a page's headings: lower case, punctuation dropped, spaces to hyphens."""
     headings = re.findall(r"^#+\s+(.*)$", page.read_text(), re.MULTILINE)

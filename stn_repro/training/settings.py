@@ -67,7 +67,8 @@ AUTOCAST_CHOICES = (*AUTOCAST_DTYPES, "auto")
 
 
 # The CPU flags Linux lists for native bfloat16 arithmetic: Intel's AMX tiles and AVX-512 BF16 (Intel since
-# Cooper Lake, AMD since Zen 4). Without either, oneDNN emulates bfloat16 and gains nothing.
+# Cooper Lake, AMD since Zen 4). Without either, oneDNN emulates bfloat16 (not measured here: `auto` stays
+# float32 there).
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
