@@ -251,13 +251,13 @@ def test_a_smoke_sweep_through_slurm_writes_the_records_the_local_launcher_write
 
 def iterations_for(seconds: float, overrides: list[str], runs: Path) -> int:
     """How many iterations of the run in ``overrides`` train for about ``seconds`` on this machine (from a
-    1,000-iteration probe), in hundreds."""
+    3,000-iteration probe, a few seconds), in hundreds."""
     probe = launch(
-        ["experiments.mnist", *overrides, "trainer.iterations=1000", "trainer.eval_every=1000"], runs
+        ["experiments.mnist", *overrides, "trainer.iterations=3000", "trainer.eval_every=3000"], runs
     )
     assert probe.returncode == 0, probe.stderr[-3000:]
     wall = record(runs, "r-fcn-none")["wall_time_s"]
-    return max(2000, round(seconds * 1000 / max(wall, 0.1) / 100) * 100)
+    return max(6000, round(seconds * 3000 / max(wall, 0.1) / 100) * 100)
 
 
 @SLURM
@@ -266,10 +266,12 @@ def test_a_run_that_hits_its_time_limit_is_requeued_and_resumes_to_the_uninterru
 ):
     # A 1-minute limit with the warning 5 s before it: SLURM signals (USR2) in the check, every 30 s, that
     # first finds at most 35 s left, i.e. 25 to 55 s into each start; submitit requeues the job and exits,
-    # and the run resumes from its last checkpoint (every 100 iterations). The run trains about 60 s, so it
-    # hits the limit at least once; max_num_timeout leaves room for the requeues a slow machine needs.
+    # and the run resumes from its last checkpoint (every 100 iterations). The run trains about 150 s by the
+    # probe, so it hits the limit at least once even where the probe's few seconds overstate a step's time
+    # twofold (a run estimated at 60 s once finished in a single start in CI); max_num_timeout leaves room
+    # for the requeues a slow machine needs.
     run = ["experiment=r_fcn", *SMOKE, "trainer.checkpoint_every=100", "trainer.log_every=1000"]
-    iterations = iterations_for(60, run, tmp_path / "probe")
+    iterations = iterations_for(150, run, tmp_path / "probe")
     run += [f"trainer.iterations={iterations}", f"trainer.eval_every={iterations}"]
     limit = [
         "hydra.launcher.timeout_min=1",
@@ -277,9 +279,9 @@ def test_a_run_that_hits_its_time_limit_is_requeued_and_resumes_to_the_uninterru
         "hydra.launcher.max_num_timeout=10",
     ]
     on_slurm = start(["experiments.mnist", "-m", *launcher(cluster, 1, *limit), *run], tmp_path / "slurm")
-    here = launch(["experiments.mnist", *run], tmp_path / "local")  # meanwhile, the uninterrupted run
+    here = launch(["experiments.mnist", *run], tmp_path / "local", timeout=600)  # meanwhile, uninterrupted
     assert here.returncode == 0, here.stderr[-3000:]
-    status, _, err = finish(on_slurm, timeout=480)
+    status, _, err = finish(on_slurm, timeout=600)
     assert status == 0, err[-3000:]
     a, b = record(tmp_path / "slurm", "r-fcn-none"), record(tmp_path / "local", "r-fcn-none")
     assert a["finished"] and a["iterations"] == iterations
