@@ -56,7 +56,7 @@ from stn_repro.data import load_mnist, synthetic_mnist
 from stn_repro.data.files import default_data_dir
 from stn_repro.models.cpu_conv import CpuConv2d
 from stn_repro.training.records import git_commit
-from stn_repro.training.settings import COMPILE_MODES, cpu_bf16_flags
+from stn_repro.training.settings import COMPILE_MODES, cpu_bf16_flags, cpu_model
 
 DEFAULT_CELLS = "r/cnn,r/st_cnn:affine,rts/cnn,rts/st_cnn:affine"
 
@@ -84,12 +84,7 @@ def mean_ms(call, calls: int, warmup: int = 2) -> float:
 def cpu_name(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
     """The CPU's model and its native bfloat16 flags, e.g. ``AMD EPYC (bf16: avx512_bf16)``: what decides
     the bfloat16 column (``platform.processor()`` is empty on Linux)."""
-    try:
-        lines = Path(cpuinfo).read_text().splitlines()
-    except OSError:
-        return platform.processor() or "unknown CPU"
-    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
-    return f"{model or 'unknown CPU'} (bf16: {', '.join(cpu_bf16_flags(cpuinfo)) or 'emulated'})"
+    return f"{cpu_model(cpuinfo)} (bf16: {', '.join(cpu_bf16_flags(cpuinfo)) or 'emulated'})"
 
 
 def report_header(bench: str, batch_size: int, settings: str) -> str:

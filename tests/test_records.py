@@ -1,6 +1,7 @@
 """Run-record provenance: the commit that ran is named, also from a copy of the tree without .git."""
 
 import os
+import platform
 import re
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import torch
 from stn_repro.training import records
 from stn_repro.training.checkpoints import save_checkpoint
 from stn_repro.training.records import git_commit, provenance, write_record
+from stn_repro.training.settings import cpu_model
 
 
 def test_the_commit_of_this_checkout_is_a_hash():
@@ -32,8 +34,21 @@ def test_a_tree_without_git_names_the_given_commit_or_says_unknown(tmp_path, mon
 
 def test_provenance_names_the_device_and_the_cpu_instructions():
     record = provenance(torch.device("cpu"))
-    assert record["device"].startswith("cpu (") and record["torch"] == torch.__version__
+    threads = torch.get_num_threads()
+    assert (
+        record["device"] == f"cpu ({cpu_model()}, {threads} threads)" and record["torch"] == torch.__version__
+    )
     assert record["cpu_capability"] == torch.backends.cpu.get_cpu_capability() != ""
+
+
+def test_the_cpu_is_named_by_its_model_so_that_records_from_two_machines_tell_apart(tmp_path):
+    # Two CPUs of the same architecture train at speeds 1.5-2.4x apart (docs/speed.md): a record names which.
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: AMD EPYC 9R14\nflags\t\t: fpu avx512_bf16\n")
+    assert cpu_model(cpuinfo) == "AMD EPYC 9R14"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu\n")  # no model line (some virtual machines)
+    assert cpu_model(cpuinfo) == (platform.processor() or platform.machine())
+    assert cpu_model(tmp_path / "absent") == (platform.processor() or platform.machine())  # not Linux
 
 
 def test_records_and_checkpoints_get_the_umasks_permissions_not_mkstemps_0600(tmp_path):

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from stn_repro.io import atomic_write_text
+from stn_repro.training.settings import cpu_model
 from stn_repro.transformers.module import spread_collapsed
 
 RECORD_NAME = "record.json"
@@ -98,7 +99,7 @@ def short_commit(commit: str) -> str:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return f"cpu ({cpu_model()}, {torch.get_num_threads()} threads)"
 
 
 def provenance(device: torch.device) -> dict[str, Any]:

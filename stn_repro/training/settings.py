@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import platform
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,6 +82,17 @@ def cpu_bf16_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> tuple[str, ...]:
         return ()
     listed = {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split()}
     return tuple(flag for flag in BF16_CPU_FLAGS if flag in listed)
+
+
+def cpu_model(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
+    """The CPU's model as Linux names it (``model name``), e.g. ``AMD EPYC 9R14``; the machine's architecture
+    where it cannot be read (another OS), since ``platform.processor()`` is empty on Linux."""
+    try:
+        lines = Path(cpuinfo).read_text().splitlines()
+    except OSError:
+        lines = []
+    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
+    return model or platform.processor() or platform.machine() or "unknown CPU"
 
 
 def cpu_has_fast_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
