@@ -58,7 +58,17 @@ def test_a_job_that_ended_without_its_result_is_one_line_naming_it_its_state_and
 
     executor = submitit.LocalExecutor(folder=tmp_path / "jobs")
     executor.update_parameters(timeout_min=5)
-    cancelled = executor.submit(sleep_in_a_sweep_job)
+    # The local executor cancels with SIGINT. A shell without job control starts its background commands
+    # with SIGINT ignored, and the job would inherit that (an ignored signal stays ignored across exec): it
+    # gets SIGINT's default action here instead, whoever started the tests.
+    ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+    try:
+        cancelled = executor.submit(sleep_in_a_sweep_job)
+    finally:
+        if ignored:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
     deadline = time.time() + 60
     while "[run 2 of 2]" not in (cancelled.stderr() or "") and time.time() < deadline:
         time.sleep(0.2)
