@@ -10,7 +10,8 @@ repo=$(git rev-parse --show-toplevel); commit=$(git -C "$repo" rev-parse --short
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 git clone -q "$repo" "$work/stn-repro" && cd "$work/stn-repro" || exit 1
 {
-  echo "# README quickstart on a fresh clone of $commit, $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) CPU cores"
+  cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo 2>/dev/null | head -n1)
+  echo "# README quickstart on a fresh clone of $commit, $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) CPU cores (${cpu:-$(uname -m)})"
   echo "# other load on the machine: $(uptime | sed 's/.*load average/load average/')"
 } > "$out"
 step() {  # step NAME COMMAND...: run it, log "<seconds> s  rc=<status>  <name>"
